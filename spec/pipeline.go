@@ -1,0 +1,94 @@
+package spec
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/flowrun/flowrun/stages"
+)
+
+// Defaults for what a pipeline leaves out.
+const (
+	DefaultWorkers       = 1
+	DefaultBuffer        = 256     // records per stage input queue
+	DefaultMaxRecordSize = 1 << 30 // 1 GiB: a line longer than this is an error, not an out-of-memory
+	DefaultFormat        = "lines"
+)
+
+// Formats an input or output may have.
+var Formats = []string{"lines", "jsonl", "csv"}
+
+// Pipeline is a validated pipeline definition.
+type Pipeline struct {
+	Name    string
+	File    string // the YAML file it came from, as given
+	Dir     string // that file's directory: relative paths resolve against it
+	Input   Input
+	Output  Output
+	Ordered bool
+	// ReorderWindow bounds, in records handed out by the input, how far
+	// the output may run ahead of the oldest unfinished record when
+	// Ordered is set. 0 lets the runner choose from the buffers.
+	ReorderWindow int
+	// DeadLetter is the JSONL file that records go to when their stage's
+	// on_error is dead-letter; "" when no stage needs one.
+	DeadLetter string
+	Stages     []Stage
+}
+
+// Input says where records come from.
+type Input struct {
+	From          string // "stdin", a path or a glob
+	Format        string // lines | jsonl | csv
+	MaxRecordSize int    // bytes; a longer record is an input error
+	OnError       OnError
+}
+
+// Output says where records go.
+type Output struct {
+	To     string // "stdout" or a path
+	Format string // lines | jsonl | csv
+}
+
+// Stage is one stage of a pipeline, its options checked against its Spec.
+type Stage struct {
+	Name    string // unique within the pipeline; defaults to Use
+	Use     string // the registered stage
+	Workers int
+	Buffer  int           // capacity of the stage's input queue, in records
+	Timeout time.Duration // per attempt on a record; 0: none
+	Retry   Retry
+	OnError OnError
+	Spec    stages.Spec
+	Config  stages.Config
+	Pos     Pos // where the stage is declared
+}
+
+// Retry is a stage's retry policy. Attempts counts the first try: 1 (the
+// default) means no retry. The wait before attempt n+1 is Backoff × 2^(n-1)
+// with full jitter, at most MaxBackoff.
+type Retry struct {
+	Attempts   int
+	Backoff    time.Duration
+	MaxBackoff time.Duration
+}
+
+// OnError is what happens to a record whose attempts are exhausted.
+type OnError string
+
+// The on_error policies.
+const (
+	Fail       OnError = "fail"        // the run fails (exit 1)
+	Skip       OnError = "skip"        // the record is dropped and counted
+	DeadLetter OnError = "dead-letter" // the record goes to the dead-letter file
+)
+
+// Pos is a place in a file.
+type Pos struct {
+	File      string
+	Line, Col int
+}
+
+func (p Pos) String() string {
+	return fmt.Sprintf("%s:%d:%d", p.File, p.Line, p.Col)
+}

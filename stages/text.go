@@ -1,0 +1,159 @@
+package stages
+
+import (
+	"bytes"
+	"context"
+	"math/rand/v2"
+	"regexp"
+	"time"
+)
+
+func init() {
+	Register(Spec{
+		Name:  "trim",
+		Doc:   "Removes leading and trailing white space (Unicode) from each record.",
+		Batch: true,
+		New:   func(Config) (Stage, error) { return Func(trim), nil },
+	})
+	Register(Spec{
+		Name:  "upper",
+		Doc:   "Upper-cases each record (Unicode); ASCII records are changed in place.",
+		Batch: true,
+		New:   func(Config) (Stage, error) { return Func(upper), nil },
+	})
+	Register(Spec{
+		Name:  "lower",
+		Doc:   "Lower-cases each record (Unicode); ASCII records are changed in place.",
+		Batch: true,
+		New:   func(Config) (Stage, error) { return Func(lower), nil },
+	})
+	Register(Spec{
+		Name:  "grep",
+		Doc:   "Keeps the records that match a regular expression (Go RE2 syntax), or with invert the ones that do not.",
+		Batch: true,
+		Options: []Option{
+			{Name: "pattern", Type: String, Required: true, Doc: "the regular expression (RE2 syntax)"},
+			{Name: "invert", Type: Bool, Default: false, Doc: "keep the records that do not match, like grep -v"},
+		},
+		Check: func(c Config) error { _, err := compile(c, "pattern"); return err },
+		New: func(c Config) (Stage, error) {
+			re, err := compile(c, "pattern")
+			if err != nil {
+				return nil, err
+			}
+			return grepStage{match: matcher(re), invert: c.Bool("invert")}, nil
+		},
+	})
+	Register(Spec{
+		Name:  "replace",
+		Doc:   "Replaces every match of a regular expression; $1 or ${name} in the replacement stand for groups.",
+		Batch: true,
+		Options: []Option{
+			{Name: "pattern", Type: String, Required: true, Doc: "the regular expression (RE2 syntax)"},
+			{Name: "replacement", Type: String, Default: "", Doc: "the text for each match; $1, ${name} expand groups"},
+		},
+		Check: func(c Config) error { _, err := compile(c, "pattern"); return err },
+		New: func(c Config) (Stage, error) {
+			re, err := compile(c, "pattern")
+			if err != nil {
+				return nil, err
+			}
+			repl := []byte(c.String("replacement"))
+			return Func(func(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+				return append(out, re.ReplaceAll(rec, repl)), nil
+			}), nil
+		},
+	})
+	Register(Spec{
+		Name: "sleep",
+		Doc:  "Waits, then passes each record on unchanged: a stand-in for I/O in demos, tests and benchmarks.",
+		Options: []Option{
+			{Name: "duration", Type: Duration, Required: true, Doc: "how long to wait per record"},
+			{Name: "jitter", Type: Duration, Default: time.Duration(0), Doc: "up to this much more, uniformly at random"},
+		},
+		New: func(c Config) (Stage, error) {
+			d, jitter := c.Duration("duration"), c.Duration("jitter")
+			return Func(func(ctx context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+				wait := d
+				if jitter > 0 {
+					wait += rand.N(jitter)
+				}
+				t := time.NewTimer(wait)
+				defer t.Stop()
+				select {
+				case <-t.C:
+					return append(out, rec), nil
+				case <-ctx.Done():
+					return out, context.Cause(ctx)
+				}
+			}), nil
+		},
+	})
+}
+
+// Func adapts a function to the Stage interface.
+type Func func(ctx context.Context, rec []byte, out [][]byte) ([][]byte, error)
+
+// Process calls f.
+func (f Func) Process(ctx context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+	return f(ctx, rec, out)
+}
+
+func trim(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+	return append(out, bytes.TrimSpace(rec)), nil
+}
+
+func upper(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+	return append(out, mapASCII(rec, 'a', 'z', bytes.ToUpper)), nil
+}
+
+func lower(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+	return append(out, mapASCII(rec, 'A', 'Z', bytes.ToLower)), nil
+}
+
+// mapASCII flips the case of the letters in [lo, hi] in place when rec is
+// all ASCII, which needs no allocation; otherwise it returns slow(rec).
+func mapASCII(rec []byte, lo, hi byte, slow func([]byte) []byte) []byte {
+	for _, c := range rec {
+		if c >= 0x80 {
+			return slow(rec)
+		}
+	}
+	for i, c := range rec {
+		if c >= lo && c <= hi {
+			rec[i] = c ^ 0x20 // ASCII letters differ in case by this one bit
+		}
+	}
+	return rec
+}
+
+func compile(c Config, option string) (*regexp.Regexp, error) {
+	re, err := regexp.Compile(c.String(option))
+	if err != nil {
+		return nil, &OptionError{Option: option, Err: err}
+	}
+	return re, nil
+}
+
+// matcher returns a fast matcher for re: a pattern that is a plain literal
+// is a bytes.Contains, which is several times faster than the regexp
+// engine on short records.
+func matcher(re *regexp.Regexp) func([]byte) bool {
+	if lit, complete := re.LiteralPrefix(); complete {
+		b := []byte(lit)
+		return func(rec []byte) bool { return bytes.Contains(rec, b) }
+	}
+	return re.Match
+}
+
+type grepStage struct {
+	match  func([]byte) bool
+	invert bool
+}
+
+func (g grepStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+	if g.match(rec) != g.invert {
+		out = append(out, rec)
+	}
+	return out, nil
+}
