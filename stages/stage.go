@@ -16,9 +16,11 @@ import (
 // on_error policy, so Process must be safe to call again with the same rec.
 //
 // rec belongs to the stage for the duration of the call: Process may modify
-// its bytes in place and return (a sub-slice of) it. Process must not keep
-// rec, out or any record it appended after returning: the runner reuses
-// their memory.
+// its bytes in place and append (sub-slices of) it, but only on its way to
+// a nil error, because a failed record is retried and dead-lettered as it
+// came. Records appended for one call must not overlap in memory. Once
+// Process returns, the records it appended belong to the runner: the stage
+// must not keep or reuse their memory, nor keep rec or out.
 //
 // Each worker has its own Stage, made by the stage's Spec.New, so a Stage
 // need not be safe for concurrent use. Process should return promptly when

@@ -1,0 +1,196 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	urfave "github.com/urfave/cli/v2"
+
+	"github.com/flowrun/flowrun/runner"
+	"github.com/flowrun/flowrun/spec"
+)
+
+// Exit codes, as DESIGN.md and every command's help promise them.
+const (
+	ExitOK       = 0   // every record done
+	ExitFailed   = 1   // the run failed
+	ExitUsage    = 2   // a usage mistake or an invalid pipeline
+	ExitPartial  = 3   // finished, but records were skipped or dead-lettered
+	ExitSignaled = 130 // stopped by a signal, after draining
+)
+
+const exitStatusHelp = `EXIT STATUS:
+   0    every record done
+   1    the run failed (a record failed a stage with on_error: fail, or I/O failed)
+   2    usage mistake or invalid pipeline
+   3    finished, but records were skipped or dead-lettered
+   130  stopped by SIGINT/SIGTERM after draining what was in flight
+`
+
+// Main runs the CLI on the process's arguments and standard streams and
+// returns the exit code, for os.Exit.
+func Main() int {
+	return Run(context.Background(), os.Args, os.Stdin, os.Stdout, os.Stderr)
+}
+
+// usageError is a mistake in how flowrun was called.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// outcome carries a finished run's summary to exitCode.
+type outcome struct {
+	sum *runner.Summary
+	err error
+}
+
+func (o *outcome) Error() string {
+	if o.err != nil {
+		return o.err.Error()
+	}
+	return ""
+}
+
+func (o *outcome) Unwrap() error { return o.err }
+
+// Run runs the CLI with args (args[0] is the program name) and returns the
+// exit code. Signals are handled by the run command itself.
+func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	app := &urfave.App{
+		Name:                  "flowrun",
+		Usage:                 "run dataflow pipelines declared in YAML",
+		Writer:                stdout,
+		ErrWriter:             stderr,
+		Reader:                stdin,
+		HideHelpCommand:       true,
+		CustomAppHelpTemplate: urfave.AppHelpTemplate + "\n" + exitStatusHelp,
+		ExitErrHandler:        func(*urfave.Context, error) {}, // exit codes are ours
+		OnUsageError: func(_ *urfave.Context, err error, _ bool) error {
+			return usageError{err}
+		},
+		Commands: []*urfave.Command{
+			runCommand(stdin, stdout, stderr),
+			validateCommand(stdout),
+			stagesCommand(stdout),
+			graphCommand(stdout),
+		},
+	}
+	for _, c := range app.Commands {
+		c.CustomHelpTemplate = urfave.CommandHelpTemplate + "\n" + exitStatusHelp
+		c.OnUsageError = app.OnUsageError
+	}
+	err := app.RunContext(ctx, permute(args, app.Commands))
+	code := exitCode(err)
+	if msg := errorMessage(err); msg != "" {
+		fmt.Fprintln(stderr, msg)
+	}
+	return code
+}
+
+// exitCode maps the outcome of a command to the process's exit code. It
+// is the one place that does.
+func exitCode(err error) int {
+	var o *outcome
+	if errors.As(err, &o) {
+		switch s := o.sum; {
+		case s != nil && s.Stopped:
+			return ExitSignaled
+		case o.err != nil:
+			return ExitFailed
+		case s != nil && s.Closed:
+			return ExitOK
+		case s != nil && s.Skipped()+s.DeadLettered() > 0:
+			return ExitPartial
+		}
+		return ExitOK
+	}
+	var serr spec.Errors
+	var uerr usageError
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.As(err, &serr), errors.As(err, &uerr):
+		return ExitUsage
+	case strings.HasPrefix(err.Error(), "flag provided but not defined"),
+		strings.HasPrefix(err.Error(), "No help topic"):
+		return ExitUsage
+	}
+	return ExitFailed
+}
+
+// errorMessage is what the user reads on stderr about err: no stack, the
+// place of the problem first.
+func errorMessage(err error) string {
+	var o *outcome
+	if errors.As(err, &o) {
+		if o.err == nil || (o.sum != nil && o.sum.Stopped && errors.Is(o.err, context.Canceled)) {
+			return ""
+		}
+		err = o.err
+	}
+	if err == nil {
+		return ""
+	}
+	var serr spec.Errors
+	if errors.As(err, &serr) {
+		return serr.Error()
+	}
+	return "flowrun: " + err.Error()
+}
+
+// permute moves a command's flags before its positional arguments, so
+// that `flowrun run p.yaml -o out` works as well as `flowrun run -o out
+// p.yaml` (urfave/cli stops parsing flags at the first argument).
+func permute(args []string, cmds []*urfave.Command) []string {
+	if len(args) < 3 {
+		return args
+	}
+	var cmd *urfave.Command
+	for _, c := range cmds {
+		if c.Name == args[1] {
+			cmd = c
+		}
+	}
+	if cmd == nil {
+		return args
+	}
+	takesValue := map[string]bool{}
+	for _, f := range cmd.Flags {
+		_, isBool := f.(*urfave.BoolFlag)
+		for _, n := range f.Names() {
+			takesValue[n] = !isBool
+		}
+	}
+	var flags, positional []string
+	rest := args[2:]
+	for i := 0; i < len(rest); i++ {
+		a := rest[i]
+		switch {
+		case a == "--":
+			positional = append(positional, rest[i+1:]...)
+			i = len(rest)
+		case len(a) > 1 && a[0] == '-':
+			flags = append(flags, a)
+			name := strings.TrimLeft(a, "-")
+			if !strings.Contains(name, "=") && takesValue[name] && i+1 < len(rest) {
+				i++
+				flags = append(flags, rest[i])
+			}
+		default:
+			positional = append(positional, a)
+		}
+	}
+	out := append([]string{args[0], args[1]}, flags...)
+	if len(positional) > 0 {
+		out = append(out, "--")
+		out = append(out, positional...)
+	}
+	return out
+}

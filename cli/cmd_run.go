@@ -1,0 +1,147 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	urfave "github.com/urfave/cli/v2"
+	"golang.org/x/term"
+
+	"github.com/flowrun/flowrun/runner"
+	"github.com/flowrun/flowrun/spec"
+)
+
+// runOptions are the flags of `flowrun run`.
+type runOptions struct {
+	input, output, deadLetter string
+	set                       []string
+	progress                  string
+	every                     time.Duration
+	stats                     string
+	quiet                     bool
+}
+
+func runCommand(stdin io.Reader, stdout, stderr io.Writer) *urfave.Command {
+	return &urfave.Command{
+		Name:      "run",
+		Usage:     "run a pipeline",
+		ArgsUsage: "FILE",
+		Description: `Runs the pipeline in FILE: records from its input (or -i) pass through its
+stages to its output (or -o). The first SIGINT or SIGTERM stops reading and
+drains what is in flight to the output, then exits 130; a second aborts.`,
+		Flags: []urfave.Flag{
+			&urfave.StringFlag{Name: "input", Aliases: []string{"i"}, Usage: "read records from `PATH` (a file, a glob, or - for stdin) instead of the pipeline's input"},
+			&urfave.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write records to `PATH` (- for stdout) instead of the pipeline's output"},
+			&urfave.StringSliceFlag{Name: "set", Usage: "override a value of the pipeline, e.g. stages.NAME.workers=4 (repeatable)"},
+			&urfave.StringFlag{Name: "progress", Value: "auto", Usage: "auto | bar | plain | none: bars on a terminal, a status line every few seconds otherwise"},
+			&urfave.DurationFlag{Name: "progress-every", Usage: "how often progress is shown (default 150ms for bars, 5s for plain)"},
+			&urfave.StringFlag{Name: "stats", Usage: "write the run's summary as JSON to `FILE`"},
+			&urfave.StringFlag{Name: "dead-letter", Usage: "write dead letters to `FILE` instead of the pipeline's dead_letter"},
+			&urfave.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no summary table at the end"},
+		},
+		Action: func(c *urfave.Context) error {
+			if c.NArg() != 1 {
+				return usagef("run takes one pipeline FILE, got %d arguments", c.NArg())
+			}
+			opts := runOptions{
+				input: c.String("input"), output: c.String("output"), deadLetter: c.String("dead-letter"),
+				set: c.StringSlice("set"), progress: c.String("progress"), every: c.Duration("progress-every"),
+				stats: c.String("stats"), quiet: c.Bool("quiet"),
+			}
+			return runPipeline(c.Context, c.Args().First(), opts, stdin, stdout, stderr)
+		},
+	}
+}
+
+func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Reader, stdout, stderr io.Writer) error {
+	p, err := spec.Load(file, spec.Options{Set: opts.set})
+	if err != nil {
+		return err
+	}
+	if opts.input != "" {
+		p.Input.From = opts.input
+	}
+	if opts.output != "" {
+		p.Output.To = opts.output
+	}
+	if opts.deadLetter != "" {
+		p.DeadLetter = opts.deadLetter
+	}
+	progress, err := chooseProgress(opts.progress, opts.every, stderr)
+	if err != nil {
+		return err
+	}
+
+	// The first signal stops the input and lets the run drain; the second
+	// cancels it.
+	abortCtx, abort := context.WithCancel(ctx)
+	defer abort()
+	stop := make(chan struct{})
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	sigDone := make(chan struct{})
+	defer close(sigDone)
+	go func() {
+		select {
+		case <-sigs:
+			fmt.Fprintln(stderr, "flowrun: stopping: draining records in flight (signal again to abort)")
+			close(stop)
+		case <-sigDone:
+			return
+		}
+		select {
+		case <-sigs:
+			fmt.Fprintln(stderr, "flowrun: aborting")
+			abort()
+		case <-sigDone:
+		}
+	}()
+
+	sum, runErr := runner.Run(abortCtx, p, runner.Options{
+		Stdin: stdin, Stdout: stdout, Stderr: stderr, Stop: stop, Progress: progress,
+	})
+	if !opts.quiet {
+		sum.WriteTable(stderr)
+	}
+	if opts.stats != "" {
+		if err := writeStats(opts.stats, sum); err != nil && runErr == nil {
+			runErr = err
+		}
+	}
+	return &outcome{sum: sum, err: runErr}
+}
+
+func chooseProgress(mode string, every time.Duration, stderr io.Writer) (runner.Progress, error) {
+	switch mode {
+	case "none":
+		return nil, nil
+	case "plain":
+		return runner.Plain{W: stderr, Every: every}, nil
+	case "bar":
+		return runner.Bars{W: stderr, Every: every}, nil
+	case "auto", "":
+		if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) && os.Getenv("CI") == "" {
+			return runner.Bars{W: stderr, Every: every}, nil
+		}
+		return runner.Plain{W: stderr, Every: every}, nil
+	}
+	return nil, usagef("--progress %q: want auto, bar, plain or none", mode)
+}
+
+func writeStats(path string, sum *runner.Summary) error {
+	b, err := json.MarshalIndent(sum, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("--stats: %w", err)
+	}
+	return nil
+}

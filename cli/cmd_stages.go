@@ -1,0 +1,107 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	urfave "github.com/urfave/cli/v2"
+
+	"github.com/flowrun/flowrun/stages"
+)
+
+func stagesCommand(stdout io.Writer) *urfave.Command {
+	return &urfave.Command{
+		Name:      "stages",
+		Usage:     "list the built-in stages and their options",
+		ArgsUsage: "[NAME...]",
+		Flags: []urfave.Flag{
+			&urfave.BoolFlag{Name: "markdown", Usage: "print the table that README.md holds"},
+		},
+		Action: func(c *urfave.Context) error {
+			return listStages(stdout, c.Args().Slice(), c.Bool("markdown"))
+		},
+	}
+}
+
+func listStages(w io.Writer, names []string, markdown bool) error {
+	var list []stages.Spec
+	if len(names) == 0 {
+		list = stages.All()
+	}
+	for _, n := range names {
+		s, ok := stages.Lookup(n)
+		if !ok {
+			return usagef("no stage %q; `flowrun stages` lists them", n)
+		}
+		list = append(list, s)
+	}
+	if markdown {
+		_, err := io.WriteString(w, StagesMarkdown(list))
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for i, s := range list {
+		if i > 0 {
+			fmt.Fprintln(tw)
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", s.Name, s.Doc)
+		for _, o := range s.Options {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\n", o.Name, optionType(o), o.Doc)
+		}
+		if s.MaxWorkers > 0 {
+			fmt.Fprintf(tw, "  \t\tat most %d worker(s)\n", s.MaxWorkers)
+		}
+	}
+	return tw.Flush()
+}
+
+// optionType says an option's type and its default, or that it is
+// required.
+func optionType(o stages.Option) string {
+	t := o.Type.String()
+	if len(o.Enum) > 0 {
+		t = strings.Join(o.Enum, "|")
+	}
+	switch {
+	case o.Required:
+		return t + " (required)"
+	case o.Default != nil:
+		return t + " = " + formatDefault(o.Default)
+	}
+	return t
+}
+
+func formatDefault(v any) string {
+	switch v := v.(type) {
+	case string:
+		return fmt.Sprintf("%q", v)
+	case []string:
+		return "[" + strings.Join(v, ", ") + "]"
+	case map[string]string:
+		if len(v) == 0 {
+			return "{}"
+		}
+	}
+	return fmt.Sprint(v)
+}
+
+// StagesMarkdown renders the stage reference as the Markdown table in
+// README.md; a test keeps the two identical.
+func StagesMarkdown(list []stages.Spec) string {
+	var b strings.Builder
+	b.WriteString("| stage | what it does | options |\n|---|---|---|\n")
+	for _, s := range list {
+		var opts []string
+		for _, o := range s.Options {
+			opts = append(opts, fmt.Sprintf("`%s` %s: %s", o.Name, strings.ReplaceAll(optionType(o), "|", "\\|"), o.Doc))
+		}
+		doc := s.Doc
+		if s.MaxWorkers > 0 {
+			doc += fmt.Sprintf(" At most %d worker(s).", s.MaxWorkers)
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", s.Name, strings.ReplaceAll(doc, "|", "\\|"), strings.ReplaceAll(strings.Join(opts, "<br>"), "\n", " "))
+	}
+	return b.String()
+}

@@ -1,0 +1,36 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+
+	urfave "github.com/urfave/cli/v2"
+
+	"github.com/flowrun/flowrun/spec"
+)
+
+func validateCommand(stdout io.Writer) *urfave.Command {
+	return &urfave.Command{
+		Name:      "validate",
+		Usage:     "check a pipeline without running it",
+		ArgsUsage: "FILE",
+		Flags: []urfave.Flag{
+			&urfave.StringSliceFlag{Name: "set", Usage: "override a value of the pipeline, as for run"},
+		},
+		Action: func(c *urfave.Context) error {
+			if c.NArg() != 1 {
+				return usagef("validate takes one pipeline FILE, got %d arguments", c.NArg())
+			}
+			return validate(c.Args().First(), c.StringSlice("set"), stdout)
+		},
+	}
+}
+
+func validate(file string, set []string, stdout io.Writer) error {
+	p, err := spec.Load(file, spec.Options{Set: set})
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "%s: ok: pipeline %q, %d stages\n", file, p.Name, len(p.Stages))
+	return err
+}

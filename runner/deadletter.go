@@ -1,0 +1,86 @@
+package runner
+
+import (
+	"bufio"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sync"
+	"unicode/utf8"
+)
+
+// DeadLetter is one line of the dead-letter file: a record that exhausted
+// its attempts, with where and why. Record holds the record when it is
+// valid UTF-8; otherwise RecordBase64 holds its bytes, so that nothing is
+// lost in JSON's replacement of invalid bytes.
+type DeadLetter struct {
+	Stage        string `json:"stage"`
+	Error        string `json:"error"`
+	Attempts     int    `json:"attempts"`
+	Seq          uint64 `json:"seq"` // the input record's number, from 1
+	Record       string `json:"record,omitempty"`
+	RecordBase64 string `json:"record_base64,omitempty"`
+}
+
+// Bytes returns the record.
+func (d *DeadLetter) Bytes() []byte {
+	if d.RecordBase64 != "" {
+		b, _ := base64.StdEncoding.DecodeString(d.RecordBase64)
+		return b
+	}
+	return []byte(d.Record)
+}
+
+// deadLetters writes dead letters; workers of every stage share it.
+type deadLetters struct {
+	mu   sync.Mutex
+	w    *bufio.Writer
+	name string
+	err  error
+}
+
+func newDeadLetters(w io.Writer, name string) *deadLetters {
+	return &deadLetters{w: bufio.NewWriter(w), name: name}
+}
+
+func (d *deadLetters) write(stage string, seq uint64, attempts int, rec []byte, cause error) error {
+	if d == nil {
+		return fmt.Errorf("no dead_letter file is set")
+	}
+	dl := DeadLetter{Stage: stage, Error: cause.Error(), Attempts: attempts, Seq: seq}
+	if utf8.Valid(rec) {
+		dl.Record = string(rec)
+	} else {
+		dl.RecordBase64 = base64.StdEncoding.EncodeToString(rec)
+	}
+	line, err := json.Marshal(dl)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.err == nil {
+		d.w.Write(line)
+		d.err = d.w.WriteByte('\n')
+	}
+	if d.err != nil {
+		return fmt.Errorf("write dead letter to %s: %w", d.name, d.err)
+	}
+	return nil
+}
+
+func (d *deadLetters) flush() error {
+	if d == nil {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.err == nil {
+		d.err = d.w.Flush()
+	}
+	if d.err != nil {
+		return fmt.Errorf("write dead letter to %s: %w", d.name, d.err)
+	}
+	return nil
+}

@@ -1,0 +1,342 @@
+package runner
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"unicode/utf8"
+)
+
+const (
+	chunkSize = 64 << 10 // bytes per read; records point into these chunks
+)
+
+// inputFile is one input to read, in order.
+type inputFile struct {
+	name string // "stdin" or the path, for messages
+	path string // "" for stdin
+}
+
+// expandInput resolves input.from: stdin, one path, or a glob whose
+// matches are read in lexical order. It returns the files and their total
+// size in bytes, or -1 when it cannot be known (stdin).
+func expandInput(from string) ([]inputFile, int64, error) {
+	if from == "" || from == "stdin" || from == "-" {
+		return []inputFile{{name: "stdin"}}, -1, nil
+	}
+	paths := []string{from}
+	if strings.ContainsAny(from, "*?[") {
+		m, err := filepath.Glob(from)
+		if err != nil {
+			return nil, 0, fmt.Errorf("input %q: %w", from, err)
+		}
+		if len(m) == 0 {
+			return nil, 0, fmt.Errorf("input %q: no file matches", from)
+		}
+		paths = m
+	}
+	var total int64
+	files := make([]inputFile, len(paths))
+	for i, p := range paths {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return nil, 0, fmt.Errorf("input: %w", err)
+		}
+		if fi.IsDir() {
+			return nil, 0, fmt.Errorf("input %s: is a directory", p)
+		}
+		if fi.Mode().IsRegular() && total >= 0 {
+			total += fi.Size()
+		} else {
+			total = -1
+		}
+		files[i] = inputFile{name: p, path: p}
+	}
+	return files, total, nil
+}
+
+// item is what the input hands on: a record, or a record that could not
+// be decoded.
+type item struct {
+	data []byte
+	line int64 // line of the input file where the record starts
+	err  error // a decode error for this record; data is what was read
+}
+
+// decoder yields the records of one input. next returns the records that
+// can be had with at most one blocking read, at most max of them, so that
+// a record typed on a terminal is passed on at once; io.EOF after the last.
+type decoder interface {
+	next(max int, out []item) ([]item, error)
+}
+
+func newDecoder(format string, r io.Reader, maxRecord int, bytesRead *atomic.Int64) decoder {
+	cr := &countingReader{r: r, n: bytesRead}
+	switch format {
+	case "jsonl":
+		return &jsonlDecoder{lines: newLineDecoder(cr, maxRecord)}
+	case "csv":
+		return newCSVDecoder(cr)
+	}
+	return newLineDecoder(cr, maxRecord)
+}
+
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// lineDecoder splits its input on '\n' (dropping a '\r' before it), with
+// no limit on line length but maxRecord. Records are sub-slices of large
+// chunks, capped so that a stage appending to one cannot write into the
+// next.
+type lineDecoder struct {
+	r          io.Reader
+	buf        []byte
+	start, end int
+	eof        bool
+	max        int
+	line       int64
+	skipping   bool // discarding the rest of an over-long line
+	empty      int  // reads in a row that returned nothing
+}
+
+func newLineDecoder(r io.Reader, maxRecord int) *lineDecoder {
+	return &lineDecoder{r: r, buf: make([]byte, chunkSize), max: maxRecord}
+}
+
+func (d *lineDecoder) next(max int, out []item) ([]item, error) {
+	for {
+		for len(out) < max {
+			i := bytes.IndexByte(d.buf[d.start:d.end], '\n')
+			if i < 0 {
+				break
+			}
+			end := d.start + i
+			if d.skipping {
+				d.skipping = false
+				d.start = end + 1
+				continue
+			}
+			d.line++
+			rec := d.buf[d.start:end]
+			if len(rec) > 0 && rec[len(rec)-1] == '\r' {
+				rec = rec[:len(rec)-1]
+			}
+			out = append(out, item{data: rec[:len(rec):len(rec)], line: d.line})
+			d.start = end + 1
+		}
+		if len(out) > 0 {
+			return out, nil
+		}
+		if d.eof {
+			if d.start < d.end && !d.skipping {
+				d.line++
+				rec := d.buf[d.start:d.end]
+				d.start = d.end
+				if len(rec) > 0 && rec[len(rec)-1] == '\r' {
+					rec = rec[:len(rec)-1]
+				}
+				return append(out, item{data: rec[:len(rec):len(rec)], line: d.line}), nil
+			}
+			return out, io.EOF
+		}
+		partial := d.end - d.start
+		if partial > d.max && !d.skipping {
+			d.line++
+			err := fmt.Errorf("line %d: record longer than max_record_size (%d bytes)", d.line, d.max)
+			out = append(out, item{data: d.buf[d.start : d.start+min(partial, 64)], line: d.line, err: err})
+			d.skipping = true
+		}
+		if d.skipping {
+			d.start = d.end // the rest of the line is thrown away
+		}
+		if d.end == len(d.buf) {
+			// The chunk is full. Records handed out still point into it,
+			// so the partial line moves to a fresh chunk.
+			size := chunkSize
+			for size < 2*(d.end-d.start) {
+				size *= 2
+			}
+			nb := make([]byte, size)
+			d.end = copy(nb, d.buf[d.start:d.end])
+			d.buf, d.start = nb, 0
+		}
+		n, err := d.r.Read(d.buf[d.end:])
+		d.end += n
+		if n == 0 && err == nil {
+			if d.empty++; d.empty > 100 {
+				return out, io.ErrNoProgress
+			}
+		} else {
+			d.empty = 0
+		}
+		if err == io.EOF {
+			d.eof = true
+		} else if err != nil {
+			return out, err
+		}
+		if len(out) > 0 {
+			return out, nil
+		}
+	}
+}
+
+// jsonlDecoder is a lineDecoder that checks each line is one JSON value
+// and passes over blank lines.
+type jsonlDecoder struct {
+	lines *lineDecoder
+}
+
+func (d *jsonlDecoder) next(max int, out []item) ([]item, error) {
+	for {
+		n := len(out)
+		out, err := d.lines.next(max, out)
+		kept := out[:n]
+		for _, it := range out[n:] {
+			if it.err == nil {
+				if len(bytes.TrimSpace(it.data)) == 0 {
+					continue
+				}
+				if !json.Valid(it.data) {
+					it.err = fmt.Errorf("line %d: not valid JSON", it.line)
+				}
+			}
+			kept = append(kept, it)
+		}
+		if len(kept) > n || err != nil {
+			return kept, err
+		}
+		out = kept
+	}
+}
+
+// csvDecoder turns CSV rows into JSON objects keyed by the header row.
+type csvDecoder struct {
+	br     *bufio.Reader
+	r      *csv.Reader
+	header []string
+	keys   [][]byte // the header names as JSON strings
+}
+
+func newCSVDecoder(r io.Reader) *csvDecoder {
+	br := bufio.NewReaderSize(r, chunkSize)
+	cr := csv.NewReader(br)
+	cr.ReuseRecord = true
+	cr.FieldsPerRecord = -1 // checked here, so the error names the line
+	return &csvDecoder{br: br, r: cr}
+}
+
+func (d *csvDecoder) next(max int, out []item) ([]item, error) {
+	for len(out) < max {
+		row, err := d.r.Read()
+		if err == io.EOF {
+			return out, io.EOF
+		}
+		line, _ := d.r.FieldPos(0)
+		var perr *csv.ParseError
+		switch {
+		case errors.As(err, &perr):
+			out = append(out, item{line: int64(perr.StartLine), err: fmt.Errorf("line %d: %v", perr.StartLine, perr.Err)})
+		case err != nil:
+			return out, err
+		case d.header == nil:
+			d.header = append([]string(nil), row...)
+			for _, h := range d.header {
+				d.keys = append(d.keys, appendJSONString(nil, h))
+			}
+			if len(d.header) == 0 {
+				return out, fmt.Errorf("line %d: empty header row", line)
+			}
+			continue
+		case len(row) != len(d.header):
+			out = append(out, item{line: int64(line), data: []byte(strings.Join(row, ",")),
+				err: fmt.Errorf("line %d: %d fields, the header has %d", line, len(row), len(d.header))})
+		default:
+			out = append(out, item{line: int64(line), data: d.object(row)})
+		}
+		if d.br.Buffered() == 0 {
+			break // the next row would wait on a read: pass these on now
+		}
+	}
+	return out, nil
+}
+
+func (d *csvDecoder) object(row []string) []byte {
+	n := 2
+	for i, f := range row {
+		n += len(d.keys[i]) + len(f) + 4
+	}
+	b := make([]byte, 0, n)
+	b = append(b, '{')
+	for i, f := range row {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, d.keys[i]...)
+		b = append(b, ':')
+		b = appendJSONString(b, f)
+	}
+	return append(b, '}')
+}
+
+// appendJSONString appends s as a JSON string, leaving <, > and & as
+// they are (encoding/json escapes them for HTML) and replacing invalid
+// UTF-8 with U+FFFD, as encoding/json does.
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			b = append(b, c)
+			i++
+			continue
+		}
+		switch c {
+		case '"', '\\':
+			b = append(b, '\\', c)
+			i++
+			continue
+		case '\n':
+			b = append(b, '\\', 'n')
+			i++
+			continue
+		case '\r':
+			b = append(b, '\\', 'r')
+			i++
+			continue
+		case '\t':
+			b = append(b, '\\', 't')
+			i++
+			continue
+		}
+		if c < 0x20 {
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, "\\ufffd"...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}

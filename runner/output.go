@@ -1,0 +1,135 @@
+package runner
+
+import (
+	"bytes"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"syscall"
+)
+
+// flushAt is how much output is gathered before a write. The buffer only
+// ever holds whole records, so a run stopped between two writes never
+// leaves half a record behind.
+const flushAt = 64 << 10
+
+// errOutputClosed says the reader of the output went away (`| head`).
+var errOutputClosed = errors.New("output closed by its reader")
+
+// sink formats records and writes them in large, record-aligned writes.
+type sink struct {
+	w      io.Writer
+	name   string // for messages: "stdout" or the path
+	format string
+	buf    []byte
+	header []string // csv: the columns, from the first record
+	csvBuf bytes.Buffer
+	csvW   *csv.Writer
+	fields []string
+	n      int64 // records written
+	bytes  int64 // bytes written
+}
+
+func newSink(w io.Writer, name, format string) *sink {
+	s := &sink{w: w, name: name, format: format, buf: make([]byte, 0, flushAt+4096)}
+	if format == "csv" {
+		s.csvW = csv.NewWriter(&s.csvBuf)
+	}
+	return s
+}
+
+// add formats one record into the buffer. An error is about the record,
+// not the output: it cannot be written in the output's format.
+func (s *sink) add(rec []byte) error {
+	switch s.format {
+	case "jsonl":
+		if json.Valid(rec) {
+			s.buf = append(s.buf, rec...)
+		} else {
+			s.buf = appendJSONString(s.buf, string(rec))
+		}
+	case "csv":
+		if err := s.addCSV(rec); err != nil {
+			return err
+		}
+	default:
+		s.buf = append(s.buf, rec...)
+	}
+	s.buf = append(s.buf, '\n')
+	s.n++
+	return nil
+}
+
+func (s *sink) addCSV(rec []byte) error {
+	cols, vals, err := objectFields(rec)
+	if err != nil {
+		return fmt.Errorf("csv output needs JSON objects: %w", err)
+	}
+	if s.header == nil {
+		s.header = cols
+		s.csvW.Write(cols)
+	}
+	s.fields = s.fields[:0]
+	for _, h := range s.header {
+		s.fields = append(s.fields, vals[h])
+	}
+	s.csvW.Write(s.fields)
+	s.csvW.Flush()
+	out := s.csvBuf.Bytes()
+	s.buf = append(s.buf, out[:len(out)-1]...) // add appends the newline
+	s.csvBuf.Reset()
+	return nil
+}
+
+// objectFields returns the keys of a JSON object in their order and each
+// value as CSV text: strings bare, anything else as its JSON.
+func objectFields(rec []byte) ([]string, map[string]string, error) {
+	d := json.NewDecoder(bytes.NewReader(rec))
+	d.UseNumber()
+	if t, err := d.Token(); err != nil || t != json.Delim('{') {
+		return nil, nil, errors.New("record is not a JSON object")
+	}
+	var keys []string
+	vals := map[string]string{}
+	for d.More() {
+		t, err := d.Token()
+		if err != nil {
+			return nil, nil, err
+		}
+		k, _ := t.(string)
+		var raw json.RawMessage
+		if err := d.Decode(&raw); err != nil {
+			return nil, nil, err
+		}
+		var s string
+		if len(raw) > 0 && raw[0] == '"' && json.Unmarshal(raw, &s) == nil {
+			vals[k] = s
+		} else {
+			vals[k] = string(raw)
+		}
+		keys = append(keys, k)
+	}
+	return keys, vals, nil
+}
+
+// full says the buffer should be written now.
+func (s *sink) full() bool { return len(s.buf) >= flushAt }
+
+// flush writes the buffer.
+func (s *sink) flush() error {
+	if len(s.buf) == 0 {
+		return nil
+	}
+	n, err := s.w.Write(s.buf)
+	s.bytes += int64(n)
+	s.buf = s.buf[:0]
+	if err != nil {
+		if errors.Is(err, syscall.EPIPE) || errors.Is(err, io.ErrClosedPipe) {
+			return errOutputClosed
+		}
+		return fmt.Errorf("write %s: %w", s.name, err)
+	}
+	return nil
+}

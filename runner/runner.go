@@ -1,0 +1,485 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
+
+	"github.com/flowrun/flowrun/spec"
+	"github.com/flowrun/flowrun/stages"
+)
+
+// maxBatch is the most records a batch carries between stages that take
+// batches. Measured in BenchmarkBatchSize.
+const maxBatch = 64
+
+// Options are what a run needs besides its pipeline.
+type Options struct {
+	Stdin  io.Reader // when the input is stdin
+	Stdout io.Writer // when the output is stdout
+	Stderr io.Writer // progress and the summary; nil: none
+
+	// Stop, when closed, stops the input as if it had ended: what is in
+	// flight drains to the output (the first Ctrl-C). Cancelling Run's
+	// context instead aborts at once (the second).
+	Stop <-chan struct{}
+
+	Progress Progress
+}
+
+// run is the state of one Run.
+type run struct {
+	p      *spec.Pipeline
+	opts   Options
+	stages []*stageRun
+	window *semaphore.Weighted // nil unless ordered
+	dl     *deadLetters
+
+	stopRead context.CancelFunc // stops the input
+	stopped  atomic.Bool        // by Options.Stop
+	read     atomic.Int64       // input bytes
+	input    struct {
+		records, errors, skipped, dead atomic.Int64
+	}
+	written atomic.Int64 // output records
+	total   int64        // input bytes, -1 unknown
+}
+
+// Run runs p until its input ends and every record has gone to the output,
+// the dead-letter file or a counted skip; until a record fails a stage
+// whose on_error is fail; until Options.Stop is closed and what was in
+// flight has drained; or until ctx is cancelled. The Summary is valid
+// whatever the error.
+func Run(ctx context.Context, p *spec.Pipeline, opts Options) (*Summary, error) {
+	began := time.Now()
+	r := &run{p: p, opts: opts}
+	sum := &Summary{Pipeline: p.Name}
+	err := r.run(ctx)
+	r.summarize(sum, time.Since(began))
+	switch {
+	case errors.Is(err, errOutputClosed):
+		sum.Closed, err = true, nil
+	case err != nil && ctx.Err() != nil:
+		sum.Stopped = true
+	case r.stopped.Load():
+		sum.Stopped = true
+	}
+	if err != nil {
+		sum.Failed = err.Error()
+	}
+	return sum, err
+}
+
+func (r *run) run(ctx context.Context) (err error) {
+	p := r.p
+	files, total, err := expandInput(p.Input.From)
+	if err != nil {
+		return err
+	}
+	r.total = total
+
+	out, outName, closeOut, err := r.openOutput()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := closeOut(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	if p.DeadLetter != "" {
+		f, err := os.Create(p.DeadLetter)
+		if err != nil {
+			return fmt.Errorf("dead letter: %w", err)
+		}
+		r.dl = newDeadLetters(f, p.DeadLetter)
+		defer func() {
+			if ferr := r.dl.flush(); err == nil && ferr != nil {
+				err = ferr
+			}
+			if cerr := f.Close(); err == nil && cerr != nil {
+				err = fmt.Errorf("dead letter: %w", cerr)
+			}
+		}()
+	}
+
+	if err := r.build(); err != nil {
+		return err
+	}
+	defer r.closeUnstarted()
+
+	g, gctx := errgroup.WithContext(ctx)
+	readCtx, stopRead := context.WithCancel(gctx)
+	defer stopRead()
+	r.stopRead = stopRead
+	if r.opts.Stop != nil {
+		stop := r.opts.Stop
+		go func() {
+			select {
+			case <-stop:
+				r.stopped.Store(true)
+				stopRead()
+			case <-readCtx.Done():
+			}
+		}()
+	}
+
+	q0 := r.stages[0].in
+	g.Go(func() error {
+		defer close(q0)
+		return r.readInput(readCtx, gctx, files, q0)
+	})
+	for _, st := range r.stages {
+		var wg sync.WaitGroup
+		for _, s := range st.made {
+			wg.Add(1)
+			g.Go(func() error {
+				defer wg.Done()
+				defer closeStage(s)
+				return r.work(gctx, st, s)
+			})
+		}
+		st.made = nil // the workers own them now
+		g.Go(func() error {
+			wg.Wait()
+			close(st.out)
+			return nil
+		})
+	}
+	sink := newSink(out, outName, p.Output.Format)
+	last := r.stages[len(r.stages)-1].out
+	g.Go(func() error { return r.write(gctx, last, sink) })
+
+	var progress sync.WaitGroup
+	progressDone := make(chan struct{})
+	if r.opts.Progress != nil {
+		progress.Add(1)
+		go func() {
+			defer progress.Done()
+			r.opts.Progress.Run(progressDone, r.snapshot)
+		}()
+	}
+	err = g.Wait()
+	close(progressDone)
+	progress.Wait()
+	if err == nil && ctx.Err() != nil {
+		err = context.Cause(ctx)
+	}
+	return err
+}
+
+// build makes every worker's Stage before any record moves, so that a
+// missing plugin fails the run before it reads anything.
+func (r *run) build() error {
+	p := r.p
+	takes := make([]int, len(p.Stages)+1)
+	for i, s := range p.Stages {
+		takes[i] = 1
+		if s.Spec.Batch {
+			takes[i] = maxBatch
+		}
+	}
+	takes[len(p.Stages)] = maxBatch // the output
+	in := make(chan batch, max(1, p.Stages[0].Buffer/takes[0]))
+	var window int64
+	for i, s := range p.Stages {
+		st := &stageRun{cfg: s, in: in, take: takes[i], nextTake: takes[i+1]}
+		if i+1 < len(p.Stages) {
+			in = make(chan batch, max(1, p.Stages[i+1].Buffer/takes[i+1]))
+		} else {
+			in = make(chan batch, 16)
+		}
+		st.out = in
+		r.stages = append(r.stages, st)
+		for range s.Workers {
+			stage, err := s.Spec.New(s.Config)
+			if err != nil {
+				return fmt.Errorf("stage %q (%s): %w", s.Name, s.Pos, err)
+			}
+			st.made = append(st.made, stage)
+			if _, ok := stage.(stages.BatchStage); ok {
+				st.take = maxBatch
+			}
+			_, st.holds = stage.(stages.Flusher)
+		}
+		if st.holds && p.Ordered {
+			if s.Workers > 1 {
+				return fmt.Errorf("stage %q (%s): an ordered pipeline needs workers: 1 for %s, which holds records across calls", s.Name, s.Pos, s.Use)
+			}
+			st.sequence = true
+		}
+		window += int64(s.Buffer + s.Workers*st.take)
+	}
+	// A stage that became a batch taker needs its upstream to cut batches
+	// to its size.
+	for i := 1; i < len(r.stages); i++ {
+		r.stages[i-1].nextTake = r.stages[i].take
+	}
+	if p.Ordered {
+		if p.ReorderWindow > 0 {
+			window = int64(max(p.ReorderWindow, maxBatch))
+		} else {
+			window = max(2*window, 4096)
+		}
+		r.window = semaphore.NewWeighted(window)
+	}
+	return nil
+}
+
+// closeUnstarted closes the Stages of a run that failed before its
+// workers started.
+func (r *run) closeUnstarted() {
+	for _, st := range r.stages {
+		for _, s := range st.made {
+			closeStage(s)
+		}
+		st.made = nil
+	}
+}
+
+// stopInput ends the input early: a stage has all it wants (take).
+func (r *run) stopInput() { r.stopRead() }
+
+// release gives back window tokens for n input records.
+func (r *run) release(n int64) {
+	if r.window != nil {
+		r.window.Release(n)
+	}
+}
+
+func (r *run) openOutput() (io.Writer, string, func() error, error) {
+	to := r.p.Output.To
+	if to == "" || to == "stdout" || to == "-" {
+		return r.opts.Stdout, "stdout", func() error { return nil }, nil
+	}
+	f, err := os.Create(to)
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("output: %w", err)
+	}
+	return f, to, func() error {
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("output: %w", err)
+		}
+		return nil
+	}, nil
+}
+
+// chunk is what the reading goroutine hands the input stage: records with
+// their numbers, or a read error.
+type chunk struct {
+	items  []item
+	lo, hi uint64
+	err    error
+}
+
+// readInput feeds q0. The reading itself happens in a goroutine of its
+// own, because a Read on a terminal or pipe cannot be interrupted: when
+// the input is stopped, readInput returns (and q0 closes) at once, and the
+// reader exits when its Read returns. ctx is the run's; readCtx is done
+// also when the input is stopped.
+func (r *run) readInput(readCtx, ctx context.Context, files []inputFile, q0 chan<- batch) error {
+	chunks := make(chan chunk, 1)
+	done := make(chan struct{})
+	defer close(done)
+	go r.readFiles(files, chunks, done)
+	for {
+		var c chunk
+		var ok bool
+		select {
+		case c, ok = <-chunks:
+		case <-readCtx.Done():
+			return ctx.Err()
+		}
+		if !ok {
+			return nil
+		}
+		if c.err != nil {
+			return c.err
+		}
+		b := batch{lo: c.lo, hi: c.hi, recs: make([]record, 0, len(c.items))}
+		for i, it := range c.items {
+			seq := c.lo + uint64(i)
+			if it.err != nil {
+				if err := r.inputError(seq, it); err != nil {
+					return err
+				}
+				continue
+			}
+			b.recs = append(b.recs, record{data: it.data, seq: seq})
+		}
+		r.input.records.Add(int64(len(c.items)))
+		if r.window != nil {
+			if err := r.window.Acquire(readCtx, b.size()); err != nil {
+				return ctx.Err()
+			}
+		}
+		select {
+		case q0 <- b:
+		case <-readCtx.Done():
+			r.release(b.size())
+			return ctx.Err()
+		}
+	}
+}
+
+func (r *run) inputError(seq uint64, it item) error {
+	r.input.errors.Add(1)
+	name := r.p.Input.From
+	if name == "" {
+		name = "stdin"
+	}
+	err := fmt.Errorf("input %s %w", name, it.err)
+	switch r.p.Input.OnError {
+	case spec.Skip:
+		r.input.skipped.Add(1)
+		return nil
+	case spec.DeadLetter:
+		r.input.dead.Add(1)
+		return r.dl.write("input", seq, 1, it.data, err)
+	}
+	return err
+}
+
+func (r *run) readFiles(files []inputFile, chunks chan<- chunk, done <-chan struct{}) {
+	defer close(chunks)
+	send := func(c chunk) bool {
+		select {
+		case chunks <- c:
+			return true
+		case <-done:
+			return false
+		}
+	}
+	var seq uint64
+	for _, f := range files {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		var in io.Reader = r.opts.Stdin
+		if f.path != "" {
+			file, err := os.Open(f.path)
+			if err != nil {
+				send(chunk{err: fmt.Errorf("input: %w", err)})
+				return
+			}
+			defer file.Close()
+			in = file
+		}
+		if in == nil {
+			in = eofReader{}
+		}
+		dec := newDecoder(r.p.Input.Format, in, r.p.Input.MaxRecordSize, &r.read)
+		for {
+			items, err := dec.next(maxBatch, make([]item, 0, maxBatch))
+			if len(items) > 0 {
+				c := chunk{items: items, lo: seq + 1, hi: seq + uint64(len(items))}
+				seq = c.hi
+				if !send(c) {
+					return
+				}
+			}
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				send(chunk{err: fmt.Errorf("read %s: %w", f.name, err)})
+				return
+			}
+		}
+	}
+}
+
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
+
+// write drains the last queue into the sink, in input order when the
+// pipeline is ordered. It writes when the buffer is full or when no batch
+// is waiting, so a lone record is never held back for company.
+func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
+	emit := func(b batch) error {
+		for _, rec := range b.recs {
+			if err := s.add(rec.data); err != nil {
+				return &RecordError{Stage: "output", Seq: rec.seq, Record: rec.data, Attempts: 1, Err: err}
+			}
+			if s.full() {
+				if err := s.flush(); err != nil {
+					return err
+				}
+			}
+		}
+		r.written.Add(int64(len(b.recs)))
+		if !b.held {
+			r.release(b.size())
+		}
+		return nil
+	}
+	var ro *reorder
+	if r.p.Ordered {
+		ro = newReorder()
+	}
+	for {
+		select {
+		case b, ok := <-in:
+			if !ok {
+				if ro != nil {
+					if err := ro.drain(emit); err != nil {
+						return err
+					}
+				}
+				return s.flush()
+			}
+			var err error
+			if ro != nil {
+				err = ro.push(b, emit)
+			} else {
+				err = emit(b)
+			}
+			if err != nil {
+				return err
+			}
+			if len(in) == 0 {
+				if err := s.flush(); err != nil {
+					return err
+				}
+			}
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+}
+
+// summarize fills sum from the counters.
+func (r *run) summarize(sum *Summary, elapsed time.Duration) {
+	sum.Elapsed = Duration(elapsed)
+	sum.Input = InputStats{
+		Records:      r.input.records.Load(),
+		Bytes:        r.read.Load(),
+		Errors:       r.input.errors.Load(),
+		Skipped:      r.input.skipped.Load(),
+		DeadLettered: r.input.dead.Load(),
+	}
+	sum.Output = OutputStats{Records: r.written.Load()}
+	for _, st := range r.stages {
+		c := &st.c
+		c.mu.Lock()
+		p50, p99 := c.hist.quantile(0.5), c.hist.quantile(0.99)
+		c.mu.Unlock()
+		sum.Stages = append(sum.Stages, StageStats{
+			Name: st.cfg.Name, Use: st.cfg.Use, Workers: st.cfg.Workers,
+			In: c.in.Load(), Out: c.out.Load(), Errors: c.errors.Load(), Retries: c.retries.Load(),
+			Skipped: c.skipped.Load(), DeadLettered: c.dead.Load(),
+			Busy: Duration(c.busyNanos.Load()), P50: Duration(p50), P99: Duration(p99),
+		})
+	}
+}

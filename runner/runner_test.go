@@ -1,0 +1,475 @@
+package runner_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/flowrun/flowrun/runner"
+	"github.com/flowrun/flowrun/spec"
+	"github.com/flowrun/flowrun/stages"
+)
+
+// Test-only stages, to make failures, panics and slowness on demand.
+var flaky atomic.Int64
+
+func init() {
+	stages.Register(stages.Spec{
+		Name: "runnertest.fail",
+		Doc:  "Fails records that contain the text fail; panics on panic; fails flaky records the first n-1 times.",
+		Options: []stages.Option{
+			{Name: "times", Type: stages.Int, Default: 0, Doc: "fail a flaky record this many times, then pass it"},
+		},
+		New: func(c stages.Config) (stages.Stage, error) {
+			times := c.Int("times")
+			seen := map[string]int{}
+			return stages.Func(func(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+				switch s := string(rec); {
+				case strings.Contains(s, "panic"):
+					panic("boom on " + s)
+				case strings.Contains(s, "fail"):
+					return out, errors.New("record says fail")
+				case strings.Contains(s, "flaky"):
+					seen[s]++
+					flaky.Add(1)
+					if seen[s] <= times {
+						return out, fmt.Errorf("flaky attempt %d", seen[s])
+					}
+				}
+				return append(out, rec), nil
+			}), nil
+		},
+	})
+	stages.Register(stages.Spec{
+		Name: "runnertest.fanout",
+		Doc:  "Emits each record n times, numbered; filters records equal to skip.",
+		Options: []stages.Option{
+			{Name: "n", Type: stages.Int, Default: 3, Doc: "copies"},
+		},
+		New: func(c stages.Config) (stages.Stage, error) {
+			n := c.Int("n")
+			return stages.Func(func(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+				if string(rec) == "skip" {
+					return out, nil
+				}
+				for i := range n {
+					out = append(out, fmt.Appendf(nil, "%s.%d", rec, i))
+				}
+				return out, nil
+			}), nil
+		},
+	})
+	stages.Register(stages.Spec{
+		Name: "runnertest.hold",
+		Doc:  "Holds records and emits them joined by + every n records and at the end (a Flusher).",
+		Options: []stages.Option{
+			{Name: "n", Type: stages.Int, Default: 3, Doc: "records per group"},
+		},
+		New: func(c stages.Config) (stages.Stage, error) { return &holdStage{n: c.Int("n")}, nil },
+	})
+}
+
+type holdStage struct {
+	n    int
+	held []string
+}
+
+func (h *holdStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+	h.held = append(h.held, string(rec))
+	if len(h.held) == h.n {
+		return h.Flush(nil, out)
+	}
+	return out, nil
+}
+
+func (h *holdStage) Flush(_ context.Context, out [][]byte) ([][]byte, error) {
+	if len(h.held) == 0 {
+		return out, nil
+	}
+	out = append(out, []byte(strings.Join(h.held, "+")))
+	h.held = nil
+	return out, nil
+}
+
+// runYAML runs a pipeline given as YAML over input and returns stdout.
+func runYAML(t *testing.T, yaml, input string, opts ...func(*runner.Options)) (string, *runner.Summary, error) {
+	t.Helper()
+	dir := t.TempDir()
+	yaml = strings.ReplaceAll(yaml, "$TMP", dir)
+	p, err := spec.Parse("test.yaml", []byte(yaml), spec.Options{})
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	var out bytes.Buffer
+	o := runner.Options{Stdin: strings.NewReader(input), Stdout: &out}
+	for _, f := range opts {
+		f(&o)
+	}
+	sum, err := runner.Run(context.Background(), p, o)
+	return out.String(), sum, err
+}
+
+func lines(n int, format string) string {
+	var b strings.Builder
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&b, format+"\n", i)
+	}
+	return b.String()
+}
+
+func TestRunOutput(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	tests := []struct {
+		name, yaml, in, want string
+	}{
+		{"one stage", "stages: [{use: upper}]", "a\nb\n", "A\nB\n"},
+		{"last line without newline kept", "stages: [{use: upper}]", "a\nb", "A\nB\n"},
+		{"crlf lines lose the cr", "stages: [{use: upper}]", "a\r\nb\r\n", "A\nB\n"},
+		{"empty input", "stages: [{use: upper}]", "", ""},
+		{"empty lines are records", "stages: [{use: trim}]", "\n \n\n", "\n\n\n"},
+		{"filter", "stages: [{use: grep, with: {pattern: '^b'}}]", "a\nb\nbb\nc\n", "b\nbb\n"},
+		{"ordered with many workers", "ordered: true\nstages: [{use: sleep, workers: 8, with: {duration: 1ms, jitter: 3ms}}]",
+			lines(200, "%d"), lines(200, "%d")},
+		{"ordered fan-out stays together", "ordered: true\nstages: [{use: runnertest.fanout, workers: 4}, {use: sleep, workers: 5, with: {duration: 0s, jitter: 1ms}}]",
+			"a\nskip\nb\n", "a.0\na.1\na.2\nb.0\nb.1\nb.2\n"},
+		{"ordered holding stage", "ordered: true\nstages: [{use: sleep, workers: 4, with: {duration: 0s, jitter: 1ms}}, {use: runnertest.hold, with: {n: 3}}]",
+			lines(7, "%d"), "1+2+3\n4+5+6\n7\n"},
+		{"jsonl to csv", "input: {format: jsonl}\noutput: {format: csv}\nstages: [{use: trim}]",
+			"{\"a\":1,\"b\":\"x,y\"}\n\n{\"a\":2,\"b\":\"z\"}\n", "a,b\n1,\"x,y\"\n2,z\n"},
+		{"csv to jsonl", "input: {format: csv}\noutput: {format: jsonl}\nstages: [{use: trim}]",
+			"name,age\nada,36\n\"b, c\",7\n", "{\"name\":\"ada\",\"age\":\"36\"}\n{\"name\":\"b, c\",\"age\":\"7\"}\n"},
+		{"lines to jsonl quotes text", "output: {format: jsonl}\nstages: [{use: trim}]", "{\"a\":1}\nplain \"text\"\n", "{\"a\":1}\n\"plain \\\"text\\\"\"\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, sum, err := runYAML(t, tt.yaml, tt.in)
+			if err != nil {
+				t.Fatalf("run: %v", err)
+			}
+			if got != tt.want {
+				t.Errorf("output\n got %q\nwant %q", got, tt.want)
+			}
+			if sum.Stopped || sum.Skipped() != 0 {
+				t.Errorf("summary %+v", sum)
+			}
+		})
+	}
+}
+
+func TestUnorderedKeepsEveryRecord(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	in := lines(5000, "r%d")
+	got, sum, err := runYAML(t, "stages: [{use: sleep, workers: 7, with: {duration: 0s, jitter: 100us}}, {use: upper, workers: 3}]", in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := strings.Split(strings.ToUpper(in), "\n")
+	have := strings.Split(got, "\n")
+	if len(have) != len(want) {
+		t.Fatalf("got %d lines, want %d", len(have), len(want))
+	}
+	seen := map[string]bool{}
+	for _, l := range have {
+		seen[l] = true
+	}
+	for _, l := range want {
+		if !seen[l] {
+			t.Fatalf("missing %q", l)
+		}
+	}
+	if sum.Input.Records != 5000 || sum.Output.Records != 5000 {
+		t.Errorf("in %d out %d", sum.Input.Records, sum.Output.Records)
+	}
+}
+
+func TestRecordErrors(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	in := "ok1\nfail-me\nok2\npanic-me\nok3\n"
+	t.Run("fail stops the run naming stage and record", func(t *testing.T) {
+		_, _, err := runYAML(t, "stages: [{name: check, use: runnertest.fail}]", in)
+		var re *runner.RecordError
+		if !errors.As(err, &re) || re.Seq != 2 || re.Stage != "check" {
+			t.Fatalf("err = %v", err)
+		}
+		if want := `stage "check" record 2 "fail-me": record says fail`; err.Error() != want {
+			t.Errorf("message %q, want %q", err.Error(), want)
+		}
+	})
+	t.Run("skip counts", func(t *testing.T) {
+		out, sum, err := runYAML(t, "ordered: true\nstages: [{use: runnertest.fail, on_error: skip}]", in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out != "ok1\nok2\nok3\n" || sum.Skipped() != 2 || sum.Stages[0].Errors != 2 {
+			t.Errorf("out %q skipped %d errors %d", out, sum.Skipped(), sum.Stages[0].Errors)
+		}
+	})
+	t.Run("dead letter holds stage error attempts seq record", func(t *testing.T) {
+		var dl string
+		out, sum, err := runYAML(t, "dead_letter: $TMP/dl.jsonl\nstages: [{name: check, use: runnertest.fail, on_error: dead-letter, retry: {attempts: 2, backoff: 1ms}}]", in,
+			func(o *runner.Options) {})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = out
+		if sum.DeadLettered() != 2 || sum.Stages[0].Retries != 2 {
+			t.Fatalf("dead %d retries %d", sum.DeadLettered(), sum.Stages[0].Retries)
+		}
+		_ = dl
+	})
+	t.Run("retries until success", func(t *testing.T) {
+		out, sum, err := runYAML(t, "stages: [{use: runnertest.fail, with: {times: 2}, retry: {attempts: 3, backoff: 1ms}}]", "flaky1\nflaky2\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out != "flaky1\nflaky2\n" || sum.Stages[0].Retries != 4 || sum.Stages[0].Errors != 4 {
+			t.Errorf("out %q retries %d errors %d", out, sum.Stages[0].Retries, sum.Stages[0].Errors)
+		}
+	})
+	t.Run("retries exhausted", func(t *testing.T) {
+		_, _, err := runYAML(t, "stages: [{use: runnertest.fail, with: {times: 5}, retry: {attempts: 3, backoff: 1ms}}]", "flaky1\n")
+		if err == nil || !strings.Contains(err.Error(), "after 3 attempts: flaky attempt 3") {
+			t.Errorf("err = %v", err)
+		}
+	})
+	t.Run("panic is the record's error", func(t *testing.T) {
+		_, _, err := runYAML(t, "stages: [{use: runnertest.fail}]", "panic-now\n")
+		if err == nil || !strings.Contains(err.Error(), "panic: boom on panic-now") {
+			t.Errorf("err = %v", err)
+		}
+	})
+	t.Run("timeout", func(t *testing.T) {
+		_, _, err := runYAML(t, "stages: [{use: sleep, timeout: 5ms, with: {duration: 10s}}]", "x\n")
+		if err == nil || !strings.Contains(err.Error(), "timeout of 5ms") {
+			t.Errorf("err = %v", err)
+		}
+	})
+}
+
+func TestDeadLetterFile(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	dir := t.TempDir()
+	dl := filepath.Join(dir, "dl.jsonl")
+	p, err := spec.Parse("t.yaml", []byte(`
+dead_letter: `+dl+`
+input: {format: jsonl, on_error: dead-letter}
+stages: [{name: check, use: runnertest.fail, on_error: dead-letter}]
+`), spec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	sum, err := runner.Run(context.Background(), p, runner.Options{
+		Stdin: strings.NewReader("\"ok\"\n\"fail\"\nnot json\n\"\xff fail\"\n"), Stdout: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(dl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []runner.DeadLetter
+	for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		var d runner.DeadLetter
+		if err := json.Unmarshal([]byte(l), &d); err != nil {
+			t.Fatalf("line %q: %v", l, err)
+		}
+		got = append(got, d)
+	}
+	if len(got) != 3 || sum.DeadLettered() != 3 || out.String() != "\"ok\"\n" {
+		t.Fatalf("dead letters %+v, out %q", got, out.String())
+	}
+	bySeq := map[uint64]runner.DeadLetter{}
+	for _, d := range got {
+		bySeq[d.Seq] = d
+	}
+	if d := bySeq[2]; d.Stage != "check" || d.Record != `"fail"` || d.Error != "record says fail" || d.Attempts != 1 {
+		t.Errorf("seq 2: %+v", d)
+	}
+	if d := bySeq[3]; d.Stage != "input" || !strings.Contains(d.Error, "line 3: not valid JSON") {
+		t.Errorf("seq 3: %+v", d)
+	}
+	if d := bySeq[4]; d.RecordBase64 == "" || string(d.Bytes()) != "\"\xff fail\"" {
+		t.Errorf("seq 4 must keep invalid UTF-8 bytes: %+v", d)
+	}
+}
+
+func TestTakeStopsInput(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	if _, ok := stages.Lookup("take"); !ok {
+		t.Skip("take not registered")
+	}
+	// An endless input: take must end the run.
+	r, w := io.Pipe()
+	go func() {
+		for {
+			if _, err := w.Write([]byte("line\n")); err != nil {
+				return
+			}
+		}
+	}()
+	defer r.Close()
+	p, err := spec.Parse("t.yaml", []byte("ordered: true\nstages: [{use: upper, workers: 2}, {use: take, with: {n: 5}}]"), spec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if _, err := runner.Run(context.Background(), p, runner.Options{Stdin: r, Stdout: &out}); err != nil {
+		t.Fatal(err)
+	}
+	if out.String() != strings.Repeat("LINE\n", 5) {
+		t.Errorf("out %q", out.String())
+	}
+}
+
+func TestStopDrains(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	r, w := io.Pipe()
+	defer r.Close()
+	p, err := spec.Parse("t.yaml", []byte("ordered: true\nstages: [{use: sleep, workers: 4, with: {duration: 2ms}}]"), spec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var out bytes.Buffer
+	done := make(chan struct{})
+	var sum *runner.Summary
+	go func() {
+		defer close(done)
+		sum, err = runner.Run(context.Background(), p, runner.Options{Stdin: r, Stdout: &out, Stop: stop})
+	}()
+	for i := 1; i <= 100; i++ {
+		fmt.Fprintf(w, "%d\n", i)
+	}
+	close(stop)
+	<-done
+	w.Close()
+	if err != nil || !sum.Stopped {
+		t.Fatalf("err %v stopped %v", err, sum.Stopped)
+	}
+	got := out.String()
+	if got != lines(int(sum.Input.Records), "%d") || sum.Output.Records != sum.Input.Records {
+		t.Errorf("out must be the %d records read, in order; got %q", sum.Input.Records, got)
+	}
+}
+
+func TestAbort(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	r, w := io.Pipe()
+	defer r.Close()
+	defer w.Close()
+	p, err := spec.Parse("t.yaml", []byte("stages: [{use: sleep, workers: 2, with: {duration: 1h}}]"), spec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		fmt.Fprintf(w, "a\nb\n")
+		time.Sleep(20 * time.Millisecond)
+		cancel()
+	}()
+	sum, err := runner.Run(ctx, p, runner.Options{Stdin: r, Stdout: io.Discard})
+	if !errors.Is(err, context.Canceled) || !sum.Stopped {
+		t.Errorf("err %v stopped %v", err, sum.Stopped)
+	}
+}
+
+// errWriter fails every write with err.
+type errWriter struct{ err error }
+
+func (e errWriter) Write([]byte) (int, error) { return 0, e.err }
+
+func TestOutputErrors(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	in := lines(100000, "%d")
+	t.Run("closed pipe ends quietly", func(t *testing.T) {
+		_, sum, err := runYAML(t, "stages: [{use: upper}]", in, func(o *runner.Options) { o.Stdout = errWriter{io.ErrClosedPipe} })
+		if err != nil || !sum.Closed {
+			t.Errorf("err %v closed %v", err, sum.Closed)
+		}
+	})
+	t.Run("disk full fails", func(t *testing.T) {
+		_, _, err := runYAML(t, "stages: [{use: upper}]", in, func(o *runner.Options) { o.Stdout = errWriter{errors.New("no space left on device")} })
+		if err == nil || err.Error() != "write stdout: no space left on device" {
+			t.Errorf("err %v", err)
+		}
+	})
+	t.Run("csv output of a non-object", func(t *testing.T) {
+		_, _, err := runYAML(t, "output: {format: csv}\nstages: [{use: upper}]", "plain\n")
+		if err == nil || !strings.Contains(err.Error(), `stage "output" record 1 "PLAIN": csv output needs JSON objects`) {
+			t.Errorf("err %v", err)
+		}
+	})
+}
+
+func TestHugeLineAndLimit(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	big := strings.Repeat("x", 1<<20)
+	out, _, err := runYAML(t, "stages: [{use: upper}]", "a\n"+big+"\nb\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out != "A\n"+strings.ToUpper(big)+"\nB\n" {
+		t.Errorf("1 MiB line mangled (len %d)", len(out))
+	}
+	_, sum, err := runYAML(t, "input: {max_record_size: 1KiB, on_error: skip}\nstages: [{use: upper}]", "a\n"+big+"\nb\n")
+	if err != nil || sum.Input.Skipped != 1 || sum.Output.Records != 2 {
+		t.Errorf("err %v skipped %d out %d", err, sum.Input.Skipped, sum.Output.Records)
+	}
+	_, _, err = runYAML(t, "input: {max_record_size: 1KiB}\nstages: [{use: upper}]", "a\n"+big+"\nb\n")
+	if err == nil || !strings.Contains(err.Error(), "line 2: record longer than max_record_size (1024 bytes)") {
+		t.Errorf("err %v", err)
+	}
+}
+
+// endless is an input that never ends: a line, again and again.
+type endless struct{ n atomic.Int64 }
+
+func (e *endless) Read(p []byte) (int, error) {
+	const line = "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\n"
+	n := 0
+	for n < len(p) {
+		n += copy(p[n:], line[(e.n.Load()+int64(n))%int64(len(line)):])
+	}
+	e.n.Add(int64(n))
+	return n, nil
+}
+
+func TestBackpressure(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	// A slow last stage must slow the reader, not fill memory: after a
+	// while, what was read stays close to what the queues can hold.
+	p, err := spec.Parse("t.yaml", []byte("ordered: true\nstages: [{use: upper}, {use: sleep, buffer: 16, with: {duration: 1ms}}]"), spec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := &endless{}
+	stop := make(chan struct{})
+	done := make(chan error)
+	go func() {
+		_, err := runner.Run(context.Background(), p, runner.Options{Stdin: in, Stdout: io.Discard, Stop: stop})
+		done <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	read := in.n.Load()
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// 300 records can pass the sleep in 300ms; the rest is buffers. 300ms
+	// of an unbounded reader would be gigabytes.
+	if read > 8<<20 {
+		t.Errorf("read %d bytes ahead of a slow stage", read)
+	}
+}

@@ -1,0 +1,150 @@
+package runner
+
+import (
+	"math/bits"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// counters are one stage's live numbers. Workers add to them once per
+// batch, not per record; the progress display reads them.
+type counters struct {
+	in, out, errors, retries, skipped, dead atomic.Int64
+	busyNanos                               atomic.Int64
+	busy                                    atomic.Int32 // workers inside Process now
+	queued                                  func() int   // records waiting in the input queue, about
+
+	mu   sync.Mutex
+	hist histogram // merged from the workers' own as they finish
+}
+
+// histogram counts latencies in buckets a sixteenth of a power of two
+// wide (about 4% resolution), from 1ns to hours, in fixed memory.
+type histogram struct {
+	counts [64 * 16]int64
+	total  int64
+}
+
+func bucketOf(d time.Duration) int {
+	ns := uint64(max(d, 1))
+	e := bits.Len64(ns) - 1 // 2^e <= ns
+	var sub uint64
+	if e >= 4 {
+		sub = (ns >> (e - 4)) & 15
+	} else {
+		sub = (ns << (4 - e)) & 15
+	}
+	return e*16 + int(sub)
+}
+
+func bucketValue(i int) time.Duration {
+	e, sub := i/16, uint64(i%16)
+	if e >= 4 {
+		return time.Duration((16 + sub) << (e - 4))
+	}
+	return time.Duration((16 + sub) >> (4 - e))
+}
+
+// add records n records that took d each.
+func (h *histogram) add(d time.Duration, n int64) {
+	h.counts[bucketOf(d)] += n
+	h.total += n
+}
+
+func (h *histogram) merge(o *histogram) {
+	for i, c := range o.counts {
+		h.counts[i] += c
+	}
+	h.total += o.total
+}
+
+// quantile returns the latency below which a fraction q of records fall.
+func (h *histogram) quantile(q float64) time.Duration {
+	if h.total == 0 {
+		return 0
+	}
+	rank := int64(q*float64(h.total-1)) + 1
+	var seen int64
+	for i, c := range h.counts {
+		seen += c
+		if seen >= rank {
+			return bucketValue(i)
+		}
+	}
+	return 0
+}
+
+// StageStats is one stage's summary.
+type StageStats struct {
+	Name         string   `json:"name"`
+	Use          string   `json:"use"`
+	Workers      int      `json:"workers"`
+	In           int64    `json:"in"`
+	Out          int64    `json:"out"`
+	Errors       int64    `json:"errors"`  // failed attempts, retried or not
+	Retries      int64    `json:"retries"` // attempts after the first
+	Skipped      int64    `json:"skipped"`
+	DeadLettered int64    `json:"dead_lettered"`
+	Busy         Duration `json:"busy_seconds"` // summed over workers
+	P50          Duration `json:"p50_seconds"`  // per record
+	P99          Duration `json:"p99_seconds"`
+}
+
+// Summary is what a run did, as `--stats` writes it.
+type Summary struct {
+	Pipeline string       `json:"pipeline"`
+	Elapsed  Duration     `json:"elapsed_seconds"`
+	Input    InputStats   `json:"input"`
+	Output   OutputStats  `json:"output"`
+	Stages   []StageStats `json:"stages"`
+	Stopped  bool         `json:"stopped"`       // by a signal: the input was cut short
+	Closed   bool         `json:"output_closed"` // the output's reader went away
+	Failed   string       `json:"error,omitempty"`
+}
+
+// InputStats counts what the input read.
+type InputStats struct {
+	Records      int64 `json:"records"`
+	Bytes        int64 `json:"bytes"`
+	Errors       int64 `json:"errors"` // records that could not be decoded
+	Skipped      int64 `json:"skipped"`
+	DeadLettered int64 `json:"dead_lettered"`
+}
+
+// OutputStats counts what the output wrote.
+type OutputStats struct {
+	Records int64 `json:"records"`
+	Bytes   int64 `json:"bytes"`
+}
+
+// Skipped is how many records were skipped, anywhere.
+func (s *Summary) Skipped() int64 {
+	n := s.Input.Skipped
+	for _, st := range s.Stages {
+		n += st.Skipped
+	}
+	return n
+}
+
+// DeadLettered is how many records went to the dead-letter file.
+func (s *Summary) DeadLettered() int64 {
+	n := s.Input.DeadLettered
+	for _, st := range s.Stages {
+		n += st.DeadLettered
+	}
+	return n
+}
+
+// Duration is a time.Duration that JSON writes as seconds.
+type Duration time.Duration
+
+// MarshalJSON writes d in seconds.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return []byte(formatSeconds(time.Duration(d))), nil
+}
+
+func formatSeconds(d time.Duration) string {
+	return strconv.FormatFloat(d.Seconds(), 'f', -1, 64)
+}
