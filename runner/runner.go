@@ -281,22 +281,36 @@ type chunk struct {
 }
 
 // readInput feeds q0. The reading itself happens in a goroutine of its
-// own, because a Read on a terminal or pipe cannot be interrupted: when
-// the input is stopped, readInput returns (and q0 closes) at once, and the
-// reader exits when its Read returns. ctx is the run's; readCtx is done
-// also when the input is stopped.
+// own, because a Read on a terminal or pipe cannot be interrupted. When
+// the input is stopped (readCtx done, ctx not), readInput still delivers
+// a chunk the reader has already decoded, then returns at once (and q0
+// closes) even if the reader is blocked in a Read: what that Read returns
+// is input read after the stop, and is dropped unprocessed and uncounted.
 func (r *run) readInput(readCtx, ctx context.Context, files []inputFile, q0 chan<- batch) error {
-	chunks := make(chan chunk, 1)
+	chunks := make(chan chunk)
 	done := make(chan struct{})
 	defer close(done)
-	go r.readFiles(files, chunks, done)
+	var reading atomic.Bool
+	go r.readFiles(files, chunks, done, readCtx, &reading)
+	stopping := readCtx.Done()
 	for {
 		var c chunk
 		var ok bool
 		select {
 		case c, ok = <-chunks:
-		case <-readCtx.Done():
-			return ctx.Err()
+		case <-stopping:
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			select {
+			case c, ok = <-chunks:
+			default:
+				if reading.Load() {
+					return nil
+				}
+				time.Sleep(time.Millisecond) // the reader is between a Read and its send
+				continue
+			}
 		}
 		if !ok {
 			return nil
@@ -304,29 +318,37 @@ func (r *run) readInput(readCtx, ctx context.Context, files []inputFile, q0 chan
 		if c.err != nil {
 			return c.err
 		}
-		b := batch{lo: c.lo, hi: c.hi, recs: make([]record, 0, len(c.items))}
-		for i, it := range c.items {
-			seq := c.lo + uint64(i)
-			if it.err != nil {
-				if err := r.inputError(seq, it); err != nil {
-					return err
-				}
-				continue
-			}
-			b.recs = append(b.recs, record{data: it.data, seq: seq})
+		if err := r.deliver(ctx, c, q0); err != nil {
+			return err
 		}
+	}
+}
+
+// deliver sends a decoded chunk to the first stage. It waits on ctx only,
+// not on a stop: records read are records in flight, and drain.
+func (r *run) deliver(ctx context.Context, c chunk, q0 chan<- batch) error {
+	b := batch{lo: c.lo, hi: c.hi, recs: make([]record, 0, len(c.items))}
+	for i, it := range c.items {
+		seq := c.lo + uint64(i)
+		if it.err != nil {
+			if err := r.inputError(seq, it); err != nil {
+				return err
+			}
+			continue
+		}
+		b.recs = append(b.recs, record{data: it.data, seq: seq})
+	}
+	if r.window != nil {
+		if err := r.window.Acquire(ctx, b.size()); err != nil {
+			return err
+		}
+	}
+	select {
+	case q0 <- b:
 		r.input.records.Add(int64(len(c.items)))
-		if r.window != nil {
-			if err := r.window.Acquire(readCtx, b.size()); err != nil {
-				return ctx.Err()
-			}
-		}
-		select {
-		case q0 <- b:
-		case <-readCtx.Done():
-			r.release(b.size())
-			return ctx.Err()
-		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -348,7 +370,9 @@ func (r *run) inputError(seq uint64, it item) error {
 	return err
 }
 
-func (r *run) readFiles(files []inputFile, chunks chan<- chunk, done <-chan struct{}) {
+// readFiles decodes the input files into chunks. It checks for a stop
+// before every read and says when it is inside one.
+func (r *run) readFiles(files []inputFile, chunks chan<- chunk, done <-chan struct{}, stop context.Context, reading *atomic.Bool) {
 	defer close(chunks)
 	send := func(c chunk) bool {
 		select {
@@ -380,7 +404,12 @@ func (r *run) readFiles(files []inputFile, chunks chan<- chunk, done <-chan stru
 		}
 		dec := newDecoder(r.p.Input.Format, in, r.p.Input.MaxRecordSize, &r.read)
 		for {
+			if stop.Err() != nil {
+				return
+			}
+			reading.Store(true)
 			items, err := dec.next(maxBatch, make([]item, 0, maxBatch))
+			reading.Store(false)
 			if len(items) > 0 {
 				c := chunk{items: items, lo: seq + 1, hi: seq + uint64(len(items))}
 				seq = c.hi
