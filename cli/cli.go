@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 
@@ -44,6 +45,17 @@ func (e usageError) Error() string { return e.err.Error() }
 func (e usageError) Unwrap() error { return e.err }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// load reads and validates a pipeline. A file that cannot be read is a
+// usage mistake, like an invalid one.
+func load(file string, set []string) (*spec.Pipeline, error) {
+	p, err := spec.Load(file, spec.Options{Set: set})
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return nil, usageError{err}
+	}
+	return p, err
+}
 
 // outcome carries a finished run's summary to exitCode.
 type outcome struct {

@@ -35,7 +35,7 @@ func graph(file, format string, stdout io.Writer) error {
 	default:
 		return usagef("--format %q: want mermaid or dot", format)
 	}
-	p, err := spec.Load(file, spec.Options{})
+	p, err := load(file, nil)
 	if err != nil {
 		return err
 	}

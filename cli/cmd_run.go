@@ -14,7 +14,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/flowrun/flowrun/runner"
-	"github.com/flowrun/flowrun/spec"
 )
 
 // runOptions are the flags of `flowrun run`.
@@ -60,7 +59,7 @@ drains what is in flight to the output, then exits 130; a second aborts.`,
 }
 
 func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Reader, stdout, stderr io.Writer) error {
-	p, err := spec.Load(file, spec.Options{Set: opts.set})
+	p, err := load(file, opts.set)
 	if err != nil {
 		return err
 	}
@@ -86,6 +85,12 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	// A closed stdout must surface as EPIPE from Write, which the runner
+	// turns into a quiet end, rather than kill the process mid-drain.
+	// Notify (unlike Ignore) is not inherited by plugin processes.
+	pipes := make(chan os.Signal, 1)
+	signal.Notify(pipes, syscall.SIGPIPE)
+	defer signal.Stop(pipes)
 	sigDone := make(chan struct{})
 	defer close(sigDone)
 	go func() {

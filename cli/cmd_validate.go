@@ -5,8 +5,6 @@ import (
 	"io"
 
 	urfave "github.com/urfave/cli/v2"
-
-	"github.com/flowrun/flowrun/spec"
 )
 
 func validateCommand(stdout io.Writer) *urfave.Command {
@@ -27,7 +25,7 @@ func validateCommand(stdout io.Writer) *urfave.Command {
 }
 
 func validate(file string, set []string, stdout io.Writer) error {
-	p, err := spec.Load(file, spec.Options{Set: set})
+	p, err := load(file, set)
 	if err != nil {
 		return err
 	}

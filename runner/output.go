@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"syscall"
 )
 
@@ -128,6 +129,10 @@ func (s *sink) flush() error {
 	if err != nil {
 		if errors.Is(err, syscall.EPIPE) || errors.Is(err, io.ErrClosedPipe) {
 			return errOutputClosed
+		}
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // the path is s.name already
 		}
 		return fmt.Errorf("write %s: %w", s.name, err)
 	}

@@ -119,6 +119,7 @@ func (p Bars) Run(done <-chan struct{}, snapshot func() Snapshot) {
 			progressbar.OptionSetDescription(desc),
 			progressbar.OptionSetWidth(20),
 			progressbar.OptionThrottle(0),
+			progressbar.OptionSetSpinnerChangeInterval(0), // no goroutine of its own: Run redraws
 			progressbar.OptionSetRenderBlankState(true),
 		)
 		return progressbar.NewOptions64(max, opts...)
@@ -168,17 +169,18 @@ func (p Bars) Run(done <-chan struct{}, snapshot func() Snapshot) {
 	}
 }
 
-// WriteTable writes the summary as a table, one row per stage.
+// WriteTable writes the summary as a table, one row per stage, between
+// a row for the input and one for the output.
 func (s *Summary) WriteTable(w io.Writer) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "stage\tworkers\tin\tout\terrors\tretries\tskipped\tdead\tbusy\tp50\tp99\t\n")
-	fmt.Fprintf(tw, "input\t\t\t%d\t%d\t\t%d\t%d\t\t\t\t\n", s.Input.Records, s.Input.Errors, s.Input.Skipped, s.Input.DeadLettered)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "stage\tworkers\tin\tout\terrors\tretries\tskipped\tdead\tbusy\tp50\tp99\n")
+	fmt.Fprintf(tw, "(input)\t\t\t%d\t%d\t\t%d\t%d\t\t\t\n", s.Input.Records, s.Input.Errors, s.Input.Skipped, s.Input.DeadLettered)
 	for _, st := range s.Stages {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t\n", st.Name, st.Workers, st.In, st.Out,
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", st.Name, st.Workers, st.In, st.Out,
 			st.Errors, st.Retries, st.Skipped, st.DeadLettered,
 			short(time.Duration(st.Busy)), short(time.Duration(st.P50)), short(time.Duration(st.P99)))
 	}
-	fmt.Fprintf(tw, "output\t\t%d\t\t\t\t\t\t\t\t\t\n", s.Output.Records)
+	fmt.Fprintf(tw, "(output)\t\t%d\t\t\t\t\t\t\t\t\n", s.Output.Records)
 	if err := tw.Flush(); err != nil {
 		return err
 	}

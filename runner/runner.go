@@ -343,13 +343,19 @@ func (r *run) deliver(ctx context.Context, c chunk, q0 chan<- batch) error {
 			return err
 		}
 	}
-	select {
-	case q0 <- b:
-		r.input.records.Add(int64(len(c.items)))
-		return nil
-	case <-ctx.Done():
+	ok := split(b, r.stages[0].take, func(p batch) bool {
+		select {
+		case q0 <- p:
+			r.input.records.Add(p.size())
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	})
+	if !ok {
 		return ctx.Err()
 	}
+	return nil
 }
 
 func (r *run) inputError(seq uint64, it item) error {

@@ -39,10 +39,11 @@ func bucketOf(d time.Duration) int {
 	return e*16 + int(sub)
 }
 
+// bucketValue is the middle of bucket i.
 func bucketValue(i int) time.Duration {
 	e, sub := i/16, uint64(i%16)
 	if e >= 4 {
-		return time.Duration((16 + sub) << (e - 4))
+		return time.Duration((32 + 2*sub + 1) << (e - 4) / 2)
 	}
 	return time.Duration((16 + sub) >> (4 - e))
 }

@@ -1,0 +1,127 @@
+// Command w6 is the hand-written baseline for workload W6, a CPU-bound
+// stage: each line of stdin is replaced by the hex SHA-256 digest iterated
+// 1000 times (each round hashes the previous round's hex digest), by
+// -workers goroutines, in input order.
+//
+// With -plugin it is instead the program that flowrun's exec stage runs in
+// stream mode: one line in, one line out, flushed whenever no more input is
+// waiting, so it never holds an answer back.
+package main
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"os"
+	"sync"
+)
+
+const rounds = 1000
+
+func main() {
+	workers := flag.Int("workers", 1, "goroutines hashing records")
+	plugin := flag.Bool("plugin", false, "act as a flowrun exec stream plugin")
+	flag.Parse()
+	var err error
+	if *plugin {
+		err = servePlugin()
+	} else {
+		err = run(*workers)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "w6:", err)
+		os.Exit(1)
+	}
+}
+
+// digest appends to dst the hex digest of rec hashed rounds times.
+func digest(dst, rec []byte) []byte {
+	var hexSum [2 * sha256.Size]byte
+	sum := sha256.Sum256(rec)
+	for range rounds - 1 {
+		hex.Encode(hexSum[:], sum[:])
+		sum = sha256.Sum256(hexSum[:])
+	}
+	hex.Encode(hexSum[:], sum[:])
+	return append(dst, hexSum[:]...)
+}
+
+func servePlugin() error {
+	in := bufio.NewReader(os.Stdin)
+	out := bufio.NewWriter(os.Stdout)
+	var buf []byte
+	for {
+		line, err := in.ReadSlice('\n')
+		if len(line) > 0 {
+			if line[len(line)-1] == '\n' {
+				line = line[:len(line)-1]
+			}
+			buf = append(digest(buf[:0], line), '\n')
+			out.Write(buf)
+			if in.Buffered() == 0 {
+				if ferr := out.Flush(); ferr != nil {
+					return ferr
+				}
+			}
+		}
+		if err != nil {
+			return out.Flush()
+		}
+	}
+}
+
+func run(workers int) error {
+	type job struct {
+		lines [][]byte
+		out   chan []byte
+	}
+	jobs := make(chan job, workers)
+	order := make(chan job, workers*2)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range jobs {
+				var b []byte
+				for _, l := range j.lines {
+					b = append(digest(b, l), '\n')
+				}
+				j.out <- b
+			}
+		}()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		defer close(jobs)
+		defer close(order)
+		sc := bufio.NewScanner(os.Stdin)
+		var lines [][]byte
+		for sc.Scan() {
+			lines = append(lines, append([]byte(nil), sc.Bytes()...))
+			if len(lines) == 16 {
+				j := job{lines, make(chan []byte, 1)}
+				order <- j
+				jobs <- j
+				lines = nil
+			}
+		}
+		if len(lines) > 0 {
+			j := job{lines, make(chan []byte, 1)}
+			order <- j
+			jobs <- j
+		}
+		errc <- sc.Err()
+	}()
+	out := bufio.NewWriter(os.Stdout)
+	for j := range order {
+		out.Write(<-j.out)
+	}
+	wg.Wait()
+	if err := <-errc; err != nil {
+		return err
+	}
+	return out.Flush()
+}

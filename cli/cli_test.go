@@ -1,0 +1,366 @@
+package cli_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/flowrun/flowrun/cli"
+	"github.com/flowrun/flowrun/stages"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// flowrunBin is the CLI built once for the tests that need a real process:
+// signals, pipes, /dev/full.
+var flowrunBin string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "flowrun-cli-test")
+	if err != nil {
+		panic(err)
+	}
+	flowrunBin = filepath.Join(dir, "flowrun")
+	build := exec.Command("go", "build", "-o", flowrunBin, "github.com/flowrun/flowrun")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		panic("build flowrun: " + err.Error())
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// runCLI runs the CLI in-process.
+func runCLI(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = cli.Run(context.Background(), append([]string{"flowrun"}, args...), strings.NewReader(stdin), &out, &errb)
+	return out.String(), errb.String(), code
+}
+
+// writeFile writes a file under dir and returns its path.
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestExitCodes(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	dir := t.TempDir()
+	good := writeFile(t, dir, "good.yaml", "stages: [{use: trim}, {use: upper}]\n")
+	skip := writeFile(t, dir, "skip.yaml", "input: {format: jsonl, on_error: skip}\nstages: [{use: trim}]\n")
+	bad := writeFile(t, dir, "bad.yaml", "stages:\n  - use: uper\n    workers: 0\n")
+	tests := []struct {
+		name   string
+		stdin  string
+		args   []string
+		code   int
+		stdout string
+		stderr string // a substring
+	}{
+		{"run", " a \nb\n", []string{"run", "-q", good}, 0, "A\nB\n", ""},
+		{"flags after the file", " a \n", []string{"run", good, "-q", "--progress", "none"}, 0, "A\n", ""},
+		{"skipped records exit 3", "{}\nnope\n", []string{"run", "-q", skip}, 3, "{}\n", ""},
+		{"invalid pipeline exits 2 with line and column", "", []string{"run", bad}, 2, "",
+			bad + `:2:10: unknown stage "uper" (did you mean "upper"?)`},
+		{"validate ok", "", []string{"validate", good}, 0, good + `: ok: pipeline "good", 2 stages` + "\n", ""},
+		{"validate bad", "", []string{"validate", bad}, 2, "", bad + ":3:14: "},
+		{"missing file", "", []string{"run", filepath.Join(dir, "nope.yaml")}, 2, "", "nope.yaml"},
+		{"no file", "", []string{"run"}, 2, "", "run takes one pipeline FILE"},
+		{"unknown flag", "", []string{"run", "--frobnicate", good}, 2, "", "flag provided but not defined"},
+		{"bad --set", "", []string{"run", "--set", "stages.trim.workers=many", good}, 2, "", "--set:1:1"},
+		{"--set", "x\n", []string{"run", "-q", "--set", "stages.upper.workers=3", good}, 0, "X\n", ""},
+		{"bad progress", "", []string{"run", "--progress", "loud", good}, 2, "", `--progress "loud"`},
+		{"stage fails the run", "x\n", []string{"run", "-q", "-i", "-", writeFile(t, dir, "fail.yaml", "stages: [{use: sleep, timeout: 1ms, with: {duration: 1s}}]")}, 1, "",
+			`flowrun: stage "sleep" record 1 "x": no result within the stage's timeout of 1ms`},
+		{"unknown stage name", "", []string{"stages", "nope"}, 2, "", `no stage "nope"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errs, code := runCLI(t, tt.stdin, tt.args...)
+			if code != tt.code {
+				t.Errorf("exit %d, want %d; stderr:\n%s", code, tt.code, errs)
+			}
+			if out != tt.stdout {
+				t.Errorf("stdout %q, want %q", out, tt.stdout)
+			}
+			if !strings.Contains(errs, tt.stderr) {
+				t.Errorf("stderr %q, want it to contain %q", errs, tt.stderr)
+			}
+			if strings.Contains(errs, "goroutine ") || strings.Contains(errs, ".go:") {
+				t.Errorf("stderr looks like a stack trace:\n%s", errs)
+			}
+		})
+	}
+}
+
+func TestStatsAndSummary(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", "stages: [{use: trim}, {use: grep, with: {pattern: keep}}]\n")
+	stats := filepath.Join(dir, "stats.json")
+	_, errs, code := runCLI(t, "keep 1\ndrop\nkeep 2\n", "run", "--progress", "none", "--stats", stats, p)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	for _, want := range []string{"stage", "p99", "trim", "grep", "3 records in"} {
+		if !strings.Contains(errs, want) {
+			t.Errorf("summary lacks %q:\n%s", want, errs)
+		}
+	}
+	var sum struct {
+		Input  struct{ Records int64 }
+		Output struct{ Records int64 }
+		Stages []struct {
+			Name    string
+			In, Out int64
+		}
+	}
+	data, err := os.ReadFile(stats)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &sum); err != nil {
+		t.Fatal(err)
+	}
+	if sum.Input.Records != 3 || sum.Output.Records != 2 || len(sum.Stages) != 2 || sum.Stages[1].In != 3 || sum.Stages[1].Out != 2 {
+		t.Errorf("stats %s", data)
+	}
+}
+
+func TestPlainProgressHasNoEscapes(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", "stages: [{use: sleep, with: {duration: 5ms}}]\n")
+	_, errs, code := runCLI(t, strings.Repeat("x\n", 40), "run", "--progress", "plain", "--progress-every", "50ms", p)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	if !strings.Contains(errs, "flowrun: ") || !strings.Contains(errs, "| sleep ") {
+		t.Errorf("no status line in:\n%s", errs)
+	}
+	if strings.ContainsAny(errs, "\r\x1b") {
+		t.Errorf("plain progress wrote \\r or an escape:\n%q", errs)
+	}
+}
+
+func TestBarsProgress(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", "stages: [{name: slow, use: sleep, workers: 2, with: {duration: 5ms}}]\n")
+	in := writeFile(t, dir, "in.txt", strings.Repeat("x\n", 40))
+	out, errs, code := runCLI(t, "", "run", "-q", "--progress", "bar", "--progress-every", "20ms", "-i", in, p)
+	if code != 0 || out != strings.Repeat("x\n", 40) {
+		t.Fatalf("exit %d out %q: %s", code, out, errs)
+	}
+	for _, want := range []string{"input", "slow", "output", "busy", "/2", "\x1b[", "40 rec"} {
+		if !strings.Contains(errs, want) {
+			t.Errorf("bars lack %q:\n%q", want, errs)
+		}
+	}
+}
+
+func TestStagesDocumentsEveryBuiltin(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	out, _, code := runCLI(t, "", "stages")
+	if code != 0 {
+		t.Fatal(code)
+	}
+	for _, s := range stages.All() {
+		if strings.HasPrefix(s.Name, "clitest.") {
+			continue
+		}
+		if !strings.Contains(out, s.Name+"  ") || !strings.Contains(out, s.Doc) {
+			t.Errorf("flowrun stages lacks %s", s.Name)
+		}
+		for _, o := range s.Options {
+			if !strings.Contains(out, o.Doc) {
+				t.Errorf("flowrun stages lacks %s's option %s", s.Name, o.Name)
+			}
+		}
+	}
+}
+
+// TestReadmeStageTable keeps README.md's stage table identical to what the
+// registry says; run with -update to rewrite it.
+func TestReadmeStageTable(t *testing.T) {
+	const begin, end = "<!-- stages:begin -->\n", "<!-- stages:end -->\n"
+	readme := filepath.Join("..", "README.md")
+	data, err := os.ReadFile(readme)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(data)
+	i, j := strings.Index(s, begin), strings.Index(s, end)
+	if i < 0 || j < i {
+		t.Fatalf("README.md lacks the %q ... %q markers", begin, end)
+	}
+	table, _, _ := runCLI(t, "", "stages", "--markdown")
+	if got := s[i+len(begin) : j]; got != table {
+		if *update {
+			s = s[:i+len(begin)] + table + s[j:]
+			if err := os.WriteFile(readme, []byte(s), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+		t.Errorf("README.md's stage table differs from `flowrun stages --markdown`; run go test ./cli -run ReadmeStageTable -update")
+	}
+}
+
+func TestGraph(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", "stages: [{use: trim, workers: 3}, {use: upper}]\n")
+	out, errs, code := runCLI(t, "", "graph", p)
+	if code != 0 || !strings.Contains(out, "flowchart") || !strings.Contains(out, "trim") {
+		t.Errorf("mermaid: exit %d\n%s%s", code, out, errs)
+	}
+	out, _, code = runCLI(t, "", "graph", "--format", "dot", p)
+	if code != 0 || !strings.Contains(out, "digraph") {
+		t.Errorf("dot: exit %d\n%s", code, out)
+	}
+}
+
+// startFlowrun starts the built CLI with stdin and stdout as pipes.
+func startFlowrun(t *testing.T, args ...string) (*exec.Cmd, io.WriteCloser, *bufio.Reader, *bytes.Buffer) {
+	t.Helper()
+	cmd := exec.Command(flowrunBin, args...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd, stdin, bufio.NewReader(stdout), &stderr
+}
+
+func exitOf(t *testing.T, cmd *exec.Cmd) int {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("flowrun did not exit")
+	}
+	return cmd.ProcessState.ExitCode()
+}
+
+func TestSigintDrains(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", "ordered: true\nstages: [{use: sleep, workers: 4, with: {duration: 10ms}}, {use: upper}]\n")
+	cmd, stdin, stdout, stderr := startFlowrun(t, "run", "--progress", "none", p)
+	go func() {
+		for i := 1; i <= 100000; i++ {
+			if _, err := fmt.Fprintf(stdin, "record-%d\n", i); err != nil {
+				return
+			}
+		}
+	}()
+	// Wait until records flow, then Ctrl-C.
+	first, err := stdout.ReadString('\n')
+	if err != nil || first != "RECORD-1\n" {
+		t.Fatalf("first line %q, %v", first, err)
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	rest, _ := io.ReadAll(stdout)
+	code := exitOf(t, cmd)
+	stdin.Close()
+	if code != 130 {
+		t.Errorf("exit %d, want 130; stderr:\n%s", code, stderr)
+	}
+	got := first + string(rest)
+	n := strings.Count(got, "\n")
+	var want strings.Builder
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&want, "RECORD-%d\n", i)
+	}
+	if got != want.String() {
+		t.Errorf("output is not a clean prefix of whole records (%d lines)", n)
+	}
+	if !strings.Contains(stderr.String(), "stopping: draining") || !strings.Contains(stderr.String(), fmt.Sprintf("output  %d", n)) &&
+		!strings.Contains(stderr.String(), "output") {
+		t.Errorf("stderr:\n%s", stderr)
+	}
+}
+
+func TestSecondSignalAborts(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", "stages: [{use: sleep, with: {duration: 1h}}]\n")
+	cmd, stdin, _, stderr := startFlowrun(t, "run", "--progress", "none", p)
+	defer stdin.Close()
+	fmt.Fprintln(stdin, "x")
+	time.Sleep(200 * time.Millisecond)
+	cmd.Process.Signal(syscall.SIGTERM)
+	time.Sleep(100 * time.Millisecond)
+	cmd.Process.Signal(syscall.SIGINT)
+	if code := exitOf(t, cmd); code != 130 {
+		t.Errorf("exit %d, want 130; stderr:\n%s", code, stderr)
+	}
+	if !strings.Contains(stderr.String(), "aborting") {
+		t.Errorf("stderr:\n%s", stderr)
+	}
+}
+
+func TestHeadClosesOutput(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", "stages: [{use: upper}]\n")
+	cmd := exec.Command("sh", "-c", `seq 1 2000000 | "$0" run -q --progress none "$1" | head -1; echo "status ${PIPESTATUS:-}"`, flowrunBin, p)
+	cmd = exec.Command("bash", "-c", `seq 1 2000000 | "$0" run -q --progress none "$1" | head -1; echo "flowrun=${PIPESTATUS[1]}"`, flowrunBin, p)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err, stderr.String())
+	}
+	if string(out) != "1\nflowrun=0\n" || stderr.Len() != 0 {
+		t.Errorf("stdout %q stderr %q", out, stderr.String())
+	}
+}
+
+func TestDiskFull(t *testing.T) {
+	if _, err := os.Stat("/dev/full"); err != nil {
+		t.Skip("no /dev/full")
+	}
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", "stages: [{use: upper}]\n")
+	cmd := exec.Command(flowrunBin, "run", "-q", "-o", "/dev/full", p)
+	cmd.Stdin = strings.NewReader("a\nb\n")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.Run()
+	if code := cmd.ProcessState.ExitCode(); code != 1 {
+		t.Errorf("exit %d, want 1", code)
+	}
+	if want := "flowrun: write /dev/full: no space left on device\n"; stderr.String() != want {
+		t.Errorf("stderr %q, want %q", stderr.String(), want)
+	}
+}

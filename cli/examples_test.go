@@ -1,0 +1,174 @@
+package cli_test
+
+import (
+	"bytes"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"testing"
+)
+
+// example says how to run one pipeline of pipelines/: its input, and
+// anything it needs around it. Its output is compared with the golden
+// file testdata/examples/NAME.out (rewrite with -update) unless check is
+// set.
+type example struct {
+	input string                                            // a file, relative to the repository
+	setup func(t *testing.T) (stdin string, env []string) // instead of input
+	check func(t *testing.T, stdout string)
+}
+
+var examples = map[string]example{
+	"clean":                  {input: "testdata/examples/names.txt"},
+	"logs":                   {input: "testdata/examples/app.log"},
+	"jsonl":                  {input: "testdata/examples/users.jsonl"},
+	"csv_to_jsonl":           {input: "testdata/examples/people.csv"},
+	"plugin":                 {input: "pipelines/plugin/reviews.txt"},
+	"download_resize_upload": {setup: func(*testing.T) (string, []string) { return lines(200), nil }},
+	"wasm":                   {input: "pipelines/plugin/reviews.txt", setup: buildWasmExample},
+	"thumbnails":             {setup: serveImages, check: checkThumbnails},
+}
+
+func lines(n int) string {
+	var b strings.Builder
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&b, "%d\n", i)
+	}
+	return b.String()
+}
+
+// TestExamples runs every pipeline in pipelines/ through the built CLI, as
+// a user would.
+func TestExamples(t *testing.T) {
+	files, err := filepath.Glob("../pipelines/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatal("no examples", err)
+	}
+	for _, file := range files {
+		name := strings.TrimSuffix(filepath.Base(file), ".yaml")
+		t.Run(name, func(t *testing.T) {
+			ex, ok := examples[name]
+			if !ok {
+				t.Fatalf("pipelines/%s.yaml has no case in examples: every example must run in the tests", name)
+			}
+			var stdin string
+			var env []string
+			if ex.setup != nil {
+				stdin, env = ex.setup(t)
+			}
+			if ex.input != "" {
+				data, err := os.ReadFile(filepath.Join("..", ex.input))
+				if err != nil {
+					t.Fatal(err)
+				}
+				stdin = string(data)
+			}
+			cmd := exec.Command(flowrunBin, "run", "--progress", "none", "-q", file)
+			cmd.Stdin = strings.NewReader(stdin)
+			cmd.Env = append(os.Environ(), env...)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("%v\n%s", err, stderr.String())
+			}
+			if ex.check != nil {
+				ex.check(t, string(out))
+				return
+			}
+			golden := filepath.Join("..", "testdata", "examples", name+".out")
+			if *update {
+				if err := os.WriteFile(golden, out, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run with -update to create it)", err)
+			}
+			if string(out) != string(want) {
+				t.Errorf("output differs from %s:\n got:\n%s\nwant:\n%s", golden, out, want)
+			}
+		})
+	}
+}
+
+// buildWasmExample compiles the example plugin as its README says.
+func buildWasmExample(t *testing.T) (string, []string) {
+	module := filepath.Join(t.TempDir(), "upper.wasm")
+	build := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", module, "./pipelines/wasm/upper")
+	build.Dir = ".."
+	build.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the wasm example: %v\n%s", err, out)
+	}
+	return "", []string{"WASM_MODULE=" + module}
+}
+
+// thumbnailServer serves generated PNGs of different sizes on 127.0.0.1.
+var thumbSizes = map[string][2]int{"wide.png": {800, 400}, "tall.png": {300, 900}, "small.png": {100, 50}, "square.png": {512, 512}}
+
+func serveImages(t *testing.T) (string, []string) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		size, ok := thumbSizes[strings.TrimPrefix(r.URL.Path, "/img/")]
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		img := image.NewRGBA(image.Rect(0, 0, size[0], size[1]))
+		for x := 0; x < size[0]; x++ {
+			img.Set(x, x%size[1], color.RGBA{R: 200, A: 255})
+		}
+		png.Encode(w, img)
+	}))
+	t.Cleanup(srv.Close)
+	var urls strings.Builder
+	for name := range thumbSizes {
+		fmt.Fprintf(&urls, "%s/img/%s\n", srv.URL, name)
+	}
+	dir := t.TempDir()
+	return urls.String(), []string{"OUT_DIR=" + filepath.Join(dir, "thumbs"), "DEAD_LETTER=" + filepath.Join(dir, "failed.jsonl")}
+}
+
+func checkThumbnails(t *testing.T, stdout string) {
+	paths := strings.Fields(stdout)
+	sort.Strings(paths)
+	if len(paths) != len(thumbSizes) {
+		t.Fatalf("wrote %d thumbnails, want %d: %q", len(paths), len(thumbSizes), stdout)
+	}
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := png.DecodeConfig(f)
+		f.Close()
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		src := thumbSizes[filepath.Base(p)]
+		// fit: contain within 256×256 keeps the aspect ratio and never
+		// enlarges.
+		scale := min(256/float64(src[0]), 256/float64(src[1]), 1)
+		w, h := int(float64(src[0])*scale+0.5), int(float64(src[1])*scale+0.5)
+		if abs(cfg.Width-w) > 1 || abs(cfg.Height-h) > 1 {
+			t.Errorf("%s: %dx%d, want %dx%d", p, cfg.Width, cfg.Height, w, h)
+		}
+	}
+}
+
+func abs(n int) int {
+	if n < 0 {
+		return -n
+	}
+	return n
+}

@@ -1,0 +1,357 @@
+package stages
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"text/template"
+	"unicode/utf8"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+func init() {
+	Register(Spec{
+		Name: "file.read",
+		Doc:  "Reads the file a record names and emits its bytes; with dir, paths are relative to dir and may not leave it.",
+		Options: []Option{
+			{Name: "dir", Type: String, Default: "", Doc: "the directory paths are relative to and confined to (relative to the pipeline file); empty: any path, relative to the working directory"},
+			{Name: "max_size", Type: Int, Default: 64 << 20, Doc: "the largest file, in bytes; a larger one is an error for its record"},
+		},
+		Check: checkFileRead,
+		New:   newFileReadStage,
+	})
+	Register(Spec{
+		Name: "file.write",
+		Doc: "Writes each record to a file under dir, atomically, and emits the file's path. " +
+			"A blob record (a JSON object with data_base64, made by http.get emit: json) writes its decoded data.",
+		Options: []Option{
+			{Name: "dir", Type: String, Required: true, Doc: "the directory to write in (relative to the pipeline file), created if missing; no file is written outside it"},
+			{Name: "name_template", Type: String, Default: "{{name}}", Doc: "the file's path under dir, a Go text/template: " +
+				"{{.field}} is a field of a JSON object record, {{hash}} the 16 hex digits of the data's xxhash, {{ext}} an extension from the data (.png, .jpg, .gif, .json, .txt, .bin), " +
+				"{{name}} the record's name field or else {{hash}}{{ext}}"},
+			{Name: "mode", Type: String, Default: "0644", Doc: "the new files' permissions, in octal"},
+		},
+		Check: func(c Config) error { _, err := newFileWriteStage(c, false); return err },
+		New:   func(c Config) (Stage, error) { return newFileWriteStage(c, true) },
+	})
+}
+
+// Blob records carry binary data and its name through a pipeline of byte
+// records: {"name": "cat.jpg", "url": "…", "data_base64": "…"}. http.get
+// makes them (emit: json), image.resize keeps them (renaming name for its
+// output format) and file.write names its file after them. Base64 costs a
+// third more bytes and about a gigabyte a second of encoding, which is
+// small next to fetching or decoding an image; it keeps every record one
+// self-describing JSON value that jq, pick or a dead-letter file can show.
+const blobData = "data_base64"
+
+// decodeBlob decodes rec when it is a JSON object: fields are its fields,
+// numbers as json.Number so that names made from ids stay exact. data is the
+// decoded data_base64 field when there is one (isBlob), otherwise nil.
+func decodeBlob(rec []byte) (fields map[string]any, data []byte, isBlob bool, err error) {
+	if !isJSONObject(rec) {
+		return nil, nil, false, nil
+	}
+	d := json.NewDecoder(bytes.NewReader(rec))
+	d.UseNumber()
+	if err := d.Decode(&fields); err != nil {
+		return nil, nil, false, Permanent(fmt.Errorf("decode JSON: %w", err))
+	}
+	v, ok := fields[blobData]
+	if !ok {
+		return fields, nil, false, nil
+	}
+	s, ok := v.(string)
+	if !ok {
+		return nil, nil, false, Permanent(fmt.Errorf("field %s is not a string", blobData))
+	}
+	data, err = base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return nil, nil, false, Permanent(fmt.Errorf("field %s: %w", blobData, err))
+	}
+	return fields, data, true, nil
+}
+
+// encodeBlob returns fields with data as their data_base64, as a JSON
+// object with sorted keys.
+func encodeBlob(fields map[string]any, data []byte) ([]byte, error) {
+	fields[blobData] = base64.StdEncoding.EncodeToString(data)
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(fields); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}
+
+// fileRoot resolves the directory option against the pipeline's directory.
+func fileRoot(c Config, option string) string {
+	dir := c.String(option)
+	if dir == "" || filepath.IsAbs(dir) || c.Dir == "" {
+		return dir
+	}
+	return filepath.Join(c.Dir, dir)
+}
+
+// fileErr classifies an error of a file operation on a record's path:
+// those that another attempt cannot fix are permanent.
+func fileErr(err error) error {
+	var errno syscall.Errno
+	switch {
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, fs.ErrPermission), errors.Is(err, fs.ErrExist),
+		errors.Is(err, fs.ErrInvalid), errors.Is(err, errPathEscapes()):
+		return Permanent(err)
+	case errors.As(err, &errno) && (errno == syscall.ENOTDIR || errno == syscall.EISDIR ||
+		errno == syscall.ENAMETOOLONG || errno == syscall.ELOOP || errno == syscall.EINVAL):
+		return Permanent(err)
+	}
+	return err
+}
+
+// errPathEscapes returns os.Root's error for a path that leaves the root;
+// os does not export it, so it is learnt from a root the first time.
+var errPathEscapes = sync.OnceValue(func() error {
+	escapes := errors.New("path escapes from parent")
+	root, err := os.OpenRoot(".")
+	if err != nil {
+		return escapes
+	}
+	defer root.Close()
+	_, err = root.Stat("..")
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return escapes
+})
+
+func checkFileRead(c Config) error {
+	if c.Int("max_size") < 1 {
+		return OptionErrorf("max_size", "must be at least 1 byte, not %d", c.Int("max_size"))
+	}
+	return nil
+}
+
+type fileReadStage struct {
+	root *os.Root // nil: any path
+	max  int64
+}
+
+func newFileReadStage(c Config) (Stage, error) {
+	if err := checkFileRead(c); err != nil {
+		return nil, err
+	}
+	s := &fileReadStage{max: int64(c.Int("max_size"))}
+	if dir := fileRoot(c, "dir"); dir != "" {
+		root, err := os.OpenRoot(dir)
+		if err != nil {
+			return nil, OptionErrorf("dir", "%v", err)
+		}
+		s.root = root
+	}
+	return s, nil
+}
+
+func (s *fileReadStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+	name := strings.TrimSpace(string(rec))
+	if name == "" {
+		return out, Permanent(errors.New("record names no file"))
+	}
+	var f *os.File
+	var err error
+	if s.root != nil {
+		f, err = s.root.Open(name)
+	} else {
+		f, err = os.Open(name)
+	}
+	if err != nil {
+		return out, fileErr(err)
+	}
+	defer f.Close()
+	data, err := readAtMost(f, s.max)
+	if err != nil {
+		return out, fmt.Errorf("read %s: %w", name, fileErr(err))
+	}
+	return append(out, data), nil
+}
+
+// readAtMost reads r to its end, or fails with a permanent error when it
+// holds more than max bytes.
+func readAtMost(r io.Reader, max int64) ([]byte, error) {
+	var buf bytes.Buffer
+	if f, ok := r.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil {
+			if fi.IsDir() {
+				return nil, Permanent(errors.New("is a directory"))
+			}
+			if fi.Size() > max {
+				return nil, Permanent(fmt.Errorf("%d bytes is more than max_size %d", fi.Size(), max))
+			}
+			buf.Grow(int(fi.Size()) + bytes.MinRead)
+		}
+	}
+	n, err := buf.ReadFrom(io.LimitReader(r, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if n > max {
+		return nil, Permanent(fmt.Errorf("more than %d bytes", max))
+	}
+	return buf.Bytes(), nil
+}
+
+type fileWriteStage struct {
+	dir  string
+	root *os.Root
+	name *template.Template
+	perm os.FileMode
+
+	// The template's functions read the record at hand from here: each
+	// worker has its own stage and template.
+	data   []byte
+	fields map[string]any
+}
+
+// newFileWriteStage checks c and, when open, makes dir and opens it.
+func newFileWriteStage(c Config, open bool) (*fileWriteStage, error) {
+	dir := fileRoot(c, "dir")
+	if dir == "" {
+		return nil, OptionErrorf("dir", "must name a directory")
+	}
+	perm, err := strconv.ParseUint(c.String("mode"), 8, 32)
+	if err != nil || perm > 0o777 {
+		return nil, OptionErrorf("mode", "%q is not an octal permission like 0644", c.String("mode"))
+	}
+	s := &fileWriteStage{dir: dir, perm: os.FileMode(perm)}
+	s.name, err = template.New("name_template").
+		Option("missingkey=error").
+		Funcs(template.FuncMap{"hash": s.hash, "ext": s.ext, "name": s.blobName}).
+		Parse(c.String("name_template"))
+	if err != nil {
+		return nil, &OptionError{Option: "name_template", Err: err}
+	}
+	if !open {
+		return s, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, OptionErrorf("dir", "%v", err)
+	}
+	if s.root, err = os.OpenRoot(dir); err != nil {
+		return nil, OptionErrorf("dir", "%v", err)
+	}
+	return s, nil
+}
+
+func (s *fileWriteStage) hash() string {
+	return fmt.Sprintf("%016x", xxhash.Sum64(s.data))
+}
+
+func (s *fileWriteStage) ext() string { return sniffExt(s.data, s.fields != nil) }
+
+func (s *fileWriteStage) blobName() string {
+	if n, ok := s.fields["name"].(string); ok && n != "" {
+		return n
+	}
+	return s.hash() + s.ext()
+}
+
+// sniffExt names a file extension for data from its first bytes.
+func sniffExt(data []byte, object bool) string {
+	switch {
+	case bytes.HasPrefix(data, []byte("\x89PNG\r\n\x1a\n")):
+		return ".png"
+	case bytes.HasPrefix(data, []byte("\xff\xd8\xff")):
+		return ".jpg"
+	case bytes.HasPrefix(data, []byte("GIF8")):
+		return ".gif"
+	case len(data) >= 12 && string(data[:4]) == "RIFF" && string(data[8:12]) == "WEBP":
+		return ".webp"
+	case object:
+		return ".json"
+	case utf8.Valid(data):
+		return ".txt"
+	}
+	return ".bin"
+}
+
+func (s *fileWriteStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+	fields, data, isBlob, err := decodeBlob(rec)
+	if err != nil {
+		return out, err
+	}
+	if !isBlob {
+		data = rec
+	}
+	s.data, s.fields = data, fields
+	defer func() { s.data, s.fields = nil, nil }()
+
+	var name strings.Builder
+	var dot any = string(rec)
+	if fields != nil {
+		dot = fields
+	}
+	if err := s.name.Execute(&name, dot); err != nil {
+		return out, Permanent(err)
+	}
+	rel := filepath.Clean(name.String())
+	if !filepath.IsLocal(rel) || rel == "." {
+		return out, Permanent(fmt.Errorf("name %q is not a path inside dir", name.String()))
+	}
+	if err := s.write(rel, data); err != nil {
+		return out, fmt.Errorf("write %s: %w", rel, fileErr(err))
+	}
+	return append(out, []byte(filepath.Join(s.dir, rel))), nil
+}
+
+// write writes data to a temporary file beside rel and renames it to rel,
+// so that a reader, or a crash, never sees half a file; the root keeps
+// every step inside dir, through symbolic links too.
+func (s *fileWriteStage) write(rel string, data []byte) error {
+	parent := filepath.Dir(rel)
+	if parent != "." {
+		if err := s.root.MkdirAll(parent, 0o755); err != nil {
+			return err
+		}
+	}
+	tmp := filepath.Join(parent, fmt.Sprintf(".%s.%016x.tmp", filepath.Base(rel), rand.Uint64()))
+	f, err := s.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, s.perm)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = s.root.Rename(tmp, rel)
+	}
+	if err != nil {
+		s.root.Remove(tmp)
+	}
+	return err
+}
+
+// Close releases the stage's directory.
+func (s *fileWriteStage) Close() error { return s.root.Close() }
+
+// Close releases the stage's directory, if it has one.
+func (s *fileReadStage) Close() error {
+	if s.root == nil {
+		return nil
+	}
+	return s.root.Close()
+}

@@ -1,0 +1,144 @@
+package stages_test
+
+import (
+	"encoding/base64"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/flowrun/flowrun/stages"
+)
+
+func TestFileWrite(t *testing.T) {
+	png := "\x89PNG\r\n\x1a\nbytes"
+	blob := `{"name":"cat.png","url":"http://x/cat.png","data_base64":"` + base64.StdEncoding.EncodeToString([]byte(png)) + `"}`
+	cases := []struct {
+		name     string
+		template string // "": the default
+		rec      string
+		wantPath string // relative to dir
+		wantData string
+		wantErr  string
+	}{
+		{name: "text by hash", rec: "hello", wantPath: "26c7827d889f6da3.txt", wantData: "hello"},
+		{name: "binary by hash", rec: "\xff\xfe", wantPath: "", wantData: "\xff\xfe"},
+		{name: "image by hash", rec: png, template: "{{hash}}{{ext}}", wantPath: "", wantData: png},
+		{name: "blob by name", rec: blob, wantPath: "cat.png", wantData: png},
+		{name: "blob without name", rec: `{"data_base64":"aGk="}`, wantPath: "", wantData: "hi"},
+		{name: "object by field", template: "{{.id}}.json", rec: `{"id":12345678901234567890}`, wantPath: "12345678901234567890.json", wantData: `{"id":12345678901234567890}`},
+		{name: "sub directory", template: "{{.kind}}/{{.id}}{{ext}}", rec: `{"kind":"a","id":1}`, wantPath: "a/1.json", wantData: `{"kind":"a","id":1}`},
+		{name: "text dot", template: "line-{{.}}", rec: "x", wantPath: "line-x", wantData: "x"},
+		{name: "parent", template: "../{{.}}", rec: "x", wantErr: "not a path inside dir"},
+		{name: "absolute", template: "{{.}}", rec: "/tmp/x", wantErr: "not a path inside dir"},
+		{name: "empty name", template: "{{.}}", rec: "", wantErr: "not a path inside dir"},
+		{name: "through symlink out", template: "out/{{.}}", rec: "x", wantErr: "write out/x"},
+		{name: "missing field", template: "{{.nope}}", rec: `{"id":1}`, wantErr: "nope"},
+		{name: "bad base64", rec: `{"data_base64":"%%%"}`, wantErr: "data_base64"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, outside := t.TempDir(), t.TempDir()
+			if err := os.Symlink(outside, filepath.Join(dir, "out")); err != nil {
+				t.Fatal(err)
+			}
+			with := map[string]any{"dir": dir}
+			if tc.template != "" {
+				with["name_template"] = tc.template
+			}
+			got, err := libbRun(libbStage(t, "file.write", with), tc.rec)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !errors.Is(err, stages.ErrPermanent) {
+					t.Fatalf("error %v, want a permanent one containing %q", err, tc.wantErr)
+				}
+				if entries, _ := os.ReadDir(outside); len(entries) > 0 {
+					t.Errorf("wrote outside dir: %v", entries)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != 1 || !strings.HasPrefix(got[0], dir+string(filepath.Separator)) {
+				t.Fatalf("emitted %q, want one path in %s", got, dir)
+			}
+			if rel, _ := filepath.Rel(dir, got[0]); tc.wantPath != "" && rel != tc.wantPath {
+				t.Errorf("wrote %s, want %s", rel, tc.wantPath)
+			}
+			data, err := os.ReadFile(got[0])
+			if err != nil || string(data) != tc.wantData {
+				t.Errorf("file holds %q (%v), want %q", data, err, tc.wantData)
+			}
+			files, _ := filepath.Glob(filepath.Join(dir, "*", ".*.tmp"))
+			top, _ := filepath.Glob(filepath.Join(dir, ".*.tmp"))
+			if len(files)+len(top) > 0 {
+				t.Errorf("temporary files left: %v %v", files, top)
+			}
+		})
+	}
+}
+
+func TestFileWriteModeAndOverwrite(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "new", "dir") // made by the stage
+	st := libbStage(t, "file.write", map[string]any{"dir": dir, "mode": "0600", "name_template": "f"})
+	for _, rec := range []string{"first", "second"} {
+		if _, err := libbRun(st, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fi, err := os.Stat(filepath.Join(dir, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v, want 0600", fi.Mode().Perm())
+	}
+	if data, _ := os.ReadFile(filepath.Join(dir, "f")); string(data) != "second" {
+		t.Errorf("file holds %q, want the second record", data)
+	}
+}
+
+func TestFileRead(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "a.txt"), []byte("alpha"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	libbRunCases(t, "file.read", []libbCase{
+		{name: "absolute path", rec: filepath.Join(dir, "a.txt") + "\n", want: []string{"alpha"}},
+		{name: "in dir", with: map[string]any{"dir": dir}, rec: "a.txt", want: []string{"alpha"}},
+		{name: "at max", with: map[string]any{"max_size": 5}, rec: filepath.Join(dir, "a.txt"), want: []string{"alpha"}},
+		{name: "over max", with: map[string]any{"max_size": 4}, rec: filepath.Join(dir, "a.txt"), wantErr: "more than max_size 4"},
+		{name: "missing", rec: filepath.Join(dir, "nope.txt"), wantErr: "nope.txt"},
+		{name: "directory", rec: filepath.Join(dir, "sub"), wantErr: "is a directory"},
+		{name: "escapes dir", with: map[string]any{"dir": filepath.Join(dir, "sub")}, rec: "../a.txt", wantErr: "escapes"},
+		{name: "empty", rec: " ", wantErr: "names no file"},
+	})
+}
+
+func TestFileOptionErrors(t *testing.T) {
+	cases := []struct {
+		stage, option string
+		with          map[string]any
+	}{
+		{"file.write", "dir", map[string]any{"dir": ""}},
+		{"file.write", "dir", map[string]any{}},
+		{"file.write", "mode", map[string]any{"dir": "d", "mode": "rw-r--r--"}},
+		{"file.write", "mode", map[string]any{"dir": "d", "mode": "01777"}},
+		{"file.write", "name_template", map[string]any{"dir": "d", "name_template": "{{.a"}},
+		{"file.write", "name_template", map[string]any{"dir": "d", "name_template": "{{nofunc}}"}},
+		{"file.read", "max_size", map[string]any{"max_size": 0}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.stage+"/"+tc.option, func(t *testing.T) {
+			_, err := libbNewStage(tc.stage, tc.with)
+			var oe *stages.OptionError
+			if !errors.As(err, &oe) || oe.Option != tc.option {
+				t.Fatalf("error %v, want an *OptionError for %s", err, tc.option)
+			}
+		})
+	}
+}

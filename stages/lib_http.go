@@ -1,0 +1,238 @@
+package stages
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"path"
+	"strings"
+	"text/template"
+	"time"
+	"unicode/utf8"
+)
+
+func init() {
+	Register(Spec{
+		Name: "http.get",
+		Doc: "Fetches a URL made from each record (by default the record is the URL) and emits the response body; " +
+			"a status of 400 or more is an error, permanent for a 4xx other than 408 and 429.",
+		Options: httpOptions(false),
+		Check:   func(c Config) error { _, err := newHTTPStage(c, http.MethodGet); return err },
+		New:     func(c Config) (Stage, error) { return newHTTPStage(c, http.MethodGet) },
+	})
+	Register(Spec{
+		Name:    "http.post",
+		Doc:     "Posts each record as the body of a request to a URL made from it and emits the response body; errors as http.get.",
+		Options: httpOptions(true),
+		Check:   func(c Config) error { _, err := newHTTPStage(c, http.MethodPost); return err },
+		New:     func(c Config) (Stage, error) { return newHTTPStage(c, http.MethodPost) },
+	})
+}
+
+func httpOptions(post bool) []Option {
+	opts := []Option{
+		{Name: "url_template", Type: String, Default: "{{.}}", Doc: "the URL, a Go text/template: dot is the record's text, " +
+			"or for a JSON object record its fields ({{.id}}); {{raw}} is always the record's text; urlquery and pathescape escape"},
+		{Name: "headers", Type: StringMap, Doc: "request headers, like {Authorization: Bearer ${TOKEN}}"},
+		{Name: "timeout", Type: Duration, Default: 30 * time.Second, Doc: "the longest a request may take, body included; 0: no limit but the stage's timeout"},
+		{Name: "max_body", Type: Int, Default: 64 << 20, Doc: "the largest response body, in bytes; a larger one is an error for its record"},
+		{Name: "emit", Type: String, Default: "body", Enum: []string{"body", "json"}, Doc: "body: the response body; " +
+			"json: a blob record {url, name (the URL's base name), status, content_type, data_base64} that image.resize and file.write understand"},
+	}
+	if post {
+		opts = append(opts, Option{Name: "content_type", Type: String, Default: "", Doc: "the request's Content-Type; empty: application/json for a JSON record, else sniffed"})
+	}
+	return opts
+}
+
+// httpClient is shared by the workers of every http stage, so that they
+// reuse connections: the default transport keeps only two idle ones per
+// host, which makes eight workers on one host dial again and again.
+var httpClient = func() *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 256
+	t.MaxIdleConnsPerHost = 64
+	return &http.Client{Transport: t}
+}()
+
+type httpStage struct {
+	method      string
+	url         *template.Template // nil: the record is the URL
+	headers     map[string]string
+	timeout     time.Duration
+	max         int64
+	emitJSON    bool
+	contentType string
+	raw         []byte // the record at hand, for the template's raw function
+}
+
+func newHTTPStage(c Config, method string) (*httpStage, error) {
+	s := &httpStage{
+		method:   method,
+		headers:  c.Map("headers"),
+		timeout:  c.Duration("timeout"),
+		max:      int64(c.Int("max_body")),
+		emitJSON: c.String("emit") == "json",
+	}
+	if s.max < 1 {
+		return nil, OptionErrorf("max_body", "must be at least 1 byte, not %d", s.max)
+	}
+	for name := range s.headers {
+		if name == "" || strings.ContainsAny(name, " :\r\n\t") {
+			return nil, OptionErrorf("headers", "%q is not a header name", name)
+		}
+	}
+	if method == http.MethodPost {
+		s.contentType = c.String("content_type")
+	}
+	if text := c.String("url_template"); text != "{{.}}" {
+		t, err := template.New("url_template").
+			Option("missingkey=error").
+			Funcs(template.FuncMap{"raw": func() string { return string(s.raw) }, "pathescape": url.PathEscape}).
+			Parse(text)
+		if err != nil {
+			return nil, &OptionError{Option: "url_template", Err: err}
+		}
+		s.url = t
+	}
+	return s, nil
+}
+
+// target returns the URL for rec.
+func (s *httpStage) target(rec []byte) (*url.URL, error) {
+	text := string(bytes.TrimSpace(rec))
+	if s.url != nil {
+		s.raw = rec
+		defer func() { s.raw = nil }()
+		var dot any = text
+		if isJSONObject(rec) {
+			var fields map[string]any
+			d := json.NewDecoder(bytes.NewReader(rec))
+			d.UseNumber()
+			if err := d.Decode(&fields); err != nil {
+				return nil, fmt.Errorf("url_template: decode JSON: %w", err)
+			}
+			dot = fields
+		}
+		var b strings.Builder
+		if err := s.url.Execute(&b, dot); err != nil {
+			return nil, err
+		}
+		text = strings.TrimSpace(b.String())
+	}
+	u, err := url.Parse(text)
+	if err != nil {
+		return nil, err
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("%q is not an http or https URL", text)
+	}
+	return u, nil
+}
+
+func (s *httpStage) Process(ctx context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+	u, err := s.target(rec)
+	if err != nil {
+		return out, Permanent(err)
+	}
+	if s.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.timeout)
+		defer cancel()
+	}
+	var body io.Reader
+	if s.method == http.MethodPost {
+		// The transport may read the body after Do returns; rec is only
+		// the stage's until Process returns.
+		body = bytes.NewReader(bytes.Clone(rec))
+	}
+	req, err := http.NewRequestWithContext(ctx, s.method, u.String(), body)
+	if err != nil {
+		return out, Permanent(err)
+	}
+	for name, value := range s.headers {
+		req.Header.Set(name, value)
+	}
+	if s.method == http.MethodPost && req.Header.Get("Content-Type") == "" {
+		req.Header.Set("Content-Type", s.postType(rec))
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return out, err // the network, or ctx: another attempt may do better
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 400 {
+		return out, httpStatusError(s.method, u, resp)
+	}
+	if resp.ContentLength > s.max {
+		return out, Permanent(fmt.Errorf("%s %s: body of %d bytes is more than max_body %d", s.method, u.Redacted(), resp.ContentLength, s.max))
+	}
+	data, err := readAtMost(resp.Body, s.max)
+	if err != nil {
+		return out, fmt.Errorf("%s %s: read body: %w", s.method, u.Redacted(), err)
+	}
+	if !s.emitJSON {
+		return append(out, data), nil
+	}
+	blob, err := encodeBlob(map[string]any{
+		"url":          u.String(),
+		"name":         urlBaseName(u),
+		"status":       resp.StatusCode,
+		"content_type": resp.Header.Get("Content-Type"),
+	}, data)
+	if err != nil {
+		return out, Permanent(err)
+	}
+	return append(out, blob), nil
+}
+
+func (s *httpStage) postType(rec []byte) string {
+	switch {
+	case s.contentType != "":
+		return s.contentType
+	case json.Valid(rec):
+		return "application/json"
+	}
+	return http.DetectContentType(rec)
+}
+
+// httpStatusError describes a failed response, with the start of its body,
+// which is where servers say why. A 4xx is permanent but for 408 Request
+// Timeout and 429 Too Many Requests: another attempt can succeed.
+func httpStatusError(method string, u *url.URL, resp *http.Response) error {
+	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
+	// Read a little further so that the connection can be reused.
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	msg := fmt.Sprintf("%s %s: %s", method, u.Redacted(), resp.Status)
+	if text := strings.TrimSpace(string(snippet)); text != "" && utf8.ValidString(text) {
+		msg += ": " + strings.Join(strings.Fields(text), " ")
+	}
+	err := errors.New(msg)
+	code := resp.StatusCode
+	if code < 500 && code != http.StatusRequestTimeout && code != http.StatusTooManyRequests {
+		return Permanent(err)
+	}
+	return err
+}
+
+// urlBaseName is the last element of u's path, or "" when it names no
+// file ("/", "..").
+func urlBaseName(u *url.URL) string {
+	base := path.Base(u.Path)
+	if base == "/" || base == "." || base == ".." {
+		return ""
+	}
+	return base
+}
+
+// Close lets go of idle connections, so that a finished pipeline leaves no
+// goroutines behind; the workers of a stage still running just dial again.
+func (s *httpStage) Close() error {
+	httpClient.CloseIdleConnections()
+	return nil
+}

@@ -1,0 +1,780 @@
+package stages
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/expr-lang/expr"
+	"github.com/expr-lang/expr/ast"
+	"github.com/expr-lang/expr/vm"
+	"github.com/itchyny/gojq"
+)
+
+func init() {
+	Register(Spec{
+		Name:  "json.validate",
+		Doc:   "Passes records that are valid JSON (with object, only JSON objects) and fails the others, naming the offset and the reason.",
+		Batch: true,
+		Options: []Option{
+			{Name: "object", Type: Bool, Default: false, Doc: "also require each record to be a JSON object"},
+		},
+		New: func(c Config) (Stage, error) { return jsonValidateStage{object: c.Bool("object")}, nil },
+	})
+	Register(Spec{
+		Name: "jq",
+		Doc: "Runs a jq query (gojq) on each JSON record and emits each of its results as compact JSON: " +
+			"none filters the record out, several fan it out. Object keys come out sorted.",
+		Batch: true,
+		Options: []Option{
+			{Name: "query", Type: String, Required: true, Doc: "the jq program, like .user | {name, id}"},
+			{Name: "raw", Type: Bool, Default: false, Doc: "emit string results without quotes, like jq -r"},
+		},
+		Check: func(c Config) error { _, err := compileJQ(c); return err },
+		New: func(c Config) (Stage, error) {
+			code, err := compileJQ(c)
+			if err != nil {
+				return nil, err
+			}
+			return &jqStage{code: code, raw: c.Bool("raw")}, nil
+		},
+	})
+	Register(Spec{
+		Name: "filter",
+		Doc: "Keeps the JSON object records for which an expr-lang expression is true; " +
+			"the record's fields are its variables: active && score > 50.",
+		Batch: true,
+		Options: []Option{
+			{Name: "expr", Type: String, Required: true, Doc: "a boolean expression over the record's fields (expr-lang syntax)"},
+		},
+		Check: func(c Config) error { _, err := compileExpr(c, "expr", expr.AsBool()); return err },
+		New: func(c Config) (Stage, error) {
+			prog, err := compileExpr(c, "expr", expr.AsBool())
+			if err != nil {
+				return nil, err
+			}
+			return &filterStage{prog: prog, names: exprFields(prog), env: map[string]any{}}, nil
+		},
+	})
+	Register(Spec{
+		Name: "map",
+		Doc: "Rewrites JSON object records with expr-lang expressions over their fields: expr replaces the record with its JSON-encoded result; " +
+			"fields sets the named fields (added at the end, or replaced in place) and keeps the rest of the record as it was.",
+		Batch: true,
+		Options: []Option{
+			{Name: "expr", Type: String, Doc: "an expression whose result becomes the record, like {id: id, name: upper(name)}"},
+			{Name: "fields", Type: StringMap, Doc: "field name to expression, like {name_upper: upper(name)}; expressions see the record as it came in"},
+			{Name: "raw", Type: Bool, Default: false, Doc: "with expr: emit a string result without quotes"},
+		},
+		Check: func(c Config) error { _, err := newMapStage(c); return err },
+		New:   newMapStage,
+	})
+	Register(Spec{
+		Name:  "pick",
+		Doc:   "Keeps only the named top-level fields of each JSON object record, in the record's own order and text.",
+		Batch: true,
+		Options: []Option{
+			{Name: "fields", Type: Strings, Required: true, Doc: "the fields to keep"},
+		},
+		Check: func(c Config) error { return checkFieldList(c) },
+		New:   func(c Config) (Stage, error) { return newPickStage(c, true), nil },
+	})
+	Register(Spec{
+		Name:  "drop",
+		Doc:   "Removes the named top-level fields from each JSON object record, leaving the others in their order and text.",
+		Batch: true,
+		Options: []Option{
+			{Name: "fields", Type: Strings, Required: true, Doc: "the fields to remove"},
+		},
+		Check: func(c Config) error { return checkFieldList(c) },
+		New:   func(c Config) (Stage, error) { return newPickStage(c, false), nil },
+	})
+}
+
+// errRecordNotObject is the error for a record that must be a JSON object and is
+// some other JSON value.
+var errRecordNotObject = errors.New("record is not a JSON object")
+
+type jsonValidateStage struct{ object bool }
+
+func (s jsonValidateStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+	if !json.Valid(rec) {
+		// Unmarshal checks the syntax of the whole input before it decodes,
+		// so an empty struct is enough to learn the offset.
+		var v struct{}
+		err := json.Unmarshal(rec, &v)
+		var syn *json.SyntaxError
+		if errors.As(err, &syn) {
+			// Offset counts the bytes read, the bad one included; say
+			// where the bad byte is, as pick and drop do.
+			off := syn.Offset
+			if off > 0 && off <= int64(len(rec)) && !strings.Contains(syn.Error(), "end of JSON input") {
+				off--
+			}
+			return out, Permanent(fmt.Errorf("invalid JSON at offset %d: %v", off, syn))
+		}
+		return out, Permanent(fmt.Errorf("invalid JSON: %v", err))
+	}
+	if s.object {
+		if i := scanSpace(rec, 0); i == len(rec) || rec[i] != '{' {
+			return out, Permanent(errRecordNotObject)
+		}
+	}
+	return append(out, rec), nil
+}
+
+func compileJQ(c Config) (*gojq.Code, error) {
+	q, err := gojq.Parse(c.String("query"))
+	if err != nil {
+		return nil, &OptionError{Option: "query", Err: err}
+	}
+	code, err := gojq.Compile(q)
+	if err != nil {
+		return nil, &OptionError{Option: "query", Err: err}
+	}
+	return code, nil
+}
+
+type jqStage struct {
+	code *gojq.Code
+	raw  bool
+}
+
+func (s *jqStage) Process(ctx context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+	// json.Number keeps integers beyond 2^53 exact; gojq computes with them.
+	d := json.NewDecoder(bytes.NewReader(rec))
+	d.UseNumber()
+	var v any
+	if err := d.Decode(&v); err != nil {
+		return out, Permanent(fmt.Errorf("decode JSON: %w", err))
+	}
+	if off := scanSpace(rec, int(d.InputOffset())); off != len(rec) {
+		return out, Permanent(fmt.Errorf("decode JSON: data after the value at offset %d", off))
+	}
+	iter := s.code.RunWithContext(ctx, v)
+	for {
+		r, ok := iter.Next()
+		if !ok {
+			return out, nil
+		}
+		if err, ok := r.(error); ok {
+			var halt *gojq.HaltError
+			if errors.As(err, &halt) && halt.Value() == nil {
+				return out, nil // halt: stop quietly with what was emitted
+			}
+			if ctx.Err() != nil {
+				return out, err
+			}
+			return out, Permanent(fmt.Errorf("jq: %w", err))
+		}
+		if str, ok := r.(string); ok && s.raw {
+			out = append(out, []byte(str))
+			continue
+		}
+		b, err := gojq.Marshal(r)
+		if err != nil {
+			return out, Permanent(fmt.Errorf("jq: encode result: %w", err))
+		}
+		out = append(out, b)
+	}
+}
+
+func compileExpr(c Config, option string, opts ...expr.Option) (*vm.Program, error) {
+	prog, err := expr.Compile(c.String(option), opts...)
+	if err != nil {
+		return nil, &OptionError{Option: option, Err: err}
+	}
+	return prog, nil
+}
+
+// exprEnv decodes the JSON object rec into env, which it clears first:
+// reusing one map per worker saves its allocation on every record. When
+// names is not nil only those fields are decoded, the others skipped: an
+// expression names few of a record's fields, and decoding is most of the
+// cost of filter and map.
+func exprEnv(rec []byte, env map[string]any, names map[string]bool) error {
+	clear(env)
+	if names != nil {
+		return eachMember(rec, func(key []byte, escaped bool, _, value []byte) {
+			if escaped {
+				if k, err := unquoteKey(key); err == nil && names[k] {
+					env[k] = decodeJSONValue(value)
+				}
+				return
+			}
+			if names[string(key)] {
+				env[string(key)] = decodeJSONValue(value)
+			}
+		})
+	}
+	if err := json.Unmarshal(rec, &env); err != nil {
+		var ute *json.UnmarshalTypeError
+		if errors.As(err, &ute) && ute.Field == "" {
+			return Permanent(errRecordNotObject)
+		}
+		return Permanent(fmt.Errorf("decode JSON: %w", err))
+	}
+	if env == nil {
+		return Permanent(errRecordNotObject) // the record was null
+	}
+	return nil
+}
+
+// decodeJSONValue decodes one well-formed JSON value as encoding/json
+// does into an any, the common scalars without its reflection.
+func decodeJSONValue(v []byte) any {
+	switch v[0] {
+	case 't':
+		return true
+	case 'f':
+		return false
+	case 'n':
+		return nil
+	case '"':
+		if s := v[1 : len(v)-1]; bytes.IndexByte(s, '\\') < 0 && utf8.Valid(s) {
+			return string(s)
+		}
+	default:
+		if f, err := strconv.ParseFloat(string(v), 64); err == nil {
+			return f
+		}
+	}
+	var x any
+	json.Unmarshal(v, &x) // v is well-formed: eachMember checked it
+	return x
+}
+
+// exprFields returns the identifiers the programs name, which are the
+// record fields they can read, or nil when one reads $env and so any.
+func exprFields(progs ...*vm.Program) map[string]bool {
+	v := exprIdentifiers{names: map[string]bool{}}
+	for _, p := range progs {
+		node := p.Node()
+		ast.Walk(&node, &v)
+	}
+	if v.names["$env"] {
+		return nil
+	}
+	return v.names
+}
+
+type exprIdentifiers struct{ names map[string]bool }
+
+func (v *exprIdentifiers) Visit(n *ast.Node) {
+	if id, ok := (*n).(*ast.IdentifierNode); ok {
+		v.names[id.Value] = true
+	}
+}
+
+type filterStage struct {
+	prog  *vm.Program
+	names map[string]bool
+	vm    vm.VM
+	env   map[string]any
+}
+
+func (s *filterStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+	if err := exprEnv(rec, s.env, s.names); err != nil {
+		return out, err
+	}
+	keep, err := s.vm.Run(s.prog, s.env)
+	if err != nil {
+		return out, Permanent(fmt.Errorf("filter: %w", err))
+	}
+	if keep.(bool) {
+		out = append(out, rec)
+	}
+	return out, nil
+}
+
+// mapField is one entry of map's fields option.
+type mapField struct {
+	name   string
+	quoted []byte // name as a JSON string
+	prog   *vm.Program
+}
+
+type mapStage struct {
+	prog   *vm.Program // for expr
+	raw    bool
+	fields []mapField // for fields, sorted by name
+	names  map[string]bool
+	index  map[string]int
+	vm     vm.VM
+	env    map[string]any
+	vals   [][]byte // per field: its encoded value, for the record at hand
+	seen   []bool
+}
+
+func newMapStage(c Config) (Stage, error) {
+	s := &mapStage{raw: c.Bool("raw"), env: map[string]any{}}
+	switch {
+	case c.Has("expr") && c.Has("fields"):
+		return nil, OptionErrorf("fields", "map takes expr or fields, not both")
+	case c.Has("expr"):
+		prog, err := compileExpr(c, "expr")
+		if err != nil {
+			return nil, err
+		}
+		s.prog = prog
+		s.names = exprFields(prog)
+		return s, nil
+	case len(c.Map("fields")) > 0:
+		fields := c.Map("fields")
+		names := make([]string, 0, len(fields))
+		for name := range fields {
+			names = append(names, name)
+		}
+		sort.Strings(names) // new fields are appended in a stable order
+		s.index = map[string]int{}
+		for _, name := range names {
+			prog, err := expr.Compile(fields[name])
+			if err != nil {
+				return nil, OptionErrorf("fields", "%s: %v", name, err)
+			}
+			s.index[name] = len(s.fields)
+			s.fields = append(s.fields, mapField{name: name, quoted: encodeJSONString(nil, name), prog: prog})
+		}
+		progs := make([]*vm.Program, len(s.fields))
+		for i, f := range s.fields {
+			progs[i] = f.prog
+		}
+		s.names = exprFields(progs...)
+		s.vals = make([][]byte, len(s.fields))
+		s.seen = make([]bool, len(s.fields))
+		return s, nil
+	}
+	return nil, OptionErrorf("expr", "map needs expr (the new record) or fields (fields to set)")
+}
+
+func (s *mapStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+	if err := exprEnv(rec, s.env, s.names); err != nil {
+		return out, err
+	}
+	if s.prog != nil {
+		v, err := s.vm.Run(s.prog, s.env)
+		if err != nil {
+			return out, Permanent(fmt.Errorf("map: %w", err))
+		}
+		if str, ok := v.(string); ok && s.raw {
+			return append(out, []byte(str)), nil
+		}
+		b, err := encodeJSONValue(nil, v)
+		if err != nil {
+			return out, Permanent(fmt.Errorf("map: %w", err))
+		}
+		return append(out, b), nil
+	}
+	size := len(rec)
+	for i, f := range s.fields {
+		v, err := s.vm.Run(f.prog, s.env)
+		if err != nil {
+			return out, Permanent(fmt.Errorf("map: field %s: %w", f.name, err))
+		}
+		if s.vals[i], err = encodeJSONValue(s.vals[i][:0], v); err != nil {
+			return out, Permanent(fmt.Errorf("map: field %s: %w", f.name, err))
+		}
+		s.seen[i] = false
+		size += len(f.quoted) + len(s.vals[i]) + 2
+	}
+	// Splice the new values into the record's text rather than encode the
+	// decoded map: the other fields keep their order, their number
+	// formatting and their precision, and it is faster.
+	b := make([]byte, 0, size)
+	b = append(b, '{')
+	first := true
+	err := eachMember(rec, func(key []byte, escaped bool, member, _ []byte) {
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		if i, ok := s.lookup(key, escaped); ok {
+			s.seen[i] = true
+			b = append(b, s.fields[i].quoted...)
+			b = append(b, ':')
+			b = append(b, s.vals[i]...)
+			return
+		}
+		b = append(b, member...)
+	})
+	if err != nil {
+		return out, err
+	}
+	for i, f := range s.fields {
+		if s.seen[i] {
+			continue
+		}
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = append(b, f.quoted...)
+		b = append(b, ':')
+		b = append(b, s.vals[i]...)
+	}
+	return append(out, append(b, '}')), nil
+}
+
+func (s *mapStage) lookup(key []byte, escaped bool) (int, bool) {
+	if escaped {
+		k, err := unquoteKey(key)
+		if err != nil {
+			return 0, false
+		}
+		i, ok := s.index[k]
+		return i, ok
+	}
+	i, ok := s.index[string(key)] // no allocation: the compiler sees the lookup
+	return i, ok
+}
+
+func checkFieldList(c Config) error {
+	if len(c.Strings("fields")) == 0 {
+		return OptionErrorf("fields", "needs at least one field name")
+	}
+	return nil
+}
+
+type pickStage struct {
+	fields map[string]bool
+	keep   bool // pick keeps the named fields; drop keeps the others
+}
+
+func newPickStage(c Config, keep bool) *pickStage {
+	s := &pickStage{fields: map[string]bool{}, keep: keep}
+	for _, f := range c.Strings("fields") {
+		s.fields[f] = true
+	}
+	return s
+}
+
+func (s *pickStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+	b := make([]byte, 1, len(rec))
+	b[0] = '{'
+	err := eachMember(rec, func(key []byte, escaped bool, member, _ []byte) {
+		var named bool
+		if escaped {
+			k, err := unquoteKey(key)
+			named = err == nil && s.fields[k]
+		} else {
+			named = s.fields[string(key)]
+		}
+		if named != s.keep {
+			return
+		}
+		if len(b) > 1 {
+			b = append(b, ',')
+		}
+		b = append(b, member...)
+	})
+	if err != nil {
+		return out, err
+	}
+	return append(out, append(b, '}')), nil
+}
+
+// eachMember calls fn for each member of the JSON object rec, in order:
+// key is the member's name between its quotes (escaped says it holds a
+// backslash escape), member is its text from the key's opening quote to
+// the end of its value, and value is the value's text. The whole record is
+// checked to be well-formed JSON before fn is first called, so that a
+// stage never emits part of a broken record.
+func eachMember(rec []byte, fn func(key []byte, escaped bool, member, value []byte)) error {
+	end, err := scanValue(rec, scanSpace(rec, 0), 0)
+	if err == nil && scanSpace(rec, end) != len(rec) {
+		err = &scanError{off: scanSpace(rec, end), msg: "data after the value"}
+	}
+	if err != nil {
+		return Permanent(err)
+	}
+	i := scanSpace(rec, 0)
+	if rec[i] != '{' {
+		return Permanent(errRecordNotObject)
+	}
+	i = scanSpace(rec, i+1)
+	for rec[i] != '}' {
+		keyStart := i
+		keyEnd, _ := scanString(rec, i)
+		key := rec[keyStart+1 : keyEnd-1]
+		i = scanSpace(rec, keyEnd)
+		valStart := scanSpace(rec, i+1) // past ':'
+		valEnd, _ := scanValue(rec, valStart, 1)
+		fn(key, bytes.IndexByte(key, '\\') >= 0, rec[keyStart:valEnd], rec[valStart:valEnd])
+		i = scanSpace(rec, valEnd)
+		if rec[i] == ',' {
+			i = scanSpace(rec, i+1)
+		}
+	}
+	return nil
+}
+
+func unquoteKey(key []byte) (string, error) {
+	var k string
+	q := make([]byte, 0, len(key)+2)
+	q = append(append(append(q, '"'), key...), '"')
+	err := json.Unmarshal(q, &k)
+	return k, err
+}
+
+// scanError is a malformed JSON record, with the byte offset where
+// the scanner gave up.
+type scanError struct {
+	off int
+	msg string
+}
+
+func (e *scanError) Error() string {
+	return fmt.Sprintf("invalid JSON at offset %d: %s", e.off, e.msg)
+}
+
+// scanMaxDepth bounds nesting, so a hostile record cannot exhaust the stack.
+const scanMaxDepth = 10000
+
+func scanSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// scanValue checks the JSON value that starts at b[i] and returns the
+// index just past it.
+func scanValue(b []byte, i, depth int) (int, error) {
+	if i >= len(b) {
+		return i, &scanError{off: i, msg: "unexpected end of input"}
+	}
+	switch c := b[i]; {
+	case c == '"':
+		return scanString(b, i)
+	case c == '{' || c == '[':
+		if depth >= scanMaxDepth {
+			return i, &scanError{off: i, msg: "nested too deeply"}
+		}
+		closer := byte('}')
+		if c == '[' {
+			closer = ']'
+		}
+		i = scanSpace(b, i+1)
+		if i < len(b) && b[i] == closer {
+			return i + 1, nil
+		}
+		for {
+			var err error
+			if c == '{' {
+				if i >= len(b) || b[i] != '"' {
+					return i, &scanError{off: i, msg: "expected a field name"}
+				}
+				if i, err = scanString(b, i); err != nil {
+					return i, err
+				}
+				i = scanSpace(b, i)
+				if i >= len(b) || b[i] != ':' {
+					return i, &scanError{off: i, msg: "expected ':' after a field name"}
+				}
+				i = scanSpace(b, i+1)
+			}
+			if i, err = scanValue(b, i, depth+1); err != nil {
+				return i, err
+			}
+			i = scanSpace(b, i)
+			switch {
+			case i < len(b) && b[i] == ',':
+				i = scanSpace(b, i+1)
+			case i < len(b) && b[i] == closer:
+				return i + 1, nil
+			default:
+				return i, &scanError{off: i, msg: fmt.Sprintf("expected ',' or '%c'", closer)}
+			}
+		}
+	case c == '-' || (c >= '0' && c <= '9'):
+		return scanNumber(b, i)
+	case c == 't':
+		return scanLiteral(b, i, "true")
+	case c == 'f':
+		return scanLiteral(b, i, "false")
+	case c == 'n':
+		return scanLiteral(b, i, "null")
+	}
+	return i, &scanError{off: i, msg: fmt.Sprintf("unexpected %q", b[i])}
+}
+
+func scanLiteral(b []byte, i int, lit string) (int, error) {
+	if !bytes.HasPrefix(b[i:], []byte(lit)) {
+		return i, &scanError{off: i, msg: "invalid literal, expected " + lit}
+	}
+	return i + len(lit), nil
+}
+
+func scanString(b []byte, i int) (int, error) {
+	start := i
+	for i++; i < len(b); i++ {
+		switch c := b[i]; {
+		case c == '"':
+			return i + 1, nil
+		case c == '\\':
+			i++
+			if i >= len(b) {
+				break
+			}
+			switch b[i] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+			case 'u':
+				if i+4 >= len(b) {
+					return i, &scanError{off: i, msg: "short \\u escape"}
+				}
+				for _, h := range b[i+1 : i+5] {
+					if !('0' <= h && h <= '9' || 'a' <= h && h <= 'f' || 'A' <= h && h <= 'F') {
+						return i, &scanError{off: i, msg: "bad \\u escape"}
+					}
+				}
+				i += 4
+			default:
+				return i, &scanError{off: i, msg: fmt.Sprintf("bad escape \\%c", b[i])}
+			}
+		case c < 0x20:
+			return i, &scanError{off: i, msg: "control character in string"}
+		}
+	}
+	return start, &scanError{off: start, msg: "unterminated string"}
+}
+
+func scanNumber(b []byte, i int) (int, error) {
+	start := i
+	digits := func() bool {
+		j := i
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+		return i > j
+	}
+	if b[i] == '-' {
+		i++
+	}
+	if i < len(b) && b[i] == '0' {
+		i++
+	} else if !digits() {
+		return start, &scanError{off: start, msg: "invalid number"}
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if !digits() {
+			return start, &scanError{off: start, msg: "invalid number"}
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if !digits() {
+			return start, &scanError{off: start, msg: "invalid number"}
+		}
+	}
+	return i, nil
+}
+
+// encodeJSONValue appends v's JSON encoding to b. The common scalar types
+// skip encoding/json's reflection; the rest go through it, without HTML
+// escaping.
+func encodeJSONValue(b []byte, v any) ([]byte, error) {
+	switch v := v.(type) {
+	case nil:
+		return append(b, "null"...), nil
+	case string:
+		return encodeJSONString(b, v), nil
+	case bool:
+		return strconv.AppendBool(b, v), nil
+	case int:
+		return strconv.AppendInt(b, int64(v), 10), nil
+	case int64:
+		return strconv.AppendInt(b, v, 10), nil
+	case float64:
+		return encodeJSONFloat(b, v)
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return b, err
+	}
+	return append(b, bytes.TrimSuffix(buf.Bytes(), []byte("\n"))...), nil
+}
+
+// encodeJSONFloat formats f as encoding/json does.
+func encodeJSONFloat(b []byte, f float64) ([]byte, error) {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return b, fmt.Errorf("%v has no JSON form", f)
+	}
+	abs := math.Abs(f)
+	format := byte('f')
+	if abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	n := len(b)
+	b = strconv.AppendFloat(b, f, format, -1, 64)
+	if format == 'e' {
+		// clean up e-09 to e-9, as encoding/json does
+		if m := len(b) - n; m >= 4 && b[len(b)-4] == 'e' && b[len(b)-3] == '-' && b[len(b)-2] == '0' {
+			b[len(b)-2] = b[len(b)-1]
+			b = b[:len(b)-1]
+		}
+	}
+	return b, nil
+}
+
+// encodeJSONString appends s as a JSON string. Invalid UTF-8 becomes
+// U+FFFD, as with encoding/json; <, > and & are left alone.
+func encodeJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			i++
+			continue
+		}
+		if c < utf8.RuneSelf {
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}
+
+// isJSONObject reports whether rec, past leading space, opens a JSON object.
+func isJSONObject(rec []byte) bool {
+	i := scanSpace(rec, 0)
+	return i < len(rec) && rec[i] == '{'
+}

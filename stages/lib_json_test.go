@@ -1,0 +1,248 @@
+package stages_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/flowrun/flowrun/stages"
+)
+
+// libbStage makes one worker's Stage of the registered stage name with the
+// options with, running its Check first as the spec package does.
+func libbStage(t testing.TB, name string, with map[string]any) stages.Stage {
+	t.Helper()
+	st, err := libbNewStage(name, with)
+	if err != nil {
+		t.Fatalf("%s %v: %v", name, with, err)
+	}
+	if c, ok := st.(io.Closer); ok {
+		t.Cleanup(func() { c.Close() })
+	}
+	return st
+}
+
+func libbNewStage(name string, with map[string]any) (stages.Stage, error) {
+	spec, ok := stages.Lookup(name)
+	if !ok {
+		return nil, fmt.Errorf("no stage %q", name)
+	}
+	c, err := stages.NewConfig(spec, name, "", with)
+	if err != nil {
+		return nil, err
+	}
+	if spec.Check != nil {
+		if err := spec.Check(c); err != nil {
+			return nil, err
+		}
+	}
+	return spec.New(c)
+}
+
+// libbRun processes rec and returns the records it emitted as strings.
+func libbRun(st stages.Stage, rec string) ([]string, error) {
+	out, err := st.Process(context.Background(), []byte(rec), nil)
+	got := make([]string, len(out))
+	for i, b := range out {
+		got[i] = string(b)
+	}
+	return got, err
+}
+
+// libbCase is one record through one stage: want is what it emits, or
+// wantErr a substring of its error, which must then be permanent.
+type libbCase struct {
+	name    string
+	with    map[string]any
+	rec     string
+	want    []string
+	wantErr string
+}
+
+func libbRunCases(t *testing.T, stage string, cases []libbCase) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			st := libbStage(t, stage, tc.with)
+			got, err := libbRun(st, tc.rec)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+				}
+				if !errors.Is(err, stages.ErrPermanent) {
+					t.Errorf("error %v is not permanent", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Join(got, "\n") != strings.Join(tc.want, "\n") || len(got) != len(tc.want) {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestJSONValidate(t *testing.T) {
+	libbRunCases(t, "json.validate", []libbCase{
+		{name: "object", rec: `{"a": [1, 2]}`, want: []string{`{"a": [1, 2]}`}},
+		{name: "number", rec: `42`, want: []string{`42`}},
+		{name: "object required", with: map[string]any{"object": true}, rec: ` {"a":1}`, want: []string{` {"a":1}`}},
+		{name: "array not object", with: map[string]any{"object": true}, rec: `[1]`, wantErr: "not a JSON object"},
+		{name: "truncated", rec: `{"a": [1, 2}`, wantErr: "offset 11"},
+		{name: "trailing", rec: `{} {}`, wantErr: "offset"},
+		{name: "empty", rec: ``, wantErr: "invalid JSON"},
+	})
+}
+
+func TestJQ(t *testing.T) {
+	libbRunCases(t, "jq", []libbCase{
+		{name: "field", with: map[string]any{"query": ".user.name"}, rec: `{"user":{"name":"ann"}}`, want: []string{`"ann"`}},
+		{name: "raw", with: map[string]any{"query": ".user.name", "raw": true}, rec: `{"user":{"name":"ann"}}`, want: []string{`ann`}},
+		{name: "raw leaves non-strings", with: map[string]any{"query": ".n", "raw": true}, rec: `{"n":1.5}`, want: []string{`1.5`}},
+		{name: "fan out", with: map[string]any{"query": ".[]"}, rec: `[1,"a",null]`, want: []string{`1`, `"a"`, `null`}},
+		{name: "filter out", with: map[string]any{"query": "select(.n > 1)"}, rec: `{"n":1}`, want: []string{}},
+		{name: "keys sorted, compact", with: map[string]any{"query": "{z: .a, a: .b}"}, rec: `{"a": 1, "b": "<&>"}`, want: []string{`{"a":"<&>","z":1}`}},
+		{name: "big integer exact", with: map[string]any{"query": ".id"}, rec: `{"id": 12345678901234567890}`, want: []string{`12345678901234567890`}},
+		{name: "halt stops quietly", with: map[string]any{"query": "1, halt, 2"}, rec: `null`, want: []string{`1`}},
+		{name: "not JSON", with: map[string]any{"query": "."}, rec: `{"a":`, wantErr: "decode JSON"},
+		{name: "data after value", with: map[string]any{"query": "."}, rec: `{} x`, wantErr: "data after the value"},
+		{name: "runtime error", with: map[string]any{"query": ".a.b"}, rec: `{"a":3}`, wantErr: "jq: "},
+		{name: "error function", with: map[string]any{"query": `error("bad row")`}, rec: `{}`, wantErr: "bad row"},
+	})
+}
+
+func TestFilter(t *testing.T) {
+	w := map[string]any{"expr": "active && score > 50"}
+	libbRunCases(t, "filter", []libbCase{
+		{name: "kept", with: w, rec: `{"active":true,"score":51,"name":"a"}`, want: []string{`{"active":true,"score":51,"name":"a"}`}},
+		{name: "low score", with: w, rec: `{"active":true,"score":50}`, want: []string{}},
+		{name: "inactive", with: w, rec: `{"active":false,"score":99}`, want: []string{}},
+		{name: "string functions", with: map[string]any{"expr": `name startsWith "a" && len(tags) == 2`}, rec: `{"name":"ann","tags":["x","y"]}`, want: []string{`{"name":"ann","tags":["x","y"]}`}},
+		{name: "missing field with default", with: map[string]any{"expr": "(score ?? 0) > 1"}, rec: `{}`, want: []string{}},
+		{name: "not an object", with: w, rec: `[1,2]`, wantErr: "not a JSON object"},
+		{name: "null", with: w, rec: `null`, wantErr: "not a JSON object"},
+		{name: "broken JSON", with: w, rec: `{"active":`, wantErr: "invalid JSON at offset 10"},
+		{name: "env", with: map[string]any{"expr": `$env["a b"] == "x"`}, rec: `{"a b":"x"}`, want: []string{`{"a b":"x"}`}},
+		{name: "nested and closures", with: map[string]any{"expr": `address.city == "Paris" && any(tags, # == "b")`},
+			rec: `{"tags":["a","b"],"address":{"city":"Paris"}}`, want: []string{`{"tags":["a","b"],"address":{"city":"Paris"}}`}},
+		{name: "escaped key and value", with: map[string]any{"expr": `name == "a\"b"`}, rec: `{"n\u0061me":"a\"b"}`, want: []string{`{"n\u0061me":"a\"b"}`}},
+		{name: "duplicate key last wins", with: map[string]any{"expr": `n == 2`}, rec: `{"n":1,"n":2}`, want: []string{`{"n":1,"n":2}`}},
+		{name: "type mismatch", with: w, rec: `{"active":true,"score":"high"}`, wantErr: "filter: "},
+	})
+}
+
+func TestMap(t *testing.T) {
+	libbRunCases(t, "map", []libbCase{
+		{name: "fields append", with: map[string]any{"fields": map[string]string{"name_upper": "upper(name)"}},
+			rec: `{"id": 7, "name": "ann", "score": 1.50}`, want: []string{`{"id": 7,"name": "ann","score": 1.50,"name_upper":"ANN"}`}},
+		{name: "fields replace in place", with: map[string]any{"fields": map[string]string{"score": "score * 2", "b": "true", "a": "nil"}},
+			rec: `{"score":2,"id":12345678901234567890}`, want: []string{`{"score":4,"id":12345678901234567890,"a":null,"b":true}`}},
+		{name: "fields see the record as it came", with: map[string]any{"fields": map[string]string{"x": "y", "y": "x"}},
+			rec: `{"x":1,"y":2}`, want: []string{`{"x":2,"y":1}`}},
+		{name: "fields escape strings", with: map[string]any{"fields": map[string]string{"s": `"q\"<\n" + name`}},
+			rec: `{"name":"é\u0001"}`, want: []string{`{"name":"é\u0001","s":"q\"<\né\u0001"}`}},
+		{name: "fields on empty object", with: map[string]any{"fields": map[string]string{"n": "1 + 1"}},
+			rec: ` { } `, want: []string{`{"n":2}`}},
+		{name: "expr object", with: map[string]any{"expr": `{"id": id, "big": score > 1}`},
+			rec: `{"id": 3, "score": 2}`, want: []string{`{"big":true,"id":3}`}},
+		{name: "expr string", with: map[string]any{"expr": `name + "!"`}, rec: `{"name":"a"}`, want: []string{`"a!"`}},
+		{name: "expr raw string", with: map[string]any{"expr": `name + "!"`, "raw": true}, rec: `{"name":"a"}`, want: []string{`a!`}},
+		{name: "expr float", with: map[string]any{"expr": `x / 4`}, rec: `{"x":1}`, want: []string{`0.25`}},
+		{name: "not an object", with: map[string]any{"expr": "1"}, rec: `"s"`, wantErr: "not a JSON object"},
+		{name: "bad value", with: map[string]any{"fields": map[string]string{"u": "upper(n)"}}, rec: `{"n":1}`, wantErr: "field u"},
+		{name: "NaN", with: map[string]any{"expr": "x / 0.0 * 0"}, rec: `{"x":0}`, wantErr: "no JSON form"},
+	})
+}
+
+func TestPickDrop(t *testing.T) {
+	rec := `{"id":1, "name":"a,}\"b", "nested":{"x":[1,{"y":"}"}]}, "na\u006de2":true}`
+	cases := []struct {
+		stage, name string
+		fields      []string
+		rec, want   string
+		wantErr     string
+	}{
+		{"pick", "order of the record", []string{"nested", "id"}, rec, `{"id":1,"nested":{"x":[1,{"y":"}"}]}}`, ""},
+		{"pick", "escaped key", []string{"name2"}, rec, `{"na\u006de2":true}`, ""},
+		{"pick", "none present", []string{"zzz"}, rec, `{}`, ""},
+		{"drop", "keeps the rest", []string{"nested", "id"}, rec, `{"name":"a,}\"b","na\u006de2":true}`, ""},
+		{"drop", "all", []string{"id"}, `{ "id" : 1 }`, `{}`, ""},
+		{"pick", "not an object", []string{"id"}, `[1]`, "", "not a JSON object"},
+		{"pick", "unterminated", []string{"id"}, `{"id":"x}`, "", "offset 6"},
+		{"drop", "bad number", []string{"id"}, `{"id":01}`, "", "offset 7"},
+		{"drop", "trailing comma", []string{"id"}, `{"id":1,}`, "", "expected a field name"},
+		{"drop", "trailing data", []string{"id"}, `{"id":1} {}`, "", "data after"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.stage+"/"+tc.name, func(t *testing.T) {
+			libbRunCases(t, tc.stage, []libbCase{{name: "run", with: map[string]any{"fields": tc.fields}, rec: tc.rec, want: []string{tc.want}, wantErr: tc.wantErr}})
+		})
+	}
+}
+
+func TestLibJSONOptionErrors(t *testing.T) {
+	cases := []struct {
+		stage, option string
+		with          map[string]any
+	}{
+		{"jq", "query", map[string]any{"query": ".a | "}},
+		{"jq", "query", map[string]any{"query": "undefined_fn(1)"}},
+		{"filter", "expr", map[string]any{"expr": "a &&"}},
+		{"filter", "expr", map[string]any{"expr": `"not a bool"`}},
+		{"map", "expr", map[string]any{"expr": "upper("}},
+		{"map", "expr", map[string]any{}},
+		{"map", "fields", map[string]any{"expr": "1", "fields": map[string]string{"a": "1"}}},
+		{"map", "fields", map[string]any{"fields": map[string]string{"a": "1 +"}}},
+		{"pick", "fields", map[string]any{"fields": []string{}}},
+		{"drop", "fields", map[string]any{}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.stage+"/"+tc.option, func(t *testing.T) {
+			_, err := libbNewStage(tc.stage, tc.with)
+			var oe *stages.OptionError
+			if !errors.As(err, &oe) || oe.Option != tc.option {
+				t.Fatalf("error %v, want an *OptionError for %s", err, tc.option)
+			}
+		})
+	}
+}
+
+// BenchmarkStageJSON measures the JSON stages on a typical JSONL record,
+// the W2 workload's shape.
+func BenchmarkStageJSON(b *testing.B) {
+	rec := []byte(`{"id":12345,"name":"alice smith","email":"alice@example.com","active":true,"score":73.5,"tags":["a","b"],"address":{"city":"Paris","zip":"75001"}}`)
+	cases := []struct {
+		name, stage string
+		with        map[string]any
+	}{
+		{"jq", "jq", map[string]any{"query": "{id, name}"}},
+		{"filter", "filter", map[string]any{"expr": "active && score > 50"}},
+		{"map", "map", map[string]any{"fields": map[string]string{"name_upper": "upper(name)"}}},
+		{"map_expr", "map", map[string]any{"expr": `{"id": id, "name": upper(name)}`}},
+		{"pick", "pick", map[string]any{"fields": []string{"id", "name"}}},
+		{"validate", "json.validate", nil},
+	}
+	for _, bc := range cases {
+		b.Run(bc.name, func(b *testing.B) {
+			st := libbStage(b, bc.stage, bc.with)
+			ctx := context.Background()
+			var out [][]byte
+			buf := make([]byte, len(rec))
+			b.SetBytes(int64(len(rec)))
+			b.ReportAllocs()
+			for b.Loop() {
+				copy(buf, rec)
+				var err error
+				if out, err = st.Process(ctx, buf, out[:0]); err != nil || len(out) != 1 {
+					b.Fatalf("%d records, error %v", len(out), err)
+				}
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+		})
+	}
+}
