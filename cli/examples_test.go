@@ -22,7 +22,7 @@ import (
 // file testdata/examples/NAME.out (rewrite with -update) unless check is
 // set.
 type example struct {
-	input string                                            // a file, relative to the repository
+	input string                                          // a file, relative to the repository
 	setup func(t *testing.T) (stdin string, env []string) // instead of input
 	check func(t *testing.T, stdout string)
 }
