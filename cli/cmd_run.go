@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -24,6 +25,7 @@ type runOptions struct {
 	every                     time.Duration
 	stats                     string
 	quiet                     bool
+	cpuprofile                string
 }
 
 func runCommand(stdin io.Reader, stdout, stderr io.Writer) *urfave.Command {
@@ -43,6 +45,7 @@ drains what is in flight to the output, then exits 130; a second aborts.`,
 			&urfave.StringFlag{Name: "stats", Usage: "write the run's summary as JSON to `FILE`"},
 			&urfave.StringFlag{Name: "dead-letter", Usage: "write dead letters to `FILE` instead of the pipeline's dead_letter"},
 			&urfave.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no summary table at the end"},
+			&urfave.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the run to `FILE` (for go tool pprof)"},
 		},
 		Action: func(c *urfave.Context) error {
 			if c.NArg() != 1 {
@@ -51,7 +54,7 @@ drains what is in flight to the output, then exits 130; a second aborts.`,
 			opts := runOptions{
 				input: c.String("input"), output: c.String("output"), deadLetter: c.String("dead-letter"),
 				set: c.StringSlice("set"), progress: c.String("progress"), every: c.Duration("progress-every"),
-				stats: c.String("stats"), quiet: c.Bool("quiet"),
+				stats: c.String("stats"), quiet: c.Bool("quiet"), cpuprofile: c.String("cpuprofile"),
 			}
 			return runPipeline(c.Context, c.Args().First(), opts, stdin, stdout, stderr)
 		},
@@ -109,6 +112,17 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 		}
 	}()
 
+	if opts.cpuprofile != "" {
+		f, err := os.Create(opts.cpuprofile)
+		if err != nil {
+			return usagef("--cpuprofile: %v", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return usagef("--cpuprofile: %v", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	sum, runErr := runner.Run(abortCtx, p, runner.Options{
 		Stdin: stdin, Stdout: stdout, Stderr: stderr, Stop: stop, Progress: progress,
 	})

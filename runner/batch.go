@@ -1,5 +1,7 @@
 package runner
 
+import "sync"
+
 // record is one record in flight with the number of the input record it
 // came from (1-based), which errors and dead letters name.
 type record struct {
@@ -45,4 +47,40 @@ func split(b batch, n int, send func(batch) bool) bool {
 		lo, start = hi+1, j
 	}
 	return true
+}
+
+// Slices of records and of input items are recycled from the writer and
+// the input stage back to the reader: a run of millions of records would
+// otherwise allocate one of each per batch, and the garbage collector's
+// work, not the stages', dominated cheap pipelines (BenchmarkW1).
+var (
+	recordPool = sync.Pool{New: func() any { s := make([]record, 0, maxBatch); return &s }}
+	itemPool   = sync.Pool{New: func() any { s := make([]item, 0, maxBatch); return &s }}
+)
+
+func getRecords() []record { return (*recordPool.Get().(*[]record))[:0] }
+
+// putRecords recycles s if it is a whole slice from getRecords. Pieces cut
+// by split have a smaller capacity and are left to the collector, since
+// their siblings may still be in use.
+func putRecords(s []record) {
+	if cap(s) != maxBatch {
+		return
+	}
+	s = s[:cap(s)]
+	clear(s) // let go of the chunks the records point into
+	s = s[:0]
+	recordPool.Put(&s)
+}
+
+func getItems() []item { return (*itemPool.Get().(*[]item))[:0] }
+
+func putItems(s []item) {
+	if cap(s) != maxBatch {
+		return
+	}
+	s = s[:cap(s)]
+	clear(s)
+	s = s[:0]
+	itemPool.Put(&s)
 }

@@ -247,7 +247,10 @@ func (d *csvDecoder) next(max int, out []item) ([]item, error) {
 		if err == io.EOF {
 			return out, io.EOF
 		}
-		line, _ := d.r.FieldPos(0)
+		var line int
+		if err == nil && len(row) > 0 {
+			line, _ = d.r.FieldPos(0)
+		}
 		var perr *csv.ParseError
 		switch {
 		case errors.As(err, &perr):

@@ -19,7 +19,12 @@ import (
 
 // maxBatch is the most records a batch carries between stages that take
 // batches. Measured in BenchmarkBatchSize.
-const maxBatch = 64
+const maxBatch = 1024
+
+// maxFused is the most stages one segment of goroutines runs: longer
+// chains are cut so that their parts run on different cores
+// (BenchmarkPassThrough/stages=10).
+const maxFused = 3
 
 // Options are what a run needs besides its pipeline.
 type Options struct {
@@ -137,20 +142,35 @@ func (r *run) run(ctx context.Context) (err error) {
 		defer close(q0)
 		return r.readInput(readCtx, gctx, files, q0)
 	})
-	for _, st := range r.stages {
+	for i := 0; i < len(r.stages); {
+		// A segment is a stage and the stages fused after it: one set of
+		// goroutines runs them all, and the last one's queue is next.
+		seg := r.stages[i : i+1]
+		for i++; i < len(r.stages) && r.stages[i].fused; i++ {
+			seg = r.stages[seg[0].index : i+1]
+		}
 		var wg sync.WaitGroup
-		for _, s := range st.made {
+		for k := range seg[0].made {
+			chain := make([]stages.Stage, len(seg))
+			for j, st := range seg {
+				chain[j] = st.made[k]
+			}
 			wg.Add(1)
 			g.Go(func() error {
 				defer wg.Done()
-				defer closeStage(s)
-				return r.work(gctx, st, s)
+				for _, s := range chain {
+					defer closeStage(s)
+				}
+				return r.work(gctx, seg, chain)
 			})
 		}
-		st.made = nil // the workers own them now
+		for _, st := range seg {
+			st.made = nil // the workers own them now
+		}
+		tail := seg[len(seg)-1]
 		g.Go(func() error {
 			wg.Wait()
-			close(st.out)
+			close(tail.out)
 			return nil
 		})
 	}
@@ -191,7 +211,7 @@ func (r *run) build() error {
 	in := make(chan batch, max(1, p.Stages[0].Buffer/takes[0]))
 	var window int64
 	for i, s := range p.Stages {
-		st := &stageRun{cfg: s, in: in, take: takes[i], nextTake: takes[i+1]}
+		st := &stageRun{cfg: s, index: i, in: in, take: takes[i], nextTake: takes[i+1]}
 		if i+1 < len(p.Stages) {
 			in = make(chan batch, max(1, p.Stages[i+1].Buffer/takes[i+1]))
 		} else {
@@ -222,6 +242,13 @@ func (r *run) build() error {
 	// to its size.
 	for i := 1; i < len(r.stages); i++ {
 		r.stages[i-1].nextTake = r.stages[i].take
+		r.stages[i].fused = fusable(r.stages[i-1], r.stages[i])
+		if r.stages[i].fused {
+			r.stages[i].fusedRun = r.stages[i-1].fusedRun + 1
+			if r.stages[i].fusedRun >= maxFused {
+				r.stages[i].fused, r.stages[i].fusedRun = false, 0
+			}
+		}
 	}
 	if p.Ordered {
 		if p.ReorderWindow > 0 {
@@ -232,6 +259,18 @@ func (r *run) build() error {
 		r.window = semaphore.NewWeighted(window)
 	}
 	return nil
+}
+
+// fusable says whether stage b can run in the goroutines of the stage a
+// before it: both cheap in-memory transforms (Batch) with as many workers,
+// neither holding records. A fused stage's queue goes unused, which saves
+// a channel hand-off and a goroutine switch per batch: ten pass-through
+// stages then cost ten function calls per record, not ten hops
+// (BenchmarkPassThrough).
+func fusable(a, b *stageRun) bool {
+	return a.cfg.Spec.Batch && b.cfg.Spec.Batch && a.take == b.take &&
+		a.cfg.Workers == b.cfg.Workers && !a.holds && !b.holds &&
+		a.cfg.Timeout == 0 && b.cfg.Timeout == 0
 }
 
 // closeUnstarted closes the Stages of a run that failed before its
@@ -327,7 +366,7 @@ func (r *run) readInput(readCtx, ctx context.Context, files []inputFile, q0 chan
 // deliver sends a decoded chunk to the first stage. It waits on ctx only,
 // not on a stop: records read are records in flight, and drain.
 func (r *run) deliver(ctx context.Context, c chunk, q0 chan<- batch) error {
-	b := batch{lo: c.lo, hi: c.hi, recs: make([]record, 0, len(c.items))}
+	b := batch{lo: c.lo, hi: c.hi, recs: getRecords()}
 	for i, it := range c.items {
 		seq := c.lo + uint64(i)
 		if it.err != nil {
@@ -338,6 +377,7 @@ func (r *run) deliver(ctx context.Context, c chunk, q0 chan<- batch) error {
 		}
 		b.recs = append(b.recs, record{data: it.data, seq: seq})
 	}
+	putItems(c.items)
 	if r.window != nil {
 		if err := r.window.Acquire(ctx, b.size()); err != nil {
 			return err
@@ -414,7 +454,7 @@ func (r *run) readFiles(files []inputFile, chunks chan<- chunk, done <-chan stru
 				return
 			}
 			reading.Store(true)
-			items, err := dec.next(maxBatch, make([]item, 0, maxBatch))
+			items, err := dec.next(maxBatch, getItems())
 			reading.Store(false)
 			if len(items) > 0 {
 				c := chunk{items: items, lo: seq + 1, hi: seq + uint64(len(items))}
@@ -457,6 +497,7 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 		if !b.held {
 			r.release(b.size())
 		}
+		putRecords(b.recs)
 		return nil
 	}
 	var ro *reorder

@@ -17,6 +17,9 @@ import (
 // Stages and its counters.
 type stageRun struct {
 	cfg      spec.Stage
+	index    int
+	fused    bool // runs in the goroutines of the stage before it
+	fusedRun int  // how many stages before it share its goroutines
 	in, out  chan batch
 	take     int  // records per batch its workers take
 	nextTake int  // records per batch the next stage takes
@@ -33,6 +36,7 @@ type worker struct {
 	ctx     context.Context
 	stage   stages.Stage
 	batcher stages.BatchStage // stage, when it takes batches itself
+	mapper  stages.Mapper     // stage, when it maps one record to one
 	scratch [][]byte
 	recs    [][]byte
 	hist    histogram
@@ -40,18 +44,35 @@ type worker struct {
 	// forwarded and the last one seen, so that what it emits later covers
 	// the range of what it took in.
 	fwdLo, maxHi uint64
+	next         *worker // the fused stage after this one, if any
 }
 
-func (r *run) work(ctx context.Context, st *stageRun, stage stages.Stage) error {
-	w := &worker{r: r, st: st, ctx: ctx, stage: stage, fwdLo: 1}
-	if bs, ok := stage.(stages.BatchStage); ok {
-		w.batcher = bs
+// work is one goroutine of a segment: seg[0] reads its queue, and each
+// batch passes through the Stages of chain, one per stage of seg.
+func (r *run) work(ctx context.Context, seg []*stageRun, chain []stages.Stage) error {
+	var w, prev *worker
+	for i := len(seg) - 1; i >= 0; i-- {
+		st := seg[i]
+		wk := &worker{r: r, st: st, ctx: ctx, stage: chain[i], fwdLo: 1, next: prev}
+		if bs, ok := chain[i].(stages.BatchStage); ok {
+			wk.batcher = bs
+		}
+		if m, ok := chain[i].(stages.Mapper); ok {
+			wk.mapper = m
+		}
+		defer func() {
+			st.c.mu.Lock()
+			st.c.hist.merge(&wk.hist)
+			st.c.mu.Unlock()
+		}()
+		w, prev = wk, wk
 	}
-	defer func() {
-		st.c.mu.Lock()
-		st.c.hist.merge(&w.hist)
-		st.c.mu.Unlock()
-	}()
+	return w.run()
+}
+
+// run reads the worker's queue until it closes.
+func (w *worker) run() error {
+	st, stage, ctx := w.st, w.stage, w.ctx
 	var seqr *reorder
 	if st.sequence {
 		seqr = newReorder()
@@ -110,11 +131,15 @@ func (w *worker) handle(b batch) error {
 	}
 	start := time.Now()
 	st.c.busy.Add(1)
-	out := make([]record, 0, len(b.recs))
+	var out []record
 	var err error
-	if w.batcher != nil && len(b.recs) > 1 {
-		out, err = w.processBatch(b.recs, out)
-	} else {
+	switch {
+	case w.batcher != nil && len(b.recs) > 1:
+		out, err = w.processBatch(b.recs, make([]record, 0, len(b.recs)))
+	case st.cfg.Timeout == 0:
+		out, err = w.processFast(b.recs)
+	default:
+		out = make([]record, 0, len(b.recs))
 		for _, rec := range b.recs {
 			if out, err = w.process(rec, out, 0); err != nil {
 				break
@@ -182,6 +207,9 @@ func (w *worker) flush() error {
 }
 
 func (w *worker) send(b batch) error {
+	if w.next != nil {
+		return w.next.handle(b)
+	}
 	ok := split(b, w.st.nextTake, func(p batch) bool {
 		select {
 		case w.st.out <- p:
@@ -227,6 +255,96 @@ func (w *worker) process(rec record, out []record, made int) ([]record, error) {
 	}
 }
 
+// processFast runs recs through the stage in a tight loop with one
+// deferred recover for the whole batch, and writes the results over recs
+// itself for as long as they do not outrun the records already read (a
+// stage that fans out moves them to a new slice). A record that fails or
+// panics leaves the loop for process, with its retries, and the loop goes
+// on after it. Measured in BenchmarkPassThrough: the per-record call,
+// defer and allocation were most of a cheap stage's cost.
+func (w *worker) processFast(recs []record) ([]record, error) {
+	out := recs[:0]
+	inPlace := true
+	for i := 0; i < len(recs); {
+		var failed error
+		out, inPlace, i, failed = w.tight(recs, out, inPlace, i)
+		if failed == nil {
+			break
+		}
+		if inPlace { // the slow path may fan out: give it room
+			out = append(make([]record, 0, len(recs)+4), out...)
+			inPlace = false
+		}
+		var err error
+		if out, err = w.retryAfter(recs[i], out, failed); err != nil {
+			return out, err
+		}
+		i++
+	}
+	return out, nil
+}
+
+// tight calls Process on recs[i:] until the end or a failure, which it
+// returns with the index of the record that failed.
+func (w *worker) tight(recs, out []record, inPlace bool, i int) (_ []record, _ bool, _ int, failed error) {
+	defer func() {
+		if p := recover(); p != nil {
+			failed = fmt.Errorf("panic: %v", p)
+		}
+	}()
+	if m := w.mapper; m != nil {
+		if inPlace && len(out) == i { // one record in, one out: in place
+			rest := recs[i:]
+			for j := range rest {
+				rest[j].data = m.Map(rest[j].data)
+			}
+			return recs, true, len(recs), nil
+		}
+		for ; i < len(recs); i++ {
+			out = append(out, record{data: m.Map(recs[i].data), seq: recs[i].seq})
+		}
+		return out, inPlace, i, nil
+	}
+	for ; i < len(recs); i++ {
+		rec := recs[i]
+		res, err := w.stage.Process(w.ctx, rec.data, w.scratch[:0])
+		if cap(res) > cap(w.scratch) {
+			w.scratch = res[:0]
+		}
+		if err != nil {
+			if !errors.Is(err, stages.ErrStop) {
+				return out, inPlace, i, err
+			}
+			w.r.stopInput()
+		}
+		if inPlace && len(out)+len(res) > i+1 {
+			out = append(make([]record, 0, len(recs)+len(res)), out...)
+			inPlace = false
+		}
+		for _, d := range res {
+			out = append(out, record{data: d, seq: rec.seq})
+		}
+	}
+	return out, inPlace, i, nil
+}
+
+// retryAfter applies the retry policy to a record whose first attempt
+// failed with err.
+func (w *worker) retryAfter(rec record, out []record, err error) ([]record, error) {
+	if w.ctx.Err() != nil {
+		return out, context.Cause(w.ctx)
+	}
+	w.st.c.errors.Add(1)
+	if w.st.cfg.Retry.Attempts <= 1 || errors.Is(err, stages.ErrPermanent) {
+		return out, w.failed(rec, 1, err)
+	}
+	w.st.c.retries.Add(1)
+	if !sleep(w.ctx, backoff(w.st.cfg.Retry, 1)) {
+		return out, context.Cause(w.ctx)
+	}
+	return w.process(rec, out, 1)
+}
+
 // processBatch hands the records to a BatchStage, then retries the ones
 // that failed, one at a time, keeping the output in input order.
 func (w *worker) processBatch(recs []record, out []record) ([]record, error) {
@@ -265,23 +383,12 @@ func (w *worker) processBatch(recs []record, out []record) ([]record, error) {
 	for _, f := range failures {
 		merged = append(merged, out[prev:f.at]...)
 		prev = f.at
-		made := 1
 		if errors.Is(f.err, stages.ErrLost) {
-			made = 0 // not its fault: it gets all its attempts
+			merged, err = w.process(recs[f.i], merged, 0) // not its fault: it gets all its attempts
 		} else {
-			w.st.c.errors.Add(1)
-			if w.st.cfg.Retry.Attempts <= 1 || errors.Is(f.err, stages.ErrPermanent) {
-				if err = w.failed(recs[f.i], 1, f.err); err != nil {
-					return merged, err
-				}
-				continue
-			}
-			w.st.c.retries.Add(1)
-			if !sleep(w.ctx, backoff(w.st.cfg.Retry, 1)) {
-				return merged, context.Cause(w.ctx)
-			}
+			merged, err = w.retryAfter(recs[f.i], merged, f.err)
 		}
-		if merged, err = w.process(recs[f.i], merged, made); err != nil {
+		if err != nil {
 			return merged, err
 		}
 	}

@@ -273,7 +273,7 @@ func (s *wasmStage) Process(ctx context.Context, rec []byte, out [][]byte) ([][]
 	inst.stdin.writeLine(rec)
 	answer, err := s.answer(inst)
 	if err != nil {
-		return out, s.fail(ctx, inst)
+		return out, s.fail(inst)
 	}
 	return append(out, append(rec[:0], answer...)), nil
 }
@@ -290,11 +290,14 @@ func (s *wasmStage) ProcessBatch(ctx context.Context, recs [][]byte, emit func(i
 	}
 	stop := context.AfterFunc(ctx, func() { inst.kill(ctx) })
 	defer stop()
+	// The timer runs only while waiting for an answer, not while emit
+	// waits on the runner.
 	var timer *time.Timer
-	if s.timeout > 0 {
-		timer = time.AfterFunc(s.timeout, func() { inst.kill(nil) })
-		defer timer.Stop()
-	}
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	sent := 0
 	for i, rec := range recs {
 		for ; sent < len(recs) && sent-i < s.inflight; sent++ {
@@ -306,12 +309,19 @@ func (s *wasmStage) ProcessBatch(ctx context.Context, recs [][]byte, emit func(i
 			emit(i, nil, errWasmNewline)
 			continue
 		}
-		if timer != nil {
+		switch {
+		case s.timeout == 0:
+		case timer == nil:
+			timer = time.AfterFunc(s.timeout, func() { inst.kill(nil) })
+		default:
 			timer.Reset(s.timeout)
 		}
 		answer, err := s.answer(inst)
+		if timer != nil {
+			timer.Stop()
+		}
 		if err != nil {
-			emit(i, nil, s.fail(ctx, inst))
+			emit(i, nil, s.fail(inst))
 			for j := i + 1; j < len(recs); j++ {
 				if bytes.IndexByte(recs[j], '\n') >= 0 {
 					emit(j, nil, errWasmNewline)
@@ -374,7 +384,7 @@ func (s *wasmStage) answer(inst *wasmInstance) ([]byte, error) {
 
 // fail stops inst, forgets it so the next record starts a new one, and
 // says why it gave no answer.
-func (s *wasmStage) fail(ctx context.Context, inst *wasmInstance) error {
+func (s *wasmStage) fail(inst *wasmInstance) error {
 	inst.stop()
 	s.inst = nil
 	tail := inst.stderr.String()
@@ -382,6 +392,7 @@ func (s *wasmStage) fail(ctx context.Context, inst *wasmInstance) error {
 		tail = fmt.Sprintf(" (stderr: %q)", tail)
 	}
 	var exit *sys.ExitError
+	exitErr := inst.exited()
 	stoppedBy, timedOut := inst.stopReason()
 	if stoppedBy != nil {
 		if err := context.Cause(stoppedBy); !errors.Is(err, context.DeadlineExceeded) || s.timeout == 0 {
@@ -393,10 +404,10 @@ func (s *wasmStage) fail(ctx context.Context, inst *wasmInstance) error {
 	case timedOut:
 		return fmt.Errorf("wasm: no answer from %s within %s for this record (does it flush its output after each line?); stopped it%s: %w",
 			s.name, s.timeout, tail, context.DeadlineExceeded)
-	case errors.As(inst.exit, &exit):
+	case errors.As(exitErr, &exit):
 		return fmt.Errorf("wasm: %s exited with code %d without answering this record%s", s.name, exit.ExitCode(), tail)
-	case inst.exit != nil:
-		msg, _, _ := strings.Cut(inst.exit.Error(), "\n") // the rest is a wasm stack trace
+	case exitErr != nil:
+		msg, _, _ := strings.Cut(exitErr.Error(), "\n") // the rest is a wasm stack trace
 		return fmt.Errorf("wasm: %s failed: %s%s", s.name, msg, tail)
 	}
 	return fmt.Errorf("wasm: %s returned without answering this record%s", s.name, tail)
@@ -422,8 +433,8 @@ func (s *wasmStage) Close() error {
 	if stoppedBy, timedOut := inst.stopReason(); stoppedBy != nil || timedOut {
 		return nil
 	}
-	if inst.exit != nil && !(errors.As(inst.exit, &exit) && exit.ExitCode() == 0) {
-		return fmt.Errorf("wasm: %s: %w", s.name, inst.exit)
+	if err := inst.exited(); err != nil && !(errors.As(err, &exit) && exit.ExitCode() == 0) {
+		return fmt.Errorf("wasm: %s: %w", s.name, err)
 	}
 	return nil
 }
@@ -436,7 +447,7 @@ type wasmInstance struct {
 	stderr        *wasmTail
 	cancel        context.CancelFunc
 	done          chan struct{} // closed when _start has returned
-	exit          error         // what _start returned; read after done
+	exit          error         // what _start returned; read with exited
 	interruptible bool
 
 	mu        sync.Mutex
@@ -487,6 +498,17 @@ func (inst *wasmInstance) run(ctx context.Context, mod api.Module, start api.Fun
 	// Answers written before the end stay readable, then the reader sees EOF.
 	inst.stdout.close()
 	inst.stdin.close()
+}
+
+// exited returns what _start returned, or nil while it runs on (an
+// uninterruptible module that was abandoned).
+func (inst *wasmInstance) exited() error {
+	select {
+	case <-inst.done:
+		return inst.exit
+	default:
+		return nil
+	}
 }
 
 // kill stops the module because ctx is done; a nil ctx means the stage's

@@ -46,6 +46,15 @@ type BatchStage interface {
 	ProcessBatch(ctx context.Context, recs [][]byte, emit func(i int, out [][]byte, err error))
 }
 
+// A Mapper is a Stage that turns every record into exactly one record and
+// never fails (trim, upper). The runner calls Map instead of Process in
+// its hot loop, which spares the out slice; Process must do the same as
+// Map. Map's contract on rec is Process's.
+type Mapper interface {
+	Stage
+	Map(rec []byte) []byte
+}
+
 // A Flusher is a Stage that holds records across calls (batch, count) and
 // emits what it holds when its input ends. Flush is called once per worker,
 // after the last Process call.

@@ -13,19 +13,19 @@ func init() {
 		Name:  "trim",
 		Doc:   "Removes leading and trailing white space (Unicode) from each record.",
 		Batch: true,
-		New:   func(Config) (Stage, error) { return Func(trim), nil },
+		New:   func(Config) (Stage, error) { return trimStage{}, nil },
 	})
 	Register(Spec{
 		Name:  "upper",
 		Doc:   "Upper-cases each record (Unicode); ASCII records are changed in place.",
 		Batch: true,
-		New:   func(Config) (Stage, error) { return Func(upper), nil },
+		New:   func(Config) (Stage, error) { return upperStage{}, nil },
 	})
 	Register(Spec{
 		Name:  "lower",
 		Doc:   "Lower-cases each record (Unicode); ASCII records are changed in place.",
 		Batch: true,
-		New:   func(Config) (Stage, error) { return Func(lower), nil },
+		New:   func(Config) (Stage, error) { return lowerStage{}, nil },
 	})
 	Register(Spec{
 		Name:  "grep",
@@ -99,16 +99,39 @@ func (f Func) Process(ctx context.Context, rec []byte, out [][]byte) ([][]byte, 
 	return f(ctx, rec, out)
 }
 
-func trim(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
-	return append(out, bytes.TrimSpace(rec)), nil
+// MapFunc adapts a function that turns a record into one record to the
+// Mapper interface.
+type MapFunc func(rec []byte) []byte
+
+// Process appends f(rec).
+func (f MapFunc) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+	return append(out, f(rec)), nil
 }
 
-func upper(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
-	return append(out, mapASCII(rec, 'a', 'z', bytes.ToUpper)), nil
+// Map returns f(rec).
+func (f MapFunc) Map(rec []byte) []byte { return f(rec) }
+
+// trim, upper and lower are types of their own rather than MapFuncs: one
+// indirect call per record instead of two (BenchmarkPassThrough).
+type trimStage struct{}
+
+func (trimStage) Map(rec []byte) []byte { return bytes.TrimSpace(rec) }
+func (s trimStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+	return append(out, s.Map(rec)), nil
 }
 
-func lower(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
-	return append(out, mapASCII(rec, 'A', 'Z', bytes.ToLower)), nil
+type upperStage struct{}
+
+func (upperStage) Map(rec []byte) []byte { return mapASCII(rec, 'a', 'z', bytes.ToUpper) }
+func (s upperStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+	return append(out, s.Map(rec)), nil
+}
+
+type lowerStage struct{}
+
+func (lowerStage) Map(rec []byte) []byte { return mapASCII(rec, 'A', 'Z', bytes.ToLower) }
+func (s lowerStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+	return append(out, s.Map(rec)), nil
 }
 
 // mapASCII flips the case of the letters in [lo, hi] in place when rec is
