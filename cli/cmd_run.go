@@ -26,6 +26,9 @@ type runOptions struct {
 	stats                     string
 	quiet                     bool
 	cpuprofile                string
+	journal                   string
+	resume                    bool
+	resumeFailed              bool
 }
 
 func runCommand(stdin io.Reader, stdout, stderr io.Writer) *urfave.Command {
@@ -45,6 +48,9 @@ drains what is in flight to the output, then exits 130; a second aborts.`,
 			&urfave.StringFlag{Name: "stats", Usage: "write the run's summary as JSON to `FILE`"},
 			&urfave.StringFlag{Name: "dead-letter", Usage: "write dead letters to `FILE` instead of the pipeline's dead_letter"},
 			&urfave.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no summary table at the end"},
+			&urfave.StringFlag{Name: "journal", Usage: "record durably in `FILE` how far the output is complete, so that --resume can continue after a crash"},
+			&urfave.BoolFlag{Name: "resume", Usage: "continue the run recorded in --journal (a missing journal starts afresh)"},
+			&urfave.BoolFlag{Name: "resume-failed", Usage: "run again only the records of the dead-letter file, each from the stage it failed in; output is appended"},
 			&urfave.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the run to `FILE` (for go tool pprof)"},
 		},
 		Action: func(c *urfave.Context) error {
@@ -55,6 +61,13 @@ drains what is in flight to the output, then exits 130; a second aborts.`,
 				input: c.String("input"), output: c.String("output"), deadLetter: c.String("dead-letter"),
 				set: c.StringSlice("set"), progress: c.String("progress"), every: c.Duration("progress-every"),
 				stats: c.String("stats"), quiet: c.Bool("quiet"), cpuprofile: c.String("cpuprofile"),
+				journal: c.String("journal"), resume: c.Bool("resume"), resumeFailed: c.Bool("resume-failed"),
+			}
+			if opts.resumeFailed && opts.journal != "" {
+				return usagef("--resume-failed and --journal do not go together")
+			}
+			if opts.resume && opts.journal == "" {
+				return usagef("--resume needs --journal FILE")
 			}
 			return runPipeline(c.Context, c.Args().First(), opts, stdin, stdout, stderr)
 		},
@@ -74,6 +87,17 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 	}
 	if opts.deadLetter != "" {
 		p.DeadLetter = opts.deadLetter
+	}
+	if opts.journal != "" {
+		if isStd(p.Input.From) || isStd(p.Output.To) {
+			return usagef("--journal needs an input file (-i) to read again and an output file (-o) to truncate on resume")
+		}
+	}
+	var retry string
+	if opts.resumeFailed {
+		if retry, err = setAsideDeadLetters(p.DeadLetter); err != nil {
+			return err
+		}
 	}
 	progress, err := chooseProgress(opts.progress, opts.every, stderr)
 	if err != nil {
@@ -125,7 +149,15 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 	}
 	sum, runErr := runner.Run(abortCtx, p, runner.Options{
 		Stdin: stdin, Stdout: stdout, Stderr: stderr, Stop: stop, Progress: progress,
+		Journal: opts.journal, Resume: opts.resume, RetryDeadLetters: retry,
 	})
+	if retry != "" {
+		if runErr == nil && !sum.Stopped {
+			os.Remove(retry) // its records are in the output or the new dead letters
+		} else {
+			fmt.Fprintf(stderr, "flowrun: the dead letters being re-run are kept in %s\n", retry)
+		}
+	}
 	if !opts.quiet {
 		sum.WriteTable(stderr)
 	}
@@ -164,3 +196,23 @@ func writeStats(path string, sum *runner.Summary) error {
 	}
 	return nil
 }
+
+// setAsideDeadLetters moves the dead-letter file aside, so that the re-run
+// can write new dead letters where the old ones were, and returns where
+// they went. A file set aside by an earlier re-run that did not finish is
+// taken up again.
+func setAsideDeadLetters(path string) (string, error) {
+	if path == "" {
+		return "", usagef("--resume-failed needs a dead-letter file (dead_letter: or --dead-letter)")
+	}
+	aside := path + ".retrying"
+	if _, err := os.Stat(aside); err == nil {
+		return aside, nil
+	}
+	if err := os.Rename(path, aside); err != nil {
+		return "", usagef("--resume-failed: %v", err)
+	}
+	return aside, nil
+}
+
+func isStd(name string) bool { return name == "" || name == "-" || name == "stdin" || name == "stdout" }

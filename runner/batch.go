@@ -19,6 +19,9 @@ type batch struct {
 	// held says the window tokens of the range were already given back
 	// by a stage that holds records (see worker.hold).
 	held bool
+	// from is the index of the stage its records enter at; the stages
+	// before pass it on untouched. Only a re-run of dead letters sets it.
+	from int
 }
 
 func (b *batch) size() int64 { return int64(b.hi - b.lo + 1) }
@@ -41,7 +44,7 @@ func split(b batch, n int, send func(batch) bool) bool {
 		if j < len(b.recs) {
 			hi = b.recs[j].seq - 1
 		}
-		if !send(batch{lo: lo, hi: hi, recs: b.recs[start:j:j], held: b.held}) {
+		if !send(batch{lo: lo, hi: hi, recs: b.recs[start:j:j], held: b.held, from: b.from}) {
 			return false
 		}
 		lo, start = hi+1, j

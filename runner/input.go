@@ -69,6 +69,7 @@ type item struct {
 	data []byte
 	line int64 // line of the input file where the record starts
 	err  error // a decode error for this record; data is what was read
+	from int   // the stage it enters at: not 0 only when re-running dead letters
 }
 
 // decoder yields the records of one input. next returns the records that
@@ -342,4 +343,58 @@ func appendJSONString(b []byte, s string) []byte {
 		i += size
 	}
 	return append(b, '"')
+}
+
+// deadLetterDecoder reads a dead-letter file back as input for a re-run:
+// each record enters the pipeline at the stage it failed in. A record that
+// failed to decode is decoded again (it may pass now, say under a larger
+// max_record_size).
+type deadLetterDecoder struct {
+	r       *bufio.Reader
+	stageAt map[string]int
+	format  string
+	max     int
+	line    int64
+}
+
+func (d *deadLetterDecoder) next(max int, out []item) ([]item, error) {
+	for len(out) < max {
+		line, err := d.r.ReadBytes('\n')
+		if len(bytes.TrimSpace(line)) > 0 {
+			d.line++
+			out = append(out, d.item(line))
+		}
+		if err != nil {
+			return out, err
+		}
+		if d.r.Buffered() == 0 {
+			break
+		}
+	}
+	return out, nil
+}
+
+func (d *deadLetterDecoder) item(line []byte) item {
+	var dl DeadLetter
+	if err := json.Unmarshal(line, &dl); err != nil {
+		return item{line: d.line, data: line, err: fmt.Errorf("dead letter line %d: %v", d.line, err)}
+	}
+	it := item{line: d.line, data: dl.Bytes()}
+	if dl.Stage != "input" {
+		from, ok := d.stageAt[dl.Stage]
+		if !ok {
+			it.err = fmt.Errorf("dead letter line %d: the pipeline has no stage %q", d.line, dl.Stage)
+		}
+		it.from = from
+		return it
+	}
+	switch {
+	case len(it.data) > d.max:
+		it.err = fmt.Errorf("dead letter line %d: record longer than max_record_size (%d bytes)", d.line, d.max)
+	case d.format == "jsonl" && !json.Valid(it.data):
+		it.err = fmt.Errorf("dead letter line %d: not valid JSON", d.line)
+	case d.format == "csv":
+		it.err = fmt.Errorf("dead letter line %d: a CSV row that failed to decode cannot be decoded without its file", d.line)
+	}
+	return it
 }

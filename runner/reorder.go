@@ -11,7 +11,13 @@ type reorder struct {
 	pending map[uint64]batch
 }
 
-func newReorder() *reorder { return &reorder{next: 1, pending: map[uint64]batch{}} }
+func newReorder() *reorder { return newReorderAt(1) }
+
+// newReorderAt expects first as the first record: the one after those
+// done before a resume.
+func newReorderAt(first uint64) *reorder {
+	return &reorder{next: first, pending: map[uint64]batch{}}
+}
 
 // push takes b and emits every batch that is now in order.
 func (r *reorder) push(b batch, emit func(batch) error) error {

@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -38,6 +39,17 @@ type Options struct {
 	Stop <-chan struct{}
 
 	Progress Progress
+
+	// Journal, when set, is the file where the run records durably how
+	// far its output is complete; with Resume, a run continues from it.
+	// A journaled run needs input and output files (see journal.go).
+	Journal string
+	Resume  bool
+
+	// RetryDeadLetters, when set, is a dead-letter file to run again
+	// instead of the pipeline's input: each record enters at the stage it
+	// failed in. The output is appended to, not replaced.
+	RetryDeadLetters string
 }
 
 // run is the state of one Run.
@@ -56,6 +68,10 @@ type run struct {
 	}
 	written atomic.Int64 // output records
 	total   int64        // input bytes, -1 unknown
+
+	ordered bool     // output in input order: the pipeline's, or a journal's
+	jr      *journal // nil without Options.Journal
+	skip    uint64   // input records done before a resume
 }
 
 // Run runs p until its input ends and every record has gone to the output,
@@ -85,13 +101,28 @@ func Run(ctx context.Context, p *spec.Pipeline, opts Options) (*Summary, error) 
 
 func (r *run) run(ctx context.Context) (err error) {
 	p := r.p
-	files, total, err := expandInput(p.Input.From)
+	from := p.Input.From
+	if r.opts.RetryDeadLetters != "" {
+		if r.opts.Journal != "" {
+			return errors.New("a re-run of dead letters cannot be journaled")
+		}
+		from = r.opts.RetryDeadLetters
+	}
+	files, total, err := expandInput(from)
 	if err != nil {
 		return err
 	}
 	r.total = total
 
-	out, outName, closeOut, err := r.openOutput()
+	r.ordered = p.Ordered
+	var resumed *JournalEntry
+	if r.opts.Journal != "" {
+		if resumed, err = r.openJournal(); err != nil {
+			return err
+		}
+	}
+
+	out, outName, closeOut, err := r.openOutput(resumed)
 	if err != nil {
 		return err
 	}
@@ -101,9 +132,19 @@ func (r *run) run(ctx context.Context) (err error) {
 		}
 	}()
 	if p.DeadLetter != "" {
-		f, err := os.Create(p.DeadLetter)
+		flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+		if resumed != nil {
+			if err := keepDeadLetters(p.DeadLetter, resumed.Seq); err != nil {
+				return err
+			}
+			flags = os.O_WRONLY | os.O_CREATE | os.O_APPEND
+		}
+		f, err := os.OpenFile(p.DeadLetter, flags, 0o644)
 		if err != nil {
 			return fmt.Errorf("dead letter: %w", err)
+		}
+		if r.jr != nil {
+			r.jr.dl = f
 		}
 		r.dl = newDeadLetters(f, p.DeadLetter)
 		defer func() {
@@ -230,9 +271,9 @@ func (r *run) build() error {
 			}
 			_, st.holds = stage.(stages.Flusher)
 		}
-		if st.holds && p.Ordered {
+		if st.holds && r.ordered {
 			if s.Workers > 1 {
-				return fmt.Errorf("stage %q (%s): an ordered pipeline needs workers: 1 for %s, which holds records across calls", s.Name, s.Pos, s.Use)
+				return fmt.Errorf("stage %q (%s): an ordered or journaled run needs workers: 1 for %s, which holds records across calls", s.Name, s.Pos, s.Use)
 			}
 			st.sequence = true
 		}
@@ -250,7 +291,7 @@ func (r *run) build() error {
 			}
 		}
 	}
-	if p.Ordered {
+	if r.ordered {
 		if p.ReorderWindow > 0 {
 			window = int64(max(p.ReorderWindow, maxBatch))
 		} else {
@@ -294,14 +335,66 @@ func (r *run) release(n int64) {
 	}
 }
 
-func (r *run) openOutput() (io.Writer, string, func() error, error) {
+func isStd(name string) bool { return name == "" || name == "stdin" || name == "stdout" || name == "-" }
+
+// openJournal checks that the run can be journaled and, with Resume,
+// reads where the last run got to. It returns nil for a fresh start.
+func (r *run) openJournal() (*JournalEntry, error) {
+	p := r.p
+	if isStd(p.Input.From) {
+		return nil, errors.New("--journal needs an input file to read again on resume, not stdin")
+	}
+	if isStd(p.Output.To) {
+		return nil, errors.New("--journal needs an output file (-o) to truncate on resume, not stdout")
+	}
+	r.ordered = true
+	r.jr = &journal{path: r.opts.Journal, entry: JournalEntry{
+		Version: 1, Pipeline: p.Name, Input: p.Input.From, Output: p.Output.To, DeadLetter: p.DeadLetter,
+	}}
+	if !r.opts.Resume {
+		return nil, nil
+	}
+	e, err := readJournal(r.opts.Journal)
+	if err != nil || e == nil {
+		return nil, err
+	}
+	if err := e.check(r.jr.entry); err != nil {
+		return nil, fmt.Errorf("--resume: %w", err)
+	}
+	r.skip = e.Seq
+	r.jr.base = e.OutputBytes
+	return e, nil
+}
+
+func (r *run) openOutput(resumed *JournalEntry) (io.Writer, string, func() error, error) {
 	to := r.p.Output.To
-	if to == "" || to == "stdout" || to == "-" {
+	if isStd(to) {
 		return r.opts.Stdout, "stdout", func() error { return nil }, nil
 	}
-	f, err := os.Create(to)
+	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	switch {
+	case resumed != nil:
+		flags = os.O_WRONLY | os.O_CREATE
+	case r.opts.RetryDeadLetters != "":
+		flags = os.O_WRONLY | os.O_CREATE | os.O_APPEND // after what the first run wrote
+	}
+	f, err := os.OpenFile(to, flags, 0o644)
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("output: %w", err)
+	}
+	if resumed != nil {
+		// What was written after the last journal entry is written again.
+		if err := f.Truncate(resumed.OutputBytes); err != nil {
+			f.Close()
+			return nil, "", nil, fmt.Errorf("output: %w", err)
+		}
+		if _, err := f.Seek(resumed.OutputBytes, io.SeekStart); err != nil {
+			f.Close()
+			return nil, "", nil, fmt.Errorf("output: %w", err)
+		}
+	}
+	if r.jr != nil {
+		r.jr.out = f
 	}
 	return f, to, func() error {
 		if err := f.Close(); err != nil {
@@ -366,9 +459,34 @@ func (r *run) readInput(readCtx, ctx context.Context, files []inputFile, q0 chan
 // deliver sends a decoded chunk to the first stage. It waits on ctx only,
 // not on a stop: records read are records in flight, and drain.
 func (r *run) deliver(ctx context.Context, c chunk, q0 chan<- batch) error {
-	b := batch{lo: c.lo, hi: c.hi, recs: getRecords()}
-	for i, it := range c.items {
-		seq := c.lo + uint64(i)
+	if c.hi <= r.skip { // done before a resume
+		putItems(c.items)
+		return nil
+	}
+	lo := max(c.lo, r.skip+1)
+	items := c.items[lo-c.lo:]
+	for len(items) > 0 {
+		// A batch enters at one stage: a re-run of dead letters cuts the
+		// chunk where the stage changes.
+		n := 1
+		for n < len(items) && items[n].from == items[0].from {
+			n++
+		}
+		if err := r.deliverRun(ctx, lo, items[:n], q0); err != nil {
+			return err
+		}
+		lo += uint64(n)
+		items = items[n:]
+	}
+	putItems(c.items)
+	return nil
+}
+
+// deliverRun sends items, numbered from lo and entering at one stage.
+func (r *run) deliverRun(ctx context.Context, lo uint64, items []item, q0 chan<- batch) error {
+	b := batch{lo: lo, hi: lo + uint64(len(items)) - 1, recs: getRecords(), from: items[0].from}
+	for i, it := range items {
+		seq := lo + uint64(i)
 		if it.err != nil {
 			if err := r.inputError(seq, it); err != nil {
 				return err
@@ -377,7 +495,6 @@ func (r *run) deliver(ctx context.Context, c chunk, q0 chan<- batch) error {
 		}
 		b.recs = append(b.recs, record{data: it.data, seq: seq})
 	}
-	putItems(c.items)
 	if r.window != nil {
 		if err := r.window.Acquire(ctx, b.size()); err != nil {
 			return err
@@ -449,6 +566,14 @@ func (r *run) readFiles(files []inputFile, chunks chan<- chunk, done <-chan stru
 			in = eofReader{}
 		}
 		dec := newDecoder(r.p.Input.Format, in, r.p.Input.MaxRecordSize, &r.read)
+		if r.opts.RetryDeadLetters != "" {
+			stageAt := map[string]int{}
+			for i, s := range r.p.Stages {
+				stageAt[s.Name] = i
+			}
+			dec = &deadLetterDecoder{r: bufio.NewReaderSize(&countingReader{r: in, n: &r.read}, chunkSize),
+				stageAt: stageAt, format: r.p.Input.Format, max: r.p.Input.MaxRecordSize}
+		}
 		for {
 			if stop.Err() != nil {
 				return
@@ -501,8 +626,8 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 		return nil
 	}
 	var ro *reorder
-	if r.p.Ordered {
-		ro = newReorder()
+	if r.ordered {
+		ro = newReorderAt(r.skip + 1)
 	}
 	for {
 		select {
@@ -513,7 +638,13 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 						return err
 					}
 				}
-				return s.flush()
+				if err := s.flush(); err != nil {
+					return err
+				}
+				if r.jr != nil {
+					return r.jr.write(ro.next-1, s.bytes, r.dl, !r.stopped.Load())
+				}
+				return nil
 			}
 			var err error
 			if ro != nil {
@@ -524,9 +655,16 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 			if err != nil {
 				return err
 			}
-			if len(in) == 0 {
+			if len(in) == 0 || (r.jr != nil && time.Since(r.jr.last) >= journalEvery) {
 				if err := s.flush(); err != nil {
 					return err
+				}
+				if r.jr != nil {
+					// A batch boundary with the buffer written: the output
+					// is exactly the records up to ro.next-1.
+					if err := r.jr.write(ro.next-1, s.bytes, r.dl, false); err != nil {
+						return err
+					}
 				}
 			}
 		case <-ctx.Done():

@@ -75,7 +75,7 @@ func (w *worker) run() error {
 	st, stage, ctx := w.st, w.stage, w.ctx
 	var seqr *reorder
 	if st.sequence {
-		seqr = newReorder()
+		seqr = newReorderAt(w.r.skip + 1)
 	}
 	var idleC <-chan time.Time
 	var idle *time.Timer
@@ -123,6 +123,9 @@ func (w *worker) run() error {
 // handle runs one batch through the stage and passes the results on.
 func (w *worker) handle(b batch) error {
 	st := w.st
+	if b.from > st.index {
+		return w.send(b)
+	}
 	if len(b.recs) == 0 {
 		if st.holds {
 			return w.forwardHeld(b, nil)

@@ -1,0 +1,179 @@
+package cli_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// journalRun runs flowrun with --journal --resume, kills it with SIGKILL
+// after a random delay, and again, until a run finishes; it returns how
+// many runs it killed.
+func journalRun(t *testing.T, maxKills int, args ...string) int {
+	t.Helper()
+	kills := 0
+	for {
+		cmd := exec.Command(flowrunBin, args...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		delay := time.Duration(20+rand.IntN(200)) * time.Millisecond
+		if kills >= maxKills {
+			delay = time.Minute
+		}
+		select {
+		case err := <-done:
+			if code := cmd.ProcessState.ExitCode(); code != 0 && code != 3 {
+				t.Fatalf("run %d: %v exit %d\n%s", kills+1, err, code, stderr.String())
+			}
+			return kills
+		case <-time.After(delay):
+			cmd.Process.Signal(syscall.SIGKILL)
+			<-done
+			kills++
+		}
+	}
+}
+
+func TestJournalKillResume(t *testing.T) {
+	dir := t.TempDir()
+	var in strings.Builder
+	for i := 1; i <= 30000; i++ {
+		fmt.Fprintf(&in, "record %d %s\n", i, strings.Repeat("x", i%50))
+	}
+	input := writeFile(t, dir, "in.txt", in.String())
+	tests := []struct {
+		name, yaml string
+		sorted     bool // compare as multisets
+	}{
+		{"ordered", "ordered: true\nstages: [{use: sleep, workers: 8, with: {duration: 50us, jitter: 100us}}, {use: upper}]\n", false},
+		{"unordered", "stages: [{use: sleep, workers: 8, with: {duration: 50us, jitter: 100us}}, {use: upper, workers: 2}]\n", true},
+		{"dead letters", "dead_letter: " + filepath.Join(dir, "dl-%s.jsonl") + "\nordered: true\nstages:\n" +
+			"  - {use: sleep, workers: 8, with: {duration: 50us, jitter: 100us}}\n" +
+			"  - {use: grep, with: {pattern: '7 x'}, on_error: skip}\n" +
+			"  - {name: even, use: json.validate, on_error: dead-letter}\n", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := writeFile(t, dir, tt.name+".yaml", strings.ReplaceAll(tt.yaml, "%s", "killed"))
+			ref := writeFile(t, dir, tt.name+"-ref.yaml", strings.ReplaceAll(tt.yaml, "%s", "ref"))
+			want, err := exec.Command(flowrunBin, "run", "-q", "-i", input, ref).Output()
+			if err != nil && !strings.Contains(err.Error(), "exit status 3") {
+				t.Fatal(err)
+			}
+			out := filepath.Join(dir, tt.name+".out")
+			journal := filepath.Join(dir, tt.name+".journal")
+			kills := journalRun(t, 12, "run", "-q", "--progress", "none", "--journal", journal, "--resume", "-i", input, "-o", out, p)
+			t.Logf("%d kill -9 and resume cycles", kills)
+			if kills == 0 {
+				t.Fatal("no run was killed: the test proved nothing")
+			}
+			got, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.sorted {
+				got, want = sortLines(got), sortLines(want)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("output after %d kills differs from an uninterrupted run (%d bytes vs %d)", kills, len(got), len(want))
+			}
+			if tt.name == "dead letters" {
+				a, _ := os.ReadFile(filepath.Join(dir, "dl-killed.jsonl"))
+				b, _ := os.ReadFile(filepath.Join(dir, "dl-ref.jsonl"))
+				if len(b) == 0 || !bytes.Equal(sortLines(a), sortLines(b)) {
+					t.Errorf("dead letters differ: %d lines vs %d", bytes.Count(a, []byte("\n")), bytes.Count(b, []byte("\n")))
+				}
+			}
+			var entry struct{ Done bool }
+			data, _ := os.ReadFile(journal)
+			if json.Unmarshal(data, &entry); !entry.Done {
+				t.Errorf("journal not marked done: %s", data)
+			}
+		})
+	}
+}
+
+func sortLines(b []byte) []byte {
+	lines := strings.Split(string(b), "\n")
+	slices.Sort(lines)
+	return []byte(strings.Join(lines, "\n"))
+}
+
+func TestJournalNeedsFiles(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", "stages: [{use: upper}]\n")
+	_, errs, code := runCLI(t, "x\n", "run", "--journal", filepath.Join(dir, "j"), p)
+	if code != 2 || !strings.Contains(errs, "--journal needs an input file") {
+		t.Errorf("exit %d: %s", code, errs)
+	}
+	_, errs, code = runCLI(t, "", "run", "--resume", p)
+	if code != 2 || !strings.Contains(errs, "--resume needs --journal") {
+		t.Errorf("exit %d: %s", code, errs)
+	}
+	in := writeFile(t, dir, "in.txt", "a\n")
+	other := writeFile(t, dir, "other.yaml", "stages: [{use: lower}]\n")
+	j := filepath.Join(dir, "j.journal")
+	if _, errs, code = runCLI(t, "", "run", "-q", "--journal", j, "-i", in, "-o", filepath.Join(dir, "o"), p); code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	_, errs, code = runCLI(t, "", "run", "-q", "--journal", j, "--resume", "-i", in, "-o", filepath.Join(dir, "o"), other)
+	if code != 1 || !strings.Contains(errs, `journal is of pipeline "p", not "other"`) {
+		t.Errorf("resuming another pipeline: exit %d: %s", code, errs)
+	}
+}
+
+func TestResumeFailed(t *testing.T) {
+	dir := t.TempDir()
+	// The plugin fails records containing "bad" while the file broken
+	// exists: a flaky dependency, fixed between the runs.
+	broken := writeFile(t, dir, "broken", "")
+	writeFile(t, dir, "plugin.sh", `while IFS= read -r line; do
+  case "$line" in *BAD*) [ -e broken ] && { echo "down: $line" >&2; exit 1; } ;; esac
+  echo "ok:$line"
+done
+`)
+	p := writeFile(t, dir, "p.yaml", `dead_letter: `+filepath.Join(dir, "dl.jsonl")+`
+ordered: true
+stages:
+  - {use: upper}
+  - name: call
+    use: exec
+    with: {command: [sh, plugin.sh], mode: per-record}
+    on_error: dead-letter
+`)
+	out := filepath.Join(dir, "out.txt")
+	_, errs, code := runCLI(t, "a\nbad 1\nb\nbad 2\n", "run", "-q", "-o", out, p)
+	if code != 3 {
+		t.Fatalf("first run: exit %d, want 3: %s", code, errs)
+	}
+	os.Remove(broken)
+	_, errs, code = runCLI(t, "", "run", "-q", "--resume-failed", "-o", out, p)
+	if code != 0 {
+		t.Fatalf("re-run: exit %d, want 0: %s", code, errs)
+	}
+	got, _ := os.ReadFile(out)
+	if want := "ok:A\nok:B\nok:BAD 1\nok:BAD 2\n"; string(got) != want {
+		t.Errorf("output %q, want %q", got, want)
+	}
+	dl, _ := os.ReadFile(filepath.Join(dir, "dl.jsonl"))
+	if len(dl) != 0 {
+		t.Errorf("dead letters left: %s", dl)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "dl.jsonl.retrying")); err == nil {
+		t.Error("the set-aside dead letters were not removed")
+	}
+}
