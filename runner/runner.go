@@ -243,10 +243,7 @@ func (r *run) build() error {
 	p := r.p
 	takes := make([]int, len(p.Stages)+1)
 	for i, s := range p.Stages {
-		takes[i] = 1
-		if s.Spec.Batch {
-			takes[i] = maxBatch
-		}
+		takes[i] = batchFor(s.Spec.Batch, s.Workers)
 	}
 	takes[len(p.Stages)] = maxBatch // the output
 	in := make(chan batch, max(1, p.Stages[0].Buffer/takes[0]))
@@ -267,7 +264,7 @@ func (r *run) build() error {
 			}
 			st.made = append(st.made, stage)
 			if _, ok := stage.(stages.BatchStage); ok {
-				st.take = maxBatch
+				st.take = batchFor(true, s.Workers)
 			}
 			_, st.holds = stage.(stages.Flusher)
 		}
@@ -300,6 +297,21 @@ func (r *run) build() error {
 		r.window = semaphore.NewWeighted(window)
 	}
 	return nil
+}
+
+// batchFor is how many records a batch for a stage may carry: one for a
+// stage that waits, so that every idle worker takes the next record; many
+// for a cheap one, but cut so that each of several workers gets a few
+// batches of a chunk rather than one worker the whole of it
+// (BenchmarkPassThrough, and W6 in bench/).
+func batchFor(batched bool, workers int) int {
+	switch {
+	case !batched:
+		return 1
+	case workers <= 1:
+		return maxBatch
+	}
+	return max(32, maxBatch/(4*workers))
 }
 
 // fusable says whether stage b can run in the goroutines of the stage a

@@ -48,9 +48,16 @@ func init() {
 		Options: []Option{
 			{Name: "algo", Type: String, Default: "sha256", Enum: []string{"sha256", "sha1", "md5", "xxh64"}, Doc: "the hash function; xxh64 is fast but not cryptographic"},
 			{Name: "field", Type: String, Default: "", Doc: "the field of a JSON object record to put the digest in"},
+			{Name: "rounds", Type: Int, Default: 1, Doc: "hash the digest again, rounds times in all (key stretching; a CPU-bound load for benchmarks)"},
+		},
+		Check: func(c Config) error {
+			if c.Int("rounds") < 1 {
+				return OptionErrorf("rounds", "rounds must be at least 1, not %d", c.Int("rounds"))
+			}
+			return nil
 		},
 		New: func(c Config) (Stage, error) {
-			return &hashStage{h: newHash(c.String("algo")), field: c.String("field")}, nil
+			return &hashStage{h: newHash(c.String("algo")), field: c.String("field"), rounds: c.Int("rounds")}, nil
 		},
 	})
 	Register(Spec{
@@ -116,15 +123,21 @@ func newHash(algo string) hash.Hash {
 }
 
 type hashStage struct {
-	h     hash.Hash
-	sum   []byte // scratch for the digest, never emitted
-	field string
+	h      hash.Hash
+	sum    []byte // scratch for the digest, never emitted
+	field  string
+	rounds int
 }
 
 func (s *hashStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
 	s.h.Reset()
 	s.h.Write(rec)
 	s.sum = s.h.Sum(s.sum[:0])
+	for range s.rounds - 1 {
+		s.h.Reset()
+		s.h.Write(s.sum)
+		s.sum = s.h.Sum(s.sum[:0])
+	}
 	if s.field == "" {
 		n := hex.EncodedLen(len(s.sum))
 		if len(rec) >= n {
