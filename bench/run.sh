@@ -242,7 +242,6 @@ other "W5 peak RSS, $N_W5_SMALL lines / $N_W5_LARGE lines" "$(mib "$rss_small") 
 # --- W6 -----------------------------------------------------------------------
 
 W6=$(data lines "$N_W6")
-export W6_PLUGIN=$BIN/base-w6
 flow_w6a=("${FLOW[@]}" --set stages.sha.workers=1 bench/pipelines/w6.yaml)
 flow_w6b=("${FLOW[@]}" --set stages.sha.workers=2 bench/pipelines/w6.yaml)
 base_w6a=("$BIN/base-w6" -workers 1)
@@ -254,7 +253,7 @@ row "W6 sha256 x1000, $N_W6 records, 1 worker" "$N_W6" "${SECS[0]}" "${SECS[2]}"
 row "W6 sha256 x1000, $N_W6 records, 2 workers" "$N_W6" "${SECS[1]}" "${SECS[3]}" - "see W6 below"
 r=$(awk -v a="${SECS[0]}" -v b="${SECS[1]}" 'BEGIN { printf "%.2f", a / b }')
 rb=$(awk -v a="${SECS[2]}" -v b="${SECS[3]}" 'BEGIN { printf "%.2f", a / b }')
-other "W6 speed-up 1 -> 2 workers (flowrun exec stream; the Go baseline's: x$rb)" "x$r" ">= 1.8" "$(check "$r >= 1.8")"
+other "W6 speed-up 1 -> 2 workers (flowrun hash rounds 1000; the Go baseline's: x$rb)" "x$r" ">= 1.8" "$(check "$r >= 1.8")"
 
 # --- W8 and streaming latency ---------------------------------------------------
 

@@ -2,10 +2,6 @@
 // stage: each line of stdin is replaced by the hex SHA-256 digest iterated
 // 1000 times (each round hashes the previous round's digest), by
 // -workers goroutines, in input order.
-//
-// With -plugin it is instead the program that flowrun's exec stage runs in
-// stream mode: one line in, one line out, flushed whenever no more input is
-// waiting, so it never holds an answer back.
 package main
 
 import (
@@ -22,15 +18,8 @@ const rounds = 1000
 
 func main() {
 	workers := flag.Int("workers", 1, "goroutines hashing records")
-	plugin := flag.Bool("plugin", false, "act as a flowrun exec stream plugin")
 	flag.Parse()
-	var err error
-	if *plugin {
-		err = servePlugin()
-	} else {
-		err = run(*workers)
-	}
-	if err != nil {
+	if err := run(*workers); err != nil {
 		fmt.Fprintln(os.Stderr, "w6:", err)
 		os.Exit(1)
 	}
@@ -47,30 +36,6 @@ func digest(dst, rec []byte) []byte {
 	}
 	hex.Encode(hexSum[:], sum[:])
 	return append(dst, hexSum[:]...)
-}
-
-func servePlugin() error {
-	in := bufio.NewReader(os.Stdin)
-	out := bufio.NewWriter(os.Stdout)
-	var buf []byte
-	for {
-		line, err := in.ReadSlice('\n')
-		if len(line) > 0 {
-			if line[len(line)-1] == '\n' {
-				line = line[:len(line)-1]
-			}
-			buf = append(digest(buf[:0], line), '\n')
-			out.Write(buf)
-			if in.Buffered() == 0 {
-				if ferr := out.Flush(); ferr != nil {
-					return ferr
-				}
-			}
-		}
-		if err != nil {
-			return out.Flush()
-		}
-	}
 }
 
 func run(workers int) error {
