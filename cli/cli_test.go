@@ -69,6 +69,8 @@ func TestExitCodes(t *testing.T) {
 	good := writeFile(t, dir, "good.yaml", "stages: [{use: trim}, {use: upper}]\n")
 	skip := writeFile(t, dir, "skip.yaml", "input: {format: jsonl, on_error: skip}\nstages: [{use: trim}]\n")
 	bad := writeFile(t, dir, "bad.yaml", "stages:\n  - use: uper\n    workers: 0\n")
+	writeFile(t, dir, "in-b.txt", "b1\n")
+	writeFile(t, dir, "in-a.txt", "a1\na2") // no newline at the end: still a record
 	tests := []struct {
 		name   string
 		stdin  string
@@ -93,6 +95,9 @@ func TestExitCodes(t *testing.T) {
 		{"stage fails the run", "x\n", []string{"run", "-q", "-i", "-", writeFile(t, dir, "fail.yaml", "stages: [{use: sleep, timeout: 1ms, with: {duration: 1s}}]")}, 1, "",
 			`flowrun: stage "sleep" record 1 "x": no result within the stage's timeout of 1ms`},
 		{"unknown stage name", "", []string{"stages", "nope"}, 2, "", `no stage "nope"`},
+		{"workers: auto", "x\n", []string{"run", "-q", writeFile(t, dir, "auto.yaml", "stages: [{use: upper, workers: auto}]")}, 0, "X\n", ""},
+		{"glob input in lexical order", "", []string{"run", "-q", "-i", filepath.Join(dir, "in-*.txt"), good}, 0, "A1\nA2\nB1\n", ""},
+		{"glob matching nothing", "", []string{"run", "-q", "-i", filepath.Join(dir, "none-*.txt"), good}, 1, "", "no file matches"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

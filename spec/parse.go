@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -573,7 +574,11 @@ func (p *parser) stage(n *yaml.Node, dir string) (st Stage, nameNode, deadLetter
 		}
 	}
 	if x, ok := f["workers"]; ok {
-		if w, ok := p.intAtLeast(x.val, "workers", 1); ok {
+		w, ok := runtime.NumCPU(), true // workers: auto, one per core, for CPU-bound stages
+		if v, err := expand(x.val.Value, p.env); x.val.Kind != yaml.ScalarNode || err != nil || v != "auto" {
+			w, ok = p.intAtLeast(x.val, "workers", 1)
+		}
+		if ok {
 			st.Workers = w
 			if known && st.Spec.MaxWorkers > 0 && w > st.Spec.MaxWorkers {
 				p.errorf(x.val, "workers: stage %s runs at most %d, not %d", st.Use, st.Spec.MaxWorkers, w)
