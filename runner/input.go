@@ -12,7 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"unicode/utf8"
+
+	"github.com/flowrun/flowrun/stages"
 )
 
 const (
@@ -261,7 +262,7 @@ func (d *csvDecoder) next(max int, out []item) ([]item, error) {
 		case d.header == nil:
 			d.header = append([]string(nil), row...)
 			for _, h := range d.header {
-				d.keys = append(d.keys, appendJSONString(nil, h))
+				d.keys = append(d.keys, stages.AppendJSONString(nil, h))
 			}
 			if len(d.header) == 0 {
 				return out, fmt.Errorf("line %d: empty header row", line)
@@ -293,56 +294,9 @@ func (d *csvDecoder) object(row []string) []byte {
 		}
 		b = append(b, d.keys[i]...)
 		b = append(b, ':')
-		b = appendJSONString(b, f)
+		b = stages.AppendJSONString(b, f)
 	}
 	return append(b, '}')
-}
-
-// appendJSONString appends s as a JSON string, leaving <, > and & as
-// they are (encoding/json escapes them for HTML) and replacing invalid
-// UTF-8 with U+FFFD, as encoding/json does.
-func appendJSONString(b []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	b = append(b, '"')
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
-			b = append(b, c)
-			i++
-			continue
-		}
-		switch c {
-		case '"', '\\':
-			b = append(b, '\\', c)
-			i++
-			continue
-		case '\n':
-			b = append(b, '\\', 'n')
-			i++
-			continue
-		case '\r':
-			b = append(b, '\\', 'r')
-			i++
-			continue
-		case '\t':
-			b = append(b, '\\', 't')
-			i++
-			continue
-		}
-		if c < 0x20 {
-			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-			i++
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = append(b, "\\ufffd"...)
-		} else {
-			b = append(b, s[i:i+size]...)
-		}
-		i += size
-	}
-	return append(b, '"')
 }
 
 // deadLetterDecoder reads a dead-letter file back as input for a re-run:

@@ -9,6 +9,8 @@ import (
 	"io"
 	"io/fs"
 	"syscall"
+
+	"github.com/flowrun/flowrun/stages"
 )
 
 // flushAt is how much output is gathered before a write. The buffer only
@@ -49,7 +51,7 @@ func (s *sink) add(rec []byte) error {
 		if json.Valid(rec) {
 			s.buf = append(s.buf, rec...)
 		} else {
-			s.buf = appendJSONString(s.buf, string(rec))
+			s.buf = stages.AppendJSONString(s.buf, rec)
 		}
 	case "csv":
 		if err := s.addCSV(rec); err != nil {

@@ -161,7 +161,7 @@ func (s *hashStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]by
 	if !jsonObjectEmpty(rec) {
 		member = append(member, ',')
 	}
-	member = append(appendJSONQuoted(member, s.field), ':')
+	member = append(AppendJSONString(member, s.field), ':')
 	member = append(member, digest...)
 	return append(out, spliceBytes(rec, end, end, member)), nil
 }

@@ -294,7 +294,7 @@ func (s *batchStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]b
 	if bareJSON(rec) {
 		s.array = append(s.array, rec...)
 	} else {
-		s.array = appendJSONQuoted(s.array, rec)
+		s.array = AppendJSONString(s.array, rec)
 	}
 	s.n++
 	if s.n == s.size {
@@ -329,36 +329,6 @@ func bareJSON(rec []byte) bool {
 }
 
 func isJSONSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
-
-// appendJSONQuoted appends s as a JSON string. Unlike encoding/json it
-// leaves <, > and & alone: the output is data, not HTML.
-func appendJSONQuoted[T string | []byte](dst []byte, s T) []byte {
-	const hexDigits = "0123456789abcdef"
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' {
-			continue
-		}
-		dst = append(dst, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			dst = append(dst, '\\', c)
-		case '\n':
-			dst = append(dst, '\\', 'n')
-		case '\r':
-			dst = append(dst, '\\', 'r')
-		case '\t':
-			dst = append(dst, '\\', 't')
-		default:
-			dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-		}
-		start = i + 1
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
-}
 
 // unbatch appends sub-slices of rec but for strings with escapes, which it
 // must decode.

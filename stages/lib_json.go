@@ -340,7 +340,7 @@ func newMapStage(c Config) (Stage, error) {
 				return nil, OptionErrorf("fields", "%s: %v", name, err)
 			}
 			s.index[name] = len(s.fields)
-			s.fields = append(s.fields, mapField{name: name, quoted: encodeJSONString(nil, name), prog: prog})
+			s.fields = append(s.fields, mapField{name: name, quoted: AppendJSONString(nil, name), prog: prog})
 		}
 		progs := make([]*vm.Program, len(s.fields))
 		for i, f := range s.fields {
@@ -688,7 +688,7 @@ func encodeJSONValue(b []byte, v any) ([]byte, error) {
 	case nil:
 		return append(b, "null"...), nil
 	case string:
-		return encodeJSONString(b, v), nil
+		return AppendJSONString(b, v), nil
 	case bool:
 		return strconv.AppendBool(b, v), nil
 	case int:
@@ -727,50 +727,6 @@ func encodeJSONFloat(b []byte, f float64) ([]byte, error) {
 		}
 	}
 	return b, nil
-}
-
-// encodeJSONString appends s as a JSON string. Invalid UTF-8 becomes
-// U+FFFD, as with encoding/json; <, > and & are left alone.
-func encodeJSONString(b []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
-			i++
-			continue
-		}
-		if c < utf8.RuneSelf {
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
 }
 
 // isJSONObject reports whether rec, past leading space, opens a JSON object.
