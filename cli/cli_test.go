@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -219,7 +220,12 @@ func TestReadmeStageTable(t *testing.T) {
 	if i < 0 || j < i {
 		t.Fatalf("README.md lacks the %q ... %q markers", begin, end)
 	}
-	table, _, _ := runCLI(t, "", "stages", "--markdown")
+	// The table is of the built-ins; tests of this package register
+	// stages of their own (clitest.*, example.*) in the same process.
+	builtins := slices.DeleteFunc(stages.All(), func(s stages.Spec) bool {
+		return strings.HasPrefix(s.Name, "clitest.") || strings.HasPrefix(s.Name, "example.")
+	})
+	table := cli.StagesMarkdown(builtins)
 	if got := s[i+len(begin) : j]; got != table {
 		if *update {
 			s = s[:i+len(begin)] + table + s[j:]
@@ -367,5 +373,35 @@ func TestDiskFull(t *testing.T) {
 	}
 	if want := "flowrun: write /dev/full: no space left on device\n"; stderr.String() != want {
 		t.Errorf("stderr %q, want %q", stderr.String(), want)
+	}
+}
+
+// TestStreamingAnswersEachLine checks that a line written to flowrun's
+// stdin comes out while the pipe stays open: no stage, batch or buffer
+// waits for more input. The bound is generous (seconds); the latency
+// itself is measured by bench/latency.
+func TestStreamingAnswersEachLine(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", "ordered: true\nstages: [{use: trim}, {use: upper, workers: 2}, {use: grep, with: {pattern: DROP, invert: true}}, {use: sleep, with: {duration: 0s}}]\n")
+	cmd, stdin, stdout, stderr := startFlowrun(t, "run", "-q", "--progress", "none", p)
+	for i := range 5 {
+		fmt.Fprintf(stdin, "  line %d  \n", i)
+		got := make(chan string, 1)
+		go func() {
+			line, _ := stdout.ReadString('\n')
+			got <- line
+		}()
+		select {
+		case line := <-got:
+			if want := fmt.Sprintf("LINE %d\n", i); line != want {
+				t.Fatalf("got %q, want %q", line, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("line %d did not come out while stdin stayed open; stderr:\n%s", i, stderr)
+		}
+	}
+	stdin.Close()
+	if code := exitOf(t, cmd); code != 0 {
+		t.Errorf("exit %d", code)
 	}
 }

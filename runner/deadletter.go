@@ -21,6 +21,9 @@ type DeadLetter struct {
 	Seq          uint64 `json:"seq"` // the input record's number, from 1
 	Record       string `json:"record,omitempty"`
 	RecordBase64 string `json:"record_base64,omitempty"`
+	// Truncated says the record was longer than max_record_size and only
+	// its start is kept: it cannot be re-run from here.
+	Truncated bool `json:"truncated,omitempty"`
 }
 
 // Bytes returns the record.
@@ -45,10 +48,14 @@ func newDeadLetters(w io.Writer, name string) *deadLetters {
 }
 
 func (d *deadLetters) write(stage string, seq uint64, attempts int, rec []byte, cause error) error {
+	return d.writeEntry(DeadLetter{Stage: stage, Error: cause.Error(), Attempts: attempts, Seq: seq}, rec)
+}
+
+// writeEntry writes dl with rec as its record.
+func (d *deadLetters) writeEntry(dl DeadLetter, rec []byte) error {
 	if d == nil {
 		return fmt.Errorf("no dead_letter file is set")
 	}
-	dl := DeadLetter{Stage: stage, Error: cause.Error(), Attempts: attempts, Seq: seq}
 	if utf8.Valid(rec) {
 		dl.Record = string(rec)
 	} else {

@@ -71,6 +71,8 @@ type item struct {
 	line int64 // line of the input file where the record starts
 	err  error // a decode error for this record; data is what was read
 	from int   // the stage it enters at: not 0 only when re-running dead letters
+	// truncated says data is only the start of a record too long to keep.
+	truncated bool
 }
 
 // decoder yields the records of one input. next returns the records that
@@ -136,11 +138,11 @@ func (d *lineDecoder) next(max int, out []item) ([]item, error) {
 			}
 			d.line++
 			rec := d.buf[d.start:end]
+			d.start = end + 1
 			if len(rec) > 0 && rec[len(rec)-1] == '\r' {
 				rec = rec[:len(rec)-1]
 			}
-			out = append(out, item{data: rec[:len(rec):len(rec)], line: d.line})
-			d.start = end + 1
+			out = append(out, d.item(rec))
 		}
 		if len(out) > 0 {
 			return out, nil
@@ -153,15 +155,14 @@ func (d *lineDecoder) next(max int, out []item) ([]item, error) {
 				if len(rec) > 0 && rec[len(rec)-1] == '\r' {
 					rec = rec[:len(rec)-1]
 				}
-				return append(out, item{data: rec[:len(rec):len(rec)], line: d.line}), nil
+				return append(out, d.item(rec)), nil
 			}
 			return out, io.EOF
 		}
 		partial := d.end - d.start
 		if partial > d.max && !d.skipping {
 			d.line++
-			err := fmt.Errorf("line %d: record longer than max_record_size (%d bytes)", d.line, d.max)
-			out = append(out, item{data: d.buf[d.start : d.start+min(partial, 64)], line: d.line, err: err})
+			out = append(out, item{data: d.buf[d.start : d.start+min(partial, 64)], line: d.line, err: d.tooLong(), truncated: true})
 			d.skipping = true
 		}
 		if d.skipping {
@@ -196,6 +197,19 @@ func (d *lineDecoder) next(max int, out []item) ([]item, error) {
 			return out, nil
 		}
 	}
+}
+
+// item makes a record of a whole line, or an error if it is too long.
+func (d *lineDecoder) item(rec []byte) item {
+	if len(rec) > d.max {
+		n := min(len(rec), 64) // enough to recognise it in a dead letter
+		return item{data: rec[:n:n], line: d.line, err: d.tooLong(), truncated: true}
+	}
+	return item{data: rec[:len(rec):len(rec)], line: d.line}
+}
+
+func (d *lineDecoder) tooLong() error {
+	return fmt.Errorf("line %d: record longer than max_record_size (%d bytes)", d.line, d.max)
 }
 
 // jsonlDecoder is a lineDecoder that checks each line is one JSON value
@@ -334,6 +348,11 @@ func (d *deadLetterDecoder) item(line []byte) item {
 		return item{line: d.line, data: line, err: fmt.Errorf("dead letter line %d: %v", d.line, err)}
 	}
 	it := item{line: d.line, data: dl.Bytes()}
+	if dl.Truncated {
+		it.err = fmt.Errorf("dead letter line %d: only the start of this record was kept (it was longer than max_record_size): run its input again", d.line)
+		it.truncated = true
+		return it
+	}
 	if dl.Stage != "input" {
 		from, ok := d.stageAt[dl.Stage]
 		if !ok {

@@ -162,7 +162,12 @@ func (r *run) run(ctx context.Context) (err error) {
 	}
 	defer r.closeUnstarted()
 
-	g, gctx := errgroup.WithContext(ctx)
+	g, groupCtx := errgroup.WithContext(ctx)
+	// A failing worker cancels gctx itself, before its segment's queue
+	// can close: the writer must never take a queue closed by a failure
+	// for the end of the input (and journal it as done).
+	gctx, fail := context.WithCancelCause(groupCtx)
+	defer fail(nil)
 	readCtx, stopRead := context.WithCancel(gctx)
 	defer stopRead()
 	r.stopRead = stopRead
@@ -197,11 +202,18 @@ func (r *run) run(ctx context.Context) (err error) {
 				chain[j] = st.made[k]
 			}
 			wg.Add(1)
-			g.Go(func() error {
-				defer wg.Done()
-				for _, s := range chain {
-					defer closeStage(s)
-				}
+			g.Go(func() (err error) {
+				defer wg.Done() // last: after fail
+				defer func() {
+					for j, s := range chain {
+						if cerr := closeStage(s); cerr != nil && err == nil {
+							err = fmt.Errorf("stage %q: %w", seg[j].cfg.Name, cerr)
+						}
+					}
+					if err != nil {
+						fail(err)
+					}
+				}()
 				return r.work(gctx, seg, chain)
 			})
 		}
@@ -540,7 +552,7 @@ func (r *run) inputError(seq uint64, it item) error {
 		return nil
 	case spec.DeadLetter:
 		r.input.dead.Add(1)
-		return r.dl.write("input", seq, 1, it.data, err)
+		return r.dl.writeEntry(DeadLetter{Stage: "input", Error: err.Error(), Attempts: 1, Seq: seq, Truncated: it.truncated}, it.data)
 	}
 	return err
 }
@@ -564,49 +576,57 @@ func (r *run) readFiles(files []inputFile, chunks chan<- chunk, done <-chan stru
 			return
 		default:
 		}
-		var in io.Reader = r.opts.Stdin
-		if f.path != "" {
-			file, err := os.Open(f.path)
-			if err != nil {
-				send(chunk{err: fmt.Errorf("input: %w", err)})
-				return
-			}
-			defer file.Close()
-			in = file
+		if !r.readFile(f, &seq, send, stop, reading) {
+			return
 		}
-		if in == nil {
-			in = eofReader{}
+	}
+}
+
+// readFile decodes one input file into chunks, numbering its records on
+// from seq; false means stop reading.
+func (r *run) readFile(f inputFile, seq *uint64, send func(chunk) bool, stop context.Context, reading *atomic.Bool) bool {
+	var in io.Reader = r.opts.Stdin
+	if f.path != "" {
+		file, err := os.Open(f.path)
+		if err != nil {
+			send(chunk{err: fmt.Errorf("input: %w", err)})
+			return false
 		}
-		dec := newDecoder(r.p.Input.Format, in, r.p.Input.MaxRecordSize, &r.read)
-		if r.opts.RetryDeadLetters != "" {
-			stageAt := map[string]int{}
-			for i, s := range r.p.Stages {
-				stageAt[s.Name] = i
-			}
-			dec = &deadLetterDecoder{r: bufio.NewReaderSize(&countingReader{r: in, n: &r.read}, chunkSize),
-				stageAt: stageAt, format: r.p.Input.Format, max: r.p.Input.MaxRecordSize}
+		defer file.Close() // this file's, not the whole glob's: a glob may match thousands
+		in = file
+	}
+	if in == nil {
+		in = eofReader{}
+	}
+	dec := newDecoder(r.p.Input.Format, in, r.p.Input.MaxRecordSize, &r.read)
+	if r.opts.RetryDeadLetters != "" {
+		stageAt := map[string]int{}
+		for i, s := range r.p.Stages {
+			stageAt[s.Name] = i
 		}
-		for {
-			if stop.Err() != nil {
-				return
+		dec = &deadLetterDecoder{r: bufio.NewReaderSize(&countingReader{r: in, n: &r.read}, chunkSize),
+			stageAt: stageAt, format: r.p.Input.Format, max: r.p.Input.MaxRecordSize}
+	}
+	for {
+		if stop.Err() != nil {
+			return false
+		}
+		reading.Store(true)
+		items, err := dec.next(maxBatch, getItems())
+		reading.Store(false)
+		if len(items) > 0 {
+			c := chunk{items: items, lo: *seq + 1, hi: *seq + uint64(len(items))}
+			*seq = c.hi
+			if !send(c) {
+				return false
 			}
-			reading.Store(true)
-			items, err := dec.next(maxBatch, getItems())
-			reading.Store(false)
-			if len(items) > 0 {
-				c := chunk{items: items, lo: seq + 1, hi: seq + uint64(len(items))}
-				seq = c.hi
-				if !send(c) {
-					return
-				}
-			}
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				send(chunk{err: fmt.Errorf("read %s: %w", f.name, err)})
-				return
-			}
+		}
+		if err == io.EOF {
+			return true
+		}
+		if err != nil {
+			send(chunk{err: fmt.Errorf("read %s: %w", f.name, err)})
+			return false
 		}
 	}
 }
@@ -645,6 +665,9 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 		select {
 		case b, ok := <-in:
 			if !ok {
+				if ctx.Err() != nil { // closed by a failure, not by the end
+					return context.Cause(ctx)
+				}
 				if ro != nil {
 					if err := ro.drain(emit); err != nil {
 						return err

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -472,4 +473,76 @@ func TestBackpressure(t *testing.T) {
 	if read > 8<<20 {
 		t.Errorf("read %d bytes ahead of a slow stage", read)
 	}
+}
+
+func init() {
+	stages.Register(stages.Spec{
+		Name:  "runnertest.batchpanic",
+		Doc:   "A cheap batched stage that panics on records containing panic, fails those containing fail, and maps with mapper.",
+		Batch: true,
+		Options: []stages.Option{
+			{Name: "mapper", Type: stages.Bool, Default: false, Doc: "implement stages.Mapper"},
+		},
+		New: func(c stages.Config) (stages.Stage, error) {
+			f := func(rec []byte) []byte {
+				if bytes.Contains(rec, []byte("panic")) {
+					panic("boom on " + string(rec))
+				}
+				return bytes.ToUpper(rec)
+			}
+			if c.Bool("mapper") {
+				return stages.MapFunc(f), nil
+			}
+			return stages.Func(func(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+				if bytes.Contains(rec, []byte("fail")) {
+					return out, errors.New("failed " + string(rec))
+				}
+				return append(out, f(rec)), nil
+			}), nil
+		},
+	})
+}
+
+// TestBatchedStagePanics runs panics and failures through the batched hot
+// path, in place and not, and checks every record lands exactly once.
+func TestBatchedStagePanics(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	in := "ok1\nok2\npanic-a\nok3\nfail-b\nok4\npanic-c\n"
+	for _, mapper := range []string{"false", "true"} {
+		for _, ordered := range []string{"false", "true"} {
+			t.Run("mapper="+mapper+"/ordered="+ordered, func(t *testing.T) {
+				out, sum, err := runYAML(t, "ordered: "+ordered+"\nstages: [{use: runnertest.batchpanic, on_error: skip, with: {mapper: "+mapper+"}}]", in)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := "OK1\nOK2\nOK3\nOK4\n"
+				if mapper == "true" {
+					want = "OK1\nOK2\nOK3\nFAIL-B\nOK4\n"
+				}
+				if ordered == "false" {
+					out, want = string(sortLines([]byte(out))), string(sortLines([]byte(want)))
+				}
+				if out != want {
+					t.Errorf("out %q, want %q", out, want)
+				}
+				skipped := int64(3)
+				if mapper == "true" {
+					skipped = 2
+				}
+				if sum.Skipped() != skipped {
+					t.Errorf("skipped %d, want %d", sum.Skipped(), skipped)
+				}
+			})
+		}
+	}
+	_, _, err := runYAML(t, "stages: [{use: runnertest.batchpanic}]", in)
+	if err == nil || err.Error() != `stage "runnertest.batchpanic" record 3 "panic-a": panic: boom on panic-a` {
+		t.Errorf("err = %v", err)
+	}
+}
+
+func sortLines(b []byte) []byte {
+	lines := strings.Split(string(b), "\n")
+	sort.Strings(lines)
+	return []byte(strings.Join(lines, "\n"))
 }

@@ -53,7 +53,7 @@ func (r *run) work(ctx context.Context, seg []*stageRun, chain []stages.Stage) e
 	var w, prev *worker
 	for i := len(seg) - 1; i >= 0; i-- {
 		st := seg[i]
-		wk := &worker{r: r, st: st, ctx: ctx, stage: chain[i], fwdLo: 1, next: prev}
+		wk := &worker{r: r, st: st, ctx: ctx, stage: chain[i], fwdLo: r.skip + 1, next: prev}
 		if bs, ok := chain[i].(stages.BatchStage); ok {
 			wk.batcher = bs
 		}
@@ -288,20 +288,27 @@ func (w *worker) processFast(recs []record) ([]record, error) {
 }
 
 // tight calls Process on recs[i:] until the end or a failure, which it
-// returns with the index of the record that failed.
-func (w *worker) tight(recs, out []record, inPlace bool, i int) (_ []record, _ bool, _ int, failed error) {
+// returns with the index of the record that failed. Its results are named
+// so that, after a panic, the deferred recover returns the position the
+// loop had reached, not zero values.
+func (w *worker) tight(recs, out0 []record, inPlace0 bool, i0 int) (out []record, inPlace bool, i int, failed error) {
+	out, inPlace, i = out0, inPlace0, i0
+	mapping := false // mapping recs in place: recs[:i] are done
 	defer func() {
 		if p := recover(); p != nil {
+			if mapping {
+				out = recs[:i]
+			}
 			failed = fmt.Errorf("panic: %v", p)
 		}
 	}()
 	if m := w.mapper; m != nil {
 		if inPlace && len(out) == i { // one record in, one out: in place
-			rest := recs[i:]
-			for j := range rest {
-				rest[j].data = m.Map(rest[j].data)
+			mapping = true
+			for ; i < len(recs); i++ {
+				recs[i].data = m.Map(recs[i].data)
 			}
-			return recs, true, len(recs), nil
+			return recs, true, i, nil
 		}
 		for ; i < len(recs); i++ {
 			out = append(out, record{data: m.Map(recs[i].data), seq: recs[i].seq})

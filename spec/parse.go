@@ -578,6 +578,10 @@ func (p *parser) stage(n *yaml.Node, dir string) (st Stage, nameNode, deadLetter
 		if v, err := expand(x.val.Value, p.env); x.val.Kind != yaml.ScalarNode || err != nil || v != "auto" {
 			w, ok = p.intAtLeast(x.val, "workers", 1)
 		}
+		if ok && w > MaxWorkers {
+			p.errorf(x.val, "workers: %d is more than %d: each worker is a goroutine with its own stage, made before anything runs", w, MaxWorkers)
+			ok = false
+		}
 		if ok {
 			st.Workers = w
 			if known && st.Spec.MaxWorkers > 0 && w > st.Spec.MaxWorkers {

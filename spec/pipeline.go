@@ -13,6 +13,7 @@ const (
 	DefaultBuffer        = 256     // records per stage input queue
 	DefaultMaxRecordSize = 1 << 30 // 1 GiB: a line longer than this is an error, not an out-of-memory
 	DefaultFormat        = "lines"
+	MaxWorkers           = 4096 // per stage: a typo of 100000000 must not exhaust memory
 )
 
 // Formats an input or output may have.

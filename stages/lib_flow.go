@@ -354,8 +354,8 @@ func unbatch(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
 			json.Unmarshal(elem, &s) // valid, so no error
 			elem = []byte(s)
 		}
-		out = append(out, elem)
-		i = jsonSkipSpace(rec, end) // at a comma or the closing bracket
+		out = append(out, elem[:len(elem):len(elem)]) // capped: see the Stage contract
+		i = jsonSkipSpace(rec, end)                   // at a comma or the closing bracket
 		if rec[i] == ',' {
 			i = jsonSkipSpace(rec, i+1)
 		}

@@ -113,7 +113,7 @@ func (s *splitStage) part(out [][]byte, p []byte) [][]byte {
 	if len(p) == 0 && !s.keepEmpty {
 		return out
 	}
-	return append(out, p)
+	return append(out, p[:len(p):len(p)]) // capped: a stage appending to one part must not write into the next
 }
 
 // parseRecordTemplate parses the template option, with raw as its raw

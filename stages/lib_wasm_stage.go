@@ -275,7 +275,7 @@ func (s *wasmStage) Process(ctx context.Context, rec []byte, out [][]byte) ([][]
 	if err != nil {
 		return out, s.fail(inst)
 	}
-	return append(out, append(rec[:0], answer...)), nil
+	return append(out, reuse(rec, answer)), nil
 }
 
 // ProcessBatch writes up to inflight records ahead of the answer it waits
@@ -331,7 +331,7 @@ func (s *wasmStage) ProcessBatch(ctx context.Context, recs [][]byte, emit func(i
 			}
 			return
 		}
-		s.out = append(s.out[:0], append(rec[:0], answer...))
+		s.out = append(s.out[:0], reuse(rec, answer))
 		emit(i, s.out, nil)
 	}
 	if len(s.out) > 0 {
@@ -664,4 +664,13 @@ func (t *wasmTail) String() string {
 		b = b[len(b)-wasmStderrTail:]
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// reuse copies answer into rec's bytes when it fits in them, and into new
+// memory when not: the bytes past len(rec) may belong to another record.
+func reuse(rec, answer []byte) []byte {
+	if len(answer) <= len(rec) {
+		return rec[:copy(rec, answer)]
+	}
+	return append([]byte(nil), answer...)
 }

@@ -18,7 +18,11 @@ import (
 // rec belongs to the stage for the duration of the call: Process may modify
 // its bytes in place and append (sub-slices of) it, but only on its way to
 // a nil error, because a failed record is retried and dead-lettered as it
-// came. Records appended for one call must not overlap in memory. Once
+// came. Its bytes are rec[:len(rec)] and no more: what lies beyond, up to
+// cap(rec), may be another record's, so Process must not append to rec
+// (copy instead). Records appended for one call must not overlap in
+// memory, and a sub-slice appended must be capped (rec[i:j:j]) so that the
+// next stage cannot write past it either. Once
 // Process returns, the records it appended belong to the runner: the stage
 // must not keep or reuse their memory, nor keep rec or out.
 //
