@@ -27,7 +27,7 @@ const (
 const exitStatusHelp = `EXIT STATUS:
    0    every record done
    1    the run failed (a record failed a stage with on_error: fail, or I/O failed)
-   2    usage mistake or invalid pipeline
+   2    usage mistake, invalid pipeline, or a run that could not start
    3    finished, but records were skipped or dead-lettered
    130  stopped by SIGINT/SIGTERM after draining what was in flight
 `
@@ -110,8 +110,11 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 // is the one place that does.
 func exitCode(err error) int {
 	var o *outcome
+	var setup *runner.SetupError
 	if errors.As(err, &o) {
 		switch s := o.sum; {
+		case errors.As(o.err, &setup):
+			return ExitUsage // nothing ran: a mistake in the pipeline or the command
 		case s != nil && s.Stopped:
 			return ExitSignaled
 		case o.err != nil:

@@ -98,7 +98,7 @@ func TestExitCodes(t *testing.T) {
 		{"unknown stage name", "", []string{"stages", "nope"}, 2, "", `no stage "nope"`},
 		{"workers: auto", "x\n", []string{"run", "-q", writeFile(t, dir, "auto.yaml", "stages: [{use: upper, workers: auto}]")}, 0, "X\n", ""},
 		{"glob input in lexical order", "", []string{"run", "-q", "-i", filepath.Join(dir, "in-*.txt"), good}, 0, "A1\nA2\nB1\n", ""},
-		{"glob matching nothing", "", []string{"run", "-q", "-i", filepath.Join(dir, "none-*.txt"), good}, 1, "", "no file matches"},
+		{"glob matching nothing", "", []string{"run", "-q", "-i", filepath.Join(dir, "none-*.txt"), good}, 2, "", "no file matches"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -158,7 +159,8 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 			fmt.Fprintf(stderr, "flowrun: the dead letters being re-run are kept in %s\n", retry)
 		}
 	}
-	if !opts.quiet {
+	var setup *runner.SetupError
+	if !opts.quiet && !errors.As(runErr, &setup) { // a run that never started has nothing to sum up
 		sum.WriteTable(stderr)
 	}
 	if opts.stats != "" {

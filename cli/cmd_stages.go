@@ -50,8 +50,8 @@ func listStages(w io.Writer, names []string, markdown bool) error {
 		for _, o := range s.Options {
 			fmt.Fprintf(tw, "  %s\t%s\t%s\n", o.Name, optionType(o), o.Doc)
 		}
-		if s.MaxWorkers > 0 {
-			fmt.Fprintf(tw, "  \t\tat most %d worker(s)\n", s.MaxWorkers)
+		if note := limits(s); note != "" {
+			fmt.Fprintf(tw, "  \t\t%s\n", note)
 		}
 	}
 	return tw.Flush()
@@ -98,10 +98,22 @@ func StagesMarkdown(list []stages.Spec) string {
 			opts = append(opts, fmt.Sprintf("`%s` %s: %s", o.Name, strings.ReplaceAll(optionType(o), "|", "\\|"), o.Doc))
 		}
 		doc := s.Doc
-		if s.MaxWorkers > 0 {
-			doc += fmt.Sprintf(" At most %d worker(s).", s.MaxWorkers)
+		if note := limits(s); note != "" {
+			doc += " " + strings.ToUpper(note[:1]) + note[1:] + "."
 		}
 		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", s.Name, strings.ReplaceAll(doc, "|", "\\|"), strings.ReplaceAll(strings.Join(opts, "<br>"), "\n", " "))
 	}
 	return b.String()
+}
+
+// limits says what a stage's spec imposes beyond its options.
+func limits(s stages.Spec) string {
+	var notes []string
+	if s.MaxWorkers > 0 {
+		notes = append(notes, fmt.Sprintf("at most %d worker(s)", s.MaxWorkers))
+	}
+	if s.DefaultTimeout > 0 {
+		notes = append(notes, fmt.Sprintf("timeout %v unless the stage sets one", s.DefaultTimeout))
+	}
+	return strings.Join(notes, "; ")
 }

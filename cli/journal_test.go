@@ -131,7 +131,7 @@ func TestJournalNeedsFiles(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
 	_, errs, code = runCLI(t, "", "run", "-q", "--journal", j, "--resume", "-i", in, "-o", filepath.Join(dir, "o"), other)
-	if code != 1 || !strings.Contains(errs, `journal is of pipeline "p", not "other"`) {
+	if code != 2 || !strings.Contains(errs, `journal is of pipeline "p", not "other"`) {
 		t.Errorf("resuming another pipeline: exit %d: %s", code, errs)
 	}
 }
@@ -175,5 +175,41 @@ stages:
 	}
 	if _, err := os.Stat(filepath.Join(dir, "dl.jsonl.retrying")); err == nil {
 		t.Error("the set-aside dead letters were not removed")
+	}
+}
+
+// TestResumeCSVKeepsOneHeader resumes a CSV output from a journal entry
+// in the middle of the file: the header must not be written again.
+func TestResumeCSVKeepsOneHeader(t *testing.T) {
+	dir := t.TempDir()
+	var in strings.Builder
+	in.WriteString("name,n\n")
+	for i := 1; i <= 500; i++ {
+		fmt.Fprintf(&in, "r%d,%d\n", i, i)
+	}
+	input := writeFile(t, dir, "in.csv", in.String())
+	p := writeFile(t, dir, "p.yaml", "input: {format: csv}\noutput: {format: csv}\nstages: [{use: upper}]\n")
+	out, journal := filepath.Join(dir, "out.csv"), filepath.Join(dir, "j")
+	if _, errs, code := runCLI(t, "", "run", "-q", "--journal", journal, "-i", input, "-o", out, p); code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	full, _ := os.ReadFile(out)
+	// Pretend the run died after record 100: the header and 100 rows.
+	lines := strings.SplitAfter(string(full), "\n")
+	cut := len(strings.Join(lines[:101], ""))
+	var entry map[string]any
+	data, _ := os.ReadFile(journal)
+	json.Unmarshal(data, &entry)
+	entry["seq"], entry["output_bytes"], entry["done"] = 100, cut, false
+	data, _ = json.Marshal(entry)
+	os.WriteFile(journal, data, 0o644)
+	os.WriteFile(out, append(full[:cut:cut], "GARBAGE,half a"...), 0o644)
+
+	if _, errs, code := runCLI(t, "", "run", "-q", "--journal", journal, "--resume", "-i", input, "-o", out, p); code != 0 {
+		t.Fatalf("resume: exit %d: %s", code, errs)
+	}
+	got, _ := os.ReadFile(out)
+	if !bytes.Equal(got, full) {
+		t.Errorf("resumed CSV differs from the full run (%d bytes vs %d; headers: %d)", len(got), len(full), strings.Count(string(got), "NAME,N"))
 	}
 }

@@ -1,6 +1,10 @@
 package runner
 
-import "sync"
+import (
+	"sync"
+
+	"golang.org/x/sync/semaphore"
+)
 
 // record is one record in flight with the number of the input record it
 // came from (1-based), which errors and dead letters name.
@@ -16,15 +20,28 @@ type record struct {
 type batch struct {
 	lo, hi uint64
 	recs   []record
-	// held says the window tokens of the range were already given back
-	// by a stage that holds records (see worker.hold).
-	held bool
+	// tokens is how many tokens of window sem the batch holds: a memory
+	// bound for ordered runs. The input's batches hold one per input
+	// record of their range, from the run's window; what a holding stage
+	// emits holds tokens of that stage's own window (see forwardHeld).
+	// Whoever ends the batch — the writer, or a holding stage that takes
+	// it in — gives them back.
+	tokens int64
+	sem    *semaphore.Weighted
 	// from is the index of the stage its records enter at; the stages
 	// before pass it on untouched. Only a re-run of dead letters sets it.
 	from int
 }
 
 func (b *batch) size() int64 { return int64(b.hi - b.lo + 1) }
+
+// release gives back the batch's window tokens, once.
+func (b *batch) release() {
+	if b.sem != nil && b.tokens > 0 {
+		b.sem.Release(b.tokens)
+	}
+	b.tokens = 0
+}
 
 // split cuts b into pieces of about n records whose ranges still tile
 // lo..hi, for a stage whose workers take few records at a time. It cuts
@@ -44,7 +61,13 @@ func split(b batch, n int, send func(batch) bool) bool {
 		if j < len(b.recs) {
 			hi = b.recs[j].seq - 1
 		}
-		if !send(batch{lo: lo, hi: hi, recs: b.recs[start:j:j], held: b.held, from: b.from}) {
+		piece := batch{lo: lo, hi: hi, recs: b.recs[start:j:j], from: b.from, sem: b.sem}
+		piece.tokens = min(piece.size(), b.tokens) // the last piece takes the rest
+		if j == len(b.recs) {
+			piece.tokens = b.tokens
+		}
+		b.tokens -= piece.tokens
+		if !send(piece) {
 			return false
 		}
 		lo, start = hi+1, j

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"syscall"
 
 	"github.com/flowrun/flowrun/stages"
@@ -139,4 +140,25 @@ func (s *sink) flush() error {
 		return fmt.Errorf("write %s: %w", s.name, err)
 	}
 	return nil
+}
+
+// csvHeader reads the header row of a CSV file that output appends to;
+// nil for an empty file, which gets a header as a new one would.
+func csvHeader(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("output: %w", err)
+	}
+	defer f.Close()
+	header, err := csv.NewReader(f).Read()
+	if err == io.EOF {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("output %s: reading its CSV header: %w", path, err)
+	}
+	return header, nil
 }

@@ -104,13 +104,13 @@ func (r *run) run(ctx context.Context) (err error) {
 	from := p.Input.From
 	if r.opts.RetryDeadLetters != "" {
 		if r.opts.Journal != "" {
-			return errors.New("a re-run of dead letters cannot be journaled")
+			return &SetupError{errors.New("a re-run of dead letters cannot be journaled")}
 		}
 		from = r.opts.RetryDeadLetters
 	}
 	files, total, err := expandInput(from)
 	if err != nil {
-		return err
+		return &SetupError{err}
 	}
 	r.total = total
 
@@ -118,13 +118,13 @@ func (r *run) run(ctx context.Context) (err error) {
 	var resumed *JournalEntry
 	if r.opts.Journal != "" {
 		if resumed, err = r.openJournal(); err != nil {
-			return err
+			return &SetupError{err}
 		}
 	}
 
 	out, outName, closeOut, err := r.openOutput(resumed)
 	if err != nil {
-		return err
+		return &SetupError{err}
 	}
 	defer func() {
 		if cerr := closeOut(); err == nil && cerr != nil {
@@ -141,7 +141,7 @@ func (r *run) run(ctx context.Context) (err error) {
 		}
 		f, err := os.OpenFile(p.DeadLetter, flags, 0o644)
 		if err != nil {
-			return fmt.Errorf("dead letter: %w", err)
+			return &SetupError{fmt.Errorf("dead letter: %w", err)}
 		}
 		if r.jr != nil {
 			r.jr.dl = f
@@ -228,6 +228,12 @@ func (r *run) run(ctx context.Context) (err error) {
 		})
 	}
 	sink := newSink(out, outName, p.Output.Format)
+	if p.Output.Format == "csv" && (resumed != nil || r.opts.RetryDeadLetters != "") && !isStd(p.Output.To) {
+		// The file has its header already: the columns continue it.
+		if sink.header, err = csvHeader(p.Output.To); err != nil {
+			return err
+		}
+	}
 	last := r.stages[len(r.stages)-1].out
 	g.Go(func() error { return r.write(gctx, last, sink) })
 
@@ -253,26 +259,14 @@ func (r *run) run(ctx context.Context) (err error) {
 // missing plugin fails the run before it reads anything.
 func (r *run) build() error {
 	p := r.p
-	takes := make([]int, len(p.Stages)+1)
-	for i, s := range p.Stages {
-		takes[i] = batchFor(s.Spec.Batch, s.Workers)
-	}
-	takes[len(p.Stages)] = maxBatch // the output
-	in := make(chan batch, max(1, p.Stages[0].Buffer/takes[0]))
 	var window int64
 	for i, s := range p.Stages {
-		st := &stageRun{cfg: s, index: i, in: in, take: takes[i], nextTake: takes[i+1]}
-		if i+1 < len(p.Stages) {
-			in = make(chan batch, max(1, p.Stages[i+1].Buffer/takes[i+1]))
-		} else {
-			in = make(chan batch, 16)
-		}
-		st.out = in
+		st := &stageRun{cfg: s, index: i, take: batchFor(s.Spec.Batch, s.Workers)}
 		r.stages = append(r.stages, st)
 		for range s.Workers {
 			stage, err := s.Spec.New(s.Config)
 			if err != nil {
-				return fmt.Errorf("stage %q (%s): %w", s.Name, s.Pos, err)
+				return &SetupError{fmt.Errorf("stage %q (%s): %w", s.Name, s.Pos, err)}
 			}
 			st.made = append(st.made, stage)
 			if _, ok := stage.(stages.BatchStage); ok {
@@ -280,14 +274,31 @@ func (r *run) build() error {
 			}
 			_, st.holds = stage.(stages.Flusher)
 		}
+		// The queue holds buffer records, in batches of the stage's size,
+		// and at least one batch.
+		st.in = make(chan batch, max(1, s.Buffer/st.take))
+		if i > 0 {
+			r.stages[i-1].out = st.in
+		}
 		if st.holds && r.ordered {
+			st.windowSize = max(int64(s.Buffer+maxBatch), 4096)
+			st.window = semaphore.NewWeighted(st.windowSize)
 			if s.Workers > 1 {
-				return fmt.Errorf("stage %q (%s): an ordered or journaled run needs workers: 1 for %s, which holds records across calls", s.Name, s.Pos, s.Use)
+				return &SetupError{fmt.Errorf("stage %q (%s): an ordered or journaled run needs workers: 1 for %s, which holds records across calls", s.Name, s.Pos, s.Use)}
 			}
+			st.sequence = true
+		}
+		// A stage that sees every record (take, dedupe, sample, count)
+		// answers for the input's order in an ordered run: the first n,
+		// the first of duplicates.
+		if r.ordered && s.Spec.MaxWorkers == 1 {
 			st.sequence = true
 		}
 		window += int64(s.Buffer + s.Workers*st.take)
 	}
+	last := r.stages[len(r.stages)-1]
+	last.out = make(chan batch, 16) // the writer's
+	last.nextTake = maxBatch
 	// A stage that became a batch taker needs its upstream to cut batches
 	// to its size.
 	for i := 1; i < len(r.stages); i++ {
@@ -310,6 +321,14 @@ func (r *run) build() error {
 	}
 	return nil
 }
+
+// SetupError is a problem found before any record moved: an input that
+// does not exist, an output that cannot be created, a plugin that cannot
+// start. The CLI reports it as a mistake in the pipeline or the command.
+type SetupError struct{ Err error }
+
+func (e *SetupError) Error() string { return e.Err.Error() }
+func (e *SetupError) Unwrap() error { return e.Err }
 
 // batchFor is how many records a batch for a stage may carry: one for a
 // stage that waits, so that every idle worker takes the next record; many
@@ -351,13 +370,6 @@ func (r *run) closeUnstarted() {
 
 // stopInput ends the input early: a stage has all it wants (take).
 func (r *run) stopInput() { r.stopRead() }
-
-// release gives back window tokens for n input records.
-func (r *run) release(n int64) {
-	if r.window != nil {
-		r.window.Release(n)
-	}
-}
 
 func isStd(name string) bool { return name == "" || name == "stdin" || name == "stdout" || name == "-" }
 
@@ -523,6 +535,7 @@ func (r *run) deliverRun(ctx context.Context, lo uint64, items []item, q0 chan<-
 		if err := r.window.Acquire(ctx, b.size()); err != nil {
 			return err
 		}
+		b.sem, b.tokens = r.window, b.size()
 	}
 	ok := split(b, r.stages[0].take, func(p batch) bool {
 		select {
@@ -651,9 +664,7 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 			}
 		}
 		r.written.Add(int64(len(b.recs)))
-		if !b.held {
-			r.release(b.size())
-		}
+		b.release()
 		putRecords(b.recs)
 		return nil
 	}

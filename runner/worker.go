@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"time"
 
+	"golang.org/x/sync/semaphore"
+
 	"github.com/flowrun/flowrun/spec"
 	"github.com/flowrun/flowrun/stages"
 )
@@ -25,8 +27,12 @@ type stageRun struct {
 	nextTake int  // records per batch the next stage takes
 	holds    bool // a Flusher: it holds records across calls
 	sequence bool // it must see its input in order (ordered pipeline, holds records)
-	made     []stages.Stage
-	c        counters
+	// window bounds what a holding stage emits into an ordered run, in
+	// tokens of windowSize (see forwardHeld).
+	window     *semaphore.Weighted
+	windowSize int64
+	made       []stages.Stage
+	c          counters
 }
 
 // worker is one goroutine of a stage.
@@ -162,25 +168,36 @@ func (w *worker) handle(b batch) error {
 	if st.holds {
 		return w.forwardHeld(b, out)
 	}
-	return w.send(batch{lo: b.lo, hi: b.hi, recs: out, held: b.held})
+	return w.send(batch{lo: b.lo, hi: b.hi, recs: out, tokens: b.tokens, sem: b.sem})
 }
 
 // forwardHeld passes on what a holding stage emitted, covering the input
 // range up to its last output; the rest of the range stays held until the
-// stage emits again. The stage keeps the memory of what it holds, so the
-// range's window tokens are given back now: otherwise a count that holds
-// everything would stop the input for good.
+// stage emits again. The stage keeps the memory of what it holds, so it
+// gives back the tokens of what it takes in at once (a count that holds
+// everything would otherwise stop the input for good), and takes tokens
+// of its own window for what it emits: what flows after it stays bounded
+// when a record downstream is slow.
 func (w *worker) forwardHeld(b batch, out []record) error {
-	if !b.held {
-		w.r.release(b.size())
-	}
+	b.release()
 	w.maxHi = max(w.maxHi, b.hi)
 	if len(out) == 0 {
 		return nil
 	}
 	hi := max(out[len(out)-1].seq, w.fwdLo)
-	nb := batch{lo: w.fwdLo, hi: hi, recs: out, held: true}
+	return w.emitHeld(out, hi)
+}
+
+// emitHeld sends out as the batch for the range fwdLo..hi.
+func (w *worker) emitHeld(out []record, hi uint64) error {
+	nb := batch{lo: w.fwdLo, hi: hi, recs: out}
 	w.fwdLo = hi + 1
+	if st := w.st; st.window != nil {
+		nb.sem, nb.tokens = st.window, min(nb.size(), st.windowSize)
+		if err := st.window.Acquire(w.ctx, nb.tokens); err != nil {
+			return context.Cause(w.ctx)
+		}
+	}
 	return w.send(nb)
 }
 
@@ -204,9 +221,7 @@ func (w *worker) flush() error {
 		out[i] = record{data: d, seq: hi}
 	}
 	w.st.c.out.Add(int64(len(out)))
-	nb := batch{lo: w.fwdLo, hi: hi, recs: out, held: true}
-	w.fwdLo = hi + 1
-	return w.send(nb)
+	return w.emitHeld(out, hi)
 }
 
 func (w *worker) send(b batch) error {
@@ -420,8 +435,11 @@ func (w *worker) call(data []byte) (res [][]byte, err error) {
 		}
 	}()
 	res, err = w.stage.Process(ctx, data, w.scratch[:0])
-	if err != nil && ctx.Err() != nil && w.ctx.Err() == nil {
-		err = fmt.Errorf("%w (%v)", context.Cause(ctx), err)
+	if err != nil && ctx.Err() != nil && w.ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
+		// The stage said only "deadline exceeded": say which deadline. A
+		// stage that explains its timeout itself (exec names the stalled
+		// plugin) keeps its own words.
+		err = context.Cause(ctx)
 	}
 	if cap(res) > cap(w.scratch) {
 		w.scratch = res[:0]

@@ -596,6 +596,8 @@ func (p *parser) stage(n *yaml.Node, dir string) (st Stage, nameNode, deadLetter
 	}
 	if x, ok := f["timeout"]; ok {
 		st.Timeout, _ = p.duration(x.val, "timeout", true)
+	} else if known {
+		st.Timeout = st.Spec.DefaultTimeout
 	}
 	if x, ok := f["retry"]; ok {
 		p.retry(x.val, &st.Retry)

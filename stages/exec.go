@@ -31,6 +31,10 @@ const execTailSize = 4 << 10
 func init() {
 	Register(Spec{
 		Name: "exec",
+		// A plugin may stall (one that buffers its output never answers):
+		// without a timeout of the pipeline's, a minute without an answer
+		// is reported as a stall.
+		DefaultTimeout: time.Minute,
 		Doc: "Runs any program as a plugin, never through a shell: per-record starts it for each record (the record on stdin, " +
 			"each line of stdout a result); stream keeps one process per worker that answers each line in with one line out.",
 		Options: []Option{

@@ -96,6 +96,11 @@ type Spec struct {
 	// see every record (count, dedupe, take) says 1.
 	MaxWorkers int
 
+	// DefaultTimeout is the stage's timeout per record when the pipeline
+	// sets none: a plugin that stops answering is then reported as
+	// stalled instead of hanging the run without a word.
+	DefaultTimeout time.Duration
+
 	// Check, when set, validates a Config without side effects (it compiles
 	// a regexp or a query); spec calls it before anything runs. An error
 	// naming an option should be an *OptionError.
