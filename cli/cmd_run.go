@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
 	"time"
@@ -137,6 +138,13 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 		}
 	}()
 
+	if os.Getenv("GOGC") == "" {
+		// The live heap of a run is small and bounded by its buffers, so
+		// collecting at twice its size instead of at once more halves the
+		// collector's work for a few MB: W1 in bench/ runs 8% faster, peak
+		// memory goes from 19 to 22 MiB. GOGC still overrides it.
+		debug.SetGCPercent(200)
+	}
 	if opts.cpuprofile != "" {
 		f, err := os.Create(opts.cpuprofile)
 		if err != nil {
