@@ -80,6 +80,9 @@ type item struct {
 // a record typed on a terminal is passed on at once; io.EOF after the last.
 type decoder interface {
 	next(max int, out []item) ([]item, error)
+	// consumed is how many bytes of the input the records returned so
+	// far span: what the input's progress bar shows against the file size.
+	consumed() int64
 }
 
 func newDecoder(format string, r io.Reader, maxRecord int, bytesRead *atomic.Int64) decoder {
@@ -115,9 +118,12 @@ type lineDecoder struct {
 	eof        bool
 	max        int
 	line       int64
-	skipping   bool // discarding the rest of an over-long line
-	empty      int  // reads in a row that returned nothing
+	skipping   bool  // discarding the rest of an over-long line
+	empty      int   // reads in a row that returned nothing
+	read       int64 // bytes read
 }
+
+func (d *lineDecoder) consumed() int64 { return d.read - int64(d.end-d.start) }
 
 func newLineDecoder(r io.Reader, maxRecord int) *lineDecoder {
 	return &lineDecoder{r: r, buf: make([]byte, chunkSize), max: maxRecord}
@@ -181,6 +187,7 @@ func (d *lineDecoder) next(max int, out []item) ([]item, error) {
 		}
 		n, err := d.r.Read(d.buf[d.end:])
 		d.end += n
+		d.read += int64(n)
 		if n == 0 && err == nil {
 			if d.empty++; d.empty > 100 {
 				return out, io.ErrNoProgress
@@ -218,6 +225,8 @@ type jsonlDecoder struct {
 	lines *lineDecoder
 }
 
+func (d *jsonlDecoder) consumed() int64 { return d.lines.consumed() }
+
 func (d *jsonlDecoder) next(max int, out []item) ([]item, error) {
 	for {
 		n := len(out)
@@ -247,14 +256,30 @@ type csvDecoder struct {
 	r      *csv.Reader
 	header []string
 	keys   [][]byte // the header names as JSON strings
+	read   *readCount
 }
 
 func newCSVDecoder(r io.Reader) *csvDecoder {
-	br := bufio.NewReaderSize(r, chunkSize)
+	rc := &readCount{r: r}
+	br := bufio.NewReaderSize(rc, chunkSize) // csv.NewReader reads through br itself, so Buffered is exact
 	cr := csv.NewReader(br)
 	cr.ReuseRecord = true
 	cr.FieldsPerRecord = -1 // checked here, so the error names the line
-	return &csvDecoder{br: br, r: cr}
+	return &csvDecoder{br: br, r: cr, read: rc}
+}
+
+func (d *csvDecoder) consumed() int64 { return d.read.n - int64(d.br.Buffered()) }
+
+// readCount counts the bytes read through it.
+type readCount struct {
+	r io.Reader
+	n int64
+}
+
+func (c *readCount) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 func (d *csvDecoder) next(max int, out []item) ([]item, error) {
@@ -319,11 +344,14 @@ func (d *csvDecoder) object(row []string) []byte {
 // max_record_size).
 type deadLetterDecoder struct {
 	r       *bufio.Reader
+	read    *readCount // under r
 	stageAt map[string]int
 	format  string
 	max     int
 	line    int64
 }
+
+func (d *deadLetterDecoder) consumed() int64 { return d.read.n - int64(d.r.Buffered()) }
 
 func (d *deadLetterDecoder) next(max int, out []item) ([]item, error) {
 	for len(out) < max {

@@ -39,7 +39,7 @@ type StageSnapshot struct {
 func (r *run) snapshot() Snapshot {
 	s := Snapshot{
 		InRecords:  r.input.records.Load(),
-		InBytes:    r.read.Load(),
+		InBytes:    r.consumed.Load(),
 		TotalBytes: r.total,
 		OutRecords: r.written.Load(),
 	}
@@ -130,21 +130,42 @@ func (p Bars) Run(done <-chan struct{}, snapshot func() Snapshot) {
 	}
 	pad := func(name string) string { return fmt.Sprintf("%-*s", width, name) }
 	input := newBar(s.TotalBytes, pad("input"), progressbar.OptionShowBytes(true))
+	// With the input's size known, each stage gets a bar against the
+	// records to come, estimated from the bytes per record so far;
+	// otherwise a counter. The mode is chosen once: progressbar counts
+	// differently in each.
+	known := s.TotalBytes > 0
+	stageMax := int64(-1)
+	if known {
+		stageMax = 1 << 62 // set from the estimate at each draw
+	}
 	bars := make([]*progressbar.ProgressBar, len(s.Stages))
 	for i, st := range s.Stages {
-		bars[i] = newBar(-1, pad(st.Name), progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("rec"))
+		bars[i] = newBar(stageMax, pad(st.Name), progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("rec"))
 	}
 	output := newBar(-1, pad("output"), progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("rec"))
 	lines := 0
-	draw := func(s Snapshot) {
+	draw := func(s Snapshot, final bool) {
 		var b strings.Builder
 		if lines > 0 {
 			fmt.Fprintf(&b, "\x1b[%dA", lines) // back to the first bar
 		}
 		input.Set64(s.InBytes)
 		fmt.Fprintf(&b, "\r\x1b[2K%s  %d rec\n", input.String(), s.InRecords)
+		total := int64(1 << 62)
+		if s.InBytes > 0 {
+			total = s.InRecords * s.TotalBytes / s.InBytes
+		}
 		for i, st := range s.Stages {
-			bars[i].Set64(st.Out)
+			switch {
+			case final && known:
+				bars[i].ChangeMax64(max(st.In, 1))
+			case known:
+				// A bar that reaches its max is finished for good: keep it
+				// ahead until the end (a fan-out outgrows the estimate).
+				bars[i].ChangeMax64(max(total, st.In+1))
+			}
+			bars[i].Set64(st.In)
 			fmt.Fprintf(&b, "\r\x1b[2K%s  q %d/%d  busy %d/%d", bars[i].String(), st.Queued, st.Cap, st.Busy, st.Workers)
 			if st.Errs > 0 {
 				fmt.Fprintf(&b, "  err %d", st.Errs)
@@ -161,10 +182,10 @@ func (p Bars) Run(done <-chan struct{}, snapshot func() Snapshot) {
 	for {
 		select {
 		case <-done:
-			draw(snapshot())
+			draw(snapshot(), true)
 			return
 		case <-t.C:
-			draw(snapshot())
+			draw(snapshot(), false)
 		}
 	}
 }

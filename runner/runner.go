@@ -62,7 +62,8 @@ type run struct {
 
 	stopRead context.CancelFunc // stops the input
 	stopped  atomic.Bool        // by Options.Stop
-	read     atomic.Int64       // input bytes
+	read     atomic.Int64       // input bytes read
+	consumed atomic.Int64       // input bytes whose records went to the first stage
 	input    struct {
 		records, errors, skipped, dead atomic.Int64
 	}
@@ -445,6 +446,7 @@ func (r *run) openOutput(resumed *JournalEntry) (io.Writer, string, func() error
 type chunk struct {
 	items  []item
 	lo, hi uint64
+	pos    int64 // input bytes that these records and those before them span
 	err    error
 }
 
@@ -515,6 +517,7 @@ func (r *run) deliver(ctx context.Context, c chunk, q0 chan<- batch) error {
 		items = items[n:]
 	}
 	putItems(c.items)
+	r.consumed.Store(c.pos)
 	return nil
 }
 
@@ -598,6 +601,7 @@ func (r *run) readFiles(files []inputFile, chunks chan<- chunk, done <-chan stru
 // readFile decodes one input file into chunks, numbering its records on
 // from seq; false means stop reading.
 func (r *run) readFile(f inputFile, seq *uint64, send func(chunk) bool, stop context.Context, reading *atomic.Bool) bool {
+	base := r.read.Load() // the files before this one, read whole
 	var in io.Reader = r.opts.Stdin
 	if f.path != "" {
 		file, err := os.Open(f.path)
@@ -617,7 +621,8 @@ func (r *run) readFile(f inputFile, seq *uint64, send func(chunk) bool, stop con
 		for i, s := range r.p.Stages {
 			stageAt[s.Name] = i
 		}
-		dec = &deadLetterDecoder{r: bufio.NewReaderSize(&countingReader{r: in, n: &r.read}, chunkSize),
+		rc := &readCount{r: &countingReader{r: in, n: &r.read}}
+		dec = &deadLetterDecoder{r: bufio.NewReaderSize(rc, chunkSize), read: rc,
 			stageAt: stageAt, format: r.p.Input.Format, max: r.p.Input.MaxRecordSize}
 	}
 	for {
@@ -628,7 +633,7 @@ func (r *run) readFile(f inputFile, seq *uint64, send func(chunk) bool, stop con
 		items, err := dec.next(maxBatch, getItems())
 		reading.Store(false)
 		if len(items) > 0 {
-			c := chunk{items: items, lo: *seq + 1, hi: *seq + uint64(len(items))}
+			c := chunk{items: items, lo: *seq + 1, hi: *seq + uint64(len(items)), pos: base + dec.consumed()}
 			*seq = c.hi
 			if !send(c) {
 				return false
