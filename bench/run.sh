@@ -40,7 +40,7 @@ go build -o "$BIN/flowrun" .
 for b in gen timeit latency; do
 	go build -o "$BIN/$b" "./bench/$b"
 done
-for w in w1 w2 w4 w6; do
+for w in w1 w2 w3 w4 w6; do
 	go build -o "$BIN/base-$w" "./bench/baseline/$w"
 done
 
@@ -197,9 +197,12 @@ fi
 W3=$(data lines "$N_W3")
 flow_w3=("${FLOW[@]}" bench/pipelines/w3.yaml)
 base_w3=(mawk -W interactive '{print toupper($0); fflush()}')
-group w3 "$W3" "$RUNS" flow_w3 base_w3
+base_w3pipe=("$BIN/base-w3")
+group w3 "$W3" "$RUNS" flow_w3 base_w3 base_w3pipe
 same w3 0 1
+same w3 2 1
 row "W3 exec stream through awk, $N_W3 lines (baseline: the same awk on the file)" "$N_W3" "${SECS[0]}" "${SECS[1]}" 2 "<= 2"
+row "W3 the same, vs hand-written Go piping the file through that awk (baseline/w3)" "$N_W3" "${SECS[0]}" "${SECS[2]}" - "(what the pipe costs)"
 
 W3PR=$(data lines "$N_W3PR")
 flow_w3pr=("${FLOW[@]}" bench/pipelines/w3-per-record.yaml)
