@@ -213,3 +213,20 @@ func TestResumeCSVKeepsOneHeader(t *testing.T) {
 		t.Errorf("resumed CSV differs from the full run (%d bytes vs %d; headers: %d)", len(got), len(full), strings.Count(string(got), "NAME,N"))
 	}
 }
+
+// TestResumeFinishedRun resumes a run whose journal says it finished: the
+// output must stay as it is (a count must not append a second total).
+func TestResumeFinishedRun(t *testing.T) {
+	dir := t.TempDir()
+	input := writeFile(t, dir, "in.txt", "a\nb\nc\n")
+	p := writeFile(t, dir, "p.yaml", "stages: [{use: upper}, {use: count}]\n")
+	out, journal := filepath.Join(dir, "out.txt"), filepath.Join(dir, "j")
+	for i := range 2 {
+		if _, errs, code := runCLI(t, "", "run", "-q", "--journal", journal, "--resume", "-i", input, "-o", out, p); code != 0 {
+			t.Fatalf("run %d: exit %d: %s", i+1, code, errs)
+		}
+		if got, _ := os.ReadFile(out); string(got) != "3\n" {
+			t.Fatalf("after run %d the output is %q", i+1, got)
+		}
+	}
+}

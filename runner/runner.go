@@ -115,11 +115,16 @@ func (r *run) run(ctx context.Context) (err error) {
 	}
 	r.total = total
 
-	r.ordered = p.Ordered
+	// A re-run of dead letters appends to the output; the records enter
+	// at different stages, so "input order" means nothing there.
+	r.ordered = p.Ordered && r.opts.RetryDeadLetters == ""
 	var resumed *JournalEntry
 	if r.opts.Journal != "" {
 		if resumed, err = r.openJournal(); err != nil {
 			return &SetupError{err}
+		}
+		if resumed != nil && resumed.Done {
+			return nil // the journaled run finished: its output is whole
 		}
 	}
 
@@ -136,7 +141,7 @@ func (r *run) run(ctx context.Context) (err error) {
 		flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
 		if resumed != nil {
 			if err := keepDeadLetters(p.DeadLetter, resumed.Seq); err != nil {
-				return err
+				return &SetupError{err}
 			}
 			flags = os.O_WRONLY | os.O_CREATE | os.O_APPEND
 		}
@@ -156,6 +161,14 @@ func (r *run) run(ctx context.Context) (err error) {
 				err = fmt.Errorf("dead letter: %w", cerr)
 			}
 		}()
+	}
+
+	var header []string
+	if p.Output.Format == "csv" && (resumed != nil || r.opts.RetryDeadLetters != "") && !isStd(p.Output.To) {
+		// The file has its header already: the columns continue it.
+		if header, err = csvHeader(p.Output.To); err != nil {
+			return &SetupError{err}
+		}
 	}
 
 	if err := r.build(); err != nil {
@@ -187,7 +200,11 @@ func (r *run) run(ctx context.Context) (err error) {
 	q0 := r.stages[0].in
 	g.Go(func() error {
 		defer close(q0)
-		return r.readInput(readCtx, gctx, files, q0)
+		err := r.readInput(readCtx, gctx, files, q0)
+		if err != nil {
+			fail(err) // before q0 closes: the end of input it is not
+		}
+		return err
 	})
 	for i := 0; i < len(r.stages); {
 		// A segment is a stage and the stages fused after it: one set of
@@ -229,12 +246,7 @@ func (r *run) run(ctx context.Context) (err error) {
 		})
 	}
 	sink := newSink(out, outName, p.Output.Format)
-	if p.Output.Format == "csv" && (resumed != nil || r.opts.RetryDeadLetters != "") && !isStd(p.Output.To) {
-		// The file has its header already: the columns continue it.
-		if sink.header, err = csvHeader(p.Output.To); err != nil {
-			return err
-		}
-	}
+	sink.header = header
 	last := r.stages[len(r.stages)-1].out
 	g.Go(func() error { return r.write(gctx, last, sink) })
 
@@ -355,7 +367,8 @@ func batchFor(batched bool, workers int) int {
 func fusable(a, b *stageRun) bool {
 	return a.cfg.Spec.Batch && b.cfg.Spec.Batch && a.take == b.take &&
 		a.cfg.Workers == b.cfg.Workers && !a.holds && !b.holds &&
-		a.cfg.Timeout == 0 && b.cfg.Timeout == 0
+		a.cfg.Timeout == 0 && b.cfg.Timeout == 0 &&
+		!b.sequence // it puts its input back in order, in a loop of its own
 }
 
 // closeUnstarted closes the Stages of a run that failed before its

@@ -50,7 +50,8 @@ type worker struct {
 	// forwarded and the last one seen, so that what it emits later covers
 	// the range of what it took in.
 	fwdLo, maxHi uint64
-	next         *worker // the fused stage after this one, if any
+	held         []record // emitted by a holding stage, not yet passed on
+	next         *worker  // the fused stage after this one, if any
 }
 
 // work is one goroutine of a segment: seg[0] reads its queue, and each
@@ -101,7 +102,7 @@ func (w *worker) run() error {
 						return err
 					}
 				}
-				return w.flush()
+				return w.flush(true)
 			}
 			var err error
 			if seqr != nil {
@@ -116,7 +117,7 @@ func (w *worker) run() error {
 				idle.Reset(idleAfter)
 			}
 		case <-idleC:
-			if err := w.flush(); err != nil {
+			if err := w.flush(false); err != nil {
 				return err
 			}
 			idle.Reset(idleAfter)
@@ -134,7 +135,7 @@ func (w *worker) handle(b batch) error {
 	}
 	if len(b.recs) == 0 {
 		if st.holds {
-			return w.forwardHeld(b, nil)
+			return w.processHolding(b)
 		}
 		return w.send(b)
 	}
@@ -143,6 +144,8 @@ func (w *worker) handle(b batch) error {
 	var out []record
 	var err error
 	switch {
+	case st.holds:
+		err = w.processHolding(b)
 	case w.batcher != nil && len(b.recs) > 1:
 		out, err = w.processBatch(b.recs, make([]record, 0, len(b.recs)))
 	case st.cfg.Timeout == 0:
@@ -166,26 +169,52 @@ func (w *worker) handle(b batch) error {
 		return err
 	}
 	if st.holds {
-		return w.forwardHeld(b, out)
+		return nil // processHolding passed on what there was
 	}
 	return w.send(batch{lo: b.lo, hi: b.hi, recs: out, tokens: b.tokens, sem: b.sem})
 }
 
-// forwardHeld passes on what a holding stage emitted, covering the input
-// range up to its last output; the rest of the range stays held until the
-// stage emits again. The stage keeps the memory of what it holds, so it
-// gives back the tokens of what it takes in at once (a count that holds
-// everything would otherwise stop the input for good), and takes tokens
-// of its own window for what it emits: what flows after it stays bounded
-// when a record downstream is slow.
-func (w *worker) forwardHeld(b batch, out []record) error {
+// processHolding runs a batch through a stage that holds records across
+// calls (batch, count), one record at a time, and passes on what it
+// emits with the range of input records it has wholly passed on. A
+// Flusher emits what it holds in the order it took it in, so when it
+// emits at record r, every record before r is out, and r too once it is
+// the last piece of its input record (split may have cut one input
+// record into several, and they arrive in one batch): the range ends
+// there, or just before r's input record. Output that cannot claim a
+// record yet waits in held until one can; an ordered run and the journal
+// both rely on no range claiming a record the stage still holds.
+//
+// The stage keeps the memory of what it holds, so it gives back the
+// tokens of what it takes in at once (a count that holds everything
+// would otherwise stop the input for good), and takes tokens of its own
+// window for what it emits: what flows after it stays bounded when a
+// record downstream is slow.
+func (w *worker) processHolding(b batch) error {
 	b.release()
-	w.maxHi = max(w.maxHi, b.hi)
-	if len(out) == 0 {
-		return nil
+	for i, rec := range b.recs {
+		n := len(w.held)
+		var err error
+		if w.held, err = w.process(rec, w.held, 0); err != nil {
+			return err
+		}
+		w.st.c.out.Add(int64(len(w.held) - n))
+		if len(w.held) == n {
+			continue
+		}
+		claim := rec.seq
+		if i+1 < len(b.recs) && b.recs[i+1].seq == rec.seq {
+			claim-- // more pieces of this input record are still to come
+		}
+		if claim >= w.fwdLo {
+			if err := w.emitHeld(w.held, claim); err != nil {
+				return err
+			}
+			w.held = nil
+		}
 	}
-	hi := max(out[len(out)-1].seq, w.fwdLo)
-	return w.emitHeld(out, hi)
+	w.maxHi = max(w.maxHi, b.hi)
+	return nil
 }
 
 // emitHeld sends out as the batch for the range fwdLo..hi.
@@ -202,8 +231,9 @@ func (w *worker) emitHeld(out []record, hi uint64) error {
 }
 
 // flush asks a Flusher for what it holds, at the end of input or when the
-// stage has been idle.
-func (w *worker) flush() error {
+// stage has been idle. It then holds nothing, so what it emits claims
+// every record taken in so far.
+func (w *worker) flush(final bool) error {
 	f, ok := w.stage.(stages.Flusher)
 	if !ok {
 		return nil
@@ -212,16 +242,23 @@ func (w *worker) flush() error {
 	if err != nil {
 		return fmt.Errorf("stage %q at end of input: %w", w.st.cfg.Name, err)
 	}
-	if len(res) == 0 && w.fwdLo > w.maxHi {
+	seq := max(w.maxHi, 1)
+	for _, d := range res {
+		w.held = append(w.held, record{data: d, seq: seq})
+	}
+	w.st.c.out.Add(int64(len(res)))
+	switch {
+	case w.maxHi >= w.fwdLo:
+		err = w.emitHeld(w.held, w.maxHi)
+	case final && len(w.held) > 0:
+		// Everything was claimed already: only a stage that does not
+		// emit in order gets here. Its last words go after the rest.
+		err = w.emitHeld(w.held, w.fwdLo)
+	default:
 		return nil
 	}
-	hi := max(w.maxHi, w.fwdLo)
-	out := make([]record, len(res))
-	for i, d := range res {
-		out[i] = record{data: d, seq: hi}
-	}
-	w.st.c.out.Add(int64(len(out)))
-	return w.emitHeld(out, hi)
+	w.held = nil
+	return err
 }
 
 func (w *worker) send(b batch) error {

@@ -378,8 +378,11 @@ func (p *parser) duration(n *yaml.Node, what string, positive bool) (time.Durati
 	case err != nil:
 		p.errorf(n, "%s: %q is not a duration (like 250ms, 10s, 1m30s)", what, s)
 		return 0, false
-	case d < 0 || positive && d == 0:
+	case positive && d <= 0:
 		p.errorf(n, "%s must be more than 0, not %s", what, s)
+		return 0, false
+	case d < 0:
+		p.errorf(n, "%s must not be negative: %s", what, s)
 		return 0, false
 	}
 	return d, true
@@ -595,7 +598,7 @@ func (p *parser) stage(n *yaml.Node, dir string) (st Stage, nameNode, deadLetter
 		}
 	}
 	if x, ok := f["timeout"]; ok {
-		st.Timeout, _ = p.duration(x.val, "timeout", true)
+		st.Timeout, _ = p.duration(x.val, "timeout", false) // 0: none, not even the stage's default
 	} else if known {
 		st.Timeout = st.Spec.DefaultTimeout
 	}

@@ -393,11 +393,12 @@ func (s *execStreamStage) Close() error {
 	if p.fault != nil {
 		return fmt.Errorf("exec stream: %s %w", s.cmd.name, p.fault)
 	}
-	// A plugin killed by a signal after it answered every record lost
-	// nothing; one that exits with a failure status says something went
+	// A plugin killed after it answered every record lost nothing; one
+	// that crashes or exits with a failure status says something went
 	// wrong, so the run should not pass for a success.
-	if ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return nil
+	if ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() &&
+		(ws.Signal() == syscall.SIGKILL || ws.Signal() == syscall.SIGTERM) {
+		return nil // killed from outside; a crash (SIGSEGV, SIGABRT) is not this
 	}
 	if !p.cmd.ProcessState.Success() {
 		return fmt.Errorf("exec stream: %s %s at the end of its input%s", s.cmd.name, p.status, p.stderr.suffix())
