@@ -193,7 +193,8 @@ func (p Bars) Run(done <-chan struct{}, snapshot func() Snapshot) {
 // WriteTable writes the summary as a table, one row per stage, between
 // a row for the input and one for the output.
 func (s *Summary) WriteTable(w io.Writer) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	var table strings.Builder
+	tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "stage\tworkers\tin\tout\terrors\tretries\tskipped\tdead\tbusy\tp50\tp99\n")
 	fmt.Fprintf(tw, "(input)\t\t\t%d\t%d\t\t%d\t%d\t\t\t\n", s.Input.Records, s.Input.Errors, s.Input.Skipped, s.Input.DeadLettered)
 	for _, st := range s.Stages {
@@ -204,6 +205,11 @@ func (s *Summary) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "(output)\t\t%d\t\t\t\t\t\t\t\t\n", s.Output.Records)
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	for _, line := range strings.SplitAfter(table.String(), "\n") {
+		if line != "" {
+			io.WriteString(w, strings.TrimRight(line, " \n")+"\n") // empty cells pad the row's end
+		}
 	}
 	_, err := fmt.Fprintf(w, "%d records in %s\n", s.Input.Records, short(time.Duration(s.Elapsed)))
 	return err
