@@ -274,7 +274,7 @@ func (r *run) build() error {
 	p := r.p
 	var window int64
 	for i, s := range p.Stages {
-		st := &stageRun{cfg: s, index: i, take: batchFor(s.Spec.Batch, s.Workers)}
+		st := &stageRun{cfg: s, index: i, take: batchFor(s.Spec.Batched(s.Config), s.Workers)}
 		r.stages = append(r.stages, st)
 		for range s.Workers {
 			stage, err := s.Spec.New(s.Config)
@@ -365,7 +365,7 @@ func batchFor(batched bool, workers int) int {
 // stages then cost ten function calls per record, not ten hops
 // (BenchmarkPassThrough).
 func fusable(a, b *stageRun) bool {
-	return a.cfg.Spec.Batch && b.cfg.Spec.Batch && a.take == b.take &&
+	return a.cfg.Spec.Batched(a.cfg.Config) && b.cfg.Spec.Batched(b.cfg.Config) && a.take == b.take &&
 		a.cfg.Workers == b.cfg.Workers && !a.holds && !b.holds &&
 		a.cfg.Timeout == 0 && b.cfg.Timeout == 0 &&
 		!b.sequence // it puts its input back in order, in a loop of its own

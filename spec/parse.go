@@ -280,6 +280,12 @@ type field struct{ key, val *yaml.Node }
 // duplicate keys and keys not in known (with a hint). A null n is an empty
 // mapping. what names n in messages.
 func (p *parser) mapping(n *yaml.Node, what string, known []string) (map[string]field, bool) {
+	return p.mappingQuiet(n, what, known, nil)
+}
+
+// mappingQuiet is mapping, but leaves the unknown keys for which quiet
+// says so to its caller to report.
+func (p *parser) mappingQuiet(n *yaml.Node, what string, known []string, quiet func(*yaml.Node) bool) (map[string]field, bool) {
 	fields := map[string]field{}
 	if isNull(n) {
 		return fields, true
@@ -299,7 +305,9 @@ func (p *parser) mapping(n *yaml.Node, what string, known []string) (map[string]
 			continue
 		}
 		if known != nil && !contains(known, k.Value) {
-			p.errorf(k, "unknown key %q in %s%s", k.Value, what, hintOrList(k.Value, known))
+			if quiet == nil || !quiet(k) {
+				p.errorf(k, "unknown key %q in %s%s", k.Value, what, hintOrList(k.Value, known))
+			}
 			continue
 		}
 		fields[k.Value] = field{k, v}
@@ -553,7 +561,23 @@ func (p *parser) stage(n *yaml.Node, dir string) (st Stage, nameNode, deadLetter
 		p.errorf(n, "a stage must be a mapping with use: (like - use: upper), not %s", kindName(n))
 		return st, nil, nil
 	}
-	f, _ := p.mapping(n, "a stage", stageKeys)
+	// A key that is an option of the stage belongs under with:; say so
+	// rather than list the stage keys.
+	var useSpec stages.Spec
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k, v := n.Content[i], n.Content[i+1]; k.Value == "use" && v.Kind == yaml.ScalarNode {
+			if name, err := expand(v.Value, p.env); err == nil {
+				useSpec, _ = stages.Lookup(name)
+			}
+		}
+	}
+	f, _ := p.mappingQuiet(n, "a stage", stageKeys, func(k *yaml.Node) bool {
+		if _, ok := useSpec.Option(k.Value); !ok {
+			return false
+		}
+		p.errorf(k, "%s is an option of %s: put it under with: (with: {%s: ...})", k.Value, useSpec.Name, k.Value)
+		return true
+	})
 	known := false
 	if x, ok := f["use"]; ok {
 		if s, ok := p.nonEmpty(x.val, "use"); ok {

@@ -42,6 +42,9 @@ func init() {
 	})
 	Register(Spec{
 		Name: "hash",
+		// Many rounds make each record costly: records then go to
+		// workers one at a time, so that every worker is busy.
+		BatchIf: func(c Config) bool { return c.Int("rounds") <= 64 },
 		Doc: "Replaces each record with the hex digest of its bytes or, with field, adds the digest to the JSON object " +
 			"record as that field (replacing the field's value if it is there).",
 		Batch: true,
@@ -51,8 +54,8 @@ func init() {
 			{Name: "rounds", Type: Int, Default: 1, Doc: "hash the digest again, rounds times in all (key stretching; a CPU-bound load for benchmarks)"},
 		},
 		Check: func(c Config) error {
-			if c.Int("rounds") < 1 {
-				return OptionErrorf("rounds", "rounds must be at least 1, not %d", c.Int("rounds"))
+			if n := c.Int("rounds"); n < 1 || n > maxHashRounds {
+				return OptionErrorf("rounds", "rounds must be from 1 to %d, not %d", maxHashRounds, n)
 			}
 			return nil
 		},
@@ -122,6 +125,9 @@ func newHash(algo string) hash.Hash {
 	return sha256.New()
 }
 
+// maxHashRounds bounds rounds: a billion SHA-256 rounds is minutes a record.
+const maxHashRounds = 10_000_000
+
 type hashStage struct {
 	h      hash.Hash
 	sum    []byte // scratch for the digest, never emitted
@@ -129,11 +135,14 @@ type hashStage struct {
 	rounds int
 }
 
-func (s *hashStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+func (s *hashStage) Process(ctx context.Context, rec []byte, out [][]byte) ([][]byte, error) {
 	s.h.Reset()
 	s.h.Write(rec)
 	s.sum = s.h.Sum(s.sum[:0])
-	for range s.rounds - 1 {
+	for i := 1; i < s.rounds; i++ {
+		if i%4096 == 0 && ctx.Err() != nil { // many rounds take long: a timeout must stop them
+			return out, context.Cause(ctx)
+		}
 		s.h.Reset()
 		s.h.Write(s.sum)
 		s.sum = s.h.Sum(s.sum[:0])
@@ -143,7 +152,7 @@ func (s *hashStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]by
 		if len(rec) >= n {
 			// rec is ours and hashed: its bytes can hold the digest.
 			hex.Encode(rec, s.sum)
-			return append(out, rec[:n]), nil
+			return append(out, rec[:n:n]), nil
 		}
 		return append(out, hex.AppendEncode(nil, s.sum)), nil
 	}
@@ -335,6 +344,7 @@ func newGunzipStage(c Config) (*gunzipStage, error) {
 
 func (s *gunzipStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
 	s.src.Reset(rec)
+	defer s.src.Reset(nil) // rec is the runner's once Process returns
 	var err error
 	if s.zr == nil {
 		s.zr, err = gzip.NewReader(&s.src)

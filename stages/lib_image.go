@@ -78,6 +78,8 @@ func newImageResizeStage(c Config) (*imageResizeStage, error) {
 		return nil, OptionErrorf("max_pixels", "must be at least 1, not %d", s.maxPixels)
 	case s.maxSize < 1:
 		return nil, OptionErrorf("max_size", "must be at least 1 byte, not %d", s.maxSize)
+	case int64(max(s.width, 1))*int64(max(s.height, 1)) > int64(s.maxPixels):
+		return nil, OptionErrorf("width", "%dx%d is more than max_pixels (%d): the output is held in memory too", s.width, s.height, s.maxPixels)
 	}
 	switch c.String("kernel") {
 	case "catmullrom":
@@ -131,6 +133,10 @@ func (s *imageResizeStage) Process(ctx context.Context, rec []byte, out [][]byte
 		return out, Permanent(fmt.Errorf("decode %s: %w", format, err))
 	}
 	dw, dh, crop := s.size(src.Bounds().Dx(), src.Bounds().Dy())
+	if px := int64(dw) * int64(dh); px > int64(s.maxPixels) || dw < 1 || dh < 1 {
+		// With one side given and upscale, the other follows the source.
+		return out, Permanent(fmt.Errorf("the resized image would be %dx%d, more than max_pixels %d", dw, dh, s.maxPixels))
+	}
 	dst := image.NewRGBA(image.Rect(0, 0, dw, dh))
 	op := draw.Src
 	if s.jpeg {

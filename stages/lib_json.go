@@ -36,14 +36,21 @@ func init() {
 		Options: []Option{
 			{Name: "query", Type: String, Required: true, Doc: "the jq program, like .user | {name, id}"},
 			{Name: "raw", Type: Bool, Default: false, Doc: "emit string results without quotes, like jq -r"},
+			{Name: "max_results", Type: Int, Default: 1_000_000, Doc: "the most results one record may give (range(1e9) must not take the memory)"},
 		},
-		Check: func(c Config) error { _, err := compileJQ(c); return err },
+		Check: func(c Config) error {
+			if n := c.Int("max_results"); n < 1 {
+				return OptionErrorf("max_results", "must be at least 1, not %d", n)
+			}
+			_, err := compileJQ(c)
+			return err
+		},
 		New: func(c Config) (Stage, error) {
 			code, err := compileJQ(c)
 			if err != nil {
 				return nil, err
 			}
-			return &jqStage{code: code, raw: c.Bool("raw")}, nil
+			return &jqStage{code: code, raw: c.Bool("raw"), max: c.Int("max_results")}, nil
 		},
 	})
 	Register(Spec{
@@ -145,6 +152,7 @@ func compileJQ(c Config) (*gojq.Code, error) {
 type jqStage struct {
 	code *gojq.Code
 	raw  bool
+	max  int // results per record
 }
 
 func (s *jqStage) Process(ctx context.Context, rec []byte, out [][]byte) ([][]byte, error) {
@@ -159,10 +167,14 @@ func (s *jqStage) Process(ctx context.Context, rec []byte, out [][]byte) ([][]by
 		return out, Permanent(fmt.Errorf("decode JSON: data after the value at offset %d", off))
 	}
 	iter := s.code.RunWithContext(ctx, v)
+	first := len(out)
 	for {
 		r, ok := iter.Next()
 		if !ok {
 			return out, nil
+		}
+		if len(out)-first >= s.max {
+			return out, Permanent(fmt.Errorf("jq: more than max_results (%d) results for one record", s.max))
 		}
 		if err, ok := r.(error); ok {
 			var halt *gojq.HaltError
@@ -286,7 +298,7 @@ func (s *filterStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]
 	}
 	keep, err := s.vm.Run(s.prog, s.env)
 	if err != nil {
-		return out, Permanent(fmt.Errorf("filter: %w", err))
+		return out, Permanent(fmt.Errorf("filter: %s", firstLine(err)))
 	}
 	if keep.(bool) {
 		out = append(out, rec)
@@ -361,7 +373,7 @@ func (s *mapStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byt
 	if s.prog != nil {
 		v, err := s.vm.Run(s.prog, s.env)
 		if err != nil {
-			return out, Permanent(fmt.Errorf("map: %w", err))
+			return out, Permanent(fmt.Errorf("map: %s", firstLine(err)))
 		}
 		if str, ok := v.(string); ok && s.raw {
 			return append(out, []byte(str)), nil
@@ -376,7 +388,7 @@ func (s *mapStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byt
 	for i, f := range s.fields {
 		v, err := s.vm.Run(f.prog, s.env)
 		if err != nil {
-			return out, Permanent(fmt.Errorf("map: field %s: %w", f.name, err))
+			return out, Permanent(fmt.Errorf("map: field %s: %s", f.name, firstLine(err)))
 		}
 		if s.vals[i], err = encodeJSONValue(s.vals[i][:0], v); err != nil {
 			return out, Permanent(fmt.Errorf("map: field %s: %w", f.name, err))
@@ -733,4 +745,11 @@ func encodeJSONFloat(b []byte, f float64) ([]byte, error) {
 func isJSONObject(rec []byte) bool {
 	i := scanSpace(rec, 0)
 	return i < len(rec) && rec[i] == '{'
+}
+
+// firstLine is an expr error's message without the lines that follow it
+// (the expression again, with a caret): a record's error is one line.
+func firstLine(err error) string {
+	msg, _, _ := strings.Cut(err.Error(), "\n")
+	return msg
 }

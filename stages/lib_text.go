@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"regexp"
 	"strings"
@@ -156,7 +155,7 @@ func (s *templateStage) Process(_ context.Context, rec []byte, out [][]byte) ([]
 	err := s.tmpl.Execute(&buf, decodeTemplateDot(rec))
 	s.raw = nil
 	if err != nil {
-		return out, Permanent(fmt.Errorf("template: %w", err))
+		return out, Permanent(err) // text/template's errors say "template: " already
 	}
 	s.sizeHint = buf.Len()
 	return append(out, buf.Bytes()), nil
@@ -207,5 +206,5 @@ func (s *truncateStage) Process(_ context.Context, rec []byte, out [][]byte) ([]
 		cut--
 	}
 	n := copy(rec[cut:], s.ellipsis)
-	return append(out, rec[:cut+n]), nil
+	return append(out, rec[:cut+n:cut+n]), nil
 }

@@ -33,6 +33,7 @@ func init() {
 			{Name: "allow_dirs", Type: StringMap, Default: map[string]string{}, Doc: "read-only mounts, guest path to host directory: {/data: ./data}"},
 			{Name: "write_dirs", Type: StringMap, Default: map[string]string{}, Doc: "read-write mounts, guest path to host directory"},
 			{Name: "inflight", Type: Int, Default: 256, Doc: "how many records may be written ahead of their answers"},
+			{Name: "max_output", Type: Int, Default: 64 << 20, Doc: "the most bytes of one answer line; a module that writes more without a newline is stopped"},
 			{Name: "interruptible", Type: Bool, Doc: "let a timeout stop a module stuck in a loop, at a cost of 5-30x in speed; default: true when the stage has a timeout"},
 		},
 		Check: checkWasm,
@@ -50,6 +51,9 @@ const wasmStderrTail = 4 << 10
 func checkWasm(c Config) error {
 	if strings.TrimSpace(c.String("module")) == "" {
 		return OptionErrorf("module", "is empty: name a .wasm file")
+	}
+	if n := c.Int("max_output"); n < 1 {
+		return OptionErrorf("max_output", "%d: must be at least 1", n)
 	}
 	if n := c.Int("inflight"); n < 1 {
 		return OptionErrorf("inflight", "%d: must be at least 1", n)
@@ -221,6 +225,7 @@ func newWasmStage(c Config) (Stage, error) {
 		compiled:      compiled,
 		config:        mc,
 		inflight:      c.Int("inflight"),
+		maxOutput:     c.Int("max_output"),
 		timeout:       c.Timeout,
 	}
 	// Instantiate now, so that a module whose imports cannot be met fails
@@ -239,11 +244,15 @@ type wasmStage struct {
 	compiled      wazero.CompiledModule
 	config        wazero.ModuleConfig
 	inflight      int
+	maxOutput     int
 	timeout       time.Duration
 
 	inst *wasmInstance // nil after a death, until the next record
 	long []byte        // an answer longer than the read buffer
-	out  [][]byte      // for emit
+	// overflow says the instance was stopped for an answer longer than
+	// maxOutput.
+	overflow bool
+	out      [][]byte // for emit
 }
 
 // instance returns the running instance, starting one if there is none.
@@ -339,6 +348,8 @@ func (s *wasmStage) ProcessBatch(ctx context.Context, recs [][]byte, emit func(i
 	}
 }
 
+var errWasmOverflow = errors.New("answer longer than max_output")
+
 var errWasmNewline = Permanent(errors.New("wasm: the record contains a newline, which the line protocol cannot carry"))
 
 // ready returns the running instance after checking that it has not
@@ -370,6 +381,12 @@ func (s *wasmStage) answer(inst *wasmInstance) ([]byte, error) {
 	if errors.Is(err, bufio.ErrBufferFull) {
 		s.long = append(s.long[:0], line...)
 		for errors.Is(err, bufio.ErrBufferFull) {
+			if len(s.long) > s.maxOutput {
+				// A module that writes without end must not take the
+				// host's memory with it.
+				s.overflow = true
+				return nil, errWasmOverflow
+			}
 			line, err = inst.answers.ReadSlice('\n')
 			s.long = append(s.long, line...)
 		}
@@ -387,6 +404,11 @@ func (s *wasmStage) answer(inst *wasmInstance) ([]byte, error) {
 func (s *wasmStage) fail(inst *wasmInstance) error {
 	inst.stop()
 	s.inst = nil
+	if s.overflow {
+		s.overflow = false
+		s.long = nil
+		return Permanent(fmt.Errorf("wasm: %s wrote more than max_output (%d bytes) without ending its answer; stopped it", s.name, s.maxOutput))
+	}
 	tail := inst.stderr.String()
 	if tail != "" {
 		tail = fmt.Sprintf(" (stderr: %q)", tail)
@@ -460,12 +482,13 @@ func startWasm(rt wazero.Runtime, compiled wazero.CompiledModule, mc wazero.Modu
 	ctx, cancel := context.WithCancel(context.Background())
 	inst := &wasmInstance{
 		stdin:         newWasmPipe(),
-		stdout:        newWasmPipe(),
+		stdout:        &wasmPipe{limit: 1 << 20},
 		stderr:        &wasmTail{},
 		cancel:        cancel,
 		done:          make(chan struct{}),
 		interruptible: interruptible,
 	}
+	inst.stdout.ready.L = &inst.stdout.mu
 	inst.answers = bufio.NewReaderSize(inst.stdout, 64<<10)
 	mc = mc.WithStdin(inst.stdin).WithStdout(inst.stdout).WithStderr(inst.stderr).
 		WithNanosleep(func(ns int64) {
@@ -577,6 +600,7 @@ type wasmPipe struct {
 	ready  sync.Cond
 	buf    bytes.Buffer
 	closed bool
+	limit  int // Write waits while this much is unread; 0: no limit
 }
 
 func newWasmPipe() *wasmPipe {
@@ -596,17 +620,22 @@ func (p *wasmPipe) Read(b []byte) (int, error) {
 	if p.buf.Len() == 0 {
 		return 0, io.EOF
 	}
-	return p.buf.Read(b)
+	n, err := p.buf.Read(b)
+	p.ready.Broadcast() // a writer may wait for room
+	return n, err
 }
 
 func (p *wasmPipe) Write(b []byte) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	for p.limit > 0 && p.buf.Len() >= p.limit && !p.closed {
+		p.ready.Wait() // the module's output waits for the host to read
+	}
 	if p.closed {
 		return 0, io.ErrClosedPipe
 	}
 	p.buf.Write(b)
-	p.ready.Signal()
+	p.ready.Broadcast()
 	return len(b), nil
 }
 
@@ -670,7 +699,8 @@ func (t *wasmTail) String() string {
 // memory when not: the bytes past len(rec) may belong to another record.
 func reuse(rec, answer []byte) []byte {
 	if len(answer) <= len(rec) {
-		return rec[:copy(rec, answer)]
+		n := copy(rec, answer)
+		return rec[:n:n]
 	}
 	return append([]byte(nil), answer...)
 }

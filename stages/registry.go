@@ -92,6 +92,11 @@ type Spec struct {
 	// that every idle worker can take the next record (fair dispatch).
 	Batch bool
 
+	// BatchIf, when set, decides Batch for one configuration: hash with
+	// a thousand rounds is no longer cheap, and its workers should take
+	// records one at a time.
+	BatchIf func(Config) bool
+
 	// MaxWorkers, when positive, caps the stage's workers: a stage that must
 	// see every record (count, dedupe, take) says 1.
 	MaxWorkers int
@@ -236,4 +241,13 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// Batched says whether the runner may hand the stage's workers records in
+// batches, for the configuration c (see Spec.Batch and Spec.BatchIf).
+func (s *Spec) Batched(c Config) bool {
+	if s.BatchIf != nil {
+		return s.BatchIf(c)
+	}
+	return s.Batch
 }

@@ -47,11 +47,11 @@ func init() {
 	})
 	Register(Spec{
 		Name:  "replace",
-		Doc:   "Replaces every match of a regular expression; $1 or ${name} in the replacement stand for groups.",
+		Doc:   "Replaces every match of a regular expression; $1 or $${name} in the replacement stand for groups ($$ because ${...} in YAML values is an environment variable).",
 		Batch: true,
 		Options: []Option{
 			{Name: "pattern", Type: String, Required: true, Doc: "the regular expression (RE2 syntax)"},
-			{Name: "replacement", Type: String, Default: "", Doc: "the text for each match; $1, ${name} expand groups"},
+			{Name: "replacement", Type: String, Default: "", Doc: "the text for each match; $1 and $${name} expand groups"},
 		},
 		Check: func(c Config) error { _, err := compile(c, "pattern"); return err },
 		New: func(c Config) (Stage, error) {
@@ -116,7 +116,10 @@ func (f MapFunc) Map(rec []byte) []byte { return f(rec) }
 // indirect call per record instead of two (BenchmarkPassThrough).
 type trimStage struct{}
 
-func (trimStage) Map(rec []byte) []byte { return bytes.TrimSpace(rec) }
+func (trimStage) Map(rec []byte) []byte {
+	r := bytes.TrimSpace(rec)
+	return r[:len(r):len(r)] // capped: the rest of rec is not for the next stage to write into
+}
 func (s trimStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
 	return append(out, s.Map(rec)), nil
 }
