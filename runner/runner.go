@@ -279,7 +279,13 @@ func (r *run) build() error {
 		for range s.Workers {
 			stage, err := s.Spec.New(s.Config)
 			if err != nil {
-				return &SetupError{fmt.Errorf("stage %q (%s): %w", s.Name, s.Pos, err)}
+				var oe *stages.OptionError
+				if errors.As(err, &oe) {
+					if pos, ok := s.OptionPos[oe.Option]; ok {
+						return &SetupError{fmt.Errorf("%s: stage %q: %w", pos, s.Name, err)}
+					}
+				}
+				return &SetupError{fmt.Errorf("%s: stage %q: %w", s.Pos, s.Name, err)}
 			}
 			st.made = append(st.made, stage)
 			if _, ok := stage.(stages.BatchStage); ok {

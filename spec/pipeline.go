@@ -63,6 +63,9 @@ type Stage struct {
 	Spec    stages.Spec
 	Config  stages.Config
 	Pos     Pos // where the stage is declared
+	// OptionPos says where each option given in with: is, for errors
+	// found only when the stage is made (a plugin that is not there).
+	OptionPos map[string]Pos
 }
 
 // Retry is a stage's retry policy. Attempts counts the first try: 1 (the

@@ -67,6 +67,10 @@ func (p *parser) with(stageNode *yaml.Node, with field, st *Stage, dir string) {
 	}
 	cfg.Timeout = st.Timeout
 	st.Config = cfg
+	st.OptionPos = map[string]Pos{}
+	for name, n := range nodes {
+		st.OptionPos[name] = p.pos(n)
+	}
 	if spec.Check == nil {
 		return
 	}

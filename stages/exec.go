@@ -115,10 +115,10 @@ func newExecCommand(c Config) (execCommand, error) {
 	}
 	path, err := execResolve(argv[0], dir)
 	if err != nil {
-		return execCommand{}, err
+		return execCommand{}, &OptionError{Option: "command", Err: err}
 	}
 	if err := execCheckScripts(argv[1:], dir); err != nil {
-		return execCommand{}, err
+		return execCommand{}, &OptionError{Option: "command", Err: err}
 	}
 	env := os.Environ()
 	extra := c.Map("env")

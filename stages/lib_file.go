@@ -237,6 +237,9 @@ func newFileWriteStage(c Config, open bool) (*fileWriteStage, error) {
 		return nil, OptionErrorf("mode", "%q is not an octal permission like 0644", c.String("mode"))
 	}
 	s := &fileWriteStage{dir: dir, perm: os.FileMode(perm)}
+	if c.String("name_template") == "" {
+		return nil, OptionErrorf("name_template", "is empty: a file needs a name")
+	}
 	s.name, err = template.New("name_template").
 		Option("missingkey=error").
 		Funcs(template.FuncMap{"hash": s.hash, "ext": s.ext, "name": s.blobName}).

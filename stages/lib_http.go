@@ -82,9 +82,12 @@ func newHTTPStage(c Config, method string) (*httpStage, error) {
 	if s.max < 1 {
 		return nil, OptionErrorf("max_body", "must be at least 1 byte, not %d", s.max)
 	}
-	for name := range s.headers {
-		if name == "" || strings.ContainsAny(name, " :\r\n\t") {
+	for name, value := range s.headers {
+		if !validHeaderName(name) {
 			return nil, OptionErrorf("headers", "%q is not a header name", name)
+		}
+		if strings.ContainsAny(value, "\r\n\x00") {
+			return nil, OptionErrorf("headers", "the value of %s holds a line break or NUL", name)
 		}
 	}
 	if method == http.MethodPost {
@@ -235,4 +238,19 @@ func urlBaseName(u *url.URL) string {
 func (s *httpStage) Close() error {
 	httpClient.CloseIdleConnections()
 	return nil
+}
+
+// validHeaderName reports whether name is an HTTP token (RFC 9110), the
+// only names net/http will send.
+func validHeaderName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for _, c := range []byte(name) {
+		ok := c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+		if !ok {
+			return false
+		}
+	}
+	return true
 }

@@ -119,6 +119,9 @@ func (s *splitStage) part(out [][]byte, p []byte) [][]byte {
 // function. missingkey=error makes a misspelt field name fail the record
 // instead of printing "<no value>".
 func parseRecordTemplate(c Config, raw func() string) (*template.Template, error) {
+	if c.String("template") == "" {
+		return nil, OptionErrorf("template", "is empty: every record would become an empty one")
+	}
 	t, err := template.New(c.Stage).
 		Option("missingkey=error").
 		Funcs(template.FuncMap{"raw": raw, "json": templateJSON}).
