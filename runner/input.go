@@ -3,6 +3,7 @@ package runner
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
@@ -12,7 +13,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"time"
 
+	"github.com/flowrun/flowrun/spec"
 	"github.com/flowrun/flowrun/stages"
 )
 
@@ -399,3 +402,215 @@ func (d *deadLetterDecoder) item(line []byte) item {
 	}
 	return it
 }
+
+// chunk is what the reading goroutine hands the input stage: records with
+// their numbers, or a read error.
+type chunk struct {
+	items  []item
+	lo, hi uint64
+	pos    int64 // input bytes that these records and those before them span
+	err    error
+}
+
+// readInput feeds q0. The reading itself happens in a goroutine of its
+// own, because a Read on a terminal or pipe cannot be interrupted. When
+// the input is stopped (readCtx done, ctx not), readInput still delivers
+// a chunk the reader has already decoded, then returns at once (and q0
+// closes) even if the reader is blocked in a Read: what that Read returns
+// is input read after the stop, and is dropped unprocessed and uncounted.
+func (r *run) readInput(readCtx, ctx context.Context, files []inputFile, q0 chan<- batch) error {
+	chunks := make(chan chunk)
+	done := make(chan struct{})
+	defer close(done)
+	var reading atomic.Bool
+	go r.readFiles(files, chunks, done, readCtx, &reading)
+	stopping := readCtx.Done()
+	for {
+		var c chunk
+		var ok bool
+		select {
+		case c, ok = <-chunks:
+		case <-stopping:
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			select {
+			case c, ok = <-chunks:
+			default:
+				if reading.Load() {
+					return nil
+				}
+				time.Sleep(time.Millisecond) // the reader is between a Read and its send
+				continue
+			}
+		}
+		if !ok {
+			return nil
+		}
+		if c.err != nil {
+			return c.err
+		}
+		if err := r.deliver(ctx, c, q0); err != nil {
+			return err
+		}
+	}
+}
+
+// deliver sends a decoded chunk to the first stage. It waits on ctx only,
+// not on a stop: records read are records in flight, and drain.
+func (r *run) deliver(ctx context.Context, c chunk, q0 chan<- batch) error {
+	if c.hi <= r.skip { // done before a resume
+		putItems(c.items)
+		return nil
+	}
+	lo := max(c.lo, r.skip+1)
+	items := c.items[lo-c.lo:]
+	for len(items) > 0 {
+		// A batch enters at one stage: a re-run of dead letters cuts the
+		// chunk where the stage changes.
+		n := 1
+		for n < len(items) && items[n].from == items[0].from {
+			n++
+		}
+		if err := r.deliverRun(ctx, lo, items[:n], q0); err != nil {
+			return err
+		}
+		lo += uint64(n)
+		items = items[n:]
+	}
+	putItems(c.items)
+	r.consumed.Store(c.pos)
+	return nil
+}
+
+// deliverRun sends items, numbered from lo and entering at one stage.
+func (r *run) deliverRun(ctx context.Context, lo uint64, items []item, q0 chan<- batch) error {
+	b := batch{lo: lo, hi: lo + uint64(len(items)) - 1, recs: getRecords(), from: items[0].from}
+	for i, it := range items {
+		seq := lo + uint64(i)
+		if it.err != nil {
+			if err := r.inputError(seq, it); err != nil {
+				return err
+			}
+			continue
+		}
+		b.recs = append(b.recs, record{data: it.data, seq: seq})
+	}
+	if r.window != nil {
+		if err := r.window.Acquire(ctx, b.size()); err != nil {
+			return err
+		}
+		b.sem, b.tokens = r.window, b.size()
+	}
+	ok := split(b, r.stages[0].take, func(p batch) bool {
+		select {
+		case q0 <- p:
+			r.input.records.Add(p.size())
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	})
+	if !ok {
+		return ctx.Err()
+	}
+	return nil
+}
+
+func (r *run) inputError(seq uint64, it item) error {
+	r.input.errors.Add(1)
+	name := r.p.Input.From
+	if name == "" {
+		name = "stdin"
+	}
+	err := fmt.Errorf("input %s %w", name, it.err)
+	switch r.p.Input.OnError {
+	case spec.Skip:
+		r.input.skipped.Add(1)
+		return nil
+	case spec.DeadLetter:
+		r.input.dead.Add(1)
+		return r.dl.writeEntry(DeadLetter{Stage: "input", Error: err.Error(), Attempts: 1, Seq: seq, Truncated: it.truncated}, it.data)
+	}
+	return err
+}
+
+// readFiles decodes the input files into chunks. It checks for a stop
+// before every read and says when it is inside one.
+func (r *run) readFiles(files []inputFile, chunks chan<- chunk, done <-chan struct{}, stop context.Context, reading *atomic.Bool) {
+	defer close(chunks)
+	send := func(c chunk) bool {
+		select {
+		case chunks <- c:
+			return true
+		case <-done:
+			return false
+		}
+	}
+	var seq uint64
+	for _, f := range files {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		if !r.readFile(f, &seq, send, stop, reading) {
+			return
+		}
+	}
+}
+
+// readFile decodes one input file into chunks, numbering its records on
+// from seq; false means stop reading.
+func (r *run) readFile(f inputFile, seq *uint64, send func(chunk) bool, stop context.Context, reading *atomic.Bool) bool {
+	base := r.read.Load() // the files before this one, read whole
+	var in io.Reader = r.opts.Stdin
+	if f.path != "" {
+		file, err := os.Open(f.path)
+		if err != nil {
+			send(chunk{err: fmt.Errorf("input: %w", err)})
+			return false
+		}
+		defer file.Close() // this file's, not the whole glob's: a glob may match thousands
+		in = file
+	}
+	if in == nil {
+		in = eofReader{}
+	}
+	dec := newDecoder(r.p.Input.Format, in, r.p.Input.MaxRecordSize, &r.read)
+	if r.opts.RetryDeadLetters != "" {
+		stageAt := map[string]int{}
+		for i, s := range r.p.Stages {
+			stageAt[s.Name] = i
+		}
+		rc := &readCount{r: &countingReader{r: in, n: &r.read}}
+		dec = &deadLetterDecoder{r: bufio.NewReaderSize(rc, chunkSize), read: rc,
+			stageAt: stageAt, format: r.p.Input.Format, max: r.p.Input.MaxRecordSize}
+	}
+	for {
+		if stop.Err() != nil {
+			return false
+		}
+		reading.Store(true)
+		items, err := dec.next(maxBatch, getItems())
+		reading.Store(false)
+		if len(items) > 0 {
+			c := chunk{items: items, lo: *seq + 1, hi: *seq + uint64(len(items)), pos: base + dec.consumed()}
+			*seq = c.hi
+			if !send(c) {
+				return false
+			}
+		}
+		if err == io.EOF {
+			return true
+		}
+		if err != nil {
+			send(chunk{err: fmt.Errorf("read %s: %w", f.name, err)})
+			return false
+		}
+	}
+}
+
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }

@@ -2,6 +2,7 @@ package runner
 
 import (
 	"bytes"
+	"context"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"syscall"
+	"time"
 
 	"github.com/flowrun/flowrun/stages"
 )
@@ -161,4 +163,113 @@ func csvHeader(path string) ([]string, error) {
 		return nil, fmt.Errorf("output %s: reading its CSV header: %w", path, err)
 	}
 	return header, nil
+}
+
+func (r *run) openOutput(resumed *JournalEntry) (io.Writer, string, func() error, error) {
+	to := r.p.Output.To
+	if isStd(to) {
+		return r.opts.Stdout, "stdout", func() error { return nil }, nil
+	}
+	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	switch {
+	case resumed != nil:
+		flags = os.O_WRONLY | os.O_CREATE
+	case r.opts.RetryDeadLetters != "":
+		flags = os.O_WRONLY | os.O_CREATE | os.O_APPEND // after what the first run wrote
+	}
+	f, err := os.OpenFile(to, flags, 0o644)
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("output: %w", err)
+	}
+	if resumed != nil {
+		// What was written after the last journal entry is written again.
+		if err := f.Truncate(resumed.OutputBytes); err != nil {
+			f.Close()
+			return nil, "", nil, fmt.Errorf("output: %w", err)
+		}
+		if _, err := f.Seek(resumed.OutputBytes, io.SeekStart); err != nil {
+			f.Close()
+			return nil, "", nil, fmt.Errorf("output: %w", err)
+		}
+	}
+	if r.jr != nil {
+		r.jr.out = f
+	}
+	return f, to, func() error {
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("output: %w", err)
+		}
+		return nil
+	}, nil
+}
+
+// write drains the last queue into the sink, in input order when the
+// pipeline is ordered. It writes when the buffer is full or when no batch
+// is waiting, so a lone record is never held back for company.
+func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
+	emit := func(b batch) error {
+		for _, rec := range b.recs {
+			if err := s.add(rec.data); err != nil {
+				return &RecordError{Stage: "output", Seq: rec.seq, Record: rec.data, Attempts: 1, Err: err}
+			}
+			if s.full() {
+				if err := s.flush(); err != nil {
+					return err
+				}
+			}
+		}
+		r.written.Add(int64(len(b.recs)))
+		b.release()
+		putRecords(b.recs)
+		return nil
+	}
+	var ro *reorder
+	if r.ordered {
+		ro = newReorderAt(r.skip + 1)
+	}
+	for {
+		select {
+		case b, ok := <-in:
+			if !ok {
+				if ctx.Err() != nil { // closed by a failure, not by the end
+					return context.Cause(ctx)
+				}
+				if ro != nil {
+					if err := ro.drain(emit); err != nil {
+						return err
+					}
+				}
+				if err := s.flush(); err != nil {
+					return err
+				}
+				if r.jr != nil {
+					return r.jr.write(ro.next-1, s.bytes, r.dl, !r.stopped.Load())
+				}
+				return nil
+			}
+			var err error
+			if ro != nil {
+				err = ro.push(b, emit)
+			} else {
+				err = emit(b)
+			}
+			if err != nil {
+				return err
+			}
+			if len(in) == 0 || (r.jr != nil && time.Since(r.jr.last) >= journalEvery) {
+				if err := s.flush(); err != nil {
+					return err
+				}
+				if r.jr != nil {
+					// A batch boundary with the buffer written: the output
+					// is exactly the records up to ro.next-1.
+					if err := r.jr.write(ro.next-1, s.bytes, r.dl, false); err != nil {
+						return err
+					}
+				}
+			}
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
 }
