@@ -13,7 +13,7 @@ func validateCommand(stdout io.Writer) *urfave.Command {
 		Usage:     "check a pipeline without running it",
 		ArgsUsage: "FILE",
 		Flags: []urfave.Flag{
-			&urfave.StringSliceFlag{Name: "set", Usage: "override a value of the pipeline, as for run"},
+			&urfave.StringSliceFlag{Name: "set", Usage: "override `KEY=VALUE` of the pipeline, as for run"},
 		},
 		Action: func(c *urfave.Context) error {
 			if c.NArg() != 1 {
