@@ -61,6 +61,7 @@ func TestJournalKillResume(t *testing.T) {
 	}{
 		{"ordered", "ordered: true\nstages: [{use: sleep, workers: 8, with: {duration: 50us, jitter: 100us}}, {use: upper}]\n", false},
 		{"unordered", "stages: [{use: sleep, workers: 8, with: {duration: 50us, jitter: 100us}}, {use: upper, workers: 2}]\n", true},
+		{"fan-out into a holding stage", "ordered: true\nstages: [{use: replace, with: {pattern: ' ', replacement: ','}}, {use: split, with: {sep: ','}}, {use: batch, with: {size: 3, max_wait: 0s}}, {use: sleep, workers: 4, with: {duration: 20us, jitter: 100us}}]\n", false},
 		{"dead letters", "dead_letter: " + filepath.Join(dir, "dl-%s.jsonl") + "\nordered: true\nstages:\n" +
 			"  - {use: sleep, workers: 8, with: {duration: 50us, jitter: 100us}}\n" +
 			"  - {use: grep, with: {pattern: '7 x'}, on_error: skip}\n" +

@@ -148,6 +148,8 @@ func TestRunOutput(t *testing.T) {
 			lines(7, "%d"), "1+2+3\n4+5+6\n7\n"},
 		{"ordered fan-out into a holding stage", "ordered: true\nreorder_window: 1\nstages: [{use: sleep, workers: 4, with: {duration: 0s, jitter: 1ms}}, {use: split, with: {sep: ','}}, {use: runnertest.hold, with: {n: 2}}]",
 			"a,b,c\nd,e,f\ng\n", "a+b\nc+d\ne+f\ng\n"},
+		{"ordered fan-out into batch, then many workers", "ordered: true\nstages: [{use: split, with: {sep: ','}}, {use: batch, with: {size: 2, max_wait: 0s}}, {use: sleep, workers: 4, with: {duration: 0s, jitter: 1ms}}]",
+			strings.Repeat("a,b,c\nd,e,f\n", 50), strings.Repeat("[\"a\",\"b\"]\n[\"c\",\"d\"]\n[\"e\",\"f\"]\n", 50)},
 		{"ordered take after a fused stage", "ordered: true\nstages: [{use: upper, workers: 4}, {use: trim}, {use: take, with: {n: 5}}]",
 			lines(3000, "%d"), lines(5, "%d")},
 		{"jsonl to csv", "input: {format: jsonl}\noutput: {format: csv}\nstages: [{use: trim}]",

@@ -51,6 +51,7 @@ type worker struct {
 	// the range of what it took in.
 	fwdLo, maxHi uint64
 	held         []record // emitted by a holding stage, not yet passed on
+	taken        []uint64 // input records of the pieces a holding stage still holds, oldest first
 	next         *worker  // the fused stage after this one, if any
 }
 
@@ -175,52 +176,80 @@ func (w *worker) handle(b batch) error {
 }
 
 // processHolding runs a batch through a stage that holds records across
-// calls (batch, count), one record at a time, and passes on what it
-// emits with the range of input records it has wholly passed on. A
-// Flusher emits what it holds in the order it took it in, so when it
-// emits at record r, every record before r is out, and r too once it is
-// the last piece of its input record (split may have cut one input
-// record into several, and they arrive in one batch): the range ends
-// there, or just before r's input record. Output that cannot claim a
-// record yet waits in held until one can; an ordered run and the journal
-// both rely on no range claiming a record the stage still holds.
+// calls (batch, count), one record at a time, and passes on what it emits
+// with the range of input records it has wholly passed on: in an ordered
+// run the writer and the journal must never see a range claim a record
+// the stage still holds.
+//
+// A batch carries every piece of each of its input records (split never
+// cuts between pieces of one), and a Flusher emits in the order it took
+// records in. So after each call, the records the stage still holds are
+// the last Held() pieces it took in (a Holder says how many; another
+// Flusher is taken to hold none once it emits), and every input record
+// before the oldest of them is out. Nothing is claimed in the middle of an
+// input record's pieces. Output that cannot claim a record yet waits in
+// held; in an unordered run ranges mean nothing, and it goes at once.
 //
 // The stage keeps the memory of what it holds, so it gives back the
-// tokens of what it takes in at once (a count that holds everything
-// would otherwise stop the input for good), and takes tokens of its own
-// window for what it emits: what flows after it stays bounded when a
-// record downstream is slow.
+// tokens of what it takes in at once (a count that holds everything would
+// otherwise stop the input for good), and takes tokens of its own window
+// for what it emits: what flows after it stays bounded when a record
+// downstream is slow.
 func (w *worker) processHolding(b batch) error {
 	b.release()
+	holder, _ := w.stage.(stages.Holder)
 	for i, rec := range b.recs {
 		n := len(w.held)
 		var err error
 		if w.held, err = w.process(rec, w.held, 0); err != nil {
 			return err
 		}
+		emitted := len(w.held) > n
 		w.st.c.out.Add(int64(len(w.held) - n))
-		if len(w.held) == n {
+		w.taken = append(w.taken, rec.seq)
+		switch {
+		case holder != nil:
+			w.taken = w.taken[len(w.taken)-min(holder.Held(), len(w.taken)):]
+		case emitted:
+			w.taken = w.taken[:0]
+		case len(w.taken) > 1:
+			w.taken = w.taken[:1] // only the oldest counts
+		}
+		if !w.st.sequence { // unordered: no range to keep
+			if len(w.held) > 0 {
+				if err := w.emitHeld(w.held, max(w.fwdLo, rec.seq)); err != nil {
+					return err
+				}
+			}
 			continue
 		}
-		claim := rec.seq
 		if i+1 < len(b.recs) && b.recs[i+1].seq == rec.seq {
-			claim-- // more pieces of this input record are still to come
+			continue // more pieces of this input record are to come
 		}
-		if claim >= w.fwdLo {
+		claim := rec.seq // every piece of it is taken in
+		if len(w.taken) > 0 {
+			claim = w.taken[0] - 1 // the oldest record still held is not out
+		}
+		if claim >= w.fwdLo && len(w.held) > 0 {
 			if err := w.emitHeld(w.held, claim); err != nil {
 				return err
 			}
-			w.held = nil
 		}
 	}
 	w.maxHi = max(w.maxHi, b.hi)
 	return nil
 }
 
-// emitHeld sends out as the batch for the range fwdLo..hi.
+// emitHeld sends out as the batch for the range fwdLo..hi, and empties
+// held. Its records keep their order and take numbers inside the range,
+// so that split never cuts a range outside lo..hi.
 func (w *worker) emitHeld(out []record, hi uint64) error {
+	for i := range out {
+		out[i].seq = min(max(out[i].seq, w.fwdLo), hi)
+	}
 	nb := batch{lo: w.fwdLo, hi: hi, recs: out}
 	w.fwdLo = hi + 1
+	w.held = nil
 	if st := w.st; st.window != nil {
 		nb.sem, nb.tokens = st.window, min(nb.size(), st.windowSize)
 		if err := st.window.Acquire(w.ctx, nb.tokens); err != nil {
@@ -231,8 +260,8 @@ func (w *worker) emitHeld(out []record, hi uint64) error {
 }
 
 // flush asks a Flusher for what it holds, at the end of input or when the
-// stage has been idle. It then holds nothing, so what it emits claims
-// every record taken in so far.
+// stage has been idle (between batches: every piece taken in is whole). It
+// then holds nothing, so what it emits claims every record taken in.
 func (w *worker) flush(final bool) error {
 	f, ok := w.stage.(stages.Flusher)
 	if !ok {
@@ -247,18 +276,16 @@ func (w *worker) flush(final bool) error {
 		w.held = append(w.held, record{data: d, seq: seq})
 	}
 	w.st.c.out.Add(int64(len(res)))
+	w.taken = w.taken[:0]
 	switch {
 	case w.maxHi >= w.fwdLo:
-		err = w.emitHeld(w.held, w.maxHi)
-	case final && len(w.held) > 0:
-		// Everything was claimed already: only a stage that does not
-		// emit in order gets here. Its last words go after the rest.
-		err = w.emitHeld(w.held, w.fwdLo)
-	default:
-		return nil
+		return w.emitHeld(w.held, w.maxHi)
+	case len(w.held) > 0 && (final || !w.st.sequence):
+		// Everything taken in was claimed already (an unordered run, or
+		// empty input): these go after the rest.
+		return w.emitHeld(w.held, w.fwdLo)
 	}
-	w.held = nil
-	return err
+	return nil
 }
 
 func (w *worker) send(b batch) error {

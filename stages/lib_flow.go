@@ -304,6 +304,9 @@ func (s *batchStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]b
 }
 
 // Flush emits the partial batch, if any.
+// Held is how many records the partial batch holds.
+func (s *batchStage) Held() int { return s.n }
+
 func (s *batchStage) Flush(_ context.Context, out [][]byte) ([][]byte, error) {
 	if s.n > 0 {
 		out = s.emit(out)
@@ -406,6 +409,10 @@ func (s *countStage) Process(_ context.Context, _ []byte, out [][]byte) ([][]byt
 }
 
 // Flush emits the total, unless the last record's running total said it.
+// Held is 0: count keeps a number, not records, and what it emits at the
+// end stands for the records it took in then.
+func (s *countStage) Held() int { return 0 }
+
 func (s *countStage) Flush(_ context.Context, out [][]byte) ([][]byte, error) {
 	if !s.reported {
 		out = append(out, strconv.AppendInt(nil, int64(s.n), 10))

@@ -67,6 +67,17 @@ type Flusher interface {
 	Flush(ctx context.Context, out [][]byte) ([][]byte, error)
 }
 
+// A Holder is a Flusher that can say how many of the records it took in
+// it still holds: the most recent ones, since a Flusher emits in the order
+// it took records in. With it the runner knows exactly which input records
+// are wholly passed on, which an ordered run and the journal rely on. A
+// Flusher that is not a Holder is taken to emit everything it holds
+// whenever it emits.
+type Holder interface {
+	Flusher
+	Held() int
+}
+
 // An Idler is a Flusher that also wants Flush called when no record has
 // reached it for IdleAfter: a batch with max_wait must not hold a record
 // forever on a quiet stream.
