@@ -114,7 +114,11 @@ func (p *parser) errorf(n *yaml.Node, format string, args ...any) {
 	p.errorAt(p.pos(n), format, args...)
 }
 
+// pos is where n is: in the file, or the --set that put it there.
 func (p *parser) pos(n *yaml.Node) Pos {
+	if i, ok := p.setNodes[n]; ok {
+		return Pos{File: setFile, Line: i + 1, Col: 1}
+	}
 	return Pos{File: p.file, Line: max(n.Line, 1), Col: max(n.Column, 1)}
 }
 

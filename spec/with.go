@@ -66,6 +66,11 @@ func (p *parser) with(stageNode *yaml.Node, with field, st *Stage, dir string) {
 		return
 	}
 	cfg.Timeout = st.Timeout
+	for i := 0; i+1 < len(stageNode.Content); i += 2 {
+		if stageNode.Content[i].Value == "timeout" {
+			cfg.TimeoutSet = true
+		}
+	}
 	st.Config = cfg
 	st.OptionPos = map[string]Pos{}
 	for name, n := range nodes {

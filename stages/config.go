@@ -16,8 +16,11 @@ type Config struct {
 	// Timeout is the stage's limit per record (0: none). The runner applies
 	// it to Process through ctx; a BatchStage applies it to each record.
 	Timeout time.Duration
-	values  map[string]any
-	set     map[string]bool
+	// TimeoutSet says the pipeline set Timeout itself rather than leave
+	// the stage's DefaultTimeout.
+	TimeoutSet bool
+	values     map[string]any
+	set        map[string]bool
 }
 
 // NewConfig checks values against spec, fills in defaults and reports the

@@ -24,6 +24,9 @@ import (
 func init() {
 	Register(Spec{
 		Name: "wasm",
+		// A module that stops answering is reported after a minute;
+		// one spinning in a loop needs interruptible to be stopped.
+		DefaultTimeout: time.Minute,
 		Doc: "Runs a WASI (wasip1) WebAssembly module in-process, one instance per worker: it reads records as lines " +
 			"on stdin and answers each with one line on stdout. Sandboxed: no network, and no files beyond the directories granted.",
 		Options: []Option{
@@ -34,7 +37,7 @@ func init() {
 			{Name: "write_dirs", Type: StringMap, Default: map[string]string{}, Doc: "read-write mounts, guest path to host directory"},
 			{Name: "inflight", Type: Int, Default: 256, Doc: "how many records may be written ahead of their answers"},
 			{Name: "max_output", Type: Int, Default: 64 << 20, Doc: "the most bytes of one answer line; a module that writes more without a newline is stopped"},
-			{Name: "interruptible", Type: Bool, Doc: "let a timeout stop a module stuck in a loop, at a cost of 5-30x in speed; default: true when the stage has a timeout"},
+			{Name: "interruptible", Type: Bool, Doc: "let a timeout stop a module stuck in a loop, at a cost of 5-30x in speed (a module waiting for input, sleeping or writing stops without it); default: true when the pipeline sets the stage's timeout"},
 		},
 		Check: checkWasm,
 		New:   newWasmStage,
@@ -173,13 +176,13 @@ func newWasmStage(c Config) (Stage, error) {
 	info, err := os.Stat(file)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("wasm: module %q: no such file", c.String("module"))
+			return nil, OptionErrorf("module", "wasm: %q: no such file", c.String("module"))
 		}
-		return nil, fmt.Errorf("wasm: module: %w", err)
+		return nil, &OptionError{Option: "module", Err: err}
 	}
 	// Without a timeout nothing needs to stop a module mid-loop: a record
 	// that never ends hangs the run either way, until flowrun exits.
-	interruptible := c.Timeout > 0
+	interruptible := c.Timeout > 0 && c.TimeoutSet // not for the default timeout: it would slow every module
 	if c.Has("interruptible") {
 		interruptible = c.Bool("interruptible")
 	}
@@ -392,6 +395,10 @@ func (s *wasmStage) answer(inst *wasmInstance) ([]byte, error) {
 		}
 		line = s.long
 	}
+	if len(line) > s.maxOutput+1 { // +1: the newline
+		s.overflow = true
+		return nil, errWasmOverflow
+	}
 	if err != nil {
 		// A partial line at the end is no answer: the module died writing it.
 		return nil, err
@@ -482,7 +489,7 @@ func startWasm(rt wazero.Runtime, compiled wazero.CompiledModule, mc wazero.Modu
 	ctx, cancel := context.WithCancel(context.Background())
 	inst := &wasmInstance{
 		stdin:         newWasmPipe(),
-		stdout:        &wasmPipe{limit: 1 << 20},
+		stdout:        &wasmPipe{limit: 1 << 20, guest: true},
 		stderr:        &wasmTail{},
 		cancel:        cancel,
 		done:          make(chan struct{}),
@@ -600,7 +607,8 @@ type wasmPipe struct {
 	ready  sync.Cond
 	buf    bytes.Buffer
 	closed bool
-	limit  int // Write waits while this much is unread; 0: no limit
+	limit  int  // Write waits while this much is unread; 0: no limit
+	guest  bool // the module writes it (its stdout)
 }
 
 func newWasmPipe() *wasmPipe {
@@ -628,15 +636,29 @@ func (p *wasmPipe) Read(b []byte) (int, error) {
 func (p *wasmPipe) Write(b []byte) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for p.limit > 0 && p.buf.Len() >= p.limit && !p.closed {
-		p.ready.Wait() // the module's output waits for the host to read
+	n := 0
+	for len(b) > 0 {
+		for p.limit > 0 && p.buf.Len() >= p.limit && !p.closed {
+			p.ready.Wait() // the module's output waits for the host to read
+		}
+		if p.closed {
+			if p.guest {
+				// The host stopped listening: end the module here, or a
+				// module that ignores write errors spins on.
+				panic(sys.NewExitError(sys.ExitCodeContextCanceled))
+			}
+			return n, io.ErrClosedPipe
+		}
+		chunk := len(b)
+		if p.limit > 0 {
+			chunk = min(chunk, p.limit-p.buf.Len()) // one huge write must not be copied whole
+		}
+		p.buf.Write(b[:chunk])
+		n += chunk
+		b = b[chunk:]
+		p.ready.Broadcast()
 	}
-	if p.closed {
-		return 0, io.ErrClosedPipe
-	}
-	p.buf.Write(b)
-	p.ready.Broadcast()
-	return len(b), nil
+	return n, nil
 }
 
 // writeLine writes rec and a newline. A write to a closed pipe is dropped:

@@ -107,7 +107,7 @@ func wasmStage(tb testing.TB, timeout time.Duration, with map[string]any) stages
 	if err := spec.Check(c); err != nil {
 		tb.Fatal(err)
 	}
-	c.Timeout = timeout
+	c.Timeout, c.TimeoutSet = timeout, timeout > 0 // as the pipeline's own timeout
 	s, err := spec.New(c)
 	if err != nil {
 		tb.Fatal(err)
@@ -241,7 +241,7 @@ func TestWasmNewErrors(t *testing.T) {
 		with map[string]any
 		want string
 	}{
-		{"missing module", map[string]any{"module": "scroe.wasm"}, `module "scroe.wasm": no such file`},
+		{"missing module", map[string]any{"module": "scroe.wasm"}, `option module: wasm: "scroe.wasm": no such file`},
 		{"not a module", map[string]any{"module": "junk.wasm"}, "compile junk.wasm"},
 		{"missing mount", map[string]any{"module": wasmModule(t, "upper"), "allow_dirs": map[string]string{"/data": "nope"}}, "is not a directory"},
 	}
