@@ -183,12 +183,16 @@ func (w *worker) handle(b batch) error {
 //
 // A batch carries every piece of each of its input records (split never
 // cuts between pieces of one), and a Flusher emits in the order it took
-// records in. So after each call, the records the stage still holds are
-// the last Held() pieces it took in (a Holder says how many; another
-// Flusher is taken to hold none once it emits), and every input record
-// before the oldest of them is out. Nothing is claimed in the middle of an
-// input record's pieces. Output that cannot claim a record yet waits in
-// held; in an unordered run ranges mean nothing, and it goes at once.
+// records in. So the records a stage still holds are the last Held()
+// pieces it took in (a Holder says how many; another Flusher is taken to
+// hold none once it emits). What it emitted is passed on, claiming every
+// input record up to the current one, only at the last piece of an input
+// record after which the stage holds nothing: then the output covers
+// exactly those records, and a journal that resumes there gets the same
+// bytes. Until then it waits in held. An ordered run whose holding stage
+// is never empty at a record's end (a batch straddling every record)
+// holds its output until the end of input. In an unordered run ranges
+// mean nothing, and output goes at once.
 //
 // The stage keeps the memory of what it holds, so it gives back the
 // tokens of what it takes in at once (a count that holds everything would
@@ -217,7 +221,8 @@ func (w *worker) processHolding(b batch) error {
 		}
 		if !w.st.sequence { // unordered: no range to keep
 			if len(w.held) > 0 {
-				if err := w.emitHeld(w.held, max(w.fwdLo, rec.seq)); err != nil {
+				err := w.emitHeld(w.held, max(w.fwdLo, rec.seq))
+				if w.held = nil; err != nil {
 					return err
 				}
 			}
@@ -226,12 +231,14 @@ func (w *worker) processHolding(b batch) error {
 		if i+1 < len(b.recs) && b.recs[i+1].seq == rec.seq {
 			continue // more pieces of this input record are to come
 		}
-		claim := rec.seq // every piece of it is taken in
-		if len(w.taken) > 0 {
-			claim = w.taken[0] - 1 // the oldest record still held is not out
-		}
-		if claim >= w.fwdLo && len(w.held) > 0 {
-			if err := w.emitHeld(w.held, claim); err != nil {
+		// Every piece of rec's input record is taken in. Only if the stage
+		// now holds nothing is everything up to it out, and out whole: an
+		// output that holds pieces of two input records (a batch across
+		// them) belongs to neither alone.
+		if len(w.taken) == 0 && rec.seq >= w.fwdLo && len(w.held) > 0 {
+			held := w.held
+			w.held = nil
+			if err := w.emitHeld(held, rec.seq); err != nil {
 				return err
 			}
 		}
@@ -240,16 +247,17 @@ func (w *worker) processHolding(b batch) error {
 	return nil
 }
 
-// emitHeld sends out as the batch for the range fwdLo..hi, and empties
-// held. Its records keep their order and take numbers inside the range,
-// so that split never cuts a range outside lo..hi.
+// emitHeld sends out as the batch for the range fwdLo..hi. Its records all
+// take the number hi: an output of a holding stage may hold pieces of
+// several input records, so no cut inside the batch would claim a range
+// exactly, and split never cuts between records of one number. The batch
+// travels whole, and the journal only ever sees its end.
 func (w *worker) emitHeld(out []record, hi uint64) error {
 	for i := range out {
-		out[i].seq = min(max(out[i].seq, w.fwdLo), hi)
+		out[i].seq = hi
 	}
 	nb := batch{lo: w.fwdLo, hi: hi, recs: out}
 	w.fwdLo = hi + 1
-	w.held = nil
 	if st := w.st; st.window != nil {
 		nb.sem, nb.tokens = st.window, min(nb.size(), st.windowSize)
 		if err := st.window.Acquire(w.ctx, nb.tokens); err != nil {
@@ -277,13 +285,16 @@ func (w *worker) flush(final bool) error {
 	}
 	w.st.c.out.Add(int64(len(res)))
 	w.taken = w.taken[:0]
+	held := w.held
 	switch {
 	case w.maxHi >= w.fwdLo:
-		return w.emitHeld(w.held, w.maxHi)
-	case len(w.held) > 0 && (final || !w.st.sequence):
+		w.held = nil
+		return w.emitHeld(held, w.maxHi)
+	case len(held) > 0 && (final || !w.st.sequence):
 		// Everything taken in was claimed already (an unordered run, or
 		// empty input): these go after the rest.
-		return w.emitHeld(w.held, w.fwdLo)
+		w.held = nil
+		return w.emitHeld(held, w.fwdLo)
 	}
 	return nil
 }
