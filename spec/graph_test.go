@@ -1,7 +1,6 @@
 package spec_test
 
 import (
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -22,22 +21,7 @@ func TestGraph(t *testing.T) {
 		t.Run(tt.file+"."+tt.ext, func(t *testing.T) {
 			got := tt.render(specGood(t, tt.file))
 			golden := filepath.Join("..", "testdata", "spec", "graph", tt.file+"."+tt.ext)
-			if *update {
-				if err := os.MkdirAll(filepath.Dir(golden), 0o755); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("%v (run go test -update to write it)", err)
-			}
-			if got != string(want) {
-				t.Errorf("differs from %s\ngot:\n%s\nwant:\n%s", golden, got, want)
-			}
+			specGolden(t, golden, got)
 		})
 	}
 }

@@ -122,21 +122,29 @@ func TestBad(t *testing.T) {
 			if p != nil {
 				t.Errorf("got a Pipeline along with the error")
 			}
-			got := specErrorText(t, err)
-			golden := strings.TrimSuffix(file, ".yaml") + ".err"
-			if *update {
-				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("%v (run go test -update to write it)", err)
-			}
-			if got != string(want) {
-				t.Errorf("errors differ from %s\ngot:\n%s\nwant:\n%s", golden, got, want)
-			}
+			specGolden(t, strings.TrimSuffix(file, ".yaml")+".err", specErrorText(t, err))
 		})
+	}
+}
+
+// specGolden compares got with the golden file, or rewrites it with
+// -update.
+func specGolden(t *testing.T, golden, got string) {
+	t.Helper()
+	if *update {
+		if err := os.MkdirAll(filepath.Dir(golden), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to write it)", err)
+	}
+	if got != string(want) {
+		t.Errorf("differs from %s\ngot:\n%s\nwant:\n%s", golden, got, want)
 	}
 }
