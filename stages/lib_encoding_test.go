@@ -13,13 +13,7 @@ import (
 )
 
 func TestLibEncodingStages(t *testing.T) {
-	tests := []struct {
-		name  string
-		stage string
-		with  map[string]any
-		in    []string
-		want  []string
-	}{
+	tests := []libCase{
 		{"base64 encode", "base64.encode", nil, []string{"hello", "", "\xfb\xff"}, []string{"aGVsbG8=", "", "+/8="}},
 		{"base64 encode url", "base64.encode", map[string]any{"url": true}, []string{"\xfb\xff"}, []string{"-_8="}},
 		{"base64 decode padded or not", "base64.decode", nil, []string{"aGVsbG8=", "aGVsbG8", "+/8=", ""}, []string{"hello", "hello", "\xfb\xff", ""}},
@@ -41,14 +35,7 @@ func TestLibEncodingStages(t *testing.T) {
 		{"hash field name quoted", "hash", map[string]any{"algo": "md5", "field": `a"b`}, []string{`{}`},
 			[]string{`{"a\"b":"` + libMD5(`{}`) + `"}`}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := libRun(t, libNew(t, tt.stage, tt.with), tt.in...)
-			if !libEqual(got, tt.want) {
-				t.Errorf("%s %v over %q = %q, want %q", tt.stage, tt.with, tt.in, got, tt.want)
-			}
-		})
-	}
+	libRunCases(t, tests)
 }
 
 // libSHA256 and libMD5 are the hex digests of s by the standard library,

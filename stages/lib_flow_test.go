@@ -19,13 +19,7 @@ import (
 )
 
 func TestLibFlowStages(t *testing.T) {
-	tests := []struct {
-		name  string
-		stage string
-		with  map[string]any
-		in    []string
-		want  []string
-	}{
+	tests := []libCase{
 		{"dedupe records", "dedupe", nil, []string{"a", "b", "a", "", "b", "", "c"}, []string{"a", "b", "", "c"}},
 		{"dedupe window forgets oldest", "dedupe", map[string]any{"window": 2}, []string{"a", "b", "a", "c", "a", "c"}, []string{"a", "b", "c", "a"}},
 		{"dedupe key", "dedupe", map[string]any{"key": "id"},
@@ -55,14 +49,7 @@ func TestLibFlowStages(t *testing.T) {
 
 		{"rate_limit passes all", "rate_limit", map[string]any{"per_second": 1e6, "burst": 10}, []string{"a", "b", "c"}, []string{"a", "b", "c"}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := libRun(t, libNew(t, tt.stage, tt.with), tt.in...)
-			if !libEqual(got, tt.want) {
-				t.Errorf("%s %v over %q = %q, want %q", tt.stage, tt.with, tt.in, got, tt.want)
-			}
-		})
-	}
+	libRunCases(t, tests)
 }
 
 // TestLibDedupeWindow checks dedupe against a plain model, a list of the

@@ -105,13 +105,7 @@ func libEqual(a, b []string) bool {
 
 // TestLibStages runs each stage of this file over a few records.
 func TestLibStages(t *testing.T) {
-	tests := []struct {
-		name  string
-		stage string
-		with  map[string]any
-		in    []string
-		want  []string
-	}{
+	tests := []libCase{
 		{"split default comma", "split", nil, []string{"a,b,,c", ",", "x"}, []string{"a", "b", "c", "x"}},
 		{"split keep empty", "split", map[string]any{"keep_empty": true}, []string{"a,,b,"}, []string{"a", "", "b", ""}},
 		{"split keep empty no sep", "split", map[string]any{"keep_empty": true}, []string{""}, []string{""}},
@@ -137,14 +131,7 @@ func TestLibStages(t *testing.T) {
 		{"truncate utf8 ellipsis", "truncate", map[string]any{"max": 7, "ellipsis": "…"}, []string{"héllo wörld"}, []string{"hél…"}},
 		{"truncate emoji", "truncate", map[string]any{"max": 3}, []string{"😀😀"}, []string{""}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := libRun(t, libNew(t, tt.stage, tt.with), tt.in...)
-			if !libEqual(got, tt.want) {
-				t.Errorf("%s %v over %q = %q, want %q", tt.stage, tt.with, tt.in, got, tt.want)
-			}
-		})
-	}
+	libRunCases(t, tests)
 }
 
 // TestLibBadOptions checks that every stage of part A reports a bad option
@@ -266,5 +253,28 @@ func TestLibTruncateUTF8(t *testing.T) {
 				t.Errorf("max %d: %q is shorter than it need be", max, got)
 			}
 		}
+	}
+}
+
+// libCase is one row of a stage table: a stage with options, the records
+// in and the records it must give.
+type libCase struct {
+	name  string
+	stage string
+	with  map[string]any
+	in    []string
+	want  []string
+}
+
+// libRunCases runs each case as a subtest.
+func libRunCases(t *testing.T, tests []libCase) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := libRun(t, libNew(t, tt.stage, tt.with), tt.in...)
+			if !libEqual(got, tt.want) {
+				t.Errorf("%s %v over %q = %q, want %q", tt.stage, tt.with, tt.in, got, tt.want)
+			}
+		})
 	}
 }
