@@ -7,6 +7,9 @@ import (
 	"math/rand/v2"
 	"regexp"
 	"time"
+
+	"golang.org/x/text/cases"
+	"golang.org/x/text/language"
 )
 
 func init() {
@@ -18,15 +21,15 @@ func init() {
 	})
 	Register(Spec{
 		Name:  "upper",
-		Doc:   "Upper-cases each record (Unicode); ASCII records are changed in place.",
+		Doc:   "Upper-cases each record with Unicode's full case mapping (ß becomes SS, as in Python and ICU); ASCII records are changed in place, and bytes that are not UTF-8 are kept.",
 		Batch: true,
-		New:   func(Config) (Stage, error) { return upperStage{}, nil },
+		New:   func(Config) (Stage, error) { return &upperStage{cases.Upper(language.Und)}, nil },
 	})
 	Register(Spec{
 		Name:  "lower",
-		Doc:   "Lower-cases each record (Unicode); ASCII records are changed in place.",
+		Doc:   "Lower-cases each record with Unicode's full case mapping (İ becomes i̇, a final Σ becomes ς, as in Python and ICU); ASCII records are changed in place, and bytes that are not UTF-8 are kept.",
 		Batch: true,
-		New:   func(Config) (Stage, error) { return lowerStage{}, nil },
+		New:   func(Config) (Stage, error) { return &lowerStage{cases.Lower(language.Und)}, nil },
 	})
 	Register(Spec{
 		Name:  "grep",
@@ -124,17 +127,22 @@ func (s trimStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byt
 	return append(out, s.Map(rec)), nil
 }
 
-type upperStage struct{}
+// upperStage and lowerStage map text that is not ASCII with x/text/cases
+// rather than bytes.ToUpper: the standard library maps one rune to one
+// rune (ß stays ß, İ becomes a plain i), where every other tool a user
+// compares with applies Unicode's SpecialCasing and the final-sigma rule.
+// A Caser keeps state, so each worker has its own.
+type upperStage struct{ caser cases.Caser }
 
-func (upperStage) Map(rec []byte) []byte { return mapASCII(rec, 'a', 'z', bytes.ToUpper) }
-func (s upperStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+func (s *upperStage) Map(rec []byte) []byte { return mapASCII(rec, 'a', 'z', s.caser.Bytes) }
+func (s *upperStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
 	return append(out, s.Map(rec)), nil
 }
 
-type lowerStage struct{}
+type lowerStage struct{ caser cases.Caser }
 
-func (lowerStage) Map(rec []byte) []byte { return mapASCII(rec, 'A', 'Z', bytes.ToLower) }
-func (s lowerStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+func (s *lowerStage) Map(rec []byte) []byte { return mapASCII(rec, 'A', 'Z', s.caser.Bytes) }
+func (s *lowerStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
 	return append(out, s.Map(rec)), nil
 }
 
