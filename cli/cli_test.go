@@ -344,8 +344,7 @@ func TestSecondSignalAborts(t *testing.T) {
 func TestHeadClosesOutput(t *testing.T) {
 	dir := t.TempDir()
 	p := writeFile(t, dir, "p.yaml", "stages: [{use: upper}]\n")
-	cmd := exec.Command("sh", "-c", `seq 1 2000000 | "$0" run -q --progress none "$1" | head -1; echo "status ${PIPESTATUS:-}"`, flowrunBin, p)
-	cmd = exec.Command("bash", "-c", `seq 1 2000000 | "$0" run -q --progress none "$1" | head -1; echo "flowrun=${PIPESTATUS[1]}"`, flowrunBin, p)
+	cmd := exec.Command("bash", "-c", `seq 1 2000000 | "$0" run -q --progress none "$1" | head -1; echo "flowrun=${PIPESTATUS[1]}"`, flowrunBin, p)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

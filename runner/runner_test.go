@@ -86,10 +86,10 @@ type holdStage struct {
 	held []string
 }
 
-func (h *holdStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+func (h *holdStage) Process(ctx context.Context, rec []byte, out [][]byte) ([][]byte, error) {
 	h.held = append(h.held, string(rec))
 	if len(h.held) == h.n {
-		return h.Flush(nil, out)
+		return h.Flush(ctx, out)
 	}
 	return out, nil
 }

@@ -14,7 +14,6 @@ type counters struct {
 	in, out, errors, retries, skipped, dead atomic.Int64
 	busyNanos                               atomic.Int64
 	busy                                    atomic.Int32 // workers inside Process now
-	queued                                  func() int   // records waiting in the input queue, about
 
 	mu   sync.Mutex
 	hist histogram // merged from the workers' own as they finish
