@@ -24,6 +24,8 @@ const (
 	ExitSignaled = 130 // stopped by a signal, after draining
 )
 
+// exitStatusHelp is the app's help's EXIT STATUS section: every code any
+// command returns. Each command's help lists only its own.
 const exitStatusHelp = `EXIT STATUS:
    0    every record done
    1    the run failed (a record failed a stage with on_error: fail, or I/O failed)
@@ -31,6 +33,13 @@ const exitStatusHelp = `EXIT STATUS:
    3    finished, but records were skipped or dead-lettered
    130  stopped by SIGINT/SIGTERM after draining what was in flight
 `
+
+// withExitStatus gives c a help that ends with its own EXIT STATUS
+// section, status being its lines.
+func withExitStatus(c *urfave.Command, status string) *urfave.Command {
+	c.CustomHelpTemplate = urfave.CommandHelpTemplate + "\nEXIT STATUS:\n" + status
+	return c
+}
 
 // Main runs the CLI on the process's arguments and standard streams and
 // returns the exit code, for os.Exit.
@@ -81,21 +90,40 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		Writer:                stdout,
 		ErrWriter:             stderr,
 		Reader:                stdin,
-		HideHelpCommand:       true,
+		HideHelpCommand:       true, // ours, with exit codes and hints
+		HideVersion:           true, // ours, with the VCS revision
 		CustomAppHelpTemplate: urfave.AppHelpTemplate + "\n" + exitStatusHelp,
 		ExitErrHandler:        func(*urfave.Context, error) {}, // exit codes are ours
 		OnUsageError: func(_ *urfave.Context, err error, _ bool) error {
 			return usageError{err}
+		},
+		Flags: []urfave.Flag{
+			&urfave.BoolFlag{Name: "version", Usage: "print the version and exit"},
 		},
 		Commands: []*urfave.Command{
 			runCommand(stdin, stdout, stderr),
 			validateCommand(stdout),
 			stagesCommand(stdout),
 			graphCommand(stdout),
+			versionCommand(stdout),
+			helpCommand(stdout),
 		},
 	}
+	// The app's own action runs when no command matched.
+	app.Action = func(c *urfave.Context) error {
+		switch {
+		case c.Bool("version"):
+			_, err := io.WriteString(stdout, versionText())
+			return err
+		case c.NArg() > 0:
+			return unknownCommand(c.App, c.Args().First())
+		}
+		// Bare flowrun did nothing: say how to use it, and fail as a
+		// mistake would.
+		urfave.HelpPrinter(stderr, c.App.CustomAppHelpTemplate, c.App)
+		return usageError{errShown}
+	}
 	for _, c := range app.Commands {
-		c.CustomHelpTemplate = urfave.CommandHelpTemplate + "\n" + exitStatusHelp
 		c.OnUsageError = app.OnUsageError
 	}
 	err := app.RunContext(ctx, permute(args, app.Commands))
@@ -104,6 +132,18 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintln(stderr, msg)
 	}
 	return code
+}
+
+// errShown is a usage mistake whose explanation is already on stderr.
+var errShown = errors.New("")
+
+// unknownCommand is the error for a command name that is none of app's.
+func unknownCommand(app *urfave.App, name string) error {
+	var names []string
+	for _, c := range app.Commands {
+		names = append(names, c.Name)
+	}
+	return usagef("unknown command %q%s; `flowrun help` lists them", name, spec.DidYouMean(name, names))
 }
 
 // exitCode maps the outcome of a command to the process's exit code. It
@@ -150,7 +190,7 @@ func errorMessage(err error) string {
 		}
 		err = o.err
 	}
-	if err == nil {
+	if err == nil || errors.Is(err, errShown) {
 		return ""
 	}
 	var serr spec.Errors

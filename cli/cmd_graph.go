@@ -9,7 +9,7 @@ import (
 )
 
 func graphCommand(stdout io.Writer) *urfave.Command {
-	return &urfave.Command{
+	return withExitStatus(&urfave.Command{
 		Name:      "graph",
 		Usage:     "print a pipeline's stage graph (Mermaid or DOT)",
 		ArgsUsage: "FILE",
@@ -22,7 +22,7 @@ func graphCommand(stdout io.Writer) *urfave.Command {
 			}
 			return graph(c.Args().First(), c.String("format"), stdout)
 		},
-	}
+	}, "   0    graph printed\n   2    an invalid pipeline, or a usage mistake\n")
 }
 
 func graph(file, format string, stdout io.Writer) error {

@@ -34,7 +34,7 @@ type runOptions struct {
 }
 
 func runCommand(stdin io.Reader, stdout, stderr io.Writer) *urfave.Command {
-	return &urfave.Command{
+	return withExitStatus(&urfave.Command{
 		Name:      "run",
 		Usage:     "run a pipeline",
 		ArgsUsage: "FILE",
@@ -73,7 +73,12 @@ drains what is in flight to the output, then exits 130; a second aborts.`,
 			}
 			return runPipeline(c.Context, c.Args().First(), opts, stdin, stdout, stderr)
 		},
-	}
+	}, `   0    every record done
+   1    the run failed (a record failed a stage with on_error: fail, or I/O failed)
+   2    usage mistake, invalid pipeline, or a run that could not start (nothing ran)
+   3    finished, but records were skipped or dead-lettered
+   130  stopped by SIGINT/SIGTERM after draining what was in flight
+`)
 }
 
 func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Reader, stdout, stderr io.Writer) error {

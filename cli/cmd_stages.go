@@ -8,11 +8,12 @@ import (
 
 	urfave "github.com/urfave/cli/v2"
 
+	"github.com/flowrun/flowrun/spec"
 	"github.com/flowrun/flowrun/stages"
 )
 
 func stagesCommand(stdout io.Writer) *urfave.Command {
-	return &urfave.Command{
+	return withExitStatus(&urfave.Command{
 		Name:      "stages",
 		Usage:     "list the built-in stages and their options",
 		ArgsUsage: "[NAME...]",
@@ -22,7 +23,7 @@ func stagesCommand(stdout io.Writer) *urfave.Command {
 		Action: func(c *urfave.Context) error {
 			return listStages(stdout, c.Args().Slice(), c.Bool("markdown"))
 		},
-	}
+	}, "   0    stages listed\n   2    a NAME that is no stage, or a usage mistake\n")
 }
 
 func listStages(w io.Writer, names []string, markdown bool) error {
@@ -33,7 +34,7 @@ func listStages(w io.Writer, names []string, markdown bool) error {
 	for _, n := range names {
 		s, ok := stages.Lookup(n)
 		if !ok {
-			return usagef("no stage %q; `flowrun stages` lists them", n)
+			return usagef("no stage %q%s; `flowrun stages` lists them", n, spec.DidYouMean(n, stages.Names()))
 		}
 		list = append(list, s)
 	}

@@ -8,7 +8,7 @@ import (
 )
 
 func validateCommand(stdout io.Writer) *urfave.Command {
-	return &urfave.Command{
+	return withExitStatus(&urfave.Command{
 		Name:      "validate",
 		Usage:     "check a pipeline without running it",
 		ArgsUsage: "FILE",
@@ -21,7 +21,7 @@ func validateCommand(stdout io.Writer) *urfave.Command {
 			}
 			return validate(c.Args().First(), c.StringSlice("set"), stdout)
 		},
-	}
+	}, "   0    the pipeline is valid and could start\n   2    it is not (each problem at file:line:col), or a usage mistake\n")
 }
 
 func validate(file string, set []string, stdout io.Writer) error {

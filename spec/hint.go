@@ -5,8 +5,11 @@ import (
 	"strings"
 )
 
-// hint returns ` (did you mean "x"?)` for the candidate closest to s, or ""
-// when none is close enough to be a likely typo.
+// DidYouMean returns ` (did you mean "x"?)` for the candidate closest to
+// s, or "" when none is close enough to be a likely typo. The CLI uses it
+// for command and stage names, as validation does for keys.
+func DidYouMean(s string, candidates []string) string { return hint(s, candidates) }
+
 func hint(s string, candidates []string) string {
 	best, bestDist := "", -1
 	for _, c := range candidates {

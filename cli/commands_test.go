@@ -1,0 +1,53 @@
+package cli_test
+
+import (
+	"runtime"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// TestCommandsBehaveLikeTheirPeers checks the CLI's surface: help,
+// version, unknown names and what each command's help promises.
+func TestCommandsBehaveLikeTheirPeers(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	tests := []struct {
+		name           string
+		args           []string
+		code           int
+		stdout, stderr string // substrings
+		notStdout      string // must not appear in stdout
+	}{
+		{"bare flowrun prints help and fails", nil, 2, "", "COMMANDS:", ""},
+		{"--version", []string{"--version"}, 0, "flowrun ", "", ""},
+		{"version", []string{"version"}, 0, runtime.Version(), "", ""},
+		{"help", []string{"help"}, 0, "COMMANDS:", "", ""},
+		{"help COMMAND", []string{"help", "validate"}, 0, "flowrun validate - check a pipeline", "", ""},
+		{"help of an unknown command", []string{"help", "valdiate"}, 2, "", `unknown command "valdiate" (did you mean "validate"?)`, ""},
+		{"unknown command", []string{"rnu", "p.yaml"}, 2, "", `flowrun: unknown command "rnu" (did you mean "run"?)`, ""},
+		{"unknown command, nothing near", []string{"frobnicate"}, 2, "", `unknown command "frobnicate"; ` + "`flowrun help`", ""},
+		{"run's help has every exit status", []string{"help", "run"}, 0, "   130  stopped by SIGINT", "", ""},
+		{"validate's help has only its own", []string{"help", "validate"}, 0, "   2    it is not", "", "130"},
+		{"stages' help has only its own", []string{"stages", "--help"}, 0, "   2    a NAME that is no stage", "", "   3 "},
+		{"graph's help has only its own", []string{"help", "graph"}, 0, "   0    graph printed", "", "   1 "},
+		{"stages NAME suggests a near name", []string{"stages", "uppr"}, 2, "", `no stage "uppr" (did you mean "upper"?)`, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errs, code := runCLI(t, "", tt.args...)
+			if code != tt.code {
+				t.Errorf("exit %d, want %d; stderr:\n%s", code, tt.code, errs)
+			}
+			if !strings.Contains(out, tt.stdout) {
+				t.Errorf("stdout %q, want it to contain %q", out, tt.stdout)
+			}
+			if !strings.Contains(errs, tt.stderr) {
+				t.Errorf("stderr %q, want it to contain %q", errs, tt.stderr)
+			}
+			if tt.notStdout != "" && strings.Contains(out, tt.notStdout) {
+				t.Errorf("stdout has %q:\n%s", tt.notStdout, out)
+			}
+		})
+	}
+}
