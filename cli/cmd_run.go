@@ -65,6 +65,9 @@ drains what is in flight to the output, then exits 130; a second aborts.`,
 				stats: c.String("stats"), quiet: c.Bool("quiet"), cpuprofile: c.String("cpuprofile"),
 				journal: c.String("journal"), resume: c.Bool("resume"), resumeFailed: c.Bool("resume-failed"),
 			}
+			if opts.every < 0 {
+				return usagef("--progress-every %v: must not be negative", opts.every)
+			}
 			if opts.resumeFailed && opts.journal != "" {
 				return usagef("--resume-failed and --journal do not go together")
 			}

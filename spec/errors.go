@@ -10,13 +10,19 @@ import (
 // A problem that comes from an Options.Set override rather than from the
 // file is placed at Pos{File: "--set", Line: i + 1, Col: 1}, i being the
 // override's index in Options.Set, and its Msg starts with the override's
-// text, so that the CLI prints "--set:1:1: stages.x.workers=0: ...".
+// text, so that the CLI prints "--set stages.x.workers=0: ...": the flag,
+// not a made-up file.
 type Error struct {
 	Pos Pos
 	Msg string
 }
 
-func (e Error) Error() string { return e.Pos.String() + ": " + e.Msg }
+func (e Error) Error() string {
+	if e.Pos.File == setFile {
+		return setFile + " " + e.Msg
+	}
+	return e.Pos.String() + ": " + e.Msg
+}
 
 // Errors is every problem Parse found in a pipeline, sorted by position:
 // the file's problems first, then those of the --set overrides.

@@ -132,6 +132,13 @@ func TestGood(t *testing.T) {
 		{"options", []string{"stages.spectest.all.with.command=ls"}, func(t *testing.T, p *spec.Pipeline) {
 			specEqual(t, "command", specStage(t, p, "spectest.all").Config.Strings("command"), []string{"ls"})
 		}},
+		// A mapping option is reached entry by entry: an entry the file
+		// has is replaced, a new one added, a stage without the option
+		// gets it.
+		{"options", []string{"stages.spectest.all.with.env.HOME=/root", "stages.spectest.all.with.env.NEW.DOTTED=${WORKERS}", "stages.one-command.with.env.X=1"}, func(t *testing.T, p *spec.Pipeline) {
+			specEqual(t, "env", specStage(t, p, "spectest.all").Config.Map("env"), map[string]string{"LANG": "C", "HOME": "/root", "EMPTY": "fallback", "NEW.DOTTED": "4"})
+			specEqual(t, "env of one-command", specStage(t, p, "one-command").Config.Map("env"), map[string]string{"X": "1"})
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file+"/"+strings.Join(tt.sets, ","), func(t *testing.T) {
@@ -139,7 +146,7 @@ func TestGood(t *testing.T) {
 				// A --set that must fail: upper takes no options.
 				_, err := spec.Load(filepath.Join("..", "testdata", "spec", "good", tt.file+".yaml"), spec.Options{Env: specEnv, Set: tt.sets})
 				got := specErrorText(t, err)
-				want := "--set:3:1: stages.upper.with.x=1=2: stage upper takes no options, not \"x\"\n"
+				want := "--set stages.upper.with.x=1=2: stage upper takes no options, not \"x\"\n"
 				if got != want {
 					t.Errorf("got %q, want %q", got, want)
 				}

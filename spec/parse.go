@@ -50,8 +50,8 @@ type Options struct {
 	// "stages.NAME.workers=4", "stages.NAME.with.pattern=x", "ordered=true",
 	// "input.format=csv". A value is a scalar, ${VAR} expanded as in the
 	// file; a Strings option set this way is a list of one. Everything after
-	// "with." is the option's name, so a StringMap cannot be set entry by
-	// entry.
+	// "with." is the option's name, but for a StringMap option, whose
+	// entries are set one by one: "stages.NAME.with.fields.x=upper(x)".
 	Set []string
 }
 

@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/flowrun/flowrun/stages"
 )
 
 // applySets puts each Options.Set override into the tree rooted at the
@@ -14,7 +16,9 @@ import (
 //
 // A path is dot-separated keys. Stage names may hold dots themselves, so
 // stages.NAME.KEY takes the longest stage name that fits, and with.OPTION
-// takes the rest of the path as the option's name.
+// takes the rest of the path as the option's name, unless it is
+// with.MAP.KEY for a mapping option MAP of the stage (map's fields.x,
+// exec's env.HOME), which sets that one entry.
 func (p *parser) applySets(root *yaml.Node) {
 	if len(p.sets) == 0 {
 		return
@@ -47,7 +51,7 @@ func (p *parser) applySets(root *yaml.Node) {
 			}
 			m, rest = byName[name], strings.TrimPrefix(rest, name+".")
 			if opt, isWith := strings.CutPrefix(rest, "with."); isWith {
-				keys = []string{"with", opt}
+				keys = withKeys(m, opt, p.env)
 			} else {
 				keys = strings.Split(rest, ".")
 			}
@@ -58,6 +62,27 @@ func (p *parser) applySets(root *yaml.Node) {
 		}
 		p.set(i, m, keys, value)
 	}
+}
+
+// withKeys is the path below a stage's mapping st for the option path
+// opt: with and the option, or with, a StringMap option and its entry.
+func withKeys(st *yaml.Node, opt string, env func(string) (string, bool)) []string {
+	var use string
+	for j := 0; j+1 < len(st.Content); j += 2 {
+		if st.Content[j].Value == "use" && st.Content[j+1].Kind == yaml.ScalarNode {
+			use, _ = expand(st.Content[j+1].Value, env)
+		}
+	}
+	sp, ok := stages.Lookup(use)
+	if _, isOption := sp.Option(opt); !ok || isOption {
+		return []string{"with", opt}
+	}
+	for _, o := range sp.Options {
+		if entry, isEntry := strings.CutPrefix(opt, o.Name+"."); isEntry && o.Type == stages.StringMap {
+			return []string{"with", o.Name, entry}
+		}
+	}
+	return []string{"with", opt}
 }
 
 // set sets keys (a path below the mapping m) to value, making mappings on
