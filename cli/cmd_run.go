@@ -178,6 +178,9 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 	var setup *runner.SetupError
 	if !opts.quiet && !errors.As(runErr, &setup) { // a run that never started has nothing to sum up
 		sum.WriteTable(stderr)
+		if sum.Input.Unread > 0 {
+			fmt.Fprintf(stderr, "%d records read from the input were left unprocessed\n", sum.Input.Unread)
+		}
 	}
 	if opts.stats != "" {
 		if err := writeStats(opts.stats, sum); err != nil && runErr == nil {

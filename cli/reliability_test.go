@@ -627,3 +627,105 @@ func TestRelHostileConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestRelNoStartTouchesNothing runs pipelines that cannot start: each
+// exits 2 and leaves the output file as it was, or never creates it. A
+// run whose output is one of its inputs is refused the same way.
+func TestRelNoStartTouchesNothing(t *testing.T) {
+	dir := t.TempDir()
+	in := writeFile(t, dir, "in.txt", "a\nb\n")
+	if err := os.Symlink(in, filepath.Join(dir, "link.txt")); err != nil {
+		t.Fatal(err)
+	}
+	const old = "the old output\n"
+	tests := []struct {
+		name, yaml string
+		args       []string // after the pipeline; -o OUT unless given
+		out        string   // the output that must stay; "" = dir/out.txt
+		stderr     string
+	}{
+		{"missing plugin program", "stages: [{use: exec, with: {command: [/nonexistent/plugin]}}]\n", nil, "", "/nonexistent/plugin"},
+		{"missing wasm module", "stages: [{use: wasm, with: {module: /nonexistent.wasm}}]\n", nil, "", "nonexistent.wasm"},
+		{"unwritable dead-letter path (under a file)", "dead_letter: " + filepath.Join(in, "dead.jsonl") + "\nstages: [{use: upper, on_error: dead-letter}]\n", nil, "", "dead letter"},
+		{"dead-letter path in a missing directory", "dead_letter: " + filepath.Join(dir, "no", "dead.jsonl") + "\nstages: [{use: upper, on_error: dead-letter}]\n", nil, "", "dead letter"},
+		{"-i X -o X", "stages: [{use: upper}]\n", []string{"-o", in}, in, "is also the input"},
+		{"-o a symlink to the input", "stages: [{use: upper}]\n", []string{"-o", filepath.Join(dir, "link.txt")}, in, "is the input file"},
+		{"a glob that includes the output", "stages: [{use: upper}]\n", []string{"-i", filepath.Join(dir, "*.txt"), "-o", in}, in, "the input"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out := tt.out
+			args := tt.args
+			if out == "" {
+				out = writeFile(t, dir, "out.txt", old)
+				args = append(args, "-o", out)
+			}
+			before, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := writeFile(t, dir, "p.yaml", tt.yaml)
+			res := relRun(t, nil, nil, append([]string{"run", "-q", "--progress", "none", "-i", in, p}, args...)...)
+			if res.code != 2 || !strings.Contains(res.stderr, tt.stderr) {
+				t.Errorf("exit %d, want 2; stderr %q lacks %q", res.code, res.stderr, tt.stderr)
+			}
+			if after, _ := os.ReadFile(out); string(after) != string(before) {
+				t.Errorf("%s was %q before the run and is %q after it", out, before, after)
+			}
+		})
+	}
+	t.Run("a missing output is not created", func(t *testing.T) {
+		out := filepath.Join(dir, "new.txt")
+		p := writeFile(t, dir, "p.yaml", "stages: [{use: exec, with: {command: [/nonexistent/plugin]}}]\n")
+		if res := relRun(t, nil, nil, "run", "-q", "--progress", "none", "-i", in, "-o", out, p); res.code != 2 {
+			t.Errorf("exit %d, want 2", res.code)
+		}
+		if _, err := os.Stat(out); err == nil {
+			t.Errorf("%s was created by a run that could not start", out)
+		}
+	})
+}
+
+// TestRelFailureKeepsOutput fails a record under on_error: fail through
+// the built binary: the output file holds exactly the records before it,
+// and the run exits 1.
+func TestRelFailureKeepsOutput(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name     string
+		n, bad   int
+		badLine  string
+		pipeline string
+	}{
+		{"2000 jsonl, record 1500 not JSON", 2000, 1500, "{broken", "input: {format: jsonl}\nordered: true\nstages: [{use: trim, workers: 4}]\n"},
+		{"2000 jsonl, record 1500 fails a plugin", 2000, 1500, `{"n":"bad"}`,
+			"input: {format: jsonl}\nordered: true\nstages: [{use: exec, workers: 2, with: {command: [sh, -c, 'while read -r l; do case $l in *bad*) exit 3;; esac; echo \"$l\"; done']}}]\n"},
+		{"3 good then 1 bad", 4, 4, "{broken", "input: {format: jsonl}\nordered: true\nstages: [{use: trim}]\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var in, want strings.Builder
+			for i := 1; i <= tt.n; i++ {
+				if i == tt.bad {
+					in.WriteString(tt.badLine + "\n")
+					continue
+				}
+				fmt.Fprintf(&in, "{\"n\":%d}\n", i)
+				if i < tt.bad {
+					fmt.Fprintf(&want, "{\"n\":%d}\n", i)
+				}
+			}
+			inFile := writeFile(t, dir, "in.jsonl", in.String())
+			out := filepath.Join(dir, "out.jsonl")
+			p := writeFile(t, dir, "p.yaml", tt.pipeline)
+			res := relRun(t, nil, nil, "run", "-q", "--progress", "none", "-i", inFile, "-o", out, p)
+			if res.code != 1 || !strings.Contains(res.stderr, fmt.Sprintf("record %d", tt.bad)) && !strings.Contains(res.stderr, fmt.Sprintf("line %d", tt.bad)) {
+				t.Errorf("exit %d, want 1 naming record %d; stderr:\n%s", res.code, tt.bad, relTail(res.stderr))
+			}
+			got, _ := os.ReadFile(out)
+			if string(got) != want.String() {
+				t.Errorf("output has %d lines, want the %d before the failing record", strings.Count(string(got), "\n"), tt.bad-1)
+			}
+		})
+	}
+}

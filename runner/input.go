@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	"github.com/flowrun/flowrun/spec"
 	"github.com/flowrun/flowrun/stages"
@@ -92,11 +91,58 @@ func newDecoder(format string, r io.Reader, maxRecord int, bytesRead *atomic.Int
 	cr := &countingReader{r: r, n: bytesRead}
 	switch format {
 	case "jsonl":
-		return &jsonlDecoder{lines: newLineDecoder(cr, maxRecord)}
+		return &jsonlDecoder{lines: newLineDecoder(&bomReader{r: cr}, maxRecord)}
 	case "csv":
-		return newCSVDecoder(cr)
+		return newCSVDecoder(&bomReader{r: cr})
 	}
 	return newLineDecoder(cr, maxRecord)
+}
+
+// bomReader drops a UTF-8 byte-order mark at the start of its input, as
+// spreadsheets write it before CSV: it is not part of the first field
+// (nor of the first JSON value). It never waits for more bytes than a
+// Read returns unless those could be the start of a mark.
+type bomReader struct {
+	r     io.Reader
+	done  bool
+	ahead []byte // bytes read while looking for the mark, not yet returned
+}
+
+var utf8BOM = []byte{0xEF, 0xBB, 0xBF}
+
+func (b *bomReader) Read(p []byte) (int, error) {
+	if b.done {
+		if len(b.ahead) > 0 {
+			n := copy(p, b.ahead)
+			b.ahead = b.ahead[n:]
+			return n, nil
+		}
+		return b.r.Read(p)
+	}
+	var buf [3]byte
+	have := 0
+	for tries := 0; have < 3; tries++ {
+		n, err := b.r.Read(buf[have:])
+		have += n
+		if have == 3 && bytes.Equal(buf[:], utf8BOM) {
+			break
+		}
+		if !bytes.HasPrefix(utf8BOM, buf[:have]) || err != nil || tries > 100 {
+			b.done = true
+			b.ahead = append([]byte(nil), buf[:have]...)
+			if len(b.ahead) == 0 {
+				return 0, err
+			}
+			n := copy(p, b.ahead)
+			b.ahead = b.ahead[n:]
+			if len(b.ahead) > 0 {
+				return n, nil
+			}
+			return n, err
+		}
+	}
+	b.done = true // the mark: dropped
+	return 0, nil
 }
 
 type countingReader struct {
@@ -414,56 +460,53 @@ type chunk struct {
 
 // readInput feeds q0. The reading itself happens in a goroutine of its
 // own, because a Read on a terminal or pipe cannot be interrupted. When
-// the input is stopped (readCtx done, ctx not), readInput still delivers
-// a chunk the reader has already decoded, then returns at once (and q0
-// closes) even if the reader is blocked in a Read: what that Read returns
-// is input read after the stop, and is dropped unprocessed and uncounted.
+// the input is stopped (readCtx done: a signal, a take, a failure),
+// readInput returns at once and q0 closes, even if the reader is blocked
+// in a Read: records read ahead but not yet handed to the first stage are
+// left unprocessed (counted as unread), so that a stop drains only what
+// the queues and workers hold.
 func (r *run) readInput(readCtx, ctx context.Context, files []inputFile, q0 chan<- batch) error {
 	chunks := make(chan chunk)
 	done := make(chan struct{})
 	defer close(done)
-	var reading atomic.Bool
-	go r.readFiles(files, chunks, done, readCtx, &reading)
-	stopping := readCtx.Done()
+	go r.readFiles(files, chunks, done, readCtx)
 	for {
-		var c chunk
-		var ok bool
 		select {
-		case c, ok = <-chunks:
-		case <-stopping:
+		case c, ok := <-chunks:
+			if !ok {
+				return nil
+			}
+			if c.err != nil {
+				return c.err
+			}
+			if err := r.deliver(readCtx, ctx, c, q0); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				if readCtx.Err() != nil {
+					return nil // stopped
+				}
+				return err
+			}
+		case <-readCtx.Done():
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			select {
-			case c, ok = <-chunks:
-			default:
-				if reading.Load() {
-					return nil
-				}
-				time.Sleep(time.Millisecond) // the reader is between a Read and its send
-				continue
-			}
-		}
-		if !ok {
 			return nil
-		}
-		if c.err != nil {
-			return c.err
-		}
-		if err := r.deliver(ctx, c, q0); err != nil {
-			return err
 		}
 	}
 }
 
-// deliver sends a decoded chunk to the first stage. It waits on ctx only,
-// not on a stop: records read are records in flight, and drain.
-func (r *run) deliver(ctx context.Context, c chunk, q0 chan<- batch) error {
+// deliver sends a decoded chunk to the first stage, until stop (the
+// input's context) or ctx is done.
+func (r *run) deliver(stop, ctx context.Context, c chunk, q0 chan<- batch) error {
 	if c.hi <= r.skip { // done before a resume
+		r.input.resumed.Add(int64(len(c.items)))
 		putItems(c.items)
 		return nil
 	}
 	lo := max(c.lo, r.skip+1)
+	r.input.resumed.Add(int64(lo - c.lo))
 	items := c.items[lo-c.lo:]
 	for len(items) > 0 {
 		// A batch enters at one stage: a re-run of dead letters cuts the
@@ -472,7 +515,7 @@ func (r *run) deliver(ctx context.Context, c chunk, q0 chan<- batch) error {
 		for n < len(items) && items[n].from == items[0].from {
 			n++
 		}
-		if err := r.deliverRun(ctx, lo, items[:n], q0); err != nil {
+		if err := r.deliverRun(stop, ctx, lo, items[:n], q0); err != nil {
 			return err
 		}
 		lo += uint64(n)
@@ -483,18 +526,30 @@ func (r *run) deliver(ctx context.Context, c chunk, q0 chan<- batch) error {
 	return nil
 }
 
-// deliverRun sends items, numbered from lo and entering at one stage.
-func (r *run) deliverRun(ctx context.Context, lo uint64, items []item, q0 chan<- batch) error {
+// deliverRun sends items, numbered from lo and entering at one stage. An
+// item that fails the run (on_error: fail) ends the input: the records
+// before it go on, whatever stop says.
+func (r *run) deliverRun(stop, ctx context.Context, lo uint64, items []item, q0 chan<- batch) error {
 	b := batch{lo: lo, hi: lo + uint64(len(items)) - 1, recs: getRecords(), from: items[0].from}
+	var failed error
 	for i, it := range items {
 		seq := lo + uint64(i)
 		if it.err != nil {
 			if err := r.inputError(seq, it); err != nil {
-				return err
+				r.failAt(seq, err)
+				r.input.records.Add(1) // it was read, and failed
+				b.hi, failed = seq-1, err
+				break
 			}
 			continue
 		}
 		b.recs = append(b.recs, record{data: it.data, seq: seq})
+	}
+	if b.hi < b.lo {
+		return failed
+	}
+	if failed == nil {
+		ctx = stop
 	}
 	if r.window != nil {
 		if err := r.window.Acquire(ctx, b.size()); err != nil {
@@ -508,13 +563,14 @@ func (r *run) deliverRun(ctx context.Context, lo uint64, items []item, q0 chan<-
 			r.input.records.Add(p.size())
 			return true
 		case <-ctx.Done():
+			p.release()
 			return false
 		}
 	})
 	if !ok {
 		return ctx.Err()
 	}
-	return nil
+	return failed
 }
 
 func (r *run) inputError(seq uint64, it item) error {
@@ -536,8 +592,8 @@ func (r *run) inputError(seq uint64, it item) error {
 }
 
 // readFiles decodes the input files into chunks. It checks for a stop
-// before every read and says when it is inside one.
-func (r *run) readFiles(files []inputFile, chunks chan<- chunk, done <-chan struct{}, stop context.Context, reading *atomic.Bool) {
+// before every read.
+func (r *run) readFiles(files []inputFile, chunks chan<- chunk, done <-chan struct{}, stop context.Context) {
 	defer close(chunks)
 	send := func(c chunk) bool {
 		select {
@@ -554,7 +610,7 @@ func (r *run) readFiles(files []inputFile, chunks chan<- chunk, done <-chan stru
 			return
 		default:
 		}
-		if !r.readFile(f, &seq, send, stop, reading) {
+		if !r.readFile(f, &seq, send, stop) {
 			return
 		}
 	}
@@ -562,7 +618,7 @@ func (r *run) readFiles(files []inputFile, chunks chan<- chunk, done <-chan stru
 
 // readFile decodes one input file into chunks, numbering its records on
 // from seq; false means stop reading.
-func (r *run) readFile(f inputFile, seq *uint64, send func(chunk) bool, stop context.Context, reading *atomic.Bool) bool {
+func (r *run) readFile(f inputFile, seq *uint64, send func(chunk) bool, stop context.Context) bool {
 	base := r.read.Load() // the files before this one, read whole
 	var in io.Reader = r.opts.Stdin
 	if f.path != "" {
@@ -591,10 +647,9 @@ func (r *run) readFile(f inputFile, seq *uint64, send func(chunk) bool, stop con
 		if stop.Err() != nil {
 			return false
 		}
-		reading.Store(true)
 		items, err := dec.next(maxBatch, getItems())
-		reading.Store(false)
 		if len(items) > 0 {
+			r.input.decoded.Add(int64(len(items)))
 			c := chunk{items: items, lo: *seq + 1, hi: *seq + uint64(len(items)), pos: base + dec.consumed()}
 			*seq = c.hi
 			if !send(c) {

@@ -10,8 +10,12 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/flowrun/flowrun/stages"
 )
@@ -26,16 +30,17 @@ var errOutputClosed = errors.New("output closed by its reader")
 
 // sink formats records and writes them in large, record-aligned writes.
 type sink struct {
-	w      io.Writer
-	name   string // for messages: "stdout" or the path
-	format string
-	buf    []byte
-	header []string // csv: the columns, from the first record
-	csvBuf bytes.Buffer
-	csvW   *csv.Writer
-	fields []string
-	n      int64 // records written
-	bytes  int64 // bytes written
+	w       io.Writer
+	name    string // for messages: "stdout" or the path
+	format  string
+	buf     []byte
+	header  []string        // csv: the columns, from the first record
+	columns map[string]bool // the header's names
+	csvBuf  bytes.Buffer
+	csvW    *csv.Writer
+	fields  []string
+	n       int64 // records written
+	bytes   int64 // bytes written
 }
 
 func newSink(w io.Writer, name, format string) *sink {
@@ -76,6 +81,19 @@ func (s *sink) addCSV(rec []byte) error {
 	if s.header == nil {
 		s.header = cols
 		s.csvW.Write(cols)
+	}
+	if s.columns == nil {
+		s.columns = make(map[string]bool, len(s.header))
+		for _, h := range s.header {
+			s.columns[h] = true
+		}
+	}
+	// A field the header lacks would be dropped without a word: it is the
+	// record's error instead.
+	for _, c := range cols {
+		if !s.columns[c] {
+			return fmt.Errorf("field %q is not a column of the CSV output (its header, from the first record, is %s): give every record the same fields, or write jsonl", c, strings.Join(s.header, ","))
+		}
 	}
 	s.fields = s.fields[:0]
 	for _, h := range s.header {
@@ -165,19 +183,138 @@ func csvHeader(path string) ([]string, error) {
 	return header, nil
 }
 
-func (r *run) openOutput(resumed *JournalEntry) (io.Writer, string, func() error, error) {
+// writable is a file the run will write, opened (when it exists) or
+// checked for (when it does not) without changing it: a run that cannot
+// start must leave every file as it was.
+type writable struct {
+	path string
+	f    *os.File // nil: the file does not exist yet
+}
+
+// probeWritable opens path for writing if it exists, and otherwise checks
+// that its directory lets it be created; it changes nothing.
+func probeWritable(path string) (writable, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err == nil {
+		if fi, err := f.Stat(); err == nil && fi.IsDir() {
+			f.Close()
+			return writable{}, fmt.Errorf("%s: is a directory", path)
+		}
+		return writable{path: path, f: f}, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return writable{}, err
+	}
+	if err := unix.Access(filepath.Dir(path), unix.W_OK|unix.X_OK); err != nil {
+		return writable{}, &fs.PathError{Op: "create", Path: path, Err: err}
+	}
+	return writable{path: path}, nil
+}
+
+type openMode int
+
+const (
+	truncate openMode = iota // a new file, or an old one emptied
+	keep                     // as it is, written from the start
+	appendTo                 // written after what it holds
+)
+
+// open makes the file the run writes: created if missing, then emptied or
+// positioned as mode says.
+func (w writable) open(mode openMode) (*os.File, error) {
+	f := w.f
+	if f == nil {
+		var err error
+		if f, err = os.OpenFile(w.path, os.O_WRONLY|os.O_CREATE, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	var err error
+	switch mode {
+	case truncate:
+		if err = f.Truncate(0); errors.Is(err, syscall.EINVAL) {
+			err = nil // a pipe or a terminal: nothing to empty
+		}
+	case appendTo:
+		if _, err = f.Seek(0, io.SeekEnd); errors.Is(err, syscall.ESPIPE) {
+			err = nil
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+func (w writable) close() {
+	if w.f != nil {
+		w.f.Close()
+	}
+}
+
+// checkFiles refuses a run whose output or dead-letter file is one of its
+// input files (by a glob, a symlink or another name): writing it would
+// destroy what is being read. It returns the output, probed.
+func (r *run) checkFiles(files []inputFile) (writable, error) {
+	var ins []os.FileInfo
+	for _, f := range files {
+		if f.path == "" {
+			continue
+		}
+		if fi, err := os.Stat(f.path); err == nil {
+			ins = append(ins, fi)
+		}
+	}
+	same := func(what, path string) error {
+		fi, err := os.Stat(path)
+		if err != nil {
+			return nil // it does not exist: it is none of them
+		}
+		for i, in := range ins {
+			if os.SameFile(fi, in) && fi.Mode().IsRegular() {
+				name := files[i].name
+				if name == path {
+					return fmt.Errorf("%s %s is also the input: writing it would destroy what is being read; write to another file", what, path)
+				}
+				return fmt.Errorf("%s %s is the input file %s: writing it would destroy what is being read; write to another file", what, path, name)
+			}
+		}
+		return nil
+	}
+	if !isStd(r.p.Output.To) {
+		if err := same("output", r.p.Output.To); err != nil {
+			return writable{}, err
+		}
+	}
+	if r.p.DeadLetter != "" {
+		if err := same("dead_letter", r.p.DeadLetter); err != nil {
+			return writable{}, err
+		}
+	}
+	if isStd(r.p.Output.To) {
+		return writable{}, nil
+	}
+	w, err := probeWritable(r.p.Output.To)
+	if err != nil {
+		return writable{}, fmt.Errorf("output: %w", err)
+	}
+	return w, nil
+}
+
+func (r *run) openOutput(resumed *JournalEntry, w writable) (io.Writer, string, func() error, error) {
 	to := r.p.Output.To
 	if isStd(to) {
 		return r.opts.Stdout, "stdout", func() error { return nil }, nil
 	}
-	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	mode := truncate
 	switch {
 	case resumed != nil:
-		flags = os.O_WRONLY | os.O_CREATE
+		mode = keep
 	case r.opts.RetryDeadLetters != "":
-		flags = os.O_WRONLY | os.O_CREATE | os.O_APPEND // after what the first run wrote
+		mode = appendTo // after what the first run wrote
 	}
-	f, err := os.OpenFile(to, flags, 0o644)
+	f, err := w.open(mode)
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("output: %w", err)
 	}
@@ -208,9 +345,14 @@ func (r *run) openOutput(resumed *JournalEntry) (io.Writer, string, func() error
 // is waiting, so a lone record is never held back for company.
 func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 	emit := func(b batch) error {
-		for _, rec := range b.recs {
+		recs := b.recs
+		if f := r.failSeq.Load(); f != 0 {
+			recs = before(recs, f)
+		}
+		for _, rec := range recs {
 			if err := s.add(rec.data); err != nil {
-				return &RecordError{Stage: "output", Seq: rec.seq, Record: rec.data, Attempts: 1, Err: err}
+				r.failAt(rec.seq, &RecordError{Stage: "output", Seq: rec.seq, Record: rec.data, Attempts: 1, Err: err})
+				break
 			}
 			if s.full() {
 				if err := s.flush(); err != nil {
@@ -218,7 +360,7 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 				}
 			}
 		}
-		r.written.Add(int64(len(b.recs)))
+		r.written.Add(int64(len(recs)))
 		b.release()
 		putRecords(b.recs)
 		return nil
@@ -243,7 +385,11 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 					return err
 				}
 				if r.jr != nil {
-					return r.jr.write(ro.next-1, s.bytes, r.dl, !r.stopped.Load())
+					done, final := ro.next-1, !r.stopped.Load()
+					if f := r.failSeq.Load(); f != 0 {
+						done, final = min(done, f-1), false
+					}
+					return r.jr.write(done, s.bytes, r.dl, final)
 				}
 				return nil
 			}
@@ -260,7 +406,7 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 				if err := s.flush(); err != nil {
 					return err
 				}
-				if r.jr != nil {
+				if r.jr != nil && r.failSeq.Load() == 0 {
 					// A batch boundary with the buffer written: the output
 					// is exactly the records up to ro.next-1.
 					if err := r.jr.write(ro.next-1, s.bytes, r.dl, false); err != nil {
@@ -269,6 +415,10 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 				}
 			}
 		case <-ctx.Done():
+			// Aborted: what is formatted is whole records, finished, and
+			// goes out (the journal does not count them: a resume writes
+			// them again after the last entry).
+			s.flush()
 			return context.Cause(ctx)
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +64,7 @@ type run struct {
 	consumed atomic.Int64       // input bytes whose records went to the first stage
 	input    struct {
 		records, errors, skipped, dead atomic.Int64
+		decoded, resumed               atomic.Int64 // decoded by the reader; skipped as done before a resume
 	}
 	written atomic.Int64 // output records
 	total   int64        // input bytes, -1 unknown
@@ -72,6 +72,35 @@ type run struct {
 	ordered bool     // output in input order: the pipeline's, or a journal's
 	jr      *journal // nil without Options.Journal
 	skip    uint64   // input records done before a resume
+
+	// failSeq is the input record that failed the run (on_error: fail),
+	// 0 while none has. From then on the input is stopped, records after
+	// it are dropped wherever they are, and those before it drain to the
+	// output: the output is what the run would have written had its
+	// input ended just before the failing record (see failAt).
+	failSeq atomic.Uint64
+	failMu  sync.Mutex
+	failErr error
+}
+
+// fail records that input record seq failed the run with err, and stops
+// the input. Of several failures the earliest record's is the run's: with
+// ordered output, nothing after it was written.
+func (r *run) failAt(seq uint64, err error) {
+	r.failMu.Lock()
+	if f := r.failSeq.Load(); f == 0 || seq < f {
+		r.failSeq.Store(seq)
+		r.failErr = err
+	}
+	r.failMu.Unlock()
+	r.stopRead()
+}
+
+// failure is the error that failed the run, nil if none did.
+func (r *run) failure() error {
+	r.failMu.Lock()
+	defer r.failMu.Unlock()
+	return r.failErr
 }
 
 // Run runs p until its input ends and every record has gone to the output,
@@ -127,8 +156,38 @@ func (r *run) run(ctx context.Context) (err error) {
 		}
 	}
 
-	out, outName, closeOut, err := r.openOutput(resumed)
+	// Nothing is created or truncated until everything that can refuse
+	// the run has had its say: the stages are built (a missing plugin),
+	// the files checked (the output is not an input, the dead-letter
+	// file can be written). Only then are the output and the dead-letter
+	// file opened for good.
+	if err := r.build(); err != nil {
+		return err
+	}
+	defer r.closeUnstarted()
+	outFile, err := r.checkFiles(files)
 	if err != nil {
+		return &SetupError{err}
+	}
+	var header []string
+	if p.Output.Format == "csv" && (resumed != nil || r.opts.RetryDeadLetters != "") && !isStd(p.Output.To) {
+		// The file has its header already: the columns continue it.
+		if header, err = csvHeader(p.Output.To); err != nil {
+			outFile.close()
+			return &SetupError{err}
+		}
+	}
+	var dlFile writable
+	if p.DeadLetter != "" {
+		if dlFile, err = probeWritable(p.DeadLetter); err != nil {
+			outFile.close()
+			return &SetupError{fmt.Errorf("dead letter: %w", err)}
+		}
+	}
+
+	out, outName, closeOut, err := r.openOutput(resumed, outFile)
+	if err != nil {
+		dlFile.close()
 		return &SetupError{err}
 	}
 	defer func() {
@@ -137,14 +196,19 @@ func (r *run) run(ctx context.Context) (err error) {
 		}
 	}()
 	if p.DeadLetter != "" {
-		flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+		mode := truncate
 		if resumed != nil {
 			if err := keepDeadLetters(p.DeadLetter, resumed.Seq); err != nil {
+				dlFile.close()
 				return &SetupError{err}
 			}
-			flags = os.O_WRONLY | os.O_CREATE | os.O_APPEND
+			dlFile.close() // replaced: open the new one
+			if dlFile, err = probeWritable(p.DeadLetter); err != nil {
+				return &SetupError{fmt.Errorf("dead letter: %w", err)}
+			}
+			mode = appendTo
 		}
-		f, err := os.OpenFile(p.DeadLetter, flags, 0o644)
+		f, err := dlFile.open(mode)
 		if err != nil {
 			return &SetupError{fmt.Errorf("dead letter: %w", err)}
 		}
@@ -161,19 +225,6 @@ func (r *run) run(ctx context.Context) (err error) {
 			}
 		}()
 	}
-
-	var header []string
-	if p.Output.Format == "csv" && (resumed != nil || r.opts.RetryDeadLetters != "") && !isStd(p.Output.To) {
-		// The file has its header already: the columns continue it.
-		if header, err = csvHeader(p.Output.To); err != nil {
-			return &SetupError{err}
-		}
-	}
-
-	if err := r.build(); err != nil {
-		return err
-	}
-	defer r.closeUnstarted()
 
 	g, groupCtx := errgroup.WithContext(ctx)
 	// A failing worker cancels gctx itself, before its segment's queue
@@ -261,6 +312,9 @@ func (r *run) run(ctx context.Context) (err error) {
 	err = g.Wait()
 	close(progressDone)
 	progress.Wait()
+	if ferr := r.failure(); ferr != nil && err == nil {
+		err = ferr
+	}
 	if err == nil && ctx.Err() != nil {
 		err = context.Cause(ctx)
 	}
@@ -430,6 +484,7 @@ func (r *run) summarize(sum *Summary, elapsed time.Duration) {
 		Errors:       r.input.errors.Load(),
 		Skipped:      r.input.skipped.Load(),
 		DeadLettered: r.input.dead.Load(),
+		Unread:       max(0, r.input.decoded.Load()-r.input.records.Load()-r.input.resumed.Load()),
 	}
 	sum.Output = OutputStats{Records: r.written.Load()}
 	for _, st := range r.stages {

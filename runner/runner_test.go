@@ -552,3 +552,149 @@ func sortLines(b []byte) []byte {
 	sort.Strings(lines)
 	return []byte(strings.Join(lines, "\n"))
 }
+
+// TestFailureKeepsFinishedWork fails a record with on_error: fail: the
+// output holds every record before it (ordered: exactly those), written
+// whole, and the run returns the record's error.
+func TestFailureKeepsFinishedWork(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	jsonl := func(n, bad int, badLine string) string {
+		var b strings.Builder
+		for i := 1; i <= n; i++ {
+			if i == bad {
+				b.WriteString(badLine + "\n")
+				continue
+			}
+			fmt.Fprintf(&b, "{\"n\":%d}\n", i)
+		}
+		return b.String()
+	}
+	const stage2 = "{name: check, use: runnertest.fail, workers: 4}, {use: trim, workers: 2}"
+	tests := []struct {
+		name, yaml, in string
+		bad            int // the failing record
+		ordered        bool
+	}{
+		{"2000 jsonl, 1500 not JSON", "input: {format: jsonl}\nordered: true\nstages: [" + stage2 + "]", jsonl(2000, 1500, "{oops"), 1500, true},
+		{"2000 jsonl, 1500 fails a stage", "input: {format: jsonl}\nordered: true\nstages: [" + stage2 + "]", jsonl(2000, 1500, `{"fail":1}`), 1500, true},
+		{"3 good then 1 bad", "input: {format: jsonl}\nordered: true\nstages: [" + stage2 + "]", jsonl(4, 4, `{"fail":1}`), 4, true},
+		{"3 good then 1 not JSON", "input: {format: jsonl}\nstages: [{use: trim}]", jsonl(4, 4, "nope"), 4, true},
+		{"unordered, 2000 jsonl, 1500 fails a stage", "input: {format: jsonl}\nstages: [" + stage2 + "]", jsonl(2000, 1500, `{"fail":1}`), 1500, false},
+		{"a batch stage fails", "input: {format: jsonl}\nordered: true\nstages: [{use: runnertest.fail, workers: 3}, {use: upper}]", jsonl(5000, 4321, `{"fail":1}`), 4321, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, sum, err := runYAML(t, tt.yaml, tt.in)
+			if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%d", tt.bad)) {
+				t.Fatalf("err = %v, want the failure of record %d", err, tt.bad)
+			}
+			got := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+			if out == "" {
+				got = nil
+			}
+			if tt.ordered {
+				want := strings.Split(strings.TrimSuffix(jsonl(tt.bad-1, 0, ""), "\n"), "\n")
+				if tt.bad == 1 {
+					want = nil
+				}
+				if strings.ToUpper(out) == out && len(want) > 0 {
+					for i := range want {
+						want[i] = strings.ToUpper(want[i])
+					}
+				}
+				if len(got) != len(want) || strings.Join(got, "\n") != strings.Join(want, "\n") {
+					t.Fatalf("output has %d records, want exactly the %d before the failing one", len(got), len(want))
+				}
+			} else {
+				seen := map[string]int{}
+				for _, l := range got {
+					seen[l]++
+				}
+				for i := 1; i < tt.bad; i++ {
+					if seen[fmt.Sprintf("{\"n\":%d}", i)] != 1 {
+						t.Fatalf("record %d is in the output %d times, want once", i, seen[fmt.Sprintf("{\"n\":%d}", i)])
+					}
+				}
+			}
+			if sum.Output.Records != int64(len(got)) || sum.Failed == "" {
+				t.Errorf("summary: output %d, failed %q", sum.Output.Records, sum.Failed)
+			}
+		})
+	}
+}
+
+// stopOnWrite closes stop at its first write.
+type stopOnWrite struct {
+	bytes.Buffer
+	stop chan struct{}
+	once bool
+}
+
+func (s *stopOnWrite) Write(p []byte) (int, error) {
+	if !s.once {
+		s.once = true
+		close(s.stop)
+	}
+	return s.Buffer.Write(p)
+}
+
+// TestStopLeavesReadAheadUnread stops a run once its first record is out:
+// what the reader had read ahead is not processed but counted as unread,
+// and what was handed on drains, in order.
+func TestStopLeavesReadAheadUnread(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	p, err := spec.Parse("t.yaml", []byte("ordered: true\nstages: [{use: sleep, buffer: 2, with: {duration: 1ms}}]"), spec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := &stopOnWrite{stop: make(chan struct{})}
+	sum, err := runner.Run(context.Background(), p, runner.Options{Stdin: strings.NewReader(lines(5000, "%d")), Stdout: out, Stop: out.stop})
+	if err != nil || !sum.Stopped {
+		t.Fatalf("err %v stopped %v", err, sum.Stopped)
+	}
+	if got := out.String(); got != lines(int(sum.Output.Records), "%d") || sum.Output.Records != sum.Input.Records {
+		t.Errorf("output must be the %d records handed on, in order; got %d", sum.Input.Records, sum.Output.Records)
+	}
+	// Bounded by the queues (2 + the writer's 16 batches) and the worker,
+	// not by the 1024 records a read decodes.
+	if sum.Output.Records > 64 || sum.Input.Unread < 900 {
+		t.Errorf("after the stop %d records were processed and %d left unread; want few processed, the read-ahead unread", sum.Output.Records, sum.Input.Unread)
+	}
+}
+
+// TestByteOrderMark reads CSV and JSONL that start with a UTF-8 BOM, as
+// spreadsheets write them: the mark is not part of the first field.
+func TestByteOrderMark(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	const bom = "\ufeff"
+	tests := []struct{ name, yaml, in, want string }{
+		{"csv", "input: {format: csv}\noutput: {format: jsonl}\nstages: [{use: pick, with: {fields: [id]}}]", bom + "id,name\n1,a\n", "{\"id\":\"1\"}\n"},
+		{"jsonl", "input: {format: jsonl}\nstages: [{use: trim}]", bom + "{\"a\":1}\n{\"a\":2}\n", "{\"a\":1}\n{\"a\":2}\n"},
+		{"jsonl, a lone mark", "input: {format: jsonl}\nstages: [{use: trim}]", bom, ""},
+		{"lines keep it: it is data", "stages: [{use: trim}]", bom + "x\n", bom + "x\n"},
+		{"csv starting like one", "input: {format: csv}\noutput: {format: jsonl}\nstages: [{use: trim}]", "\uff01x,y\n1,2\n", "{\"\uff01x\":\"1\",\"y\":\"2\"}\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, _, err := runYAML(t, tt.yaml, tt.in)
+			if err != nil || out != tt.want {
+				t.Errorf("out %q err %v, want %q", out, err, tt.want)
+			}
+		})
+	}
+}
+
+// TestCSVOutputNeverDropsFields writes records whose fields differ to CSV:
+// a field the header lacks fails the record, naming it, and what came
+// before is written.
+func TestCSVOutputNeverDropsFields(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	out, _, err := runYAML(t, "input: {format: jsonl}\noutput: {format: csv}\nordered: true\nstages: [{use: trim}]",
+		"{\"a\":1}\n{}\n{\"a\":3,\"c\":4}\n")
+	if err == nil || !strings.Contains(err.Error(), `record 3`) || !strings.Contains(err.Error(), `field "c"`) {
+		t.Errorf("err = %v, want record 3's field \"c\" named", err)
+	}
+	if out != "a\n1\n\n" {
+		t.Errorf("out %q, want the header and the records before the failing one", out)
+	}
+}

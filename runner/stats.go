@@ -111,6 +111,11 @@ type InputStats struct {
 	Errors       int64 `json:"errors"` // records that could not be decoded
 	Skipped      int64 `json:"skipped"`
 	DeadLettered int64 `json:"dead_lettered"`
+	// Unread is how many records were read from the input but never
+	// handed to the first stage, because the run was stopped (a signal, a
+	// take, a failure) first: they were not processed, and a journal does
+	// not count them as done.
+	Unread int64 `json:"unread"`
 }
 
 // OutputStats counts what the output wrote.

@@ -131,6 +131,13 @@ func (w *worker) run() error {
 // handle runs one batch through the stage and passes the results on.
 func (w *worker) handle(b batch) error {
 	st := w.st
+	if f := w.r.failSeq.Load(); f != 0 && b.hi >= f {
+		if b.lo >= f {
+			b.release()
+			return nil // after the record that failed the run: dropped
+		}
+		b.recs = before(b.recs, f)
+	}
 	if b.from > st.index {
 		return w.send(b)
 	}
@@ -167,12 +174,30 @@ func (w *worker) handle(b batch) error {
 	st.c.in.Add(n)
 	st.c.out.Add(int64(len(out)))
 	if err != nil {
-		return err
+		var re *RecordError
+		if !errors.As(err, &re) {
+			return err
+		}
+		// The record failed the run: what came before it in the batch
+		// goes on, and the stage goes on draining the records before it.
+		w.r.failAt(re.Seq, err)
+		out = before(out, re.Seq)
 	}
 	if st.holds {
 		return nil // processHolding passed on what there was
 	}
 	return w.send(batch{lo: b.lo, hi: b.hi, recs: out, tokens: b.tokens, sem: b.sem})
+}
+
+// before returns the records of recs from input records before seq;
+// recs are in input order.
+func before(recs []record, seq uint64) []record {
+	for i, rec := range recs {
+		if rec.seq >= seq {
+			return recs[:i]
+		}
+	}
+	return recs
 }
 
 // processHolding runs a batch through a stage that holds records across
