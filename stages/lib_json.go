@@ -13,7 +13,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/expr-lang/expr"
-	"github.com/expr-lang/expr/ast"
 	"github.com/expr-lang/expr/vm"
 	"github.com/itchyny/gojq"
 )
@@ -61,9 +60,9 @@ func init() {
 		Options: []Option{
 			{Name: "expr", Type: String, Required: true, Doc: "a boolean expression over the record's fields (expr-lang syntax)"},
 		},
-		Check: func(c Config) error { _, err := compileExpr(c, "expr", expr.AsBool()); return err },
+		Check: func(c Config) error { _, err := compileExpr(c.String("expr"), "expr", expr.AsBool()); return err },
 		New: func(c Config) (Stage, error) {
-			prog, err := compileExpr(c, "expr", expr.AsBool())
+			prog, err := compileExpr(c.String("expr"), "expr", expr.AsBool())
 			if err != nil {
 				return nil, err
 			}
@@ -137,6 +136,32 @@ func (s jsonValidateStage) Process(_ context.Context, rec []byte, out [][]byte) 
 	return append(out, rec), nil
 }
 
+// jqFinite checks that a result holds no infinite number: gojq would
+// write one as 1.7976931348623157e+308, silently another number, where it
+// came from a number too large for a float64 (1e400 + 1) or from
+// infinite. JSON has no infinity, and a record error says so.
+func jqFinite(v any) error {
+	switch v := v.(type) {
+	case float64:
+		if math.IsInf(v, 0) {
+			return errors.New("a result is a number beyond the range of a 64-bit float (like 1e400), which JSON cannot carry")
+		}
+	case []any:
+		for _, e := range v {
+			if err := jqFinite(e); err != nil {
+				return err
+			}
+		}
+	case map[string]any:
+		for _, e := range v {
+			if err := jqFinite(e); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 func compileJQ(c Config) (*gojq.Code, error) {
 	q, err := gojq.Parse(c.String("query"))
 	if err != nil {
@@ -190,20 +215,15 @@ func (s *jqStage) Process(ctx context.Context, rec []byte, out [][]byte) ([][]by
 			out = append(out, []byte(str))
 			continue
 		}
+		if err := jqFinite(r); err != nil {
+			return out, Permanent(fmt.Errorf("jq: %w", err))
+		}
 		b, err := gojq.Marshal(r)
 		if err != nil {
 			return out, Permanent(fmt.Errorf("jq: encode result: %w", err))
 		}
 		out = append(out, b)
 	}
-}
-
-func compileExpr(c Config, option string, opts ...expr.Option) (*vm.Program, error) {
-	prog, err := expr.Compile(c.String(option), opts...)
-	if err != nil {
-		return nil, &OptionError{Option: option, Err: err}
-	}
-	return prog, nil
 }
 
 // exprEnv decodes the JSON object rec into env, which it clears first:
@@ -213,76 +233,111 @@ func compileExpr(c Config, option string, opts ...expr.Option) (*vm.Program, err
 // cost of filter and map.
 func exprEnv(rec []byte, env map[string]any, names map[string]bool) error {
 	clear(env)
-	if names != nil {
-		return eachMember(rec, func(key []byte, escaped bool, _, value []byte) {
-			if escaped {
-				if k, err := unquoteKey(key); err == nil && names[k] {
-					env[k] = decodeJSONValue(value)
-				}
+	var bad error
+	err := eachMember(rec, func(key []byte, escaped bool, _, value []byte) {
+		var k string
+		switch {
+		case escaped:
+			var err error
+			if k, err = unquoteKey(key); err != nil || names != nil && !names[k] {
 				return
 			}
-			if names[string(key)] {
-				env[string(key)] = decodeJSONValue(value)
-			}
-		})
-	}
-	if err := json.Unmarshal(rec, &env); err != nil {
-		var ute *json.UnmarshalTypeError
-		if errors.As(err, &ute) && ute.Field == "" {
-			return Permanent(errRecordNotObject)
+		case names != nil && !names[string(key)]: // no allocation: the compiler sees the lookup
+			return
+		default:
+			k = string(key)
 		}
-		return Permanent(fmt.Errorf("decode JSON: %w", err))
+		v, err := decodeJSONValue(value)
+		if err != nil && bad == nil {
+			bad = Permanent(fmt.Errorf("field %q: %w", k, err))
+		}
+		env[k] = v
+	})
+	if err != nil {
+		return err
 	}
-	if env == nil {
-		return Permanent(errRecordNotObject) // the record was null
-	}
-	return nil
+	return bad
 }
 
 // decodeJSONValue decodes one well-formed JSON value as encoding/json
-// does into an any, the common scalars without its reflection.
-func decodeJSONValue(v []byte) any {
+// does into an any, the common scalars without its reflection, but for
+// numbers: an integer that fits in 64 bits is an int, exactly, a larger one
+// stays a json.Number, its text, so that it comes out as it came in; other
+// numbers are float64s, and one beyond a float64's range is an error rather
+// than a silent infinity or zero.
+func decodeJSONValue(v []byte) (any, error) {
 	switch v[0] {
 	case 't':
-		return true
+		return true, nil
 	case 'f':
-		return false
+		return false, nil
 	case 'n':
-		return nil
+		return nil, nil
 	case '"':
 		if s := v[1 : len(v)-1]; bytes.IndexByte(s, '\\') < 0 && utf8.Valid(s) {
-			return string(s)
+			return string(s), nil
 		}
+	case '{', '[':
 	default:
-		if f, err := strconv.ParseFloat(string(v), 64); err == nil {
-			return f
+		return decodeJSONNumber(v)
+	}
+	d := json.NewDecoder(bytes.NewReader(v))
+	d.UseNumber()
+	var x any
+	d.Decode(&x) // v is well-formed: eachMember checked it
+	return jsonNumbers(x)
+}
+
+// decodeJSONNumber decodes the well-formed JSON number v.
+func decodeJSONNumber(v []byte) (any, error) {
+	if bytes.IndexAny(v, ".eE") < 0 {
+		n, err := strconv.ParseInt(string(v), 10, 64)
+		switch {
+		case err != nil:
+			return json.Number(v), nil
+		case n == 0 && v[0] == '-':
+			return math.Copysign(0, -1), nil
+		}
+		return int(n), nil
+	}
+	f, err := strconv.ParseFloat(string(v), 64)
+	if err != nil || f == 0 && bytes.ContainsAny(mantissa(v), "123456789") {
+		return nil, fmt.Errorf("the number %s is beyond the range of a 64-bit float", v)
+	}
+	return f, nil
+}
+
+// mantissa is the JSON number v without its exponent.
+func mantissa(v []byte) []byte {
+	if i := bytes.IndexAny(v, "eE"); i >= 0 {
+		return v[:i]
+	}
+	return v
+}
+
+// jsonNumbers replaces the json.Numbers in x, decoded with UseNumber, as
+// decodeJSONNumber does.
+func jsonNumbers(x any) (any, error) {
+	switch x := x.(type) {
+	case json.Number:
+		return decodeJSONNumber([]byte(x))
+	case []any:
+		for i, e := range x {
+			var err error
+			if x[i], err = jsonNumbers(e); err != nil {
+				return nil, err
+			}
+		}
+	case map[string]any:
+		for k, e := range x {
+			v, err := jsonNumbers(e)
+			if err != nil {
+				return nil, err
+			}
+			x[k] = v
 		}
 	}
-	var x any
-	json.Unmarshal(v, &x) // v is well-formed: eachMember checked it
-	return x
-}
-
-// exprFields returns the identifiers the programs name, which are the
-// record fields they can read, or nil when one reads $env and so any.
-func exprFields(progs ...*vm.Program) map[string]bool {
-	v := exprIdentifiers{names: map[string]bool{}}
-	for _, p := range progs {
-		node := p.Node()
-		ast.Walk(&node, &v)
-	}
-	if v.names["$env"] {
-		return nil
-	}
-	return v.names
-}
-
-type exprIdentifiers struct{ names map[string]bool }
-
-func (v *exprIdentifiers) Visit(n *ast.Node) {
-	if id, ok := (*n).(*ast.IdentifierNode); ok {
-		v.names[id.Value] = true
-	}
+	return x, nil
 }
 
 type filterStage struct {
@@ -298,7 +353,7 @@ func (s *filterStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]
 	}
 	keep, err := s.vm.Run(s.prog, s.env)
 	if err != nil {
-		return out, Permanent(fmt.Errorf("filter: %s", firstLine(err)))
+		return out, Permanent(fmt.Errorf("filter: %s", exprRunError(s.prog, s.env, err)))
 	}
 	if keep.(bool) {
 		out = append(out, rec)
@@ -331,7 +386,7 @@ func newMapStage(c Config) (Stage, error) {
 	case c.Has("expr") && c.Has("fields"):
 		return nil, OptionErrorf("fields", "map takes expr or fields, not both")
 	case c.Has("expr"):
-		prog, err := compileExpr(c, "expr")
+		prog, err := compileExpr(c.String("expr"), "expr")
 		if err != nil {
 			return nil, err
 		}
@@ -347,9 +402,9 @@ func newMapStage(c Config) (Stage, error) {
 		sort.Strings(names) // new fields are appended in a stable order
 		s.index = map[string]int{}
 		for _, name := range names {
-			prog, err := expr.Compile(fields[name])
+			prog, err := compileExpr(fields[name], "fields")
 			if err != nil {
-				return nil, OptionErrorf("fields", "%s: %v", name, err)
+				return nil, OptionErrorf("fields", "%s: %v", name, errors.Unwrap(err))
 			}
 			s.index[name] = len(s.fields)
 			s.fields = append(s.fields, mapField{name: name, quoted: AppendJSONString(nil, name), prog: prog})
@@ -373,7 +428,7 @@ func (s *mapStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byt
 	if s.prog != nil {
 		v, err := s.vm.Run(s.prog, s.env)
 		if err != nil {
-			return out, Permanent(fmt.Errorf("map: %s", firstLine(err)))
+			return out, Permanent(fmt.Errorf("map: %s", exprRunError(s.prog, s.env, err)))
 		}
 		if str, ok := v.(string); ok && s.raw {
 			return append(out, []byte(str)), nil
@@ -388,7 +443,7 @@ func (s *mapStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byt
 	for i, f := range s.fields {
 		v, err := s.vm.Run(f.prog, s.env)
 		if err != nil {
-			return out, Permanent(fmt.Errorf("map: field %s: %s", f.name, firstLine(err)))
+			return out, Permanent(fmt.Errorf("map: field %s: %s", f.name, exprRunError(f.prog, s.env, err)))
 		}
 		if s.vals[i], err = encodeJSONValue(s.vals[i][:0], v); err != nil {
 			return out, Permanent(fmt.Errorf("map: field %s: %w", f.name, err))
@@ -709,6 +764,8 @@ func encodeJSONValue(b []byte, v any) ([]byte, error) {
 		return strconv.AppendInt(b, v, 10), nil
 	case float64:
 		return encodeJSONFloat(b, v)
+	case json.Number:
+		return append(b, v...), nil // an integer beyond 64 bits, as it came
 	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)

@@ -108,6 +108,11 @@ func TestJQ(t *testing.T) {
 		{name: "filter out", with: map[string]any{"query": "select(.n > 1)"}, rec: `{"n":1}`, want: []string{}},
 		{name: "keys sorted, compact", with: map[string]any{"query": "{z: .a, a: .b}"}, rec: `{"a": 1, "b": "<&>"}`, want: []string{`{"a":"<&>","z":1}`}},
 		{name: "big integer exact", with: map[string]any{"query": ".id"}, rec: `{"id": 12345678901234567890}`, want: []string{`12345678901234567890`}},
+		{name: "integer past 2^53 exact", with: map[string]any{"query": ".a + 1"}, rec: `{"a": 9007199254740993}`, want: []string{`9007199254740994`}},
+		{name: "integer past 64 bits computed exactly", with: map[string]any{"query": ".a + 1"}, rec: `{"a": 12345678901234567890}`, want: []string{`12345678901234567891`}},
+		{name: "1e400 passed on as it came", with: map[string]any{"query": ".a"}, rec: `{"a": 1e400}`, want: []string{`1e400`}},
+		{name: "1e400 computed is an error", with: map[string]any{"query": ".a + 1"}, rec: `{"a": 1e400}`, wantErr: "beyond the range of a 64-bit float"},
+		{name: "infinite is an error", with: map[string]any{"query": "[infinite]"}, rec: `null`, wantErr: "beyond the range"},
 		{name: "halt stops quietly", with: map[string]any{"query": "1, halt, 2"}, rec: `null`, want: []string{`1`}},
 		{name: "not JSON", with: map[string]any{"query": "."}, rec: `{"a":`, wantErr: "decode JSON"},
 		{name: "data after value", with: map[string]any{"query": "."}, rec: `{} x`, wantErr: "data after the value"},
@@ -132,7 +137,21 @@ func TestFilter(t *testing.T) {
 			rec: `{"tags":["a","b"],"address":{"city":"Paris"}}`, want: []string{`{"tags":["a","b"],"address":{"city":"Paris"}}`}},
 		{name: "escaped key and value", with: map[string]any{"expr": `name == "a\"b"`}, rec: `{"n\u0061me":"a\"b"}`, want: []string{`{"n\u0061me":"a\"b"}`}},
 		{name: "duplicate key last wins", with: map[string]any{"expr": `n == 2`}, rec: `{"n":1,"n":2}`, want: []string{`{"n":1,"n":2}`}},
-		{name: "type mismatch", with: w, rec: `{"active":true,"score":"high"}`, wantErr: "filter: "},
+		{name: "type mismatch", with: w, rec: `{"active":true,"score":"high"}`, wantErr: "filter: invalid operation: string > number (at 1:17)"},
+		{name: "integer past 2^53 exact", with: map[string]any{"expr": "id == 9007199254740993"}, rec: `{"id":9007199254740992}`, want: []string{}},
+		{name: "integer past 64 bits passes", with: map[string]any{"expr": "id != nil"}, rec: `{"id":12345678901234567890}`, want: []string{`{"id":12345678901234567890}`}},
+		{name: "integer past 64 bits in arithmetic", with: map[string]any{"expr": "id > 1"}, rec: `{"id":12345678901234567890}`, wantErr: `field "id" is 12345678901234567890, an integer beyond 64 bits`},
+		{name: "1e400", with: map[string]any{"expr": "x > 1"}, rec: `{"x":1e400}`, wantErr: `field "x": the number 1e400 is beyond the range of a 64-bit float`},
+		{name: "1e-400", with: map[string]any{"expr": "x > 1"}, rec: `{"x":1e-400}`, wantErr: `beyond the range`},
+		{name: "modulo of integers", with: map[string]any{"expr": "n % 2 == 1"}, rec: `{"n":7}`, want: []string{`{"n":7}`}},
+		{name: "field missing", with: w, rec: `{"active":true}`, wantErr: `filter: field "score" is missing, not a number`},
+		{name: "field null", with: w, rec: `{"active":true,"score":null}`, wantErr: `filter: field "score" is null, not a number`},
+		{name: "field null in a call", with: map[string]any{"expr": `upper(name) == "A"`}, rec: `{"name":null}`, wantErr: `filter: field "name" is null, not a string`},
+		{name: "field of the wrong kind", with: map[string]any{"expr": `not ok`}, rec: `{"ok":1}`, wantErr: `filter: field "ok" is a number, not a boolean`},
+		{name: "field null in len", with: map[string]any{"expr": `len(tags) > 0`}, rec: `{"tags":null}`, wantErr: `filter: field "tags" is null`},
+		{name: "field named type", with: map[string]any{"expr": `type == "user"`}, rec: `{"type":"user"}`, want: []string{`{"type":"user"}`}},
+		{name: "fields named len and all", with: map[string]any{"expr": `all && len > 2 && len(name) == 1`}, rec: `{"all":true,"len":3,"name":"x"}`, want: []string{`{"all":true,"len":3,"name":"x"}`}},
+		{name: "field with a hyphen", with: map[string]any{"expr": `$env["first-name"] == "ann"`}, rec: `{"first-name":"ann","x":1}`, want: []string{`{"first-name":"ann","x":1}`}},
 	})
 }
 
@@ -156,6 +175,15 @@ func TestMap(t *testing.T) {
 		{name: "not an object", with: map[string]any{"expr": "1"}, rec: `"s"`, wantErr: "not a JSON object"},
 		{name: "bad value", with: map[string]any{"fields": map[string]string{"u": "upper(n)"}}, rec: `{"n":1}`, wantErr: "field u"},
 		{name: "NaN", with: map[string]any{"expr": "x / 0.0 * 0"}, rec: `{"x":0}`, wantErr: "no JSON form"},
+		{name: "integers exact", with: map[string]any{"expr": `{"a": a, "b": b, "c": c}`},
+			rec: `{"a":12345678901234567890,"b":9007199254740993,"c":-0}`, want: []string{`{"a":12345678901234567890,"b":9007199254740993,"c":-0}`}},
+		{name: "integers exact in fields", with: map[string]any{"fields": map[string]string{"b": "a", "c": "d + 1", "e": "f"}},
+			rec: `{"a":12345678901234567890,"d":9007199254740993,"f":[100000000000000000000000000000001]}`,
+			want: []string{`{"a":12345678901234567890,"d":9007199254740993,"f":[100000000000000000000000000000001],"b":12345678901234567890,"c":9007199254740994,"e":[100000000000000000000000000000001]}`}},
+		{name: "1e400 is an error", with: map[string]any{"expr": `{"a": a}`}, rec: `{"a":1e400}`, wantErr: "beyond the range of a 64-bit float"},
+		{name: "1e400 nested is an error", with: map[string]any{"expr": `{"a": a}`}, rec: `{"a":[1e400]}`, wantErr: "beyond the range of a 64-bit float"},
+		{name: "1e400 in a field not read passes", with: map[string]any{"fields": map[string]string{"b": "1"}}, rec: `{"a":1e400}`, want: []string{`{"a":1e400,"b":1}`}},
+		{name: "field missing", with: map[string]any{"fields": map[string]string{"u": "upper(name)"}}, rec: `{}`, wantErr: `map: field u: field "name" is missing, not a string`},
 	})
 }
 
@@ -168,6 +196,7 @@ func TestPickDrop(t *testing.T) {
 		wantErr     string
 	}{
 		{"pick", "order of the record", []string{"nested", "id"}, rec, `{"id":1,"nested":{"x":[1,{"y":"}"}]}}`, ""},
+		{"pick", "numbers exact", []string{"a", "b", "c"}, `{"a":12345678901234567890,"b":9007199254740993,"c":1e400,"d":1}`, `{"a":12345678901234567890,"b":9007199254740993,"c":1e400}`, ""},
 		{"pick", "escaped key", []string{"name2"}, rec, `{"na\u006de2":true}`, ""},
 		{"pick", "none present", []string{"zzz"}, rec, `{}`, ""},
 		{"drop", "keeps the rest", []string{"nested", "id"}, rec, `{"name":"a,}\"b","na\u006de2":true}`, ""},
@@ -194,6 +223,10 @@ func TestLibJSONOptionErrors(t *testing.T) {
 		{"jq", "query", map[string]any{"query": "undefined_fn(1)"}},
 		{"filter", "expr", map[string]any{"expr": "a &&"}},
 		{"filter", "expr", map[string]any{"expr": `"not a bool"`}},
+		{"filter", "expr", map[string]any{"expr": `uper(name) == "A"`}},
+		{"filter", "expr", map[string]any{"expr": `name.trim() == "A"`}},
+		{"map", "expr", map[string]any{"expr": `{"a": nosuch(1)}`}},
+		{"map", "fields", map[string]any{"fields": map[string]string{"a": "frobnicate(x)"}}},
 		{"map", "expr", map[string]any{"expr": "upper("}},
 		{"map", "expr", map[string]any{}},
 		{"map", "fields", map[string]any{"expr": "1", "fields": map[string]string{"a": "1"}}},
@@ -244,5 +277,15 @@ func BenchmarkStageJSON(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
 		})
+	}
+}
+
+// TestExprUnknownFunction checks that a call of a function expr-lang does
+// not have is found when the stage is made, with a suggestion, rather
+// than on every record.
+func TestExprUnknownFunction(t *testing.T) {
+	_, err := libbNewStage("filter", map[string]any{"expr": `uper(name) == "A"`})
+	if err == nil || !strings.Contains(err.Error(), "unknown function uper (did you mean upper?)") {
+		t.Fatalf("error %v, want one naming uper and suggesting upper", err)
 	}
 }
