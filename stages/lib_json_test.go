@@ -178,7 +178,7 @@ func TestMap(t *testing.T) {
 		{name: "integers exact", with: map[string]any{"expr": `{"a": a, "b": b, "c": c}`},
 			rec: `{"a":12345678901234567890,"b":9007199254740993,"c":-0}`, want: []string{`{"a":12345678901234567890,"b":9007199254740993,"c":-0}`}},
 		{name: "integers exact in fields", with: map[string]any{"fields": map[string]string{"b": "a", "c": "d + 1", "e": "f"}},
-			rec: `{"a":12345678901234567890,"d":9007199254740993,"f":[100000000000000000000000000000001]}`,
+			rec:  `{"a":12345678901234567890,"d":9007199254740993,"f":[100000000000000000000000000000001]}`,
 			want: []string{`{"a":12345678901234567890,"d":9007199254740993,"f":[100000000000000000000000000000001],"b":12345678901234567890,"c":9007199254740994,"e":[100000000000000000000000000000001]}`}},
 		{name: "1e400 is an error", with: map[string]any{"expr": `{"a": a}`}, rec: `{"a":1e400}`, wantErr: "beyond the range of a 64-bit float"},
 		{name: "1e400 nested is an error", with: map[string]any{"expr": `{"a": a}`}, rec: `{"a":[1e400]}`, wantErr: "beyond the range of a 64-bit float"},
