@@ -17,6 +17,7 @@ import (
 	"sync"
 	"syscall"
 	"text/template"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/cespare/xxhash/v2"
@@ -25,7 +26,8 @@ import (
 func init() {
 	Register(Spec{
 		Name: "file.read",
-		Doc:  "Reads the file a record names and emits its bytes; with dir, paths are relative to dir and may not leave it.",
+		Doc: "Reads the file a record names and emits its bytes; with dir, paths are relative to dir and may not leave it. " +
+			"Only regular files are read: a named pipe, a device or a socket is an error for its record, since reading one may never end.",
 		Options: []Option{
 			{Name: "dir", Type: String, Default: "", Doc: "the directory paths are relative to and confined to (relative to the pipeline file); empty: any path, relative to the working directory"},
 			{Name: "max_size", Type: Int, Default: 64 << 20, Doc: "the largest file, in bytes; a larger one is an error for its record"},
@@ -43,6 +45,7 @@ func init() {
 				"{{.field}} is a field of a JSON object record, {{hash}} the 16 hex digits of the data's xxhash, {{ext}} an extension from the data (.png, .jpg, .gif, .json, .txt, .bin), " +
 				"{{name}} the record's name field or else {{hash}}{{ext}}"},
 			{Name: "mode", Type: String, Default: "0644", Doc: "the new files' permissions, in octal"},
+			{Name: "sync", Type: Bool, Default: true, Doc: "fsync each file and its directory before emitting its path, so that a journal never counts a file that a power cut could leave empty; false is faster and as safe short of a crash of the machine"},
 		},
 		Check: func(c Config) error { _, err := newFileWriteStage(c, false); return err },
 		New:   func(c Config) (Stage, error) { return newFileWriteStage(c, true) },
@@ -171,15 +174,9 @@ func (s *fileReadStage) Process(_ context.Context, rec []byte, out [][]byte) ([]
 	if name == "" {
 		return out, Permanent(errors.New("record names no file"))
 	}
-	var f *os.File
-	var err error
-	if s.root != nil {
-		f, err = s.root.Open(name)
-	} else {
-		f, err = os.Open(name)
-	}
+	f, err := openRegular(s.root, name)
 	if err != nil {
-		return out, fileErr(err)
+		return out, err
 	}
 	defer f.Close()
 	data, err := readAtMost(f, s.max)
@@ -187,6 +184,51 @@ func (s *fileReadStage) Process(_ context.Context, rec []byte, out [][]byte) ([]
 		return out, fmt.Errorf("read %s: %w", name, fileErr(err))
 	}
 	return append(out, data), nil
+}
+
+// openRegular opens the regular file name, in root unless root is nil. A
+// named pipe, a device or a socket is refused: opening a FIFO waits for a
+// writer, and reading one or a device may never end, in a call that no
+// context or timeout can interrupt. O_NONBLOCK makes the open itself
+// return at once; it changes nothing for a regular file.
+func openRegular(root *os.Root, name string) (*os.File, error) {
+	var f *os.File
+	var err error
+	if root != nil {
+		f, err = root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	} else {
+		f, err = os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	}
+	if err != nil {
+		return nil, fileErr(err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, Permanent(fmt.Errorf("%s is %s, not a regular file", name, fileKind(fi.Mode())))
+	}
+	return f, nil
+}
+
+// fileKind names the kind of file that m describes, with its article.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe (FIFO)"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	}
+	return "not a regular file"
 }
 
 // readAtMost reads r to its end, or fails with a permanent error when it
@@ -219,6 +261,7 @@ type fileWriteStage struct {
 	root *os.Root
 	name *template.Template
 	perm os.FileMode
+	sync bool
 
 	// The template's functions read the record at hand from here: each
 	// worker has its own stage and template.
@@ -236,7 +279,7 @@ func newFileWriteStage(c Config, open bool) (*fileWriteStage, error) {
 	if err != nil || perm > 0o777 {
 		return nil, OptionErrorf("mode", "%q is not an octal permission like 0644", c.String("mode"))
 	}
-	s := &fileWriteStage{dir: dir, perm: os.FileMode(perm)}
+	s := &fileWriteStage{dir: dir, perm: os.FileMode(perm), sync: c.Bool("sync")}
 	if c.String("name_template") == "" {
 		return nil, OptionErrorf("name_template", "is empty: a file needs a name")
 	}
@@ -310,6 +353,10 @@ func (s *fileWriteStage) Process(_ context.Context, rec []byte, out [][]byte) ([
 	if err := s.name.Execute(&name, dot); err != nil {
 		return out, Permanent(err)
 	}
+	if i := strings.IndexFunc(name.String(), unicode.IsControl); i >= 0 {
+		// A newline in a path would forge a second output record.
+		return out, Permanent(fmt.Errorf("name %q holds a control character (%U), which a file name must not", name.String(), []rune(name.String()[i:])[0]))
+	}
 	rel := filepath.Clean(name.String())
 	if !filepath.IsLocal(rel) || rel == "." {
 		return out, Permanent(fmt.Errorf("name %q is not a path inside dir", name.String()))
@@ -322,20 +369,27 @@ func (s *fileWriteStage) Process(_ context.Context, rec []byte, out [][]byte) ([
 
 // write writes data to a temporary file beside rel and renames it to rel,
 // so that a reader, or a crash, never sees half a file; the root keeps
-// every step inside dir, through symbolic links too.
+// every step inside dir, through symbolic links too. With sync, the file
+// and then its directory are fsynced before write returns: once the path
+// is emitted (and a journal counts the record), the file survives a power
+// cut. The temporary name is short and fixed in length, so that any name
+// the file system takes, up to its 255 bytes, can be written.
 func (s *fileWriteStage) write(rel string, data []byte) error {
 	parent := filepath.Dir(rel)
 	if parent != "." {
-		if err := s.root.MkdirAll(parent, 0o755); err != nil {
+		if err := s.mkdirAll(parent); err != nil {
 			return err
 		}
 	}
-	tmp := filepath.Join(parent, fmt.Sprintf(".%s.%016x.tmp", filepath.Base(rel), rand.Uint64()))
+	tmp := filepath.Join(parent, fmt.Sprintf(".flowrun-%016x.tmp", rand.Uint64()))
 	f, err := s.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, s.perm)
 	if err != nil {
 		return err
 	}
 	_, err = f.Write(data)
+	if err == nil && s.sync {
+		err = fileSync(f)
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -344,9 +398,51 @@ func (s *fileWriteStage) write(rel string, data []byte) error {
 	}
 	if err != nil {
 		s.root.Remove(tmp)
+		return err
+	}
+	if s.sync {
+		return s.syncDir(parent)
+	}
+	return nil
+}
+
+// mkdirAll makes dir under the root, and with sync fsyncs the parent of
+// each directory it makes, so that the new directories survive a crash
+// with the files in them.
+func (s *fileWriteStage) mkdirAll(dir string) error {
+	if !s.sync {
+		return s.root.MkdirAll(dir, 0o755)
+	}
+	if _, err := s.root.Stat(dir); err == nil {
+		return nil
+	}
+	if up := filepath.Dir(dir); up != "." {
+		if err := s.mkdirAll(up); err != nil {
+			return err
+		}
+	}
+	if err := s.root.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return s.syncDir(filepath.Dir(dir))
+}
+
+// syncDir fsyncs the directory dir under the root, which makes the names
+// in it (a rename, a new file) durable.
+func (s *fileWriteStage) syncDir(dir string) error {
+	d, err := s.root.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = fileSync(d)
+	if cerr := d.Close(); err == nil {
+		err = cerr
 	}
 	return err
 }
+
+// fileSync is (*os.File).Sync; the tests count its calls.
+var fileSync = (*os.File).Sync
 
 // Close releases the stage's directory.
 func (s *fileWriteStage) Close() error { return s.root.Close() }

@@ -2,11 +2,14 @@ package stages_test
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/flowrun/flowrun/stages"
 )
@@ -140,5 +143,63 @@ func TestFileOptionErrors(t *testing.T) {
 				t.Fatalf("error %v, want an *OptionError for %s", err, tc.option)
 			}
 		})
+	}
+}
+
+// TestFileReadNotRegular checks that file.read refuses a named pipe at
+// once, instead of waiting in open(2) for a writer that never comes, where
+// no timeout and no signal could reach it; and a device, whose read may
+// never end.
+func TestFileReadNotRegular(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Skipf("mkfifo: %v", err)
+	}
+	cases := []libbCase{
+		{name: "fifo", rec: fifo, wantErr: "is a named pipe (FIFO), not a regular file"},
+		{name: "fifo in dir", with: map[string]any{"dir": dir}, rec: "fifo", wantErr: "is a named pipe (FIFO), not a regular file"},
+		{name: "device", rec: "/dev/zero", wantErr: "is a character device, not a regular file"},
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		libbRunCases(t, "file.read", cases)
+	}()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second): // a failsafe, not a measurement: on the old code open never returns
+		os.WriteFile(fifo, nil, 0) // let the stuck open return, so the test ends
+		t.Fatal("file.read of a FIFO did not return")
+	}
+}
+
+// TestFileWriteNames checks that a name with a control character is the
+// record's error (a newline would forge a second output record), and that
+// names of up to 255 bytes, which the file system takes, are written.
+func TestFileWriteNames(t *testing.T) {
+	dir := t.TempDir()
+	st := libbStage(t, "file.write", map[string]any{"dir": dir, "name_template": "{{.name}}"})
+	for _, name := range []string{"a\nb", "tab\there", "esc\x1b[2J", "del\x7f", "c1\u0085"} {
+		q, _ := json.Marshal(name)
+		rec := `{"name":` + string(q) + `}`
+		out, err := libbRun(st, rec)
+		if err == nil || !errors.Is(err, stages.ErrPermanent) || !strings.Contains(err.Error(), "control character") {
+			t.Errorf("name %q: emitted %q, error %v; want a permanent error about a control character", name, out, err)
+		}
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) > 0 {
+		t.Errorf("files written for refused names: %v", entries)
+	}
+	for _, n := range []int{200, 234, 245, 255} {
+		name := strings.Repeat("n", n)
+		out, err := libbRun(st, `{"name":"`+name+`"}`)
+		if err != nil {
+			t.Errorf("name of %d bytes: %v", n, err)
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil || len(out) != 1 {
+			t.Errorf("name of %d bytes: %v, emitted %q", n, err, out)
+		}
 	}
 }

@@ -206,12 +206,12 @@ func (s *imageResizeStage) source(rec []byte) (data []byte, fields map[string]an
 	if name == "" || len(name) > 4096 || strings.ContainsAny(name, "\x00\n") {
 		return nil, nil, Permanent(errors.New("record is neither an image (PNG, JPEG, GIF, WebP) nor the path of an image file"))
 	}
-	f, err := os.Open(name)
+	f, err := openRegular(nil, name)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, nil, Permanent(fmt.Errorf("record is neither an image (PNG, JPEG, GIF, WebP) nor the path of a file: %w", err))
 		}
-		return nil, nil, fileErr(err)
+		return nil, nil, err
 	}
 	defer f.Close()
 	data, err = readAtMost(f, s.maxSize)
