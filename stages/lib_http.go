@@ -6,10 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"html"
 	"io"
 	"net/http"
 	"net/url"
 	"path"
+	"regexp"
+	"strconv"
 	"strings"
 	"text/template"
 	"time"
@@ -41,6 +44,9 @@ func httpOptions(post bool) []Option {
 		{Name: "headers", Type: StringMap, Doc: "request headers, like {Authorization: Bearer ${TOKEN}}"},
 		{Name: "timeout", Type: Duration, Default: 30 * time.Second, Doc: "the longest a request may take, body included; 0: no limit but the stage's timeout"},
 		{Name: "max_body", Type: Int, Default: 64 << 20, Doc: "the largest response body, in bytes; a larger one is an error for its record"},
+		{Name: "redirects", Type: String, Default: "follow", Enum: []string{"follow", "same_host", "none"}, Doc: "follow: up to 10 redirects, " +
+			"dropping the pipeline's headers on any that changes the scheme, host or port; same_host: only redirects to the same scheme, host and port; " +
+			"none: a redirect is an error for its record"},
 		{Name: "emit", Type: String, Default: "body", Enum: []string{"body", "json"}, Doc: "body: the response body; " +
 			"json: a blob record {url, name (the URL's base name), status, content_type, data_base64} that image.resize and file.write understand"},
 	}
@@ -50,14 +56,14 @@ func httpOptions(post bool) []Option {
 	return opts
 }
 
-// httpClient is shared by the workers of every http stage, so that they
+// httpTransport is shared by the workers of every http stage, so that they
 // reuse connections: the default transport keeps only two idle ones per
 // host, which makes eight workers on one host dial again and again.
-var httpClient = func() *http.Client {
+var httpTransport = func() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConns = 256
 	t.MaxIdleConnsPerHost = 64
-	return &http.Client{Transport: t}
+	return t
 }()
 
 type httpStage struct {
@@ -68,17 +74,21 @@ type httpStage struct {
 	max         int64
 	emitJSON    bool
 	contentType string
+	redirects   string
+	client      http.Client
 	raw         []byte // the record at hand, for the template's raw function
 }
 
 func newHTTPStage(c Config, method string) (*httpStage, error) {
 	s := &httpStage{
-		method:   method,
-		headers:  c.Map("headers"),
-		timeout:  c.Duration("timeout"),
-		max:      int64(c.Int("max_body")),
-		emitJSON: c.String("emit") == "json",
+		method:    method,
+		headers:   c.Map("headers"),
+		timeout:   c.Duration("timeout"),
+		max:       int64(c.Int("max_body")),
+		emitJSON:  c.String("emit") == "json",
+		redirects: c.String("redirects"),
 	}
+	s.client = http.Client{Transport: httpTransport, CheckRedirect: s.checkRedirect}
 	if s.max < 1 {
 		return nil, OptionErrorf("max_body", "must be at least 1 byte, not %d", s.max)
 	}
@@ -164,8 +174,12 @@ func (s *httpStage) Process(ctx context.Context, rec []byte, out [][]byte) ([][]
 	if s.method == http.MethodPost && req.Header.Get("Content-Type") == "" {
 		req.Header.Set("Content-Type", s.postType(rec))
 	}
-	resp, err := httpClient.Do(req)
+	resp, err := s.client.Do(req)
 	if err != nil {
+		var redirect *errRedirect
+		if errors.As(err, &redirect) {
+			return out, Permanent(redirect)
+		}
 		return out, err // the network, or ctx: another attempt may do better
 	}
 	defer resp.Body.Close()
@@ -175,7 +189,7 @@ func (s *httpStage) Process(ctx context.Context, rec []byte, out [][]byte) ([][]
 	if resp.ContentLength > s.max {
 		return out, Permanent(fmt.Errorf("%s %s: body of %d bytes is more than max_body %d", s.method, u.Redacted(), resp.ContentLength, s.max))
 	}
-	data, err := readAtMost(resp.Body, s.max)
+	data, err := readLimited(resp.Body, s.max, resp.ContentLength)
 	if err != nil {
 		return out, fmt.Errorf("%s %s: read body: %w", s.method, u.Redacted(), err)
 	}
@@ -194,6 +208,57 @@ func (s *httpStage) Process(ctx context.Context, rec []byte, out [][]byte) ([][]
 	return append(out, blob), nil
 }
 
+// checkRedirect applies the redirects option to a redirect to req, after
+// the requests via. net/http copies the first request's headers onto the
+// next, but for Authorization and Cookie to another domain: the pipeline's
+// headers (an X-Api-Key) would reach any host a server redirects to. So
+// they are dropped from every request whose scheme, host or port is not
+// the first request's.
+func (s *httpStage) checkRedirect(req *http.Request, via []*http.Request) error {
+	first := via[0].URL
+	same := sameOrigin(req.URL, first)
+	switch {
+	case s.redirects == "none":
+		return &errRedirect{to: req.URL, why: "redirects is none"}
+	case s.redirects == "same_host" && !same:
+		return &errRedirect{to: req.URL, why: "redirects is same_host"}
+	case len(via) >= 10:
+		return &errRedirect{to: req.URL, why: "after 10 redirects"}
+	}
+	if !same {
+		for name := range s.headers {
+			req.Header.Del(name)
+		}
+	}
+	return nil
+}
+
+// errRedirect is a redirect that the redirects option refuses.
+type errRedirect struct {
+	to  *url.URL
+	why string
+}
+
+func (e *errRedirect) Error() string {
+	return fmt.Sprintf("redirected to %s, not followed: %s", e.to.Redacted(), e.why)
+}
+
+// sameOrigin reports whether a and b have the same scheme, host and port,
+// the port defaulting by the scheme.
+func sameOrigin(a, b *url.URL) bool {
+	return strings.EqualFold(a.Scheme, b.Scheme) && strings.EqualFold(a.Hostname(), b.Hostname()) && urlPort(a) == urlPort(b)
+}
+
+func urlPort(u *url.URL) string {
+	if p := u.Port(); p != "" {
+		return p
+	}
+	if strings.EqualFold(u.Scheme, "https") {
+		return "443"
+	}
+	return "80"
+}
+
 func (s *httpStage) postType(rec []byte) string {
 	switch {
 	case s.contentType != "":
@@ -204,23 +269,104 @@ func (s *httpStage) postType(rec []byte) string {
 	return http.DetectContentType(rec)
 }
 
+// HTTPError is a response whose status is 400 or more. A dead letter
+// can carry its Status as a field and its Body, a short excerpt of the
+// text the server sent; RetryAfter is how long the server asked the
+// client to wait before it tries again (a 429 or 503 with Retry-After).
+type HTTPError struct {
+	Method string
+	URL    string // redacted: no password
+	Status int
+	Reason string // the status line's text, "503 Service Unavailable"
+	Body   string // at most httpExcerpt bytes of the body's text
+	After  time.Duration
+}
+
+// httpExcerpt bounds HTTPError.Body: a server's error page is often a
+// whole HTML document, and the message is one line of a dead letter.
+const httpExcerpt = 200
+
+func (e *HTTPError) Error() string {
+	msg := fmt.Sprintf("%s %s: %s", e.Method, e.URL, e.Reason)
+	if e.Body != "" {
+		msg += ": " + e.Body
+	}
+	return msg
+}
+
+// RetryAfter returns the wait the server asked for with Retry-After, or 0.
+func (e *HTTPError) RetryAfter() time.Duration { return e.After }
+
+// Fields returns what a dead letter should carry beside the message.
+func (e *HTTPError) Fields() map[string]any {
+	f := map[string]any{"status": e.Status}
+	if e.Body != "" {
+		f["body"] = e.Body
+	}
+	return f
+}
+
 // httpStatusError describes a failed response, with the start of its body,
 // which is where servers say why. A 4xx is permanent but for 408 Request
 // Timeout and 429 Too Many Requests: another attempt can succeed.
 func httpStatusError(method string, u *url.URL, resp *http.Response) error {
-	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
+	head, _ := io.ReadAll(io.LimitReader(resp.Body, 8<<10))
 	// Read a little further so that the connection can be reused.
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	msg := fmt.Sprintf("%s %s: %s", method, u.Redacted(), resp.Status)
-	if text := strings.TrimSpace(string(snippet)); text != "" && utf8.ValidString(text) {
-		msg += ": " + strings.Join(strings.Fields(text), " ")
-	}
-	err := errors.New(msg)
+	e := &HTTPError{Method: method, URL: u.Redacted(), Status: resp.StatusCode, Reason: resp.Status,
+		Body: bodyExcerpt(head, resp.Header.Get("Content-Type")), After: retryAfter(resp.Header.Get("Retry-After"), time.Now())}
 	code := resp.StatusCode
 	if code < 500 && code != http.StatusRequestTimeout && code != http.StatusTooManyRequests {
-		return Permanent(err)
+		return Permanent(e)
 	}
-	return err
+	return e
+}
+
+var (
+	htmlSkipped = regexp.MustCompile(`(?is)<(script|style|head)\b.*?</(script|style|head)\s*>|<!--.*?-->`)
+	htmlTag     = regexp.MustCompile(`(?s)<[^>]*>`)
+)
+
+// bodyExcerpt is the start of an error body as one line of text: an HTML
+// page's text without its tags, at most httpExcerpt bytes, cut at a
+// character; "" for a body that is not text.
+func bodyExcerpt(body []byte, contentType string) string {
+	if bytes.IndexByte(body, 0) >= 0 {
+		return "" // binary
+	}
+	text := strings.ToValidUTF8(string(body), "")
+	if strings.Contains(strings.ToLower(contentType), "html") || strings.HasPrefix(strings.TrimSpace(strings.ToLower(text)), "<!doctype html") {
+		text = htmlTag.ReplaceAllString(htmlSkipped.ReplaceAllString(text, " "), " ")
+		text = html.UnescapeString(text)
+	}
+	text = strings.Join(strings.Fields(text), " ")
+	if len(text) > httpExcerpt {
+		cut := httpExcerpt
+		for cut > 0 && !utf8.RuneStart(text[cut]) {
+			cut--
+		}
+		text = text[:cut] + "…"
+	}
+	return text
+}
+
+// retryAfter parses a Retry-After header, seconds or an HTTP date, into
+// the wait from now; 0 when absent, unparsable or past.
+func retryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs <= 0 {
+			return 0
+		}
+		return time.Duration(min(secs, int64(24*time.Hour/time.Second))) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return min(t.Sub(now), 24*time.Hour)
+	}
+	return 0
 }
 
 // urlBaseName is the last element of u's path, or "" when it names no
@@ -236,7 +382,7 @@ func urlBaseName(u *url.URL) string {
 // Close lets go of idle connections, so that a finished pipeline leaves no
 // goroutines behind; the workers of a stage still running just dial again.
 func (s *httpStage) Close() error {
-	httpClient.CloseIdleConnections()
+	httpTransport.CloseIdleConnections()
 	return nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -49,6 +50,17 @@ func httpLibServer(t *testing.T) *httptest.Server {
 	mux.HandleFunc("/img/cat.png", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "image/png")
 		w.Write([]byte("\x89PNG\r\n\x1a\nfake"))
+	})
+	mux.HandleFunc("/redirect", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, r.URL.Query().Get("to"), http.StatusFound)
+	})
+	mux.HandleFunc("/page/{code}", func(w http.ResponseWriter, r *http.Request) {
+		var code int
+		fmt.Sscan(r.PathValue("code"), &code)
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Retry-After", "7")
+		w.WriteHeader(code)
+		fmt.Fprintf(w, "<!DOCTYPE html><html><head><title>x</title><style>body{color:red}</style></head><body>\n<h1>Down for maintenance &amp; back soon</h1>%s</body></html>", strings.Repeat("<p>more text</p>\n", 500))
 	})
 	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
 		<-r.Context().Done()
@@ -155,5 +167,48 @@ func TestHTTPOptionErrors(t *testing.T) {
 				t.Fatalf("error %v, want an *OptionError for %s", err, tc.option)
 			}
 		})
+	}
+}
+
+// TestHTTPRedirectHeaders checks that the pipeline's headers never reach
+// another origin through a redirect, and the redirects option. The two
+// servers listen on different ports of 127.0.0.1: different origins.
+func TestHTTPRedirectHeaders(t *testing.T) {
+	other := httpLibServer(t)
+	srv := httpLibServer(t)
+	redirect := func(to string) string { return srv.URL + "/redirect?to=" + url.QueryEscape(to) }
+	headers := map[string]string{"X-Token": "secret", "Authorization": "Bearer secret"}
+	cases := []libbCase{
+		{name: "same origin keeps headers", with: map[string]any{"headers": headers}, rec: redirect(srv.URL + "/echo"), want: []string{"GET  secret "}},
+		{name: "other port drops headers", with: map[string]any{"headers": headers}, rec: redirect(other.URL + "/echo"), want: []string{"GET   "}},
+		{name: "other host drops headers", with: map[string]any{"headers": headers}, rec: redirect(strings.Replace(srv.URL, "127.0.0.1", "localhost", 1) + "/echo"), want: []string{"GET   "}},
+		{name: "same_host follows same origin", with: map[string]any{"headers": headers, "redirects": "same_host"}, rec: redirect(srv.URL + "/echo"), want: []string{"GET  secret "}},
+		{name: "same_host refuses another", with: map[string]any{"headers": headers, "redirects": "same_host"}, rec: redirect(other.URL + "/echo"), wantErr: "not followed: redirects is same_host"},
+		{name: "none refuses", with: map[string]any{"redirects": "none"}, rec: redirect(srv.URL + "/echo"), wantErr: "not followed: redirects is none"},
+	}
+	libbRunCases(t, "http.get", cases)
+}
+
+// TestHTTPErrorDetails checks what a failed response tells a dead letter:
+// the status as a field, a short excerpt of the text of an HTML error
+// page, and the wait a Retry-After asked for.
+func TestHTTPErrorDetails(t *testing.T) {
+	srv := httpLibServer(t)
+	_, err := libbRun(libbStage(t, "http.get", nil), srv.URL+"/page/503")
+	var he *stages.HTTPError
+	if !errors.As(err, &he) {
+		t.Fatalf("error %v (%T), want an *stages.HTTPError", err, err)
+	}
+	if he.Status != 503 || he.Fields()["status"] != 503 {
+		t.Errorf("status %d, fields %v; want 503", he.Status, he.Fields())
+	}
+	if !strings.HasPrefix(he.Body, "Down for maintenance & back soon") || len(he.Body) > 210 || strings.Contains(he.Body, "<") || strings.Contains(he.Body, "color") {
+		t.Errorf("body excerpt %q, want the page's text, short, without tags or style", he.Body)
+	}
+	if he.RetryAfter() != 7*time.Second {
+		t.Errorf("RetryAfter %v, want 7s", he.RetryAfter())
+	}
+	if strings.Count(err.Error(), "\n") > 0 || len(err.Error()) > 400 {
+		t.Errorf("message %q, want one short line", err)
 	}
 }
