@@ -55,7 +55,7 @@ func init() {
 	Register(Spec{
 		Name: "filter",
 		Doc: "Keeps the JSON object records for which an expr-lang expression is true; " +
-			"the record's fields are its variables: active && score > 50.",
+			"the record's fields are its variables: active && score > 50. " + exprFieldsDoc,
 		Batch: true,
 		Options: []Option{
 			{Name: "expr", Type: String, Required: true, Doc: "a boolean expression over the record's fields (expr-lang syntax)"},
@@ -72,7 +72,7 @@ func init() {
 	Register(Spec{
 		Name: "map",
 		Doc: "Rewrites JSON object records with expr-lang expressions over their fields: expr replaces the record with its JSON-encoded result; " +
-			"fields sets the named fields (added at the end, or replaced in place) and keeps the rest of the record as it was.",
+			"fields sets the named fields (added at the end, or replaced in place) and keeps the rest of the record as it was. " + exprFieldsDoc,
 		Batch: true,
 		Options: []Option{
 			{Name: "expr", Type: String, Doc: "an expression whose result becomes the record, like {id: id, name: upper(name)}"},
@@ -103,6 +103,11 @@ func init() {
 		New:   func(c Config) (Stage, error) { return newPickStage(c, false), nil },
 	})
 }
+
+// exprFieldsDoc is what filter and map say about fields and numbers.
+const exprFieldsDoc = `A field named like a function (type, len, all) is the field; one whose name is not an identifier is $env["first-name"]. ` +
+	"Integers are exact (one beyond 64 bits can be passed on but not computed with); a number beyond a float64's range, like 1e400, is an error for its record, " +
+	"as are a missing or null field where a value is needed, and calling a function expr-lang does not have is an error before the run."
 
 // errRecordNotObject is the error for a record that must be a JSON object and is
 // some other JSON value.
