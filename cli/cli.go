@@ -55,10 +55,22 @@ func (e usageError) Unwrap() error { return e.err }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
-// load reads and validates a pipeline. A file that cannot be read is a
-// usage mistake, like an invalid one.
-func load(file string, set []string) (*spec.Pipeline, error) {
-	p, err := spec.Load(file, spec.Options{Set: set})
+// load reads and validates a pipeline: the file, or standard input when
+// file is "-". A file that cannot be read is a usage mistake, like an
+// invalid one.
+func load(file string, opts spec.Options, stdin io.Reader) (*spec.Pipeline, error) {
+	var p *spec.Pipeline
+	var err error
+	if file == "-" {
+		// One byte past the limit is enough for Parse to refuse it.
+		data, rerr := io.ReadAll(io.LimitReader(stdin, spec.MaxFileSize+1))
+		if rerr != nil {
+			return nil, usagef("reading the pipeline from stdin: %v", rerr)
+		}
+		p, err = spec.Parse(spec.Stdin, data, opts)
+	} else {
+		p, err = spec.Load(file, opts)
+	}
 	var pe *fs.PathError
 	if errors.As(err, &pe) {
 		return nil, usageError{err}
@@ -102,9 +114,9 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		},
 		Commands: []*urfave.Command{
 			runCommand(stdin, stdout, stderr),
-			validateCommand(stdout),
+			validateCommand(stdin, stdout),
 			stagesCommand(stdout),
-			graphCommand(stdout),
+			graphCommand(stdin, stdout),
 			versionCommand(stdout),
 			helpCommand(stdout),
 		},

@@ -70,6 +70,7 @@ func TestExitCodes(t *testing.T) {
 	good := writeFile(t, dir, "good.yaml", "stages: [{use: trim}, {use: upper}]\n")
 	skip := writeFile(t, dir, "skip.yaml", "input: {format: jsonl, on_error: skip}\nstages: [{use: trim}]\n")
 	bad := writeFile(t, dir, "bad.yaml", "stages:\n  - use: uper\n    workers: 0\n")
+	dlNeeded := writeFile(t, dir, "dl.yaml", "input: {format: jsonl, on_error: dead-letter}\nstages: [{use: json.validate, on_error: skip, with: {object: true}}]\n")
 	writeFile(t, dir, "in-b.txt", "b1\n")
 	writeFile(t, dir, "in-a.txt", "a1\na2") // no newline at the end: still a record
 	tests := []struct {
@@ -93,6 +94,13 @@ func TestExitCodes(t *testing.T) {
 		{"bad --set", "", []string{"run", "--set", "stages.trim.workers=many", good}, 2, "", `--set stages.trim.workers=many: workers: "many" is not a whole number`},
 		{"--set", "x\n", []string{"run", "-q", "--set", "stages.upper.workers=3", good}, 0, "X\n", ""},
 		{"--set reaches a mapping option's entry", `{"a":1}` + "\n", []string{"run", "-q", "--set", "stages.map.with.fields.b=a+1", writeFile(t, dir, "map.yaml", "stages: [{use: map, with: {fields: {c: a}}}]\n")}, 0, `{"a":1,"b":2,"c":1}` + "\n", ""},
+		{"pipeline from stdin, records from -i", "stages: [{use: upper}]\n", []string{"run", "-q", "-i", filepath.Join(dir, "in-b.txt"), "-"}, 0, "B1\n", ""},
+		{"pipeline from stdin needs -i", "stages: [{use: upper}]\n", []string{"run", "-q", "-"}, 2, "", "the pipeline came from stdin (-), so its records cannot: give them with -i FILE"},
+		{"validate a pipeline from stdin", "stages: [{use: uper}]\n", []string{"validate", "-"}, 2, "", `<stdin>:1:16: unknown stage "uper" (did you mean "upper"?)`},
+		{"--dead-letter satisfies on_error: dead-letter", "{}\nx\n[1]\n", []string{"run", "--progress", "none", "--dead-letter", filepath.Join(dir, "dl.jsonl"), dlNeeded}, 3, "{}\n",
+			"\nflowrun: 1 record dead-lettered to " + filepath.Join(dir, "dl.jsonl") + ", 1 skipped\n"},
+		{"exit 3 says why", "{}\nnope\nno\n", []string{"run", "--progress", "none", skip}, 3, "{}\n", "\nflowrun: 2 records skipped\n"},
+		{"without --dead-letter it is missing", "", []string{"validate", dlNeeded}, 2, "", "dead-letter needs a dead_letter: FILE at the top of the pipeline (or --dead-letter FILE)"},
 		{"negative --progress-every", "", []string{"run", "--progress-every", "-1s", good}, 2, "", "--progress-every -1s: must not be negative"},
 		{"negative duration in --set", "", []string{"run", "--set", "stages.trim.timeout=-1s", good}, 2, "", "--set stages.trim.timeout=-1s: timeout must not be negative"},
 		{"bad progress", "", []string{"run", "--progress", "loud", good}, 2, "", `--progress "loud"`},
@@ -114,6 +122,9 @@ func TestExitCodes(t *testing.T) {
 			}
 			if !strings.Contains(errs, tt.stderr) {
 				t.Errorf("stderr %q, want it to contain %q", errs, tt.stderr)
+			}
+			if slices.Contains(tt.args, "-q") && tt.code == 3 && errs != "" {
+				t.Errorf("-q, but stderr %q", errs)
 			}
 			if strings.Contains(errs, "goroutine ") || strings.Contains(errs, ".go:") {
 				t.Errorf("stderr looks like a stack trace:\n%s", errs)
@@ -137,9 +148,10 @@ func TestStatsAndSummary(t *testing.T) {
 		}
 	}
 	var sum struct {
-		Input  struct{ Records int64 }
-		Output struct{ Records int64 }
-		Stages []struct {
+		Elapsed float64 `json:"elapsed_seconds"`
+		Input   struct{ Records, Bytes int64 }
+		Output  struct{ Records, Bytes int64 }
+		Stages  []struct {
 			Name    string
 			In, Out int64
 		}
@@ -151,7 +163,8 @@ func TestStatsAndSummary(t *testing.T) {
 	if err := json.Unmarshal(data, &sum); err != nil {
 		t.Fatal(err)
 	}
-	if sum.Input.Records != 3 || sum.Output.Records != 2 || len(sum.Stages) != 2 || sum.Stages[1].In != 3 || sum.Stages[1].Out != 2 {
+	if sum.Input.Records != 3 || sum.Output.Records != 2 || len(sum.Stages) != 2 || sum.Stages[1].In != 3 || sum.Stages[1].Out != 2 ||
+		sum.Input.Bytes != int64(len("keep 1\ndrop\nkeep 2\n")) || sum.Output.Bytes != int64(len("keep 1\nkeep 2\n")) || sum.Elapsed <= 0 {
 		t.Errorf("stats %s", data)
 	}
 }

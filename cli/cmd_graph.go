@@ -8,11 +8,11 @@ import (
 	"github.com/flowrun/flowrun/spec"
 )
 
-func graphCommand(stdout io.Writer) *urfave.Command {
+func graphCommand(stdin io.Reader, stdout io.Writer) *urfave.Command {
 	return withExitStatus(&urfave.Command{
 		Name:      "graph",
 		Usage:     "print a pipeline's stage graph (Mermaid or DOT)",
-		ArgsUsage: "FILE",
+		ArgsUsage: "FILE (- for stdin)",
 		Flags: []urfave.Flag{
 			&urfave.StringFlag{Name: "format", Value: "mermaid", Usage: "mermaid | dot"},
 		},
@@ -20,12 +20,12 @@ func graphCommand(stdout io.Writer) *urfave.Command {
 			if c.NArg() != 1 {
 				return usagef("graph takes one pipeline FILE, got %d arguments", c.NArg())
 			}
-			return graph(c.Args().First(), c.String("format"), stdout)
+			return graph(c.Args().First(), c.String("format"), stdin, stdout)
 		},
 	}, "   0    graph printed\n   2    an invalid pipeline, or a usage mistake\n")
 }
 
-func graph(file, format string, stdout io.Writer) error {
+func graph(file, format string, stdin io.Reader, stdout io.Writer) error {
 	var render func(*spec.Pipeline) string
 	switch format {
 	case "mermaid":
@@ -35,7 +35,7 @@ func graph(file, format string, stdout io.Writer) error {
 	default:
 		return usagef("--format %q: want mermaid or dot", format)
 	}
-	p, err := load(file, nil)
+	p, err := load(file, spec.Options{}, stdin)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/flowrun/flowrun/runner"
+	"github.com/flowrun/flowrun/spec"
 )
 
 // runOptions are the flags of `flowrun run`.
@@ -37,7 +39,7 @@ func runCommand(stdin io.Reader, stdout, stderr io.Writer) *urfave.Command {
 	return withExitStatus(&urfave.Command{
 		Name:      "run",
 		Usage:     "run a pipeline",
-		ArgsUsage: "FILE",
+		ArgsUsage: "FILE (- for stdin, with -i)",
 		Description: `Runs the pipeline in FILE: records from its input (or -i) pass through its
 stages to its output (or -o). The first SIGINT or SIGTERM stops reading and
 drains what is in flight to the output, then exits 130; a second aborts.`,
@@ -85,7 +87,7 @@ drains what is in flight to the output, then exits 130; a second aborts.`,
 }
 
 func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Reader, stdout, stderr io.Writer) error {
-	p, err := load(file, opts.set)
+	p, err := load(file, spec.Options{Set: opts.set, DeadLetter: opts.deadLetter}, stdin)
 	if err != nil {
 		return err
 	}
@@ -95,8 +97,8 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 	if opts.output != "" {
 		p.Output.To = opts.output
 	}
-	if opts.deadLetter != "" {
-		p.DeadLetter = opts.deadLetter
+	if file == "-" && isStd(p.Input.From) {
+		return usagef("the pipeline came from stdin (-), so its records cannot: give them with -i FILE")
 	}
 	if opts.journal != "" {
 		if isStd(p.Input.From) || isStd(p.Output.To) {
@@ -187,7 +189,35 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 			runErr = err
 		}
 	}
-	return &outcome{sum: sum, err: runErr}
+	o := &outcome{sum: sum, err: runErr}
+	if !opts.quiet && exitCode(o) == ExitPartial {
+		fmt.Fprintln(stderr, partialMessage(sum, p.DeadLetter))
+	}
+	return o
+}
+
+// partialMessage says in one line why a run exits 3: "flowrun: 12
+// records dead-lettered to failed.jsonl, 3 skipped".
+func partialMessage(sum *runner.Summary, deadLetter string) string {
+	var parts []string
+	if n := sum.DeadLettered(); n > 0 {
+		parts = append(parts, fmt.Sprintf("%s dead-lettered to %s", records(n), deadLetter))
+	}
+	if n := sum.Skipped(); n > 0 {
+		if len(parts) == 0 {
+			parts = append(parts, records(n)+" skipped")
+		} else {
+			parts = append(parts, fmt.Sprintf("%d skipped", n))
+		}
+	}
+	return "flowrun: " + strings.Join(parts, ", ")
+}
+
+func records(n int64) string {
+	if n == 1 {
+		return "1 record"
+	}
+	return fmt.Sprintf("%d records", n)
 }
 
 func chooseProgress(mode string, every time.Duration, stderr io.Writer) (runner.Progress, error) {

@@ -5,13 +5,15 @@ import (
 	"io"
 
 	urfave "github.com/urfave/cli/v2"
+
+	"github.com/flowrun/flowrun/spec"
 )
 
-func validateCommand(stdout io.Writer) *urfave.Command {
+func validateCommand(stdin io.Reader, stdout io.Writer) *urfave.Command {
 	return withExitStatus(&urfave.Command{
 		Name:      "validate",
 		Usage:     "check a pipeline without running it",
-		ArgsUsage: "FILE",
+		ArgsUsage: "FILE (- for stdin)",
 		Flags: []urfave.Flag{
 			&urfave.StringSliceFlag{Name: "set", Usage: "override `KEY=VALUE` of the pipeline, as for run"},
 		},
@@ -19,13 +21,13 @@ func validateCommand(stdout io.Writer) *urfave.Command {
 			if c.NArg() != 1 {
 				return usagef("validate takes one pipeline FILE, got %d arguments", c.NArg())
 			}
-			return validate(c.Args().First(), c.StringSlice("set"), stdout)
+			return validate(c.Args().First(), c.StringSlice("set"), stdin, stdout)
 		},
 	}, "   0    the pipeline is valid and could start\n   2    it is not (each problem at file:line:col), or a usage mistake\n")
 }
 
-func validate(file string, set []string, stdout io.Writer) error {
-	p, err := load(file, set)
+func validate(file string, set []string, stdin io.Reader, stdout io.Writer) error {
+	p, err := load(file, spec.Options{Set: set}, stdin)
 	if err != nil {
 		return err
 	}

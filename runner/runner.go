@@ -67,6 +67,7 @@ type run struct {
 		decoded, resumed               atomic.Int64 // decoded by the reader; skipped as done before a resume
 	}
 	written atomic.Int64 // output records
+	out     *sink        // the output's, for its bytes once the writer is done
 	total   int64        // input bytes, -1 unknown
 
 	ordered bool     // output in input order: the pipeline's, or a journal's
@@ -297,6 +298,7 @@ func (r *run) run(ctx context.Context) (err error) {
 	}
 	sink := newSink(out, outName, p.Output.Format)
 	sink.header = header
+	r.out = sink
 	last := r.stages[len(r.stages)-1].out
 	g.Go(func() error { return r.write(gctx, last, sink) })
 
@@ -487,6 +489,9 @@ func (r *run) summarize(sum *Summary, elapsed time.Duration) {
 		Unread:       max(0, r.input.decoded.Load()-r.input.records.Load()-r.input.resumed.Load()),
 	}
 	sum.Output = OutputStats{Records: r.written.Load()}
+	if r.out != nil { // run has waited for its writer
+		sum.Output.Bytes = r.out.bytes
+	}
 	for _, st := range r.stages {
 		c := &st.c
 		c.mu.Lock()

@@ -53,7 +53,15 @@ type Options struct {
 	// "with." is the option's name, but for a StringMap option, whose
 	// entries are set one by one: "stages.NAME.with.fields.x=upper(x)".
 	Set []string
+	// DeadLetter, when set, replaces the pipeline's dead_letter, as the
+	// CLI's --dead-letter does; it satisfies a stage's on_error:
+	// dead-letter like dead_letter: in the file.
+	DeadLetter string
 }
+
+// Stdin is the file name of a pipeline read from standard input (the
+// CLI's "-"), as its errors show it.
+const Stdin = "<stdin>"
 
 // Load reads the pipeline file at path and parses it. Reading the file is
 // the only I/O spec does.
@@ -79,7 +87,7 @@ func Load(path string, opts Options) (*Pipeline, error) {
 // and dead_letter paths are kept as written: like any Unix tool's, they are
 // relative to the working directory, and the CLI resolves them.
 func Parse(file string, data []byte, opts Options) (*Pipeline, error) {
-	p := &parser{file: file, env: opts.Env, sets: opts.Set, setNodes: map[*yaml.Node]int{}}
+	p := &parser{file: file, env: opts.Env, sets: opts.Set, deadLetter: opts.DeadLetter, setNodes: map[*yaml.Node]int{}}
 	if p.env == nil {
 		p.env = os.LookupEnv
 	}
@@ -94,11 +102,12 @@ func Parse(file string, data []byte, opts Options) (*Pipeline, error) {
 const setFile = "--set"
 
 type parser struct {
-	file     string
-	env      func(string) (string, bool)
-	sets     []string
-	setNodes map[*yaml.Node]int // nodes an override put in the tree: its index in sets
-	errs     Errors
+	file       string
+	env        func(string) (string, bool)
+	sets       []string
+	deadLetter string             // Options.DeadLetter
+	setNodes   map[*yaml.Node]int // nodes an override put in the tree: its index in sets
+	errs       Errors
 }
 
 func (p *parser) errorAt(pos Pos, format string, args ...any) {
@@ -435,7 +444,7 @@ var (
 
 func (p *parser) pipeline(root *yaml.Node) *Pipeline {
 	pl := &Pipeline{
-		Name:   strings.TrimSuffix(filepath.Base(p.file), filepath.Ext(p.file)),
+		Name:   defaultName(p.file),
 		File:   p.file,
 		Dir:    filepath.Dir(p.file),
 		Input:  Input{From: "stdin", Format: DefaultFormat, MaxRecordSize: DefaultMaxRecordSize, OnError: Fail},
@@ -493,12 +502,24 @@ func (p *parser) pipeline(root *yaml.Node) *Pipeline {
 			pl.Stages = append(pl.Stages, st)
 		}
 	}
+	if p.deadLetter != "" {
+		pl.DeadLetter = p.deadLetter
+	}
 	if pl.DeadLetter == "" {
 		for _, n := range deadLetterUsers {
-			p.errorf(n, "on_error: dead-letter needs a dead_letter: FILE at the top of the pipeline")
+			p.errorf(n, "on_error: dead-letter needs a dead_letter: FILE at the top of the pipeline (or --dead-letter FILE)")
 		}
 	}
 	return pl
+}
+
+// defaultName is the name of a pipeline without name:, its file's base
+// name.
+func defaultName(file string) string {
+	if file == Stdin {
+		return "stdin"
+	}
+	return strings.TrimSuffix(filepath.Base(file), filepath.Ext(file))
 }
 
 // input fills in, and returns the on_error node when it says dead-letter.
