@@ -180,10 +180,11 @@ func exitCode(err error) int {
 	}
 	var serr spec.Errors
 	var uerr usageError
+	var perr problems
 	switch {
 	case err == nil:
 		return ExitOK
-	case errors.As(err, &serr), errors.As(err, &uerr):
+	case errors.As(err, &serr), errors.As(err, &uerr), errors.As(err, &perr):
 		return ExitUsage
 	case strings.HasPrefix(err.Error(), "flag provided but not defined"),
 		strings.HasPrefix(err.Error(), "No help topic"):
@@ -208,6 +209,10 @@ func errorMessage(err error) string {
 	var serr spec.Errors
 	if errors.As(err, &serr) {
 		return serr.Error()
+	}
+	var perr problems
+	if errors.As(err, &perr) {
+		return perr.Error() // each line has its place
 	}
 	return "flowrun: " + err.Error()
 }

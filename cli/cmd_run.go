@@ -18,7 +18,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/flowrun/flowrun/runner"
-	"github.com/flowrun/flowrun/spec"
 )
 
 // runOptions are the flags of `flowrun run`.
@@ -87,18 +86,11 @@ drains what is in flight to the output, then exits 130; a second aborts.`,
 }
 
 func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Reader, stdout, stderr io.Writer) error {
-	p, err := load(file, spec.Options{Set: opts.set, DeadLetter: opts.deadLetter}, stdin)
+	p, err := prepare(file, paths{
+		input: opts.input, output: opts.output, deadLetter: opts.deadLetter, set: opts.set, noInput: opts.resumeFailed,
+	}, stdin)
 	if err != nil {
 		return err
-	}
-	if opts.input != "" {
-		p.Input.From = opts.input
-	}
-	if opts.output != "" {
-		p.Output.To = opts.output
-	}
-	if file == "-" && isStd(p.Input.From) {
-		return usagef("the pipeline came from stdin (-), so its records cannot: give them with -i FILE")
 	}
 	if opts.journal != "" {
 		if isStd(p.Input.From) || isStd(p.Output.To) {

@@ -70,11 +70,12 @@ func TestGood(t *testing.T) {
 		}},
 		{"full", nil, func(t *testing.T, p *spec.Pipeline) {
 			specEqual(t, "Name", p.Name, "thumbnails")
-			specEqual(t, "Input", p.Input, spec.Input{From: "/home/ann/in/*.jsonl", Format: "jsonl", MaxRecordSize: 64 << 10, OnError: spec.DeadLetter})
-			specEqual(t, "Output", p.Output, spec.Output{To: "out.csv", Format: "csv"})
+			specEqual(t, "Input", p.Input, spec.Input{From: "/home/ann/in/*.jsonl", Format: "jsonl", MaxRecordSize: 64 << 10, OnError: spec.DeadLetter, Pos: spec.Pos{File: p.File, Line: 3, Col: 16}})
+			specEqual(t, "Output", p.Output, spec.Output{To: "out.csv", Format: "csv", Pos: spec.Pos{File: p.File, Line: 4, Col: 14}})
 			specEqual(t, "Ordered", p.Ordered, true)
 			specEqual(t, "ReorderWindow", p.ReorderWindow, 4096)
 			specEqual(t, "DeadLetter", p.DeadLetter, "failed.jsonl")
+			specEqual(t, "DeadLetterPos", p.DeadLetterPos, spec.Pos{File: p.File, Line: 7, Col: 14})
 			specEqual(t, "stages", len(p.Stages), 3)
 			f := specStage(t, p, "fetch")
 			specEqual(t, "Workers", f.Workers, 4)

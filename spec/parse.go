@@ -474,6 +474,7 @@ func (p *parser) pipeline(root *yaml.Node) *Pipeline {
 	if x, ok := f["dead_letter"]; ok {
 		// An empty value leaves it unset, so that ${DL:-} makes it optional.
 		pl.DeadLetter, _ = p.scalar(x.val, "dead_letter")
+		pl.DeadLetterPos = p.pos(x.val)
 	}
 	x, ok := f["stages"]
 	switch {
@@ -503,7 +504,7 @@ func (p *parser) pipeline(root *yaml.Node) *Pipeline {
 		}
 	}
 	if p.deadLetter != "" {
-		pl.DeadLetter = p.deadLetter
+		pl.DeadLetter, pl.DeadLetterPos = p.deadLetter, Pos{}
 	}
 	if pl.DeadLetter == "" {
 		for _, n := range deadLetterUsers {
@@ -527,7 +528,7 @@ func (p *parser) input(n *yaml.Node, in *Input) (deadLetter *yaml.Node) {
 	f, _ := p.mapping(n, "input", inputKeys)
 	if x, ok := f["from"]; ok {
 		if s, ok := p.nonEmpty(x.val, "from"); ok {
-			in.From = s
+			in.From, in.Pos = s, p.pos(x.val)
 		}
 	}
 	if x, ok := f["format"]; ok {
@@ -559,7 +560,7 @@ func (p *parser) output(n *yaml.Node, out *Output) {
 	f, _ := p.mapping(n, "output", outputKeys)
 	if x, ok := f["to"]; ok {
 		if s, ok := p.nonEmpty(x.val, "to"); ok {
-			out.To = s
+			out.To, out.Pos = s, p.pos(x.val)
 		}
 	}
 	if x, ok := f["format"]; ok {

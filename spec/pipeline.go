@@ -33,8 +33,9 @@ type Pipeline struct {
 	ReorderWindow int
 	// DeadLetter is the JSONL file that records go to when their stage's
 	// on_error is dead-letter; "" when no stage needs one.
-	DeadLetter string
-	Stages     []Stage
+	DeadLetter    string
+	DeadLetterPos Pos // where dead_letter: says so; zero when not in the file
+	Stages        []Stage
 }
 
 // Input says where records come from.
@@ -43,12 +44,14 @@ type Input struct {
 	Format        string // lines | jsonl | csv
 	MaxRecordSize int    // bytes; a longer record is an input error
 	OnError       OnError
+	Pos           Pos // where from: is; zero when the file has none
 }
 
 // Output says where records go.
 type Output struct {
 	To     string // "stdout" or a path
 	Format string // lines | jsonl | csv
+	Pos    Pos    // where to: is; zero when the file has none
 }
 
 // Stage is one stage of a pipeline, its options checked against its Spec.

@@ -1,0 +1,206 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/flowrun/flowrun/spec"
+	"github.com/flowrun/flowrun/stages"
+)
+
+// paths are the flags of run and validate that change what a pipeline
+// reads and writes.
+type paths struct {
+	input, output, deadLetter string   // -i, -o, --dead-letter
+	set                       []string // --set
+	noInput                   bool     // the input is not the pipeline's (--resume-failed)
+}
+
+// prepare loads the pipeline in file ("-": stdin) with the flags' values in
+// place and checks it with preflight: run and validate both start here.
+func prepare(file string, f paths, stdin io.Reader) (*spec.Pipeline, error) {
+	p, err := load(file, spec.Options{Set: f.set, DeadLetter: f.deadLetter}, stdin)
+	if err != nil {
+		return nil, err
+	}
+	if f.input != "" {
+		p.Input.From = f.input
+	}
+	if f.output != "" {
+		p.Output.To = f.output
+	}
+	if file == "-" && isStd(p.Input.From) && !f.noInput {
+		return nil, usagef("the pipeline came from stdin (-), so its records cannot: give them with -i FILE")
+	}
+	return p, preflight(p, f)
+}
+
+// preflight checks what a run needs before any record moves and that the
+// pipeline file cannot say by itself: the input files (or the glob's
+// matches) are there and readable, the output's and the dead-letter
+// file's directories are writable, and every stage can be made, as the
+// run will make it: an exec plugin's program is on $PATH or at its path, a
+// wasm module is there and compiles. It runs nothing and writes no file
+// (but for what making a stage does: file.write creates its directory).
+//
+// `flowrun validate` is preflight after spec; `flowrun run` calls it
+// before runner.Run, so a run that cannot start has touched no file, and
+// the two commands cannot disagree. Every problem is reported, each at
+// its place.
+func preflight(p *spec.Pipeline, o paths) error {
+	var ps problems
+	if !o.noInput {
+		if msg := checkInput(p.Input.From); msg != "" {
+			ps.add(o.place(p.Input.Pos, o.input != "", "-i", "input.from"), msg)
+		}
+	}
+	if msg := checkWritable(p.Output.To); msg != "" {
+		ps.add(o.place(p.Output.Pos, o.output != "", "-o", "output.to"), msg)
+	}
+	if p.DeadLetter != "" {
+		if msg := checkWritable(p.DeadLetter); msg != "" {
+			ps.add(o.place(p.DeadLetterPos, o.deadLetter != "", "--dead-letter", "dead_letter"), msg)
+		}
+	}
+	for _, s := range p.Stages {
+		pos, err := makeStage(s)
+		if err != nil {
+			ps.add(o.place(pos, false, "", ""), fmt.Sprintf("stage %q: %v", s.Name, err))
+		}
+	}
+	if len(ps) == 0 {
+		return nil
+	}
+	return ps
+}
+
+// problems are what preflight found, one a line, each with its place.
+type problems []string
+
+func (ps problems) Error() string { return strings.Join(ps, "\n") }
+
+func (ps *problems) add(place, msg string) { *ps = append(*ps, place+": "+msg) }
+
+// place is where a problem with a path is: the flag that set it, the
+// --set that did, or its place in the file.
+func (o paths) place(pos spec.Pos, byFlag bool, flag, key string) string {
+	switch {
+	case byFlag:
+		return "flowrun: " + flag
+	case pos.File == "--set" && pos.Line >= 1 && pos.Line <= len(o.set):
+		return "flowrun: --set " + o.set[pos.Line-1]
+	case pos.File == "":
+		return "flowrun: " + key
+	}
+	return pos.String()
+}
+
+// checkInput says what is wrong with reading from, or "".
+func checkInput(from string) string {
+	if isStd(from) {
+		return ""
+	}
+	paths := []string{from}
+	if strings.ContainsAny(from, "*?[") {
+		m, err := filepath.Glob(from)
+		if err != nil {
+			return fmt.Sprintf("%q is not a glob: %v", from, err)
+		}
+		if len(m) == 0 {
+			return fmt.Sprintf("no file matches %s", from)
+		}
+		paths = m
+	}
+	for _, path := range paths {
+		fi, err := os.Stat(path)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			return fmt.Sprintf("%s: no such file", path)
+		case err != nil:
+			return err.Error()
+		case fi.IsDir():
+			return fmt.Sprintf("%s is a directory", path)
+		}
+		if err := unix.Access(path, unix.R_OK); err != nil {
+			return fmt.Sprintf("%s cannot be read: %v", path, err)
+		}
+	}
+	return ""
+}
+
+// checkWritable says why the file at path could not be created or
+// written, or "". It creates nothing.
+func checkWritable(path string) string {
+	if isStd(path) {
+		return ""
+	}
+	fi, err := os.Stat(path)
+	switch {
+	case err == nil && fi.IsDir():
+		return fmt.Sprintf("%s is a directory", path)
+	case err == nil:
+		if err := unix.Access(path, unix.W_OK); err != nil {
+			return fmt.Sprintf("%s cannot be written: %v", path, err)
+		}
+		return ""
+	case !errors.Is(err, os.ErrNotExist):
+		return err.Error()
+	}
+	dir := filepath.Dir(path)
+	fi, err = os.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Sprintf("cannot create %s: no directory %s", path, dir)
+	case err != nil:
+		return err.Error()
+	case !fi.IsDir():
+		return fmt.Sprintf("cannot create %s: %s is not a directory", path, dir)
+	}
+	if err := unix.Access(dir, unix.W_OK|unix.X_OK); err != nil {
+		return fmt.Sprintf("cannot create %s: directory %s is not writable", path, dir)
+	}
+	return ""
+}
+
+// makeStage makes s once and closes it, as the run makes each of its
+// workers' stages, and says where a failure is: at the option it names,
+// or at the stage.
+func makeStage(s spec.Stage) (spec.Pos, error) {
+	st, err := s.Spec.New(s.Config)
+	if err == nil {
+		if c, ok := st.(io.Closer); ok {
+			c.Close()
+		}
+		return s.Pos, nil
+	}
+	var oe *stages.OptionError
+	if !errors.As(err, &oe) {
+		return s.Pos, err
+	}
+	pos, ok := s.OptionPos[oe.Option]
+	if !ok {
+		pos = s.Pos
+	}
+	return pos, fmt.Errorf("%w%s", err, listHint(s, oe.Option))
+}
+
+// listHint suggests a list for a list option written as one string with
+// spaces, `command: python3 score.py`, which YAML reads as one program
+// named "python3 score.py".
+func listHint(s spec.Stage, option string) string {
+	opt, ok := s.Spec.Option(option)
+	if !ok || opt.Type != stages.Strings {
+		return ""
+	}
+	v := s.Config.Strings(option)
+	if len(v) != 1 || len(strings.Fields(v[0])) < 2 {
+		return ""
+	}
+	return fmt.Sprintf(" (%s is a list, one item per argument: write %s: [%s])", option, option, strings.Join(strings.Fields(v[0]), ", "))
+}

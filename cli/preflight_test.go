@@ -1,0 +1,108 @@
+package cli_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// TestValidateChecksWhatRunChecks runs validate and run on pipelines that
+// cannot start: both must report the same problems, each at its place,
+// exit 2, and leave the output and dead-letter files as they were.
+func TestValidateChecksWhatRunChecks(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	dir := t.TempDir()
+	in := writeFile(t, dir, "in.txt", "a\n")
+	writeFile(t, dir, "garbage.wasm", "not a wasm module")
+	out := filepath.Join(dir, "out.txt")
+	dl := filepath.Join(dir, "dl.jsonl")
+	tests := []struct {
+		name  string
+		yaml  string
+		flags []string
+		want  string // stderr, with FILE for the pipeline's path and DIR for the directory
+	}{
+		{"input file missing", "input: {from: nope.txt}\nstages: [{use: upper}]\n", nil,
+			"FILE:1:15: nope.txt: no such file\n"},
+		{"input glob matches nothing", "input: {from: 'DIR/nope-*.txt'}\nstages: [{use: upper}]\n", nil,
+			"FILE:1:15: no file matches DIR/nope-*.txt\n"},
+		{"-i missing", "stages: [{use: upper}]\n", []string{"-i", "DIR/nope.txt"},
+			"flowrun: -i: DIR/nope.txt: no such file\n"},
+		{"--set input.from missing", "stages: [{use: upper}]\n", []string{"--set", "input.from=DIR/nope.txt"},
+			"flowrun: --set input.from=DIR/nope.txt: DIR/nope.txt: no such file\n"},
+		{"output directory missing", "output: {to: DIR/no/out.txt}\nstages: [{use: upper}]\n", []string{"-i", in},
+			"FILE:1:14: cannot create DIR/no/out.txt: no directory DIR/no\n"},
+		{"output is a directory", "stages: [{use: upper}]\n", []string{"-i", in, "-o", "DIR"},
+			"flowrun: -o: DIR is a directory\n"},
+		{"dead-letter directory missing", "dead_letter: DIR/no/dl.jsonl\nstages: [{use: upper, on_error: dead-letter}]\n", []string{"-i", in},
+			"FILE:1:14: cannot create DIR/no/dl.jsonl: no directory DIR/no\n"},
+		{"--dead-letter directory missing", "stages: [{use: upper, on_error: dead-letter}]\n", []string{"-i", in, "--dead-letter", "DIR/no/dl.jsonl"},
+			"flowrun: --dead-letter: cannot create DIR/no/dl.jsonl: no directory DIR/no\n"},
+		{"exec program not on PATH", "stages:\n  - use: exec\n    with: {command: [flowrun-no-such-program, x]}\n", []string{"-i", in},
+			"FILE:3:21: stage \"exec\": option command: exec: \"flowrun-no-such-program\": no such program in $PATH\n"},
+		{"exec program not at its path", "stages:\n  - use: exec\n    with: {command: [./nope.sh]}\n", []string{"-i", in},
+			"FILE:3:21: stage \"exec\": option command: exec: \"./nope.sh\": no such file (looked for DIR/nope.sh)\n"},
+		{"exec command as a string", "stages:\n  - name: score\n    use: exec\n    with:\n      command: python3 -u score.py\n", []string{"-i", in},
+			"FILE:5:16: stage \"score\": option command: exec: \"python3 -u score.py\": no such program in $PATH" +
+				" (command is a list, one item per argument: write command: [python3, -u, score.py])\n"},
+		{"wasm module missing", "stages: [{use: wasm, with: {module: nope.wasm}}]\n", []string{"-i", in},
+			"FILE:1:37: stage \"wasm\": option module: wasm: \"nope.wasm\": no such file\n"},
+		{"every problem at once", "input: {from: nope.txt}\noutput: {to: DIR/no/out.txt}\nstages:\n  - use: wasm\n    with: {module: garbage.wasm}\n  - use: exec\n    with: {command: [flowrun-no-such-program]}\n", nil,
+			"FILE:1:15: nope.txt: no such file\nFILE:2:14: cannot create DIR/no/out.txt: no directory DIR/no\n" +
+				"FILE:4:5: stage \"wasm\": wasm: compile garbage.wasm: invalid magic number\n" +
+				"FILE:7:21: stage \"exec\": option command: exec: \"flowrun-no-such-program\": no such program in $PATH\n"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			file := writeFile(t, dir, "p"+string(rune('a'+i))+".yaml", strings.ReplaceAll(tt.yaml, "DIR", dir))
+			want := strings.NewReplacer("FILE", file, "DIR", dir).Replace(tt.want)
+			flags := make([]string, len(tt.flags))
+			for j, f := range tt.flags {
+				flags[j] = strings.ReplaceAll(f, "DIR", dir)
+			}
+			vout, verr, code := runCLI(t, "", append(append([]string{"validate"}, flags...), file)...)
+			if code != 2 || vout != "" || verr != want {
+				t.Errorf("validate: exit %d, stdout %q, stderr\n%s\nwant exit 2, stderr\n%s", code, vout, verr, want)
+			}
+			if err := os.WriteFile(out, []byte("kept\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			os.Remove(dl)
+			// The output and dead-letter files that run would write, when
+			// the pipeline does not say otherwise.
+			if !strings.Contains(strings.Join(flags, " "), "-o") && !strings.Contains(tt.yaml, "output:") {
+				flags = append(flags, "-o", out)
+			}
+			if !strings.Contains(strings.Join(flags, " "), "--dead-letter") && strings.Contains(tt.yaml, "on_error") && !strings.Contains(tt.yaml, "dead_letter") {
+				flags = append(flags, "--dead-letter", dl)
+			}
+			rout, rerr, code := runCLI(t, "", append(append([]string{"run", "-q", "--progress", "none"}, flags...), file)...)
+			if code != 2 || rout != "" || !strings.HasSuffix(rerr, strings.SplitN(want, "\n", 2)[1]) {
+				t.Errorf("run: exit %d, stdout %q, stderr\n%s\nwant exit 2 and the same problems", code, rout, rerr)
+			}
+			if b, _ := os.ReadFile(out); string(b) != "kept\n" {
+				t.Errorf("run touched the output: %q", b)
+			}
+			if _, err := os.Stat(dl); err == nil {
+				t.Errorf("run created the dead-letter file")
+			}
+		})
+	}
+}
+
+func TestValidateFlagsAreRuns(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	dir := t.TempDir()
+	in := writeFile(t, dir, "in.txt", "a\n")
+	p := writeFile(t, dir, "p.yaml", "stages: [{use: upper, on_error: dead-letter}]\n")
+	out, errs, code := runCLI(t, "", "validate", "-i", in, "-o", filepath.Join(dir, "out.txt"), "--dead-letter", filepath.Join(dir, "dl.jsonl"), p)
+	if code != 0 || out != p+": ok: pipeline \"p\", 1 stages\n" || errs != "" {
+		t.Errorf("exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 2 {
+		t.Errorf("validate wrote files: %v", entries)
+	}
+}
