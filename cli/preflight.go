@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -57,15 +58,15 @@ func preflight(p *spec.Pipeline, o paths) error {
 	var ps problems
 	if !o.noInput {
 		if msg := checkInput(p.Input.From); msg != "" {
-			ps.add(o.place(p.Input.Pos, o.input != "", "-i", "input.from"), msg)
+			ps.add(o.place(p.Input.Pos, o.input != "", "-i", "input.from"), "input: "+msg)
 		}
 	}
 	if msg := checkWritable(p.Output.To); msg != "" {
-		ps.add(o.place(p.Output.Pos, o.output != "", "-o", "output.to"), msg)
+		ps.add(o.place(p.Output.Pos, o.output != "", "-o", "output.to"), "output: "+msg)
 	}
 	if p.DeadLetter != "" {
 		if msg := checkWritable(p.DeadLetter); msg != "" {
-			ps.add(o.place(p.DeadLetterPos, o.deadLetter != "", "--dead-letter", "dead_letter"), msg)
+			ps.add(o.place(p.DeadLetterPos, o.deadLetter != "", "--dead-letter", "dead_letter"), "dead letter: "+msg)
 		}
 	}
 	for _, s := range p.Stages {
@@ -149,13 +150,13 @@ func checkWritable(path string) string {
 			return fmt.Sprintf("%s cannot be written: %v", path, err)
 		}
 		return ""
-	case !errors.Is(err, os.ErrNotExist):
+	case !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR):
 		return err.Error()
 	}
 	dir := filepath.Dir(path)
 	fi, err = os.Stat(dir)
 	switch {
-	case errors.Is(err, os.ErrNotExist):
+	case errors.Is(err, os.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
 		return fmt.Sprintf("cannot create %s: no directory %s", path, dir)
 	case err != nil:
 		return err.Error()

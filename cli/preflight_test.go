@@ -26,21 +26,21 @@ func TestValidateChecksWhatRunChecks(t *testing.T) {
 		want  string // stderr, with FILE for the pipeline's path and DIR for the directory
 	}{
 		{"input file missing", "input: {from: nope.txt}\nstages: [{use: upper}]\n", nil,
-			"FILE:1:15: nope.txt: no such file\n"},
+			"FILE:1:15: input: nope.txt: no such file\n"},
 		{"input glob matches nothing", "input: {from: 'DIR/nope-*.txt'}\nstages: [{use: upper}]\n", nil,
-			"FILE:1:15: no file matches DIR/nope-*.txt\n"},
+			"FILE:1:15: input: no file matches DIR/nope-*.txt\n"},
 		{"-i missing", "stages: [{use: upper}]\n", []string{"-i", "DIR/nope.txt"},
-			"flowrun: -i: DIR/nope.txt: no such file\n"},
+			"flowrun: -i: input: DIR/nope.txt: no such file\n"},
 		{"--set input.from missing", "stages: [{use: upper}]\n", []string{"--set", "input.from=DIR/nope.txt"},
-			"flowrun: --set input.from=DIR/nope.txt: DIR/nope.txt: no such file\n"},
+			"flowrun: --set input.from=DIR/nope.txt: input: DIR/nope.txt: no such file\n"},
 		{"output directory missing", "output: {to: DIR/no/out.txt}\nstages: [{use: upper}]\n", []string{"-i", in},
-			"FILE:1:14: cannot create DIR/no/out.txt: no directory DIR/no\n"},
+			"FILE:1:14: output: cannot create DIR/no/out.txt: no directory DIR/no\n"},
 		{"output is a directory", "stages: [{use: upper}]\n", []string{"-i", in, "-o", "DIR"},
-			"flowrun: -o: DIR is a directory\n"},
+			"flowrun: -o: output: DIR is a directory\n"},
 		{"dead-letter directory missing", "dead_letter: DIR/no/dl.jsonl\nstages: [{use: upper, on_error: dead-letter}]\n", []string{"-i", in},
-			"FILE:1:14: cannot create DIR/no/dl.jsonl: no directory DIR/no\n"},
+			"FILE:1:14: dead letter: cannot create DIR/no/dl.jsonl: no directory DIR/no\n"},
 		{"--dead-letter directory missing", "stages: [{use: upper, on_error: dead-letter}]\n", []string{"-i", in, "--dead-letter", "DIR/no/dl.jsonl"},
-			"flowrun: --dead-letter: cannot create DIR/no/dl.jsonl: no directory DIR/no\n"},
+			"flowrun: --dead-letter: dead letter: cannot create DIR/no/dl.jsonl: no directory DIR/no\n"},
 		{"exec program not on PATH", "stages:\n  - use: exec\n    with: {command: [flowrun-no-such-program, x]}\n", []string{"-i", in},
 			"FILE:3:21: stage \"exec\": option command: exec: \"flowrun-no-such-program\": no such program in $PATH\n"},
 		{"exec program not at its path", "stages:\n  - use: exec\n    with: {command: [./nope.sh]}\n", []string{"-i", in},
@@ -51,7 +51,7 @@ func TestValidateChecksWhatRunChecks(t *testing.T) {
 		{"wasm module missing", "stages: [{use: wasm, with: {module: nope.wasm}}]\n", []string{"-i", in},
 			"FILE:1:37: stage \"wasm\": option module: wasm: \"nope.wasm\": no such file\n"},
 		{"every problem at once", "input: {from: nope.txt}\noutput: {to: DIR/no/out.txt}\nstages:\n  - use: wasm\n    with: {module: garbage.wasm}\n  - use: exec\n    with: {command: [flowrun-no-such-program]}\n", nil,
-			"FILE:1:15: nope.txt: no such file\nFILE:2:14: cannot create DIR/no/out.txt: no directory DIR/no\n" +
+			"FILE:1:15: input: nope.txt: no such file\nFILE:2:14: output: cannot create DIR/no/out.txt: no directory DIR/no\n" +
 				"FILE:4:5: stage \"wasm\": wasm: compile garbage.wasm: invalid magic number\n" +
 				"FILE:7:21: stage \"exec\": option command: exec: \"flowrun-no-such-program\": no such program in $PATH\n"},
 	}
