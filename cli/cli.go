@@ -13,6 +13,7 @@ import (
 
 	"github.com/flowrun/flowrun/runner"
 	"github.com/flowrun/flowrun/spec"
+	_ "github.com/flowrun/flowrun/stages/all" // the families of built-in stages register themselves
 )
 
 // Exit codes, as DESIGN.md and every command's help promise them.

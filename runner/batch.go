@@ -31,6 +31,11 @@ type batch struct {
 	// from is the index of the stage its records enter at; the stages
 	// before pass it on untouched. Only a re-run of dead letters sets it.
 	from int
+	// part numbers the pieces a stages.Drainer emits at the end of input,
+	// from 1: all but the last have an empty range (hi = lo-1), claiming
+	// no input record, and part keeps them in order where lo alone
+	// cannot. 0 for every other batch.
+	part uint32
 }
 
 func (b *batch) size() int64 { return int64(b.hi - b.lo + 1) }
@@ -61,7 +66,7 @@ func split(b batch, n int, send func(batch) bool) bool {
 		if j < len(b.recs) {
 			hi = b.recs[j].seq - 1
 		}
-		piece := batch{lo: lo, hi: hi, recs: b.recs[start:j:j], from: b.from, sem: b.sem}
+		piece := batch{lo: lo, hi: hi, recs: b.recs[start:j:j], from: b.from, sem: b.sem, part: b.part}
 		piece.tokens = min(piece.size(), b.tokens) // the last piece takes the rest
 		if j == len(b.recs) {
 			piece.tokens = b.tokens

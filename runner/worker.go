@@ -52,6 +52,7 @@ type worker struct {
 	fwdLo, maxHi uint64
 	held         []record // emitted by a holding stage, not yet passed on
 	taken        []uint64 // input records of the pieces a holding stage still holds, oldest first
+	part         uint32   // the pieces a Drainer has emitted at the end of input
 	next         *worker  // the fused stage after this one, if any
 }
 
@@ -186,7 +187,7 @@ func (w *worker) handle(b batch) error {
 	if st.holds {
 		return nil // processHolding passed on what there was
 	}
-	return w.send(batch{lo: b.lo, hi: b.hi, recs: out, tokens: b.tokens, sem: b.sem})
+	return w.send(batch{lo: b.lo, hi: b.hi, recs: out, tokens: b.tokens, sem: b.sem, part: b.part})
 }
 
 // before returns the records of recs from input records before seq;
@@ -282,6 +283,9 @@ func (w *worker) emitHeld(out []record, hi uint64) error {
 		out[i].seq = hi
 	}
 	nb := batch{lo: w.fwdLo, hi: hi, recs: out}
+	if w.part > 0 { // the last piece of a Drainer's
+		nb.part = w.part + 1
+	}
 	w.fwdLo = hi + 1
 	if st := w.st; st.window != nil {
 		nb.sem, nb.tokens = st.window, min(nb.size(), st.windowSize)
@@ -300,15 +304,24 @@ func (w *worker) flush(final bool) error {
 	if !ok {
 		return nil
 	}
-	res, err := f.Flush(w.ctx, w.scratch[:0])
-	if err != nil {
-		return fmt.Errorf("stage %q at end of input: %w", w.st.cfg.Name, err)
+	d, drains := f.(stages.Drainer)
+	for {
+		res, err := f.Flush(w.ctx, w.scratch[:0])
+		if err != nil {
+			return fmt.Errorf("stage %q at end of input: %w", w.st.cfg.Name, err)
+		}
+		seq := max(w.maxHi, 1)
+		for _, d := range res {
+			w.held = append(w.held, record{data: d, seq: seq})
+		}
+		w.st.c.out.Add(int64(len(res)))
+		if !final || !drains || !d.More() {
+			break
+		}
+		if err := w.emitPiece(); err != nil {
+			return err
+		}
 	}
-	seq := max(w.maxHi, 1)
-	for _, d := range res {
-		w.held = append(w.held, record{data: d, seq: seq})
-	}
-	w.st.c.out.Add(int64(len(res)))
 	w.taken = w.taken[:0]
 	held := w.held
 	switch {
@@ -322,6 +335,31 @@ func (w *worker) flush(final bool) error {
 		return w.emitHeld(held, w.fwdLo)
 	}
 	return nil
+}
+
+// emitPiece passes on what a Drainer emitted, when more is to come, as a
+// batch that claims no input record (the last piece claims them all): a
+// journal or an ordered writer must not take the input for done while
+// the rest is still in the stage. Its records carry the number of the
+// last record already claimed, so that no holding stage after this one
+// claims an input record by them either.
+func (w *worker) emitPiece() error {
+	if len(w.held) == 0 {
+		return nil
+	}
+	for i := range w.held {
+		w.held[i].seq = w.fwdLo - 1
+	}
+	w.part++
+	nb := batch{lo: w.fwdLo, hi: w.fwdLo - 1, recs: w.held, part: w.part}
+	w.held = nil
+	if st := w.st; st.window != nil {
+		nb.sem, nb.tokens = st.window, min(int64(len(nb.recs)), st.windowSize)
+		if err := st.window.Acquire(w.ctx, nb.tokens); err != nil {
+			return context.Cause(w.ctx)
+		}
+	}
+	return w.send(nb)
 }
 
 func (w *worker) send(b batch) error {

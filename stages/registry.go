@@ -2,6 +2,7 @@ package stages
 
 import (
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -22,9 +23,10 @@ const (
 	Duration              // a Go duration: 250ms, 10s, 1m30s
 	Strings               // a list of strings (a scalar is a list of one)
 	StringMap             // a map of string to string
+	Size                  // a number of bytes: 65536, 64KiB, 16MiB, 1GiB (or KB, MB, GB); an int
 )
 
-var typeNames = [...]string{"string", "int", "float", "bool", "duration", "[string]", "{string: string}"}
+var typeNames = [...]string{"string", "int", "float", "bool", "duration", "[string]", "{string: string}", "size"}
 
 func (t Type) String() string { return typeNames[t] }
 
@@ -64,8 +66,43 @@ func (t Type) Parse(s string) (any, error) {
 		return d, nil
 	case Strings:
 		return []string{s}, nil
+	case Size:
+		return parseSize(s)
 	}
 	return nil, fmt.Errorf("a %s has no scalar form", t)
+}
+
+var sizeUnits = []struct {
+	suffix string
+	mult   int64
+}{
+	// Longest suffixes first, so that "KiB" is not read as "B".
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+	{"B", 1},
+}
+
+// parseSize reads a Size, as the spec package reads the pipeline's own
+// sizes.
+func parseSize(s string) (int, error) {
+	num, mult := strings.TrimSpace(s), int64(1)
+	for _, u := range sizeUnits {
+		if strings.HasSuffix(num, u.suffix) {
+			num, mult = strings.TrimSpace(strings.TrimSuffix(num, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a size (like 65536, 64KiB, 16MiB, 1GiB)", s)
+	}
+	if n <= 0 {
+		return 0, fmt.Errorf("size %q must be more than 0", s)
+	}
+	if n > math.MaxInt/mult {
+		return 0, fmt.Errorf("size %q is too large", s)
+	}
+	return int(n * mult), nil
 }
 
 // Option describes one key of a stage's `with:` block.
@@ -215,7 +252,7 @@ func checkValue(o Option, v any) error {
 		if ok && len(o.Enum) > 0 && !contains(o.Enum, s) {
 			return fmt.Errorf("%q is not one of %s", s, strings.Join(o.Enum, ", "))
 		}
-	case Int:
+	case Int, Size:
 		_, ok = v.(int)
 	case Float:
 		_, ok = v.(float64)

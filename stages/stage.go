@@ -78,6 +78,18 @@ type Holder interface {
 	Held() int
 }
 
+// A Drainer is a Flusher that may hold more at the end of input than one
+// Flush should return: a sort that spilled its runs to disk merges them
+// as the stages after it take the records, so that its memory stays
+// bounded. At the end of input the runner calls More after each Flush,
+// and Flush again while More is true; what those pieces hold goes on in
+// that order, the input records they stand for being claimed with the
+// last.
+type Drainer interface {
+	Flusher
+	More() bool
+}
+
 // An Idler is a Flusher that also wants Flush called when no record has
 // reached it for IdleAfter: a batch with max_wait must not hold a record
 // forever on a quiet stream.
