@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"sync"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/flowrun/flowrun/stages"
 	"github.com/flowrun/flowrun/stages/internal/jsontext"
 )
@@ -328,14 +330,11 @@ func (s *sortStage) spill() error {
 		s.err = s.spillErr
 		return s.err
 	}
-	f, err := os.CreateTemp(s.tempDir, "flowrun-sort-*")
+	f, err := tempFile(s.tempDir)
 	if err != nil {
 		s.err = fmt.Errorf("sort: spill to disk: %w", err)
 		return s.err
 	}
-	// Unlinked at once: the file lives as long as it is open, and
-	// nothing is left behind however the process ends.
-	os.Remove(f.Name())
 	s.files = append(s.files, f)
 	s.written = s.cur
 	s.cur = run{ents: make([]entry, 0, len(s.written.ents))}
@@ -347,6 +346,25 @@ func (s *sortStage) spill() error {
 		s.spillErr = s.writeRun(f, r)
 	}()
 	return nil
+}
+
+// tempFile opens a file that has no name: it lives as long as it is
+// open, and nothing is left behind however the process ends, even by
+// kill -9. Linux's O_TMPFILE makes it so from the start; elsewhere the
+// file is removed at once, which leaves a moment for a kill to beat.
+func tempFile(dir string) (*os.File, error) {
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	if f, err := os.OpenFile(dir, os.O_RDWR|unix.O_TMPFILE, 0o600); err == nil {
+		return f, nil
+	}
+	f, err := os.CreateTemp(dir, "flowrun-sort-*")
+	if err != nil {
+		return nil, err
+	}
+	os.Remove(f.Name())
+	return f, nil
 }
 
 func (s *sortStage) writeRun(f *os.File, r *run) error {

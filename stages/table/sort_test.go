@@ -369,7 +369,7 @@ func TestSortInterrupt(t *testing.T) {
 			// Wait until the sort has spilled a few runs: deleted files
 			// it holds open.
 			deadline := time.Now().Add(20 * time.Second)
-			for spilled(cmd.Process.Pid) < 3 {
+			for spilled(cmd.Process.Pid, dir) < 3 {
 				if time.Now().After(deadline) {
 					cmd.Process.Kill()
 					t.Fatal("the sort did not spill")
@@ -393,12 +393,12 @@ func TestSortInterrupt(t *testing.T) {
 	}
 }
 
-// spilled counts the deleted files process pid holds open.
-func spilled(pid int) int {
+// spilled counts the deleted files in dir that process pid holds open.
+func spilled(pid int, dir string) int {
 	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
 	n := 0
 	for _, fd := range fds {
-		if target, err := os.Readlink(fd); err == nil && strings.Contains(target, "flowrun-sort-") && strings.HasSuffix(target, "(deleted)") {
+		if target, err := os.Readlink(fd); err == nil && strings.HasPrefix(target, dir+"/") && strings.HasSuffix(target, "(deleted)") {
 			n++
 		}
 	}
