@@ -15,7 +15,6 @@ import (
 	"time"
 
 	urfave "github.com/urfave/cli/v2"
-	"golang.org/x/term"
 
 	"github.com/flowrun/flowrun/runner"
 )
@@ -103,10 +102,12 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 			return err
 		}
 	}
-	progress, err := chooseProgress(opts.progress, opts.every, stderr)
+	shown, err := chooseProgress(opts.progress, opts.every, isStd(p.Input.From) && retry == "", stdin, stdout, stderr)
 	if err != nil {
 		return err
 	}
+	progress := shown.progress
+	stdout, stderr = shown.stdout, shown.stderr // records and messages above a live display
 
 	// The first signal stops the input and lets the run drain; the second
 	// cancels it.
@@ -210,23 +211,6 @@ func records(n int64) string {
 		return "1 record"
 	}
 	return fmt.Sprintf("%d records", n)
-}
-
-func chooseProgress(mode string, every time.Duration, stderr io.Writer) (runner.Progress, error) {
-	switch mode {
-	case "none":
-		return nil, nil
-	case "plain":
-		return runner.Plain{W: stderr, Every: every}, nil
-	case "bar":
-		return runner.Bars{W: stderr, Every: every}, nil
-	case "auto", "":
-		if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) && os.Getenv("CI") == "" {
-			return runner.Bars{W: stderr, Every: every}, nil
-		}
-		return runner.Plain{W: stderr, Every: every}, nil
-	}
-	return nil, usagef("--progress %q: want auto, bar, plain or none", mode)
 }
 
 func writeStats(path string, sum *runner.Summary) error {

@@ -6,14 +6,13 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-
-	"github.com/schollz/progressbar/v3"
 )
 
 // Progress shows a run's progress while it runs. Run calls snapshot as
 // often as it likes (each call reads counters, nothing more) and returns
 // when done is closed, after showing the final state. It writes to stderr
-// only: stdout carries records.
+// only: stdout carries records. Plain writes status lines for logs;
+// Display draws a live block on a terminal.
 type Progress interface {
 	Run(done <-chan struct{}, snapshot func() Snapshot)
 }
@@ -96,98 +95,6 @@ func plainLine(s Snapshot) string {
 	}
 	fmt.Fprintf(&b, " | out %d", s.OutRecords)
 	return b.String()
-}
-
-// Bars draws a live bar per stage on a terminal, redrawn in place every
-// Every: the input (bytes against the file size when it is known), each
-// stage (records, rate, queue fill, busy workers) and the output.
-type Bars struct {
-	W     io.Writer
-	Every time.Duration
-}
-
-// Run draws until done is closed, then leaves the final state on screen.
-func (p Bars) Run(done <-chan struct{}, snapshot func() Snapshot) {
-	every := p.Every
-	if every <= 0 {
-		every = 150 * time.Millisecond
-	}
-	s := snapshot()
-	newBar := func(max int64, desc string, opts ...progressbar.Option) *progressbar.ProgressBar {
-		opts = append(opts,
-			progressbar.OptionSetWriter(io.Discard), // drawn here, all bars at once
-			progressbar.OptionSetDescription(desc),
-			progressbar.OptionSetWidth(20),
-			progressbar.OptionThrottle(0),
-			progressbar.OptionSetSpinnerChangeInterval(0), // no goroutine of its own: Run redraws
-			progressbar.OptionSetRenderBlankState(true),
-		)
-		return progressbar.NewOptions64(max, opts...)
-	}
-	width := len("output")
-	for _, st := range s.Stages {
-		width = max(width, len(st.Name))
-	}
-	pad := func(name string) string { return fmt.Sprintf("%-*s", width, name) }
-	input := newBar(s.TotalBytes, pad("input"), progressbar.OptionShowBytes(true))
-	// With the input's size known, each stage gets a bar against the
-	// records to come, estimated from the bytes per record so far;
-	// otherwise a counter. The mode is chosen once: progressbar counts
-	// differently in each.
-	known := s.TotalBytes > 0
-	stageMax := int64(-1)
-	if known {
-		stageMax = 1 << 62 // set from the estimate at each draw
-	}
-	bars := make([]*progressbar.ProgressBar, len(s.Stages))
-	for i, st := range s.Stages {
-		bars[i] = newBar(stageMax, pad(st.Name), progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("rec"))
-	}
-	output := newBar(-1, pad("output"), progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("rec"))
-	lines := 0
-	draw := func(s Snapshot, final bool) {
-		var b strings.Builder
-		if lines > 0 {
-			fmt.Fprintf(&b, "\x1b[%dA", lines) // back to the first bar
-		}
-		input.Set64(s.InBytes)
-		fmt.Fprintf(&b, "\r\x1b[2K%s  %d rec\n", input.String(), s.InRecords)
-		total := int64(1 << 62)
-		if s.InBytes > 0 {
-			total = s.InRecords * s.TotalBytes / s.InBytes
-		}
-		for i, st := range s.Stages {
-			switch {
-			case final && known:
-				bars[i].ChangeMax64(max(st.In, 1))
-			case known:
-				// A bar that reaches its max is finished for good: keep it
-				// ahead until the end (a fan-out outgrows the estimate).
-				bars[i].ChangeMax64(max(total, st.In+1))
-			}
-			bars[i].Set64(st.In)
-			fmt.Fprintf(&b, "\r\x1b[2K%s  q %d/%d  busy %d/%d", bars[i].String(), st.Queued, st.Cap, st.Busy, st.Workers)
-			if st.Errs > 0 {
-				fmt.Fprintf(&b, "  err %d", st.Errs)
-			}
-			b.WriteByte('\n')
-		}
-		output.Set64(s.OutRecords)
-		fmt.Fprintf(&b, "\r\x1b[2K%s\n", output.String())
-		lines = len(s.Stages) + 2
-		io.WriteString(p.W, b.String())
-	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-done:
-			draw(snapshot(), true)
-			return
-		case <-t.C:
-			draw(snapshot(), false)
-		}
-	}
 }
 
 // WriteTable writes the summary as a table, one row per stage, between
