@@ -295,7 +295,7 @@ func decodeJSONValue(v []byte) (any, error) {
 
 // decodeJSONNumber decodes the well-formed JSON number v.
 func decodeJSONNumber(v []byte) (any, error) {
-	if bytes.IndexAny(v, ".eE") < 0 {
+	if !bytes.ContainsAny(v, ".eE") {
 		n, err := strconv.ParseInt(string(v), 10, 64)
 		switch {
 		case err != nil:

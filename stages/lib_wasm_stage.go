@@ -17,6 +17,7 @@ import (
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/experimental"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 	"github.com/tetratelabs/wazero/sys"
 )
@@ -37,6 +38,8 @@ func init() {
 			{Name: "write_dirs", Type: StringMap, Default: map[string]string{}, Doc: "read-write mounts, guest path to host directory"},
 			{Name: "inflight", Type: Int, Default: 256, Doc: "how many records may be written ahead of their answers"},
 			{Name: "max_output", Type: Int, Default: 64 << 20, Doc: "the most bytes of one answer line; a module that writes more without a newline is stopped"},
+			{Name: "max_memory", Type: Int, Default: 256 << 20, Doc: "the most linear memory one instance may have, in bytes (whole 64 KiB pages); " +
+				"a module that asks for more fails the record at hand and is restarted for the next"},
 			{Name: "interruptible", Type: Bool, Doc: "let a timeout stop a module stuck in a loop, at a cost of 5-30x in speed (a module waiting for input, sleeping or writing stops without it); default: true when the pipeline sets the stage's timeout"},
 		},
 		Check: checkWasm,
@@ -47,6 +50,9 @@ func init() {
 // wasmCloseGrace is how long Close waits for a module to exit on its own
 // once its stdin has ended, before stopping it.
 const wasmCloseGrace = 2 * time.Second
+
+// wasmPage is the size of a WebAssembly memory page.
+const wasmPage = 64 << 10
 
 // wasmStderrTail bounds the stderr kept for error messages.
 const wasmStderrTail = 4 << 10
@@ -60,6 +66,9 @@ func checkWasm(c Config) error {
 	}
 	if n := c.Int("inflight"); n < 1 {
 		return OptionErrorf("inflight", "%d: must be at least 1", n)
+	}
+	if n := c.Int("max_memory"); n < wasmPage || n > 1<<32 {
+		return OptionErrorf("max_memory", "%d: must be from 65536 (one page) to 4294967296 (4 GiB)", n)
 	}
 	for name := range c.Map("env") {
 		if name == "" || strings.ContainsAny(name, "=\x00") {
@@ -229,6 +238,7 @@ func newWasmStage(c Config) (Stage, error) {
 		config:        mc,
 		inflight:      c.Int("inflight"),
 		maxOutput:     c.Int("max_output"),
+		maxMemory:     uint64(c.Int("max_memory")) / wasmPage * wasmPage,
 		timeout:       c.Timeout,
 	}
 	// Instantiate now, so that a module whose imports cannot be met fails
@@ -248,6 +258,7 @@ type wasmStage struct {
 	config        wazero.ModuleConfig
 	inflight      int
 	maxOutput     int
+	maxMemory     uint64
 	timeout       time.Duration
 
 	inst *wasmInstance // nil after a death, until the next record
@@ -263,7 +274,7 @@ func (s *wasmStage) instance() (*wasmInstance, error) {
 	if s.inst != nil {
 		return s.inst, nil
 	}
-	inst, err := startWasm(wasmRuntime(s.interruptible), s.compiled, s.config, s.interruptible)
+	inst, err := startWasm(wasmRuntime(s.interruptible), s.compiled, s.config, s.interruptible, s.maxMemory)
 	if err != nil {
 		return nil, fmt.Errorf("wasm: instantiate %s: %w", s.name, err)
 	}
@@ -324,7 +335,7 @@ func (s *wasmStage) ProcessBatch(ctx context.Context, recs [][]byte, emit func(i
 		switch {
 		case s.timeout == 0:
 		case timer == nil:
-			timer = time.AfterFunc(s.timeout, func() { inst.kill(nil) })
+			timer = time.AfterFunc(s.timeout, inst.expire)
 		default:
 			timer.Reset(s.timeout)
 		}
@@ -430,6 +441,10 @@ func (s *wasmStage) fail(inst *wasmInstance) error {
 		timedOut = true
 	}
 	switch {
+	case inst.mem.refused.Load():
+		// Not the stderr: the Go runtime's "out of memory" is followed by
+		// the stacks of all its goroutines.
+		return fmt.Errorf("wasm: %s ran out of memory: it asked for more than max_memory (%s); restarted it", s.name, mebibytes(s.maxMemory))
 	case timedOut:
 		return fmt.Errorf("wasm: no answer from %s within %s for this record (does it flush its output after each line?); stopped it%s: %w",
 			s.name, s.timeout, tail, context.DeadlineExceeded)
@@ -440,6 +455,14 @@ func (s *wasmStage) fail(inst *wasmInstance) error {
 		return fmt.Errorf("wasm: %s failed: %s%s", s.name, msg, tail)
 	}
 	return fmt.Errorf("wasm: %s returned without answering this record%s", s.name, tail)
+}
+
+// mebibytes formats n bytes for a message.
+func mebibytes(n uint64) string {
+	if n%(1<<20) == 0 {
+		return fmt.Sprintf("%d MiB", n>>20)
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 // Close ends the module's input and gives it wasmCloseGrace to exit
@@ -478,6 +501,7 @@ type wasmInstance struct {
 	done          chan struct{} // closed when _start has returned
 	exit          error         // what _start returned; read with exited
 	interruptible bool
+	mem           *wasmMemory
 
 	mu        sync.Mutex
 	dead      bool
@@ -485,7 +509,7 @@ type wasmInstance struct {
 	deadline  bool            // the stage's timer stopped it
 }
 
-func startWasm(rt wazero.Runtime, compiled wazero.CompiledModule, mc wazero.ModuleConfig, interruptible bool) (*wasmInstance, error) {
+func startWasm(rt wazero.Runtime, compiled wazero.CompiledModule, mc wazero.ModuleConfig, interruptible bool, maxMemory uint64) (*wasmInstance, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	inst := &wasmInstance{
 		stdin:         newWasmPipe(),
@@ -494,6 +518,7 @@ func startWasm(rt wazero.Runtime, compiled wazero.CompiledModule, mc wazero.Modu
 		cancel:        cancel,
 		done:          make(chan struct{}),
 		interruptible: interruptible,
+		mem:           &wasmMemory{},
 	}
 	inst.stdout.ready.L = &inst.stdout.mu
 	inst.answers = bufio.NewReaderSize(inst.stdout, 64<<10)
@@ -511,10 +536,15 @@ func startWasm(rt wazero.Runtime, compiled wazero.CompiledModule, mc wazero.Modu
 				panic(sys.NewExitError(sys.ExitCodeContextCanceled))
 			}
 		})
-	mod, err := rt.InstantiateModule(ctx, compiled, mc)
+	mod, err := rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, inst.mem.allocator(maxMemory)), compiled, mc)
 	if err != nil {
 		cancel()
 		return nil, err
+	}
+	if inst.mem.over.Load() {
+		mod.Close(context.Background())
+		cancel()
+		return nil, fmt.Errorf("its memory at start is more than max_memory (%s)", mebibytes(maxMemory))
 	}
 	start := mod.ExportedFunction("_start")
 	go inst.run(ctx, mod, start)
@@ -541,17 +571,23 @@ func (inst *wasmInstance) exited() error {
 	}
 }
 
-// kill stops the module because ctx is done; a nil ctx means the stage's
-// own timeout expired.
+// kill stops the module because ctx, the record's, is done.
 func (inst *wasmInstance) kill(ctx context.Context) {
 	inst.mu.Lock()
 	if !inst.dead {
 		inst.dead = true
-		if ctx != nil {
-			inst.stoppedBy = ctx
-		} else {
-			inst.deadline = true
-		}
+		inst.stoppedBy = ctx
+	}
+	inst.mu.Unlock()
+	inst.halt()
+}
+
+// expire stops the module because the stage's own timeout expired.
+func (inst *wasmInstance) expire() {
+	inst.mu.Lock()
+	if !inst.dead {
+		inst.dead = true
+		inst.deadline = true
 	}
 	inst.mu.Unlock()
 	inst.halt()

@@ -201,6 +201,7 @@ func TestWasmCheck(t *testing.T) {
 		{"empty host dir", map[string]any{"module": "a.wasm", "write_dirs": map[string]string{"/out": ""}}, "write_dirs"},
 		{"mounted twice", map[string]any{"module": "a.wasm", "allow_dirs": map[string]string{"/d": "a"}, "write_dirs": map[string]string{"/d/": "b"}}, "mounted twice"},
 		{"bad env name", map[string]any{"module": "a.wasm", "env": map[string]string{"A=B": "c"}}, "env"},
+		{"max_memory under a page", map[string]any{"module": "a.wasm", "max_memory": 1000}, "max_memory"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -343,6 +344,24 @@ func TestWasmCrash(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestWasmMaxMemory checks that a module that allocates without end is
+// stopped at max_memory: the record's error says so, and the next record
+// runs in a new instance.
+func TestWasmMaxMemory(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	probe := wasmModule(t, "probe")
+	s := wasmStage(t, 0, map[string]any{"module": probe, "max_memory": 64 << 20})
+	wasmCheck(t, "within", wasmProcess(context.Background(), s, "alloc 16"), wasmWant{out: "ok"})
+	for _, rec := range []string{"hog", "alloc 80"} {
+		wasmCheck(t, rec, wasmProcess(context.Background(), s, rec), wasmWant{errText: "ran out of memory: it asked for more than max_memory (64 MiB); restarted it"})
+		wasmCheck(t, "after "+rec, wasmProcess(context.Background(), s, "again"), wasmWant{out: "AGAIN"})
+	}
+	res := wasmBatch(s, "a", "hog", "b")
+	wasmCheck(t, "batch a", res[0], wasmWant{out: "A"})
+	wasmCheck(t, "batch hog", res[1], wasmWant{errText: "max_memory"})
+	wasmCheck(t, "batch b", res[2], wasmWant{errIs: stages.ErrLost})
 }
 
 func TestWasmStall(t *testing.T) {

@@ -13,6 +13,8 @@
 //	env NAME    answer the variable's value
 //	args        answer the arguments after the program name, space-separated
 //	stderr N    write N bytes to stderr, then answer "ok"
+//	alloc N     allocate and touch N MiB, then answer "ok" (and let it go)
+//	hog         allocate and touch memory, 1 MiB at a time, without end
 //	anything else is answered upper-cased.
 package main
 
@@ -68,10 +70,31 @@ func main() {
 			n, _ := strconv.Atoi(arg)
 			os.Stderr.WriteString(strings.Repeat("e", n))
 			fmt.Println("ok")
+		case "alloc":
+			n, _ := strconv.Atoi(arg)
+			held := make([][]byte, n)
+			for i := range held {
+				held[i] = touched(1 << 20)
+			}
+			fmt.Println("ok")
+		case "hog":
+			var held [][]byte
+			for {
+				held = append(held, touched(1<<20))
+			}
 		default:
 			fmt.Println(strings.ToUpper(in.Text()))
 		}
 	}
+}
+
+// touched returns n bytes whose every page has been written.
+func touched(n int) []byte {
+	b := make([]byte, n)
+	for i := 0; i < n; i += 4096 {
+		b[i] = 1
+	}
+	return b
 }
 
 func answer(s string, err error) {
