@@ -7,6 +7,7 @@ import (
 	"crypto/sha1"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -332,6 +333,7 @@ type gunzipStage struct {
 	zr      *gzip.Reader // nil until the first record
 	src     bytes.Reader
 	maxSize int
+	spare   [][]byte // for readLimited
 }
 
 func newGunzipStage(c Config) (*gunzipStage, error) {
@@ -354,15 +356,23 @@ func (s *gunzipStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]
 	if err != nil {
 		return out, Permanent(fmt.Errorf("gunzip: %w", err))
 	}
-	var buf bytes.Buffer
-	buf.Grow(min(4*len(rec), s.maxSize))
-	n, err := buf.ReadFrom(io.LimitReader(s.zr, int64(s.maxSize)+1))
+	// A gzip member ends with its length, mod 2^32: a record that tells
+	// the truth is read into one buffer of that size. A record that lies,
+	// or holds several members, is read on in chunks; either way no more
+	// than max_size+1 bytes are ever held (a bytes.Buffer doubling past
+	// max_size held 4 GB for 1 GiB).
+	size := int64(-1)
+	if n := len(rec); n >= 18 {
+		size = int64(binary.LittleEndian.Uint32(rec[n-4:]))
+	}
+	data, err := readLimited(s.zr, int64(s.maxSize), size, &s.spare)
 	s.src.Reset(nil)
-	if err != nil {
+	var tooLarge errTooLarge
+	switch {
+	case errors.As(err, &tooLarge):
+		return out, Permanent(fmt.Errorf("gunzip: record decompresses to more than max_size (%d bytes)", s.maxSize))
+	case err != nil:
 		return out, Permanent(fmt.Errorf("gunzip: %w", err))
 	}
-	if n > int64(s.maxSize) {
-		return out, Permanent(fmt.Errorf("gunzip: record decompresses to more than max_size (%d bytes)", s.maxSize))
-	}
-	return append(out, buf.Bytes()), nil
+	return append(out, data), nil
 }

@@ -247,7 +247,10 @@ func readAtMost(r io.Reader, max int64) ([]byte, error) {
 			size = fi.Size()
 		}
 	}
-	return readLimited(r, max, size)
+	if size > max {
+		return nil, Permanent(fmt.Errorf("%d bytes is more than max_size %d", size, max))
+	}
+	return readLimited(r, max, size, nil)
 }
 
 // errTooLarge is the error for more than max bytes; callers say of what.
@@ -255,39 +258,56 @@ type errTooLarge struct{ max int64 }
 
 func (e errTooLarge) Error() string { return fmt.Sprintf("more than %d bytes", e.max) }
 
-// readLimited is readAtMost for a reader whose length is size, or -1 when
-// unknown.
-func readLimited(r io.Reader, max, size int64) ([]byte, error) {
-	if size > max {
-		return nil, Permanent(fmt.Errorf("%d bytes is more than max_size %d", size, max))
+// readLimited is readAtMost for a reader whose length is likely size, or
+// -1 when unknown; a size that is wrong costs only copies. A worker that
+// reads again and again may pass its own spare: the chunks of a read that
+// failed (an endless body, a gzip bomb) or were joined are kept there for
+// its next read to fill, rather than left to the garbage collector, which
+// lets the heap grow to twice what is live before it collects.
+func readLimited(r io.Reader, max, size int64, spare *[][]byte) ([]byte, error) {
+	var old [][]byte
+	if spare != nil {
+		old, *spare = *spare, nil
+	}
+	chunk := func(n int64) []byte {
+		for len(old) > 0 {
+			c := old[0]
+			old = old[1:]
+			if int64(cap(c)) >= n {
+				return c[:0:n]
+			}
+		}
+		return make([]byte, 0, n)
 	}
 	first := int64(4 << 10)
 	if size >= 0 {
 		first = size + 1 // +1: to see the end, or that the file grew
 	}
-	first = min(first, max+1)
-	chunks := [][]byte{make([]byte, 0, first)}
+	chunks := [][]byte{chunk(min(first, max+1))}
+	keep := func() {
+		if spare != nil {
+			*spare = chunks
+		}
+	}
 	total := int64(0)
 	for {
 		c := chunks[len(chunks)-1]
 		if len(c) == cap(c) {
-			if total > max {
-				return nil, Permanent(errTooLarge{max})
-			}
-			c = make([]byte, 0, min(2*int64(cap(c)), max+1-total)) // total <= max: at least 1
-
+			c = chunk(min(2*int64(cap(c)), max+1-total)) // total <= max: at least 1
 			chunks = append(chunks, c)
 		}
 		n, err := r.Read(c[len(c):cap(c)])
 		chunks[len(chunks)-1] = c[:len(c)+n]
 		total += int64(n)
 		if total > max {
+			keep()
 			return nil, Permanent(errTooLarge{max})
 		}
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
+			keep()
 			return nil, err
 		}
 	}
@@ -295,10 +315,10 @@ func readLimited(r io.Reader, max, size int64) ([]byte, error) {
 		return chunks[0], nil
 	}
 	data := make([]byte, 0, total)
-	for i, c := range chunks {
+	for _, c := range chunks {
 		data = append(data, c...)
-		chunks[i] = nil
 	}
+	keep()
 	return data, nil
 }
 

@@ -76,7 +76,8 @@ type httpStage struct {
 	contentType string
 	redirects   string
 	client      http.Client
-	raw         []byte // the record at hand, for the template's raw function
+	raw         []byte   // the record at hand, for the template's raw function
+	spare       [][]byte // for readLimited
 }
 
 func newHTTPStage(c Config, method string) (*httpStage, error) {
@@ -189,7 +190,7 @@ func (s *httpStage) Process(ctx context.Context, rec []byte, out [][]byte) ([][]
 	if resp.ContentLength > s.max {
 		return out, Permanent(fmt.Errorf("%s %s: body of %d bytes is more than max_body %d", s.method, u.Redacted(), resp.ContentLength, s.max))
 	}
-	data, err := readLimited(resp.Body, s.max, resp.ContentLength)
+	data, err := readLimited(resp.Body, s.max, resp.ContentLength, &s.spare)
 	if err != nil {
 		return out, fmt.Errorf("%s %s: read body: %w", s.method, u.Redacted(), err)
 	}
