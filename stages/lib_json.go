@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/expr-lang/expr"
@@ -30,8 +31,15 @@ func init() {
 	Register(Spec{
 		Name: "jq",
 		Doc: "Runs a jq query (gojq) on each JSON record and emits each of its results as compact JSON: " +
-			"none filters the record out, several fan it out. Object keys come out sorted.",
+			"none filters the record out, several fan it out. Object keys come out sorted; integers are exact, as in jq 1.7. " +
+			"max_results bounds how many results a record gives, but only the timeout bounds how large one result grows ([range(1e9)]): " +
+			"hence a default timeout.",
 		Batch: true,
+		// A single result is built whole before it is emitted, and nothing
+		// but the clock can stop [range(1e9)]: gojq checks its context at
+		// every step. Measured here, it builds about 65 MB a second of such
+		// an array, so 5 s bounds it to a few hundred MB.
+		DefaultTimeout: 5 * time.Second,
 		Options: []Option{
 			{Name: "query", Type: String, Required: true, Doc: "the jq program, like .user | {name, id}"},
 			{Name: "raw", Type: Bool, Default: false, Doc: "emit string results without quotes, like jq -r"},

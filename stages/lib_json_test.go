@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/flowrun/flowrun/stages"
 )
@@ -287,5 +288,22 @@ func TestExprUnknownFunction(t *testing.T) {
 	_, err := libbNewStage("filter", map[string]any{"expr": `uper(name) == "A"`})
 	if err == nil || !strings.Contains(err.Error(), "unknown function uper (did you mean upper?)") {
 		t.Fatalf("error %v, want one naming uper and suggesting upper", err)
+	}
+}
+
+// TestJQOneHugeResult checks that a single result that grows without
+// end, which max_results cannot bound, is bounded by time: jq has a
+// default timeout, and a timeout stops the query.
+func TestJQOneHugeResult(t *testing.T) {
+	spec, _ := stages.Lookup("jq")
+	if spec.DefaultTimeout <= 0 {
+		t.Errorf("jq has no default timeout: nothing bounds [range(1e9)]")
+	}
+	st := libbStage(t, "jq", map[string]any{"query": "[range(1e9)] | length"})
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := st.Process(ctx, []byte("null"), nil)
+	if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, stages.ErrPermanent) {
+		t.Fatalf("error %v, want the deadline, retryable", err)
 	}
 }
