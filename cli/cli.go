@@ -117,6 +117,7 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			runCommand(stdin, stdout, stderr),
 			validateCommand(stdin, stdout),
 			stagesCommand(stdout),
+			connectorsCommand(stdout),
 			graphCommand(stdin, stdout),
 			versionCommand(stdout),
 			helpCommand(stdout),

@@ -1,0 +1,100 @@
+package nats_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/flowrun/flowrun/connect"
+	"github.com/flowrun/flowrun/connect/brokertest"
+	"github.com/flowrun/flowrun/connect/connecttest"
+	_ "github.com/flowrun/flowrun/connect/nats"
+)
+
+func TestMain(m *testing.M) { brokertest.Main(m) }
+
+func urls(s *brokertest.Server, name string) (string, string) {
+	in := s.URL + "?stream=" + name + "&ack_wait=2s"
+	return in, s.URL + "?stream=" + name + "&subject=" + name + ".in"
+}
+
+// The suite against both servers: the one embedded in Go and Debian's
+// nats-server binary.
+func TestSuite(t *testing.T) {
+	for _, kind := range []string{"nats-embedded", "nats"} {
+		t.Run(kind, func(t *testing.T) {
+			connecttest.Run(t, connecttest.Broker{
+				URLs: urls,
+				Shared: func(t testing.TB) *brokertest.Server {
+					if kind == "nats" {
+						return brokertest.NATS(t)
+					}
+					return brokertest.NATSEmbedded(t)
+				},
+				Own: func(t testing.TB) *brokertest.Server { return brokertest.Own(t, kind) },
+			})
+		})
+	}
+}
+
+// A message published twice with the same id (a re-publish after a
+// crash) is in the stream once.
+func TestRepublishIsDeduplicated(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	srv := brokertest.NATS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	in, out := urls(srv, "dedupe")
+	connecttest.Publish(t, ctx, out, 1, 3)
+	connecttest.Publish(t, ctx, out, 1, 3) // the same ids again
+	src, _, err := connect.OpenSource(ctx, in, nil, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	got := connecttest.Take(t, ctx, src, 3)
+	if err := src.Settle(ctx, got, connect.Ack); err != nil {
+		t.Fatal(err)
+	}
+	connecttest.Nothing(t, src)
+}
+
+// Core NATS: what is published while the subscriber is there arrives.
+func TestCoreSubject(t *testing.T) {
+	srv := brokertest.NATSEmbedded(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	u := srv.URL + "?subject=core.test"
+	src, _, err := connect.OpenSource(ctx, u, nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	connecttest.Publish(t, ctx, u, 1, 5)
+	got := connecttest.Take(t, ctx, src, 5)
+	if fmt.Sprint(len(got)) != "5" || string(got[4].Data) != "m5" {
+		t.Fatalf("got %v", got)
+	}
+}
+
+func TestStartErrors(t *testing.T) {
+	srv := brokertest.NATSEmbedded(t)
+	port, _ := brokertest.FreePort()
+	for _, tc := range []struct{ url, want string }{
+		{fmt.Sprintf("nats://127.0.0.1:%d?stream=s", port), fmt.Sprintf("nats nats://127.0.0.1:%d: cannot connect: no server answers", port)},
+		{srv.URL + "?stream=flowrun-missing&create=false", `stream "flowrun-missing": no such stream`},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, _, err := connect.OpenSource(ctx, tc.url, nil, 1)
+		cancel()
+		var ce *connect.Error
+		if !errors.As(err, &ce) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want a *connect.Error with %q", tc.url, err, tc.want)
+		}
+	}
+}

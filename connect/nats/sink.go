@@ -1,0 +1,137 @@
+package nats
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flowrun/flowrun/connect"
+)
+
+// jsSink publishes to a stream asynchronously and keeps each message
+// with its PubAck future until Flush has seen it acked. A message whose
+// publish failed or timed out is published again with the same
+// Nats-Msg-Id, which the stream drops if it had it after all.
+type jsSink struct {
+	p       *connect.Params
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	subject string
+	mu      sync.Mutex
+	pending []inFlight
+}
+
+type inFlight struct {
+	msg connect.Message
+	f   jetstream.PubAckFuture // nil: not sent
+}
+
+func openSink(ctx context.Context, p *connect.Params) (connect.Sink, error) {
+	nc, err := dial(p)
+	if err != nil {
+		return nil, err
+	}
+	if p.String("stream") == "" {
+		return &coreSink{p: p, nc: nc, subject: p.String("subject")}, nil
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(5*time.Second), jetstream.WithPublishAsyncMaxPending(4096))
+	if err == nil {
+		_, err = stream(ctx, js, p)
+	}
+	if err != nil {
+		nc.Close()
+		if _, ok := err.(*connect.Error); ok {
+			return nil, err
+		}
+		return nil, &connect.Error{Broker: p.Broker(), Reason: reason(err), Err: err}
+	}
+	return &jsSink{p: p, nc: nc, js: js, subject: p.String("subject")}, nil
+}
+
+func (s *jsSink) publish(m connect.Message) jetstream.PubAckFuture {
+	msg := &nats.Msg{Subject: s.subject, Data: m.Data}
+	if m.ID != "" {
+		msg.Header = nats.Header{jetstream.MsgIDHeader: []string{m.ID}}
+	}
+	f, err := s.js.PublishMsgAsync(msg)
+	if err != nil {
+		return nil // sent again at Flush
+	}
+	return f
+}
+
+func (s *jsSink) Write(ctx context.Context, msgs []connect.Message) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range msgs {
+		s.pending = append(s.pending, inFlight{msg: m, f: s.publish(m)})
+	}
+	return nil
+}
+
+func (s *jsSink) Flush(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := connect.DefaultBackoff()
+	for {
+		var lastErr error
+		failed := s.pending[:0]
+		for _, p := range s.pending {
+			if p.f != nil {
+				select {
+				case <-p.f.Ok():
+					continue
+				case err := <-p.f.Err():
+					lastErr = err
+				case <-ctx.Done():
+					return fmt.Errorf("%s: waiting for PubAcks: %w", s.p.Broker(), ctx.Err())
+				}
+			}
+			failed = append(failed, p)
+		}
+		clear(s.pending[len(failed):])
+		s.pending = failed
+		if len(s.pending) == 0 {
+			return nil
+		}
+		if !b.Wait(ctx) {
+			return fmt.Errorf("%s: %s", s.p.Broker(), reason(lastErr))
+		}
+		for i := range s.pending {
+			s.pending[i].f = s.publish(s.pending[i].msg)
+		}
+	}
+}
+
+func (s *jsSink) Close() error {
+	s.nc.Close()
+	return nil
+}
+
+// coreSink publishes on a core NATS subject: Flush knows the server has
+// the messages, not that anyone received them.
+type coreSink struct {
+	p       *connect.Params
+	nc      *nats.Conn
+	subject string
+}
+
+func (s *coreSink) Write(ctx context.Context, msgs []connect.Message) error {
+	for _, m := range msgs {
+		if err := s.nc.Publish(s.subject, m.Data); err != nil {
+			return fmt.Errorf("%s: %s", s.p.Broker(), reason(err))
+		}
+	}
+	return nil
+}
+
+func (s *coreSink) Flush(ctx context.Context) error { return flush(ctx, s.nc, s.p) }
+
+func (s *coreSink) Close() error {
+	s.nc.Close()
+	return nil
+}

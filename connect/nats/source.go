@@ -1,0 +1,279 @@
+package nats
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flowrun/flowrun/connect"
+)
+
+// jsSource pulls from a durable JetStream consumer. A goroutine moves
+// messages from the client's pull iterator to a channel that Receive
+// reads; every message handed on is kept in out until it is settled, so
+// that a long record is kept alive with InProgress and Close can give
+// back at once what was never settled (Nak) instead of letting it wait
+// for ack_wait.
+type jsSource struct {
+	p       *connect.Params
+	nc      *nats.Conn
+	it      jetstream.MessagesContext
+	msgs    chan jetstream.Msg
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	ackWait time.Duration
+
+	mu  sync.Mutex
+	out map[jetstream.Msg]time.Time // handed on, not settled: since when
+}
+
+func openSource(ctx context.Context, p *connect.Params) (connect.Source, error) {
+	nc, err := dial(p)
+	if err != nil {
+		return nil, err
+	}
+	if p.String("stream") == "" {
+		return newCoreSource(nc, p)
+	}
+	src, err := newJSSource(ctx, nc, p)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return src, nil
+}
+
+func newJSSource(ctx context.Context, nc *nats.Conn, p *connect.Params) (*jsSource, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, &connect.Error{Broker: p.Broker(), Reason: reason(err), Err: err}
+	}
+	st, err := stream(ctx, js, p)
+	if err != nil {
+		return nil, err
+	}
+	prefetch := p.Int("prefetch")
+	if prefetch == 0 {
+		prefetch = p.Workers
+	}
+	cctx, cancel := context.WithTimeout(ctx, connect.DialTimeout)
+	defer cancel()
+	cons, err := st.CreateOrUpdateConsumer(cctx, jetstream.ConsumerConfig{
+		Durable:       p.String("consumer"),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       p.Duration("ack_wait"),
+		MaxAckPending: prefetch,
+		FilterSubject: p.String("subject"),
+	})
+	if err != nil {
+		return nil, &connect.Error{Broker: p.Broker(), Reason: fmt.Sprintf("consumer %q: %s", p.String("consumer"), reason(err)), Err: err}
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(prefetch))
+	if err != nil {
+		return nil, &connect.Error{Broker: p.Broker(), Reason: reason(err), Err: err}
+	}
+	s := &jsSource{p: p, nc: nc, it: it, msgs: make(chan jetstream.Msg, prefetch), stop: make(chan struct{}),
+		ackWait: p.Duration("ack_wait"), out: map[jetstream.Msg]time.Time{}}
+	s.wg.Add(2)
+	go s.pump()
+	go s.keepAlive()
+	return s, nil
+}
+
+// pump hands the iterator's messages to Receive. After Close it gives
+// back (Nak) what the iterator still had buffered.
+func (s *jsSource) pump() {
+	defer s.wg.Done()
+	defer close(s.msgs)
+	for {
+		m, err := s.it.Next()
+		if err != nil {
+			return // closed by Close; reconnects happen inside Next
+		}
+		select {
+		case s.msgs <- m:
+		case <-s.stop:
+			m.Nak()
+		}
+	}
+}
+
+// keepAlive tells the server that records still at work are, before
+// ack_wait would have it redeliver them to another consumer.
+func (s *jsSource) keepAlive() {
+	defer s.wg.Done()
+	every := max(s.ackWait/3, 10*time.Millisecond)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case now := <-t.C:
+			s.mu.Lock()
+			for m, since := range s.out {
+				if now.Sub(since) >= every {
+					m.InProgress()
+					s.out[m] = now
+				}
+			}
+			s.mu.Unlock()
+		}
+	}
+}
+
+func (s *jsSource) message(m jetstream.Msg) connect.Message {
+	id := ""
+	if md, err := m.Metadata(); err == nil {
+		id = fmt.Sprintf("%s:%d", md.Stream, md.Sequence.Stream)
+	}
+	return connect.Message{Data: m.Data(), ID: id, Token: m}
+}
+
+func (s *jsSource) Receive(ctx context.Context, buf []connect.Message) ([]connect.Message, error) {
+	buf = buf[:0]
+	select {
+	case m, ok := <-s.msgs:
+		if !ok {
+			return buf, fmt.Errorf("%s: source closed", s.p.Broker())
+		}
+		buf = append(buf, s.message(m))
+	case <-ctx.Done():
+		return buf, ctx.Err()
+	}
+	for len(buf) < cap(buf) {
+		select {
+		case m, ok := <-s.msgs:
+			if ok {
+				buf = append(buf, s.message(m))
+				continue
+			}
+		default:
+		}
+		break
+	}
+	now := time.Now()
+	s.mu.Lock()
+	for _, m := range buf {
+		s.out[m.Token.(jetstream.Msg)] = now
+	}
+	s.mu.Unlock()
+	return buf, nil
+}
+
+// Settle acks, naks or terminates each message, then flushes the
+// connection: when it returns, the server has the acks. During a
+// reconnect the acks wait in the client's buffer, and the flush with them.
+func (s *jsSource) Settle(ctx context.Context, msgs []connect.Message, o connect.Outcome) error {
+	s.mu.Lock()
+	for _, m := range msgs {
+		jm, ok := m.Token.(jetstream.Msg)
+		if !ok {
+			continue
+		}
+		delete(s.out, jm)
+		switch o {
+		case connect.Ack:
+			jm.Ack()
+		case connect.Requeue:
+			jm.Nak()
+		default:
+			jm.Term()
+		}
+	}
+	s.mu.Unlock()
+	return flush(ctx, s.nc, s.p)
+}
+
+// flush waits until the server has seen what was sent, retrying across a
+// reconnect.
+func flush(ctx context.Context, nc *nats.Conn, p *connect.Params) error {
+	b := connect.DefaultBackoff()
+	for {
+		fctx, cancel := context.WithTimeout(ctx, connect.DialTimeout)
+		err := nc.FlushWithContext(fctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if nc.IsClosed() || !b.Wait(ctx) {
+			return fmt.Errorf("%s: %s", p.Broker(), reason(err))
+		}
+	}
+}
+
+func (s *jsSource) Close() error {
+	close(s.stop)
+	s.it.Drain()
+	for m := range s.msgs { // what Receive never took
+		m.Nak()
+	}
+	s.wg.Wait()
+	s.mu.Lock()
+	for m := range s.out { // taken, never settled: back now, not after ack_wait
+		m.Nak()
+	}
+	clear(s.out)
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), connect.DialTimeout)
+	defer cancel()
+	s.nc.FlushWithContext(ctx)
+	s.nc.Close()
+	return nil
+}
+
+// coreSource subscribes to a core NATS subject: at most once, since core
+// NATS keeps nothing for a consumer that is not there. Settle has
+// nothing to do.
+type coreSource struct {
+	p    *connect.Params
+	nc   *nats.Conn
+	sub  *nats.Subscription
+	msgs chan *nats.Msg
+}
+
+func newCoreSource(nc *nats.Conn, p *connect.Params) (*coreSource, error) {
+	s := &coreSource{p: p, nc: nc, msgs: make(chan *nats.Msg, 4096)}
+	sub, err := nc.ChanSubscribe(p.String("subject"), s.msgs)
+	if err == nil {
+		err = nc.Flush()
+	}
+	if err != nil {
+		nc.Close()
+		return nil, &connect.Error{Broker: p.Broker(), Reason: reason(err), Err: err}
+	}
+	s.sub = sub
+	return s, nil
+}
+
+func (s *coreSource) Receive(ctx context.Context, buf []connect.Message) ([]connect.Message, error) {
+	buf = buf[:0]
+	select {
+	case m := <-s.msgs:
+		buf = append(buf, connect.Message{Data: m.Data})
+	case <-ctx.Done():
+		return buf, ctx.Err()
+	}
+	for len(buf) < cap(buf) {
+		select {
+		case m := <-s.msgs:
+			buf = append(buf, connect.Message{Data: m.Data})
+			continue
+		default:
+		}
+		break
+	}
+	return buf, nil
+}
+
+func (s *coreSource) Settle(context.Context, []connect.Message, connect.Outcome) error { return nil }
+
+func (s *coreSource) Close() error {
+	s.sub.Unsubscribe()
+	s.nc.Close()
+	return nil
+}

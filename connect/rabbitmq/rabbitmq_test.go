@@ -1,0 +1,102 @@
+package rabbitmq_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flowrun/flowrun/connect"
+	"github.com/flowrun/flowrun/connect/brokertest"
+	"github.com/flowrun/flowrun/connect/connecttest"
+	_ "github.com/flowrun/flowrun/connect/rabbitmq"
+)
+
+func TestMain(m *testing.M) { brokertest.Main(m) }
+
+func urls(s *brokertest.Server, name string) (string, string) {
+	u := s.URL + "?queue=" + name
+	return u, u
+}
+
+func TestSuite(t *testing.T) {
+	connecttest.Run(t, connecttest.Broker{
+		URLs:   urls,
+		Shared: brokertest.RabbitMQ,
+		Own:    func(t testing.TB) *brokertest.Server { return brokertest.Own(t, "rabbitmq") },
+	})
+}
+
+func TestEnvelope(t *testing.T) {
+	srv := brokertest.RabbitMQ(t)
+	ctx := context.Background()
+	u := srv.URL + "?queue=flowrun-envelope&envelope=true"
+	sink, _, err := connect.OpenSink(ctx, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	rec := `{"body":"hello","message_id":"m-1","correlation_id":"c-9"}`
+	if err := sink.Write(ctx, []connect.Message{{Data: []byte(rec)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sink.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	src, _, err := connect.OpenSource(ctx, u, nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	got := connecttest.Take(t, ctx, src, 1)
+	want := `{"body":"hello","message_id":"m-1","correlation_id":"c-9","routing_key":"flowrun-envelope"}`
+	if string(got[0].Data) != want {
+		t.Fatalf("got %s\nwant %s", got[0].Data, want)
+	}
+	if err := src.Settle(ctx, got, connect.Ack); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A bad address, refused credentials and a missing queue are errors that
+// name the broker and the reason, at once.
+func TestStartErrors(t *testing.T) {
+	srv := brokertest.RabbitMQ(t)
+	port, _ := brokertest.FreePort()
+	bad := strings.Replace(srv.URL, "guest:guest", "guest:wrong", 1)
+	for _, tc := range []struct{ url, want string }{
+		{fmt.Sprintf("amqp://guest:guest@127.0.0.1:%d/?queue=q", port), fmt.Sprintf("rabbitmq amqp://guest:xxxxx@127.0.0.1:%d/: cannot connect: connection refused", port)},
+		{bad + "?queue=q", fmt.Sprintf("rabbitmq amqp://guest:xxxxx@127.0.0.1:%d/: username or password refused", srv.Port)},
+		{srv.URL + "?queue=flowrun-missing&declare=false", `queue "flowrun-missing": not_found - no queue 'flowrun-missing' in vhost '/'`},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, _, err := connect.OpenSource(ctx, tc.url, nil, 1)
+		cancel()
+		var ce *connect.Error
+		if !errors.As(err, &ce) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want a *connect.Error with %q", tc.url, err, tc.want)
+		}
+	}
+}
+
+// A consumer from another program (pika) reads what the sink published,
+// as persistent messages.
+func TestPikaReadsWhatWasPublished(t *testing.T) {
+	if exec.Command("python3", "-c", "import pika").Run() != nil {
+		brokertest.Unavailable(t, "python3-pika", errors.New("python3 cannot import pika"))
+	}
+	srv := brokertest.RabbitMQ(t)
+	ctx := context.Background()
+	connecttest.Publish(t, ctx, srv.URL+"?queue=flowrun-pika", 1, 3)
+	out, err := exec.Command("python3", "testdata/consume.py", srv.URL, "flowrun-pika", "3").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if want := "m1 persistent\nm2 persistent\nm3 persistent\n"; !bytes.Equal(out, []byte(want)) {
+		t.Fatalf("pika read %q, want %q", out, want)
+	}
+}

@@ -1,0 +1,177 @@
+package rabbitmq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/flowrun/flowrun/connect"
+)
+
+// sink publishes persistent messages on a channel in confirm mode. What
+// it published since the last Flush stays in pending with its deferred
+// confirmation; a channel that dies is replaced and those messages are
+// published again, so Flush never reports a message durable that the
+// broker did not confirm.
+type sink struct {
+	p             *connect.Params
+	exchange, key string
+	queue         string
+	envelope      bool
+	mu            sync.Mutex
+	conn          *amqp.Connection
+	ch            *amqp.Channel
+	pending       []published
+}
+
+type published struct {
+	msg connect.Message
+	dc  *amqp.DeferredConfirmation
+}
+
+func openSink(ctx context.Context, p *connect.Params) (connect.Sink, error) {
+	s := &sink{p: p, queue: p.String("queue"), exchange: p.String("exchange"), key: p.String("routing_key"), envelope: p.Bool("envelope")}
+	if s.queue != "" {
+		s.key = s.queue
+	}
+	if err := s.connect(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *sink) connect(ctx context.Context) error {
+	conn, err := dial(ctx, s.p)
+	if err != nil {
+		return err
+	}
+	ch, err := conn.Channel()
+	if err == nil && s.queue != "" {
+		err = declare(ch, s.p, s.queue)
+	}
+	if err == nil && s.exchange != "" {
+		if err = ch.ExchangeDeclarePassive(s.exchange, "direct", true, false, false, false, nil); err != nil {
+			err = &connect.Error{Broker: s.p.Broker(), Reason: fmt.Sprintf("exchange %q: %s", s.exchange, reason(err)), Err: err}
+		}
+	}
+	if err == nil {
+		err = ch.Confirm(false)
+	}
+	if err != nil {
+		conn.Close()
+		if ce := (*connect.Error)(nil); errors.As(err, &ce) {
+			return err
+		}
+		return &connect.Error{Broker: s.p.Broker(), Reason: reason(err), Err: err}
+	}
+	s.conn, s.ch = conn, ch
+	return nil
+}
+
+func (s *sink) publish(ctx context.Context, m connect.Message) (*amqp.DeferredConfirmation, error) {
+	pub := amqp.Publishing{DeliveryMode: amqp.Persistent, Body: m.Data, MessageId: m.ID}
+	key := s.key
+	if s.envelope {
+		e, body := connect.Unwrap(m.Data)
+		pub.Body, pub.CorrelationId = body, e.CorrelationID
+		if e.MessageID != "" {
+			pub.MessageId = e.MessageID
+		}
+		if e.RoutingKey != "" && s.exchange != "" {
+			key = e.RoutingKey
+		}
+	}
+	return s.ch.PublishWithDeferredConfirmWithContext(ctx, s.exchange, key, false, false, pub)
+}
+
+func (s *sink) Write(ctx context.Context, msgs []connect.Message) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range msgs {
+		var dc *amqp.DeferredConfirmation
+		var err error
+		if s.ch != nil {
+			dc, err = s.publish(ctx, m)
+		}
+		s.pending = append(s.pending, published{msg: m, dc: dc})
+		if s.ch == nil || err != nil {
+			if err := s.republish(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// republish replaces the connection and publishes again everything not
+// yet confirmed. s.mu is held.
+func (s *sink) republish(ctx context.Context) error {
+	b := connect.DefaultBackoff()
+	for {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if s.conn != nil {
+			s.conn.Close()
+			s.conn, s.ch = nil, nil
+		}
+		err := s.connect(ctx)
+		for i := 0; err == nil && i < len(s.pending); i++ {
+			if dc := s.pending[i].dc; dc != nil && dc.Acked() {
+				continue // confirmed on the old channel
+			}
+			s.pending[i].dc, err = s.publish(ctx, s.pending[i].msg)
+		}
+		if err == nil {
+			return nil
+		}
+		if !b.Wait(ctx) {
+			return fmt.Errorf("%s: %w", s.p.Broker(), ctx.Err())
+		}
+	}
+}
+
+func (s *sink) Flush(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		nacked := false
+		for _, p := range s.pending {
+			ok, err := p.dc.WaitContext(ctx)
+			if err != nil {
+				return fmt.Errorf("%s: waiting for confirms: %w", s.p.Broker(), err)
+			}
+			if !ok {
+				nacked = true
+				break
+			}
+		}
+		if !nacked {
+			clear(s.pending)
+			s.pending = s.pending[:0]
+			return nil
+		}
+		// A nack, or a channel that closed under its confirms: publish
+		// again whatever is not known to be safe.
+		if err := s.republish(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+func (s *sink) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn == nil {
+		return nil
+	}
+	err := s.conn.Close()
+	s.conn, s.ch = nil, nil
+	if errors.Is(err, amqp.ErrClosed) {
+		err = nil
+	}
+	return err
+}

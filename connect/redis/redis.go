@@ -1,0 +1,357 @@
+// Package redis is the Redis connector: a reliable list (each message
+// moved to a processing list of the consumer's own, removed on ack,
+// moved back if the consumer dies) or a stream with a consumer group
+// (XREADGROUP, XACK, XAUTOCLAIM); as output, RPUSH/LPUSH or XADD.
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/flowrun/flowrun/connect"
+)
+
+// quiet drops go-redis's own log lines: the connector reports what went
+// wrong itself, naming the broker, and retries what it can.
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
+
+func init() {
+	redis.SetLogger(quiet{})
+	connect.Register(connect.Spec{
+		Name:    "redis",
+		Schemes: []string{"redis", "rediss"},
+		URL:     "redis://[:pass@]host:6379/0?list=NAME",
+		Doc: "A reliable list (BLMOVE to a processing list, LREM on ack, a dead consumer's list moved back) or a stream " +
+			"with a consumer group (XREADGROUP, XACK, XAUTOCLAIM); as output RPUSH/LPUSH or XADD, durable once Redis replied. At least once.",
+		Options: []connect.Option{
+			{Name: "list", Type: connect.String, Use: connect.Both, Doc: "The list: consumed from its head (as BLPOP), written at its tail."},
+			{Name: "stream", Type: connect.String, Use: connect.Both, Doc: "The stream, instead of a list."},
+			{Name: "group", Type: connect.String, Default: "flowrun", Use: connect.In, Doc: "The stream's consumer group, created if missing."},
+			{Name: "consumer", Type: connect.String, Use: connect.In, Doc: "This consumer's name (default: the host's): its processing list, its stream consumer; a restart under the same name takes up what it left."},
+			{Name: "claim_after", Type: connect.Duration, Default: "30s", Use: connect.In, Doc: "Take over another consumer's messages when it has been silent (list) or they have been pending (stream) this long."},
+			{Name: "prefetch", Type: connect.Int, Use: connect.In, Doc: "Messages held unacked at most; default: the stages' workers in total."},
+			{Name: "field", Type: connect.String, Default: "data", Use: connect.Both, Doc: "The stream entry's field that holds the record."},
+			{Name: "push", Type: connect.String, Default: "rpush", Enum: []string{"rpush", "lpush"}, Use: connect.Out, Doc: "How to add to the list."},
+			{Name: "maxlen", Type: connect.Int, Use: connect.Out, Doc: "Trim the stream to about this many entries (XADD MAXLEN ~)."},
+		},
+		Check:  check,
+		Source: openSource,
+		Sink:   openSink,
+	})
+}
+
+func check(p *connect.Params, d connect.Direction) error {
+	list, stream := p.String("list"), p.String("stream")
+	switch {
+	case list == "" && stream == "":
+		return &connect.OptionError{Connector: "redis", Option: "list", Reason: "give a list (redis://host/0?list=NAME) or a stream"}
+	case list != "" && stream != "":
+		return &connect.OptionError{Connector: "redis", Option: "stream", Reason: "give a list or a stream, not both"}
+	}
+	if _, err := redis.ParseURL(p.URL.String()); err != nil {
+		return &connect.OptionError{Connector: "redis", Reason: err.Error()}
+	}
+	return nil
+}
+
+// dial connects and pings, so that a bad address or password is an error
+// at start that names the broker.
+func dial(ctx context.Context, p *connect.Params) (*redis.Client, error) {
+	opt, err := redis.ParseURL(p.URL.String())
+	if err != nil {
+		return nil, &connect.OptionError{Connector: "redis", Reason: err.Error()}
+	}
+	opt.DialTimeout = connect.DialTimeout
+	opt.MaxRetries = -1 // the connector retries, with backoff, and knows what is safe to
+	opt.ClientName = "flowrun"
+	c := redis.NewClient(opt)
+	pctx, cancel := context.WithTimeout(ctx, connect.DialTimeout)
+	defer cancel()
+	if err := c.Ping(pctx).Err(); err != nil {
+		c.Close()
+		return nil, &connect.Error{Broker: p.Broker(), Reason: reason(err), Err: err}
+	}
+	return c, nil
+}
+
+func reason(err error) string {
+	var oe *net.OpError
+	s := err.Error()
+	switch {
+	case errors.As(err, &oe) && oe.Op == "dial":
+		return "cannot connect: " + strings.TrimPrefix(oe.Err.Error(), "connect: ")
+	case errors.Is(err, context.DeadlineExceeded):
+		return "no answer within " + connect.DialTimeout.String()
+	case strings.Contains(s, "WRONGPASS"), strings.Contains(s, "NOAUTH"), strings.Contains(s, "without any password"):
+		return "password refused: " + s
+	}
+	return s
+}
+
+// slots bound the messages a source holds unsettled (its prefetch), so
+// that several consumers of one queue share it fairly.
+type slots chan struct{}
+
+// take waits for one slot, then takes up to n-1 more without waiting.
+func (s slots) take(ctx context.Context, n int) (int, error) {
+	select {
+	case s <- struct{}{}:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	got := 1
+	for got < n {
+		select {
+		case s <- struct{}{}:
+			got++
+			continue
+		default:
+		}
+		break
+	}
+	return got, nil
+}
+
+func (s slots) give(n int) {
+	for range n {
+		<-s
+	}
+}
+
+// retry runs op until it succeeds or ctx ends, waiting between attempts:
+// an ack or a write must reach Redis, even across its restart.
+func retry(ctx context.Context, broker string, op func() error) error {
+	b := connect.DefaultBackoff()
+	for {
+		err := op()
+		if err == nil || errors.Is(err, redis.Nil) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s: %s", broker, reason(err))
+		}
+		if !b.Wait(ctx) {
+			return fmt.Errorf("%s: %s", broker, reason(err))
+		}
+	}
+}
+
+// consumer is the consumer's name: the option, or the host's name, so
+// that a worker restarted on the same machine takes up what it left.
+func consumer(p *connect.Params) string {
+	if c := p.String("consumer"); c != "" {
+		return c
+	}
+	if host, _ := os.Hostname(); host != "" {
+		return host
+	}
+	return "flowrun"
+}
+
+func openSource(ctx context.Context, p *connect.Params) (connect.Source, error) {
+	c, err := dial(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	prefetch := p.Int("prefetch")
+	if prefetch == 0 {
+		prefetch = p.Workers
+	}
+	var src connect.Source
+	if p.String("list") != "" {
+		src, err = newListSource(ctx, c, p, prefetch)
+	} else {
+		src, err = newStreamSource(ctx, c, p, prefetch)
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return src, nil
+}
+
+// listSource is the reliable-queue pattern. Each message is moved
+// atomically from the list's head to the tail of this consumer's
+// processing list, and removed from there when it is settled. While it
+// runs the consumer keeps a heartbeat key alive; a consumer whose
+// heartbeat is gone is dead, and any consumer moves its processing list
+// back to the head of the queue. A restart under the same consumer name
+// moves back its own list at once.
+type listSource struct {
+	c                      *redis.Client
+	p                      *connect.Params
+	list, processing, beat string
+	ttl                    time.Duration
+	slots                  slots
+	lastCheck              time.Time
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+const heartbeatEvery = time.Second
+
+func newListSource(ctx context.Context, c *redis.Client, p *connect.Params, prefetch int) (*listSource, error) {
+	list, consumer := p.String("list"), consumer(p)
+	s := &listSource{
+		c: c, p: p, list: list,
+		processing: list + ":processing:" + consumer,
+		beat:       list + ":alive:" + consumer,
+		ttl:        max(p.Duration("claim_after"), 3*heartbeatEvery),
+		slots:      make(slots, prefetch),
+		stop:       make(chan struct{}),
+	}
+	if err := s.restore(ctx, s.processing); err != nil {
+		return nil, &connect.Error{Broker: p.Broker(), Reason: reason(err), Err: err}
+	}
+	if err := c.Set(ctx, s.beat, "1", s.ttl).Err(); err != nil {
+		return nil, &connect.Error{Broker: p.Broker(), Reason: reason(err), Err: err}
+	}
+	s.recoverDead(ctx)
+	s.wg.Add(1)
+	go s.heartbeat()
+	return s, nil
+}
+
+func (s *listSource) heartbeat() {
+	defer s.wg.Done()
+	t := time.NewTicker(heartbeatEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), heartbeatEvery)
+			s.c.Set(ctx, s.beat, "1", s.ttl) // a miss is retried next tick
+			cancel()
+		}
+	}
+}
+
+// restore moves a processing list back to the head of the queue, its
+// oldest message first in line again.
+func (s *listSource) restore(ctx context.Context, processing string) error {
+	for {
+		err := s.c.LMove(ctx, processing, s.list, "RIGHT", "LEFT").Err()
+		if errors.Is(err, redis.Nil) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// recoverDead moves back the processing lists of consumers whose
+// heartbeat has expired.
+func (s *listSource) recoverDead(ctx context.Context) {
+	s.lastCheck = time.Now()
+	prefix := s.list + ":processing:"
+	iter := s.c.Scan(ctx, 0, prefix+"*", 100).Iterator()
+	for iter.Next(ctx) {
+		key := iter.Val()
+		consumer := strings.TrimPrefix(key, prefix)
+		if key == s.processing {
+			continue
+		}
+		n, err := s.c.Exists(ctx, s.list+":alive:"+consumer).Result()
+		if err == nil && n == 0 {
+			s.restore(ctx, key)
+		}
+	}
+}
+
+// blockFor bounds each blocking command, so that Receive notices ctx and
+// a dead consumer's list is looked for while the queue is idle.
+const blockFor = time.Second
+
+func (s *listSource) Receive(ctx context.Context, buf []connect.Message) ([]connect.Message, error) {
+	buf = buf[:0]
+	n, err := s.slots.take(ctx, max(cap(buf), 1))
+	if err != nil {
+		return buf, err
+	}
+	defer func() { s.slots.give(n - len(buf)) }()
+	b := connect.DefaultBackoff()
+	for {
+		if time.Since(s.lastCheck) > s.ttl {
+			s.recoverDead(ctx)
+		}
+		v, err := s.c.BLMove(ctx, s.list, s.processing, "LEFT", "RIGHT", blockFor).Result()
+		if err == nil {
+			buf = append(buf, connect.Message{Data: []byte(v), Token: v})
+			break
+		}
+		if ctx.Err() != nil {
+			return buf, ctx.Err()
+		}
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if !b.Wait(ctx) { // Redis is away: wait for it to come back
+			return buf, ctx.Err()
+		}
+	}
+	if n > 1 {
+		cmds, _ := s.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for range n - 1 {
+				pipe.LMove(ctx, s.list, s.processing, "LEFT", "RIGHT")
+			}
+			return nil
+		})
+		for _, c := range cmds {
+			if v, err := c.(*redis.StringCmd).Result(); err == nil {
+				buf = append(buf, connect.Message{Data: []byte(v), Token: v})
+			}
+		}
+	}
+	return buf, nil
+}
+
+func (s *listSource) Settle(ctx context.Context, msgs []connect.Message, o connect.Outcome) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	err := retry(ctx, s.p.Broker(), func() error {
+		_, err := s.c.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+			for _, m := range msgs {
+				v, _ := m.Token.(string)
+				pipe.LRem(ctx, s.processing, 1, v)
+				if o == connect.Requeue {
+					pipe.LPush(ctx, s.list, v)
+				}
+			}
+			return nil
+		})
+		return err
+	})
+	s.slots.give(len(msgs))
+	return err
+}
+
+func (s *listSource) Close() error {
+	close(s.stop)
+	s.wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// What was taken and never settled goes back now; if this fails, the
+	// next start (or another consumer, once the heartbeat expires) does it.
+	err := s.restore(ctx, s.processing)
+	s.c.Del(ctx, s.beat)
+	s.c.Close()
+	if err != nil {
+		return fmt.Errorf("%s: moving unsettled messages back: %s", s.p.Broker(), reason(err))
+	}
+	return nil
+}

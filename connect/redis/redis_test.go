@@ -1,0 +1,131 @@
+package redis_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flowrun/flowrun/connect"
+	"github.com/flowrun/flowrun/connect/brokertest"
+	"github.com/flowrun/flowrun/connect/connecttest"
+	"github.com/flowrun/flowrun/connect/redis"
+)
+
+func TestMain(m *testing.M) { brokertest.Main(m) }
+
+func own(t testing.TB) *brokertest.Server { return brokertest.Own(t, "redis") }
+
+func TestListSuite(t *testing.T) {
+	connecttest.Run(t, connecttest.Broker{
+		URLs: func(s *brokertest.Server, name string) (string, string) {
+			u := s.URL + "?list=" + name
+			return u + "&consumer=c-" + name, u
+		},
+		Shared: brokertest.Redis, Own: own,
+	})
+}
+
+func TestStreamSuite(t *testing.T) {
+	connecttest.Run(t, connecttest.Broker{
+		URLs: func(s *brokertest.Server, name string) (string, string) {
+			u := s.URL + "?stream=" + name
+			return u + "&consumer=c-" + name, u
+		},
+		Shared: brokertest.Redis, Own: own,
+	})
+}
+
+// A consumer killed with messages in its processing list (no Close) has
+// them moved back by the next consumer: at once under the same name, and
+// after claim_after under another.
+func TestListRecoversDeadConsumer(t *testing.T) {
+	srv := brokertest.Redis(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, tc := range []struct{ name, second string }{{"same", "a"}, {"other", "b"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := srv.URL + "?list=dead-" + tc.name
+			connecttest.Publish(t, ctx, u, 1, 5)
+			u += "&claim_after=1s"
+			dead, _, err := connect.OpenSource(ctx, u+"&consumer=a", nil, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			connecttest.Take(t, ctx, dead, 5)
+			// No Close: the process died. Its heartbeat stops, its
+			// processing list stays.
+			redis.StopHeartbeat(dead)
+			next, _, err := connect.OpenSource(ctx, u+"&consumer="+tc.second, nil, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer next.Close()
+			got := connecttest.Take(t, ctx, next, 5)
+			if s := fmt.Sprint(bodies(got)); s != "[m1 m2 m3 m4 m5]" {
+				t.Fatalf("recovered %s, want m1..m5 in order", s)
+			}
+			if err := next.Settle(ctx, got, connect.Ack); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func bodies(ms []connect.Message) []string {
+	s := make([]string, len(ms))
+	for i, m := range ms {
+		s[i] = string(m.Data)
+	}
+	return s
+}
+
+func TestStartErrors(t *testing.T) {
+	srv := own(t)
+	ctx := context.Background()
+	c, _, err := connect.OpenSink(ctx, srv.URL+"?list=x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if out, err := exec.Command("redis-cli", "-p", fmt.Sprint(srv.Port), "config", "set", "requirepass", "right").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	port, _ := brokertest.FreePort()
+	for _, tc := range []struct{ url, want string }{
+		{fmt.Sprintf("redis://127.0.0.1:%d/0?list=q", port), fmt.Sprintf("redis redis://127.0.0.1:%d/0: cannot connect: connection refused", port)},
+		{strings.Replace(srv.URL, "redis://", "redis://:secret@", 1) + "?list=q", "password refused"},
+		{srv.URL + "?list=q", "password refused"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, _, err := connect.OpenSource(ctx, tc.url, nil, 1)
+		cancel()
+		var ce *connect.Error
+		if !errors.As(err, &ce) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want a *connect.Error with %q", tc.url, err, tc.want)
+		}
+	}
+}
+
+// redis-py reads what the sink wrote, from a list and from a stream.
+func TestRedisPyReadsWhatWasWritten(t *testing.T) {
+	if exec.Command("python3", "-c", "import redis").Run() != nil {
+		brokertest.Unavailable(t, "python3-redis", errors.New("python3 cannot import redis"))
+	}
+	srv := brokertest.Redis(t)
+	ctx := context.Background()
+	for _, kind := range []string{"list", "stream"} {
+		connecttest.Publish(t, ctx, srv.URL+"?"+kind+"=py-"+kind, 1, 3)
+		out, err := exec.Command("python3", "testdata/consume.py", srv.URL, kind, "py-"+kind, "3").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		if want := "m1\nm2\nm3\n"; !bytes.Equal(out, []byte(want)) {
+			t.Fatalf("%s: redis-py read %q, want %q", kind, out, want)
+		}
+	}
+}
