@@ -32,7 +32,8 @@ const exitStatusHelp = `EXIT STATUS:
    1    the run failed (a record failed a stage with on_error: fail, or I/O failed)
    2    usage mistake, invalid pipeline, or a run that could not start
    3    finished, but records were skipped or dead-lettered
-   130  stopped by SIGINT/SIGTERM after draining what was in flight
+   130  stopped by SIGINT, SIGTERM or SIGHUP after draining what was in flight
+        (or, on a second signal, aborted)
 `
 
 // withExitStatus gives c a help that ends with its own EXIT STATUS
@@ -45,6 +46,7 @@ func withExitStatus(c *urfave.Command, status string) *urfave.Command {
 // Main runs the CLI on the process's arguments and standard streams and
 // returns the exit code, for os.Exit.
 func Main() int {
+	ownProcess = true
 	return Run(context.Background(), os.Args, os.Stdin, os.Stdout, os.Stderr)
 }
 

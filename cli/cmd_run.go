@@ -39,8 +39,11 @@ func runCommand(stdin io.Reader, stdout, stderr io.Writer) *urfave.Command {
 		Usage:     "run a pipeline",
 		ArgsUsage: "FILE (- for stdin, with -i)",
 		Description: `Runs the pipeline in FILE: records from its input (or -i) pass through its
-stages to its output (or -o). The first SIGINT or SIGTERM stops reading and
-drains what is in flight to the output, then exits 130; a second aborts.`,
+stages to its output (or -o). The first SIGINT, SIGTERM or SIGHUP stops
+reading and drains what the queues and workers hold to the output (records
+read ahead are left unprocessed), then exits 130; a second aborts within
+about two seconds, whatever a stage is stuck in, killing every plugin's
+process group.`,
 		Flags: []urfave.Flag{
 			&urfave.StringFlag{Name: "input", Aliases: []string{"i"}, Usage: "read records from `PATH` (a file, a glob, or - for stdin) instead of the pipeline's input"},
 			&urfave.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write records to `PATH` (- for stdout) instead of the pipeline's output"},
@@ -110,12 +113,13 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 	stdout, stderr = shown.stdout, shown.stderr // records and messages above a live display
 
 	// The first signal stops the input and lets the run drain; the second
-	// cancels it.
+	// cancels it. SIGHUP (a closed terminal, a dropped ssh session) is a
+	// SIGTERM: the run drains rather than die with its plugins running.
 	abortCtx, abort := context.WithCancel(ctx)
 	defer abort()
 	stop := make(chan struct{})
 	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	// A closed stdout must surface as EPIPE from Write, which the runner
 	// turns into a quiet end, rather than kill the process mid-drain.
@@ -138,8 +142,40 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 			fmt.Fprintln(stderr, "flowrun: aborting")
 			abort()
 		case <-sigDone:
+			return
+		}
+		if !ownProcess {
+			return
+		}
+		// The runner returns within a second of the abort whatever its
+		// stages are stuck in; this is for what is not a stage (opening a
+		// FIFO that no one reads).
+		select {
+		case <-time.After(hardAbort):
+			killChildren()
+			os.Exit(ExitSignaled)
+		case <-sigDone:
 		}
 	}()
+	if ownProcess {
+		// Orphans of plugins come to flowrun (see children_linux.go): it
+		// reaps those that exit while it runs, and kills what is left of
+		// every plugin's group when the run ends, however it ends.
+		becomeSubreaper()
+		defer killChildren()
+		go func() {
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-t.C:
+					reapOrphans()
+				case <-sigDone:
+					return
+				}
+			}
+		}()
+	}
 
 	if os.Getenv("GOGC") == "" {
 		// The live heap of a run is small and bounded by its buffers, so
@@ -212,6 +248,15 @@ func records(n int64) string {
 	}
 	return fmt.Sprintf("%d records", n)
 }
+
+// ownProcess says the CLI runs as its own process (Main), not inside a Go
+// program's: only then may it become a subreaper, kill its children and
+// exit on a second signal when a run does not return.
+var ownProcess bool
+
+// hardAbort is how long after the second signal the process exits even if
+// the run has not returned.
+const hardAbort = 2500 * time.Millisecond
 
 func writeStats(path string, sum *runner.Summary) error {
 	b, err := json.MarshalIndent(sum, "", "  ")

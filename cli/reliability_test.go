@@ -729,3 +729,189 @@ func TestRelFailureKeepsOutput(t *testing.T) {
 		})
 	}
 }
+
+var (
+	stuckOnce sync.Once
+	stuckBin  string
+)
+
+// relStuckBin builds flowrun with the test.stuck stage
+// (testdata/stuckflowrun), once.
+func relStuckBin(t *testing.T) string {
+	t.Helper()
+	stuckOnce.Do(func() {
+		bin := filepath.Join(filepath.Dir(flowrunBin), "stuckflowrun")
+		build := exec.Command("go", "build", "-o", bin, "./testdata/stuckflowrun")
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("build stuckflowrun: %v\n%s", err, out)
+		}
+		stuckBin = bin
+	})
+	if stuckBin == "" {
+		t.Fatal("stuckflowrun did not build")
+	}
+	return stuckBin
+}
+
+// relWaitExit waits for cmd to exit, at most 20 seconds (the run must
+// end in about two; the bound only keeps a hang from hanging the suite).
+func relWaitExit(t *testing.T, cmd *exec.Cmd, stderr *bytes.Buffer) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("flowrun did not exit; stderr:\n%s", relTail(stderr.String()))
+	}
+}
+
+// TestRelAbortEndsAStuckRun sends two signals to a run whose middle
+// stage is stuck in a read(2) that ignores cancellation: the process ends
+// with exit 130 anyway, and the plugin before it and the plugin's child
+// are killed.
+// A timeout that the stuck stage cannot honour ends the run too, exit 1.
+func TestRelAbortEndsAStuckRun(t *testing.T) {
+	bin := relStuckBin(t)
+	tests := []struct {
+		name   string
+		stuck  string // the stuck stage's options
+		sigs   int
+		code   int
+		stderr string
+	}{
+		{"second signal", "", 2, 130, `stage "stuck" did not stop`},
+		{"a timeout it cannot honour", ", timeout: 200ms", 0, 1, `stage "stuck" record 1: no result within the stage's timeout of 200ms, and the stage ignored being cancelled`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			pids := filepath.Join(dir, "pids")
+			if err := os.Mkdir(pids, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			p := writeFile(t, dir, "p.yaml", fmt.Sprintf(`stages:
+  - name: plugin
+    use: exec
+    with:
+      command: [sh, -c, 'sleep 1000 & : > %[1]s/sleep.$!; : > %[1]s/sh.$$; exec sed -u ""']
+  - {name: stuck, use: test.stuck%[2]s}
+`, pids, tt.stuck))
+			cmd := exec.Command(bin, "run", "-q", "--progress", "none", p)
+			stdin, err := cmd.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = io.Discard, &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer stdin.Close()
+			fmt.Fprintln(stdin, "a") // the stuck stage never passes it on
+			// Wait until the plugin and its grandchild run.
+			for i := 0; len(relPids(t, pids)) < 2 && i < 500; i++ {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if tt.sigs > 0 {
+				cmd.Process.Signal(syscall.SIGINT)
+				time.Sleep(300 * time.Millisecond) // the drain starts, and cannot end
+				cmd.Process.Signal(syscall.SIGINT)
+			}
+			relWaitExit(t, cmd, &stderr)
+			relAllGone(t, pids)
+			if code := cmd.ProcessState.ExitCode(); code != tt.code || !strings.Contains(stderr.String(), tt.stderr) {
+				t.Errorf("exit %d, want %d; stderr lacks %q:\n%s", code, tt.code, tt.stderr, relTail(stderr.String()))
+			}
+		})
+	}
+}
+
+// TestRelSIGHUP closes the terminal on a run, as a dropped ssh session
+// does: SIGHUP is a SIGTERM. The run drains and exits 130 with whole
+// records; a second one aborts and kills per-record plugins.
+func TestRelSIGHUP(t *testing.T) {
+	tests := []struct {
+		name  string
+		stage string
+		sigs  int
+	}{
+		{"drains a stream plugin", "{use: exec, workers: 2, with: {command: [sh, -c, ': > %[1]s/sh.$$; exec sed -u \"\"']}}", 1},
+		{"a second one kills hanging per-record plugins", "{use: exec, workers: 2, with: {mode: per-record, command: [sh, -c, ': > %[1]s/sh.$$; sleep 1000 & : > %[1]s/sleep.$!; wait']}}", 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			pids := filepath.Join(dir, "pids")
+			if err := os.Mkdir(pids, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			p := writeFile(t, dir, "p.yaml", "ordered: true\nstages: ["+fmt.Sprintf(tt.stage, pids)+"]\n")
+			cmd, stdin, stdout, stderr := startFlowrun(t, "run", "-q", "--progress", "none", p)
+			var out []byte
+			read := make(chan struct{})
+			go func() {
+				defer close(read)
+				out, _ = io.ReadAll(stdout)
+			}()
+			for i := 1; i <= 100; i++ {
+				fmt.Fprintf(stdin, "record-%d\n", i)
+			}
+			for i := 0; len(relPids(t, pids)) == 0 && i < 500; i++ {
+				time.Sleep(10 * time.Millisecond)
+			}
+			for i := range tt.sigs {
+				if i > 0 {
+					time.Sleep(300 * time.Millisecond)
+				}
+				cmd.Process.Signal(syscall.SIGHUP)
+			}
+			relWaitExit(t, cmd, stderr)
+			<-read
+			stdin.Close()
+			relAllGone(t, pids)
+			if code := cmd.ProcessState.ExitCode(); code != 130 {
+				t.Errorf("exit %d (signal %v), want 130; stderr:\n%s", code, relSignal(cmd), relTail(stderr.String()))
+			}
+			n := strings.Count(string(out), "\n")
+			var want strings.Builder
+			for i := 1; i <= n; i++ {
+				fmt.Fprintf(&want, "record-%d\n", i)
+			}
+			if string(out) != want.String() {
+				t.Errorf("output is not a prefix of whole records: %q", relTail(string(out)))
+			}
+		})
+	}
+}
+
+// TestRelOrphansDie runs plugins whose children leave the plugin's process
+// group (setsid) or are orphaned by a double fork: flowrun inherits them
+// as a subreaper and none outlives the run.
+func TestRelOrphansDie(t *testing.T) {
+	const escape = `setsid sleep 1000 </dev/null >/dev/null 2>&1 & : > %[1]s/setsid.$!; (sleep 1000 </dev/null >/dev/null 2>&1 & : > %[1]s/orphan.$!);`
+	tests := []struct{ name, stage string }{
+		{"stream", "{use: exec, with: {command: [sh, -c, '" + escape + ` exec sed -u ""']}}`},
+		{"per-record", "{use: exec, with: {mode: per-record, command: [sh, -c, '" + escape + ` cat']}}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			pids := filepath.Join(dir, "pids")
+			if err := os.Mkdir(pids, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			p := writeFile(t, dir, "p.yaml", "ordered: true\nstages: ["+fmt.Sprintf(tt.stage, pids)+"]\n")
+			res := relRun(t, strings.NewReader("a\nb\n"), nil, "run", "-q", "--progress", "none", p)
+			if res.code != 0 || res.stdout != "a\nb\n" {
+				t.Errorf("exit %d stdout %q; stderr:\n%s", res.code, res.stdout, relTail(res.stderr))
+			}
+			if len(relPids(t, pids)) < 2 {
+				t.Fatalf("the plugin recorded %d pids", len(relPids(t, pids)))
+			}
+			relAllGone(t, pids)
+		})
+	}
+}

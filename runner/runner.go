@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -283,7 +284,7 @@ func (r *run) run(ctx context.Context) (err error) {
 						fail(err)
 					}
 				}()
-				return r.work(gctx, seg, chain)
+				return r.work(gctx, seg, chain, k)
 			})
 		}
 		for _, st := range seg {
@@ -311,7 +312,31 @@ func (r *run) run(ctx context.Context) (err error) {
 			r.opts.Progress.Run(progressDone, r.snapshot)
 		}()
 	}
-	err = g.Wait()
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		r.watch(gctx, fail)
+	}()
+	// An abort (ctx, or a failure that cancels gctx) ends the run within
+	// abortGrace even if a stage is stuck in a call that ignores its
+	// context (a read of a FIFO, a module spinning): its goroutines are
+	// left behind, and the caller is to end the process (the CLI does,
+	// after killing every plugin process group).
+	waited := make(chan error, 1)
+	go func() { waited <- g.Wait() }()
+	select {
+	case err = <-waited:
+	case <-gctx.Done():
+		t := time.NewTimer(abortGrace)
+		select {
+		case err = <-waited:
+		case <-t.C:
+			err = r.abandon(gctx)
+		}
+		t.Stop()
+	}
+	fail(nil)
+	<-watched
 	close(progressDone)
 	progress.Wait()
 	if ferr := r.failure(); ferr != nil && err == nil {
@@ -321,6 +346,89 @@ func (r *run) run(ctx context.Context) (err error) {
 		err = context.Cause(ctx)
 	}
 	return err
+}
+
+// abortGrace is how long an aborted run waits for its stages to return
+// before it leaves them behind; watchEvery is how often the watchdog looks
+// for a call past its stage's timeout.
+const (
+	abortGrace = time.Second
+	watchEvery = 100 * time.Millisecond
+)
+
+// watch fails the run when a call has outlived its stage's timeout by
+// abortGrace: the stage ignores its context, and nothing but leaving it
+// behind ends the run.
+func (r *run) watch(ctx context.Context, fail context.CancelCauseFunc) {
+	var watched []*stageRun
+	for _, st := range r.stages {
+		if st.calls != nil {
+			watched = append(watched, st)
+		}
+	}
+	if len(watched) == 0 {
+		return
+	}
+	t := time.NewTicker(watchEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			for _, st := range watched {
+				for i := range st.calls {
+					c := &st.calls[i]
+					if d := c.deadline.Load(); d != 0 && now.UnixNano() > d+int64(abortGrace) {
+						fail(&StuckError{Stage: st.cfg.Name, Seq: c.seq.Load(), Timeout: st.cfg.Timeout})
+						return
+					}
+				}
+			}
+		}
+	}
+}
+
+// abandon is the error of a run whose stages did not all return within
+// abortGrace of its end.
+func (r *run) abandon(gctx context.Context) error {
+	var stuck *StuckError
+	if cause := context.Cause(gctx); errors.As(cause, &stuck) {
+		return cause
+	}
+	var names []string
+	for _, st := range r.stages {
+		if st.c.busy.Load() > 0 {
+			names = append(names, fmt.Sprintf("%q", st.cfg.Name))
+		}
+	}
+	return &AbandonedError{Stages: names}
+}
+
+// StuckError is a call of a stage that outlived the stage's timeout by
+// abortGrace: the stage does not honour its context, so the run ends
+// without it.
+type StuckError struct {
+	Stage   string
+	Seq     uint64
+	Timeout time.Duration
+}
+
+func (e *StuckError) Error() string {
+	return fmt.Sprintf("stage %q record %d: no result within the stage's timeout of %v, and the stage ignored being cancelled for %v more (a call that cannot be interrupted, such as a read of a FIFO): the run is abandoned", e.Stage, e.Seq, e.Timeout, abortGrace)
+}
+
+// AbandonedError says an aborted run returned without the goroutines of
+// stages stuck in calls that ignore cancellation.
+type AbandonedError struct {
+	Stages []string // stages with a worker inside a call; may be empty
+}
+
+func (e *AbandonedError) Error() string {
+	if len(e.Stages) == 0 {
+		return fmt.Sprintf("aborted: the run's goroutines did not stop within %v, and were left behind", abortGrace)
+	}
+	return fmt.Sprintf("aborted: stage %s did not stop within %v (a call that ignores cancellation), and was left behind", strings.Join(e.Stages, ", "), abortGrace)
 }
 
 // build makes every worker's Stage before any record moves, so that a
@@ -347,6 +455,9 @@ func (r *run) build() error {
 				st.take = batchFor(true, s.Workers)
 			}
 			_, st.holds = stage.(stages.Flusher)
+		}
+		if s.Timeout > 0 {
+			st.calls = make([]callSlot, s.Workers)
 		}
 		// The queue holds buffer records, in batches of the stage's size,
 		// and at least one batch.

@@ -698,3 +698,51 @@ func TestCSVOutputNeverDropsFields(t *testing.T) {
 		t.Errorf("out %q, want the header and the records before the failing one", out)
 	}
 }
+
+// stuckRelease lets go the calls of runnertest.stuck.
+var stuckRelease = make(chan struct{})
+
+func init() {
+	stages.Register(stages.Spec{
+		Name: "runnertest.stuck",
+		Doc:  "Blocks in every call, ignoring its context, until the test lets it go (a read of a FIFO).",
+		New: func(stages.Config) (stages.Stage, error) {
+			return stages.Func(func(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+				<-stuckRelease
+				return append(out, rec), nil
+			}), nil
+		},
+	})
+}
+
+// TestStuckStageIsLeftBehind runs a stage that ignores its context: a
+// timeout it cannot honour, or an abort, ends the run anyway, leaving the
+// stuck call behind (the CLI then ends the process).
+func TestStuckStageIsLeftBehind(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	defer close(stuckRelease) // the abandoned calls return, and their goroutines end
+	t.Run("timeout", func(t *testing.T) {
+		_, sum, err := runYAML(t, "stages: [{name: s, use: runnertest.stuck, timeout: 50ms}]", "a\n")
+		var stuck *runner.StuckError
+		if !errors.As(err, &stuck) || stuck.Stage != "s" || stuck.Seq != 1 || sum.Stopped {
+			t.Errorf("err %v stopped %v, want the stuck stage named", err, sum.Stopped)
+		}
+	})
+	t.Run("abort", func(t *testing.T) {
+		p, err := spec.Parse("t.yaml", []byte("stages: [{name: s, use: runnertest.stuck}]"), spec.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		var out bytes.Buffer
+		go func() {
+			time.Sleep(50 * time.Millisecond)
+			cancel()
+		}()
+		sum, err := runner.Run(ctx, p, runner.Options{Stdin: strings.NewReader("a\n"), Stdout: &out})
+		var ab *runner.AbandonedError
+		if !errors.As(err, &ab) || len(ab.Stages) != 1 || !sum.Stopped {
+			t.Errorf("err %v stopped %v, want the stage abandoned", err, sum.Stopped)
+		}
+	})
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/semaphore"
@@ -33,6 +34,17 @@ type stageRun struct {
 	windowSize int64
 	made       []stages.Stage
 	c          counters
+	// calls are the workers' calls under the stage's timeout, for the
+	// watchdog that finds a stage ignoring it (one per worker; nil
+	// without a timeout).
+	calls []callSlot
+}
+
+// callSlot is a worker's call of Process under a timeout: its deadline in
+// Unix nanoseconds (0 when not in a call) and its record.
+type callSlot struct {
+	deadline atomic.Int64
+	seq      atomic.Uint64
 }
 
 // worker is one goroutine of a stage.
@@ -50,19 +62,23 @@ type worker struct {
 	// forwarded and the last one seen, so that what it emits later covers
 	// the range of what it took in.
 	fwdLo, maxHi uint64
-	held         []record // emitted by a holding stage, not yet passed on
-	taken        []uint64 // input records of the pieces a holding stage still holds, oldest first
-	part         uint32   // the pieces a Drainer has emitted at the end of input
-	next         *worker  // the fused stage after this one, if any
+	held         []record  // emitted by a holding stage, not yet passed on
+	taken        []uint64  // input records of the pieces a holding stage still holds, oldest first
+	part         uint32    // the pieces a Drainer has emitted at the end of input
+	next         *worker   // the fused stage after this one, if any
+	slot         *callSlot // nil unless the stage has a timeout
 }
 
 // work is one goroutine of a segment: seg[0] reads its queue, and each
 // batch passes through the Stages of chain, one per stage of seg.
-func (r *run) work(ctx context.Context, seg []*stageRun, chain []stages.Stage) error {
+func (r *run) work(ctx context.Context, seg []*stageRun, chain []stages.Stage, k int) error {
 	var w, prev *worker
 	for i := len(seg) - 1; i >= 0; i-- {
 		st := seg[i]
 		wk := &worker{r: r, st: st, ctx: ctx, stage: chain[i], fwdLo: r.skip + 1, next: prev}
+		if st.calls != nil {
+			wk.slot = &st.calls[k]
+		}
 		if bs, ok := chain[i].(stages.BatchStage); ok {
 			wk.batcher = bs
 		}
@@ -387,7 +403,7 @@ func (w *worker) send(b batch) error {
 func (w *worker) process(rec record, out []record, made int) ([]record, error) {
 	policy := w.st.cfg.Retry
 	for attempt := made + 1; ; attempt++ {
-		res, err := w.call(rec.data)
+		res, err := w.call(rec.data, rec.seq)
 		if err == nil || errors.Is(err, stages.ErrStop) {
 			for _, d := range res {
 				out = append(out, record{data: d, seq: rec.seq})
@@ -560,7 +576,7 @@ func (w *worker) processBatch(recs []record, out []record) ([]record, error) {
 
 // call runs Process once, with the stage's timeout, turning a panic into
 // the record's error.
-func (w *worker) call(data []byte) (res [][]byte, err error) {
+func (w *worker) call(data []byte, seq uint64) (res [][]byte, err error) {
 	ctx := w.ctx
 	if t := w.st.cfg.Timeout; t > 0 {
 		var cancel context.CancelFunc
@@ -572,6 +588,11 @@ func (w *worker) call(data []byte) (res [][]byte, err error) {
 			res, err = nil, fmt.Errorf("panic: %v", p)
 		}
 	}()
+	if w.slot != nil {
+		w.slot.seq.Store(seq)
+		w.slot.deadline.Store(time.Now().Add(w.st.cfg.Timeout).UnixNano())
+		defer w.slot.deadline.Store(0)
+	}
 	res, err = w.stage.Process(ctx, data, w.scratch[:0])
 	if err != nil && ctx.Err() != nil && w.ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
 		// The stage said only "deadline exceeded": say which deadline. A
