@@ -80,7 +80,7 @@ func init() {
 			"is an error that retrying cannot fix.",
 		Batch: true,
 		Options: []Option{
-			{Name: "max_size", Type: Int, Default: 1 << 30, Doc: "the most bytes a record may decompress to, against gzip bombs"},
+			{Name: "max_size", Type: Int, Default: 1 << 30, Doc: "the most bytes a record may decompress to, against gzip bombs; decompressing stops there, and a worker never holds more"},
 		},
 		Check: func(c Config) error { _, err := newGunzipStage(c); return err },
 		New:   func(c Config) (Stage, error) { return newGunzipStage(c) },

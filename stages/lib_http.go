@@ -43,7 +43,7 @@ func httpOptions(post bool) []Option {
 			"or for a JSON object record its fields ({{.id}}); {{raw}} is always the record's text; urlquery and pathescape escape"},
 		{Name: "headers", Type: StringMap, Doc: "request headers, like {Authorization: Bearer ${TOKEN}}"},
 		{Name: "timeout", Type: Duration, Default: 30 * time.Second, Doc: "the longest a request may take, body included; 0: no limit but the stage's timeout"},
-		{Name: "max_body", Type: Int, Default: 64 << 20, Doc: "the largest response body, in bytes; a larger one is an error for its record"},
+		{Name: "max_body", Type: Int, Default: 64 << 20, Doc: "the largest response body, in bytes; a larger one is an error for its record, and reading stops there: a worker never holds more"},
 		{Name: "redirects", Type: String, Default: "follow", Enum: []string{"follow", "same_host", "none"}, Doc: "follow: up to 10 redirects, " +
 			"dropping the pipeline's headers on any that changes the scheme, host or port; same_host: only redirects to the same scheme, host and port; " +
 			"none: a redirect is an error for its record"},

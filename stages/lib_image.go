@@ -34,7 +34,8 @@ func init() {
 			{Name: "kernel", Type: String, Default: "catmullrom", Enum: []string{"catmullrom", "bilinear", "approx"}, Doc: "the resampling: " +
 				"catmullrom is the sharpest, bilinear faster, approx (approximate bilinear) the fastest and roughest"},
 			{Name: "max_pixels", Type: Int, Default: 50_000_000, Doc: "the most pixels a source image may have; " +
-				"larger is an error before any decoding, which guards against decompression bombs"},
+				"larger is an error before any decoding, which guards against decompression bombs. " +
+				"A worker holds the record, the decoded source (4 bytes a pixel for a PNG, 1.5 for a JPEG) and a copy of a quarter of its size"},
 			{Name: "max_size", Type: Int, Default: 256 << 20, Doc: "the largest image file a path record may name, in bytes"},
 		},
 		Check: func(c Config) error { _, err := newImageResizeStage(c); return err },
