@@ -167,6 +167,17 @@ func exprRunError(prog *vm.Program, env map[string]any, err error) string {
 		return jsonTypeWords(msg)
 	}
 	msg = fe.Message
+	if t, ok := strings.CutPrefix(msg, "invalid operation: bool("); ok {
+		// filter's result, which must be true or false.
+		kind := "a " + jsonKinds[strings.TrimSuffix(t, ")")]
+		if kind == "a " {
+			kind = "not a boolean"
+		}
+		if name, ok := fieldRef(prog.Node()); ok {
+			return fmt.Sprintf("field %q is %s, not true or false", name, kind)
+		}
+		return fmt.Sprintf("the expression gives %s, not true or false", kind)
+	}
 	// The error is placed at an operator or a call: look at its operands.
 	node := prog.Node()
 	finder := exprNodeAt{from: fe.From}

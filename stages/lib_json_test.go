@@ -150,6 +150,8 @@ func TestFilter(t *testing.T) {
 		{name: "field null in a call", with: map[string]any{"expr": `upper(name) == "A"`}, rec: `{"name":null}`, wantErr: `filter: field "name" is null, not a string`},
 		{name: "field of the wrong kind", with: map[string]any{"expr": `not ok`}, rec: `{"ok":1}`, wantErr: `filter: field "ok" is a number, not a boolean`},
 		{name: "field null in len", with: map[string]any{"expr": `len(tags) > 0`}, rec: `{"tags":null}`, wantErr: `filter: field "tags" is null`},
+		{name: "field not a boolean", with: map[string]any{"expr": `ok`}, rec: `{"ok":1}`, wantErr: `filter: field "ok" is a number, not true or false`},
+		{name: "result not a boolean", with: map[string]any{"expr": `ok ?? 1`}, rec: `{}`, wantErr: `filter: the expression gives a number, not true or false`},
 		{name: "field named type", with: map[string]any{"expr": `type == "user"`}, rec: `{"type":"user"}`, want: []string{`{"type":"user"}`}},
 		{name: "fields named len and all", with: map[string]any{"expr": `all && len > 2 && len(name) == 1`}, rec: `{"all":true,"len":3,"name":"x"}`, want: []string{`{"all":true,"len":3,"name":"x"}`}},
 		{name: "field with a hyphen", with: map[string]any{"expr": `$env["first-name"] == "ann"`}, rec: `{"first-name":"ann","x":1}`, want: []string{`{"first-name":"ann","x":1}`}},
