@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,8 +32,9 @@ type terminal struct {
 
 	mu         sync.Mutex
 	vt         *vt.Emulator
-	faults     []string // what was wrong, with the screen it was wrong on
-	live       int      // screens that showed the block with a spinner
+	raw        bytes.Buffer // all flowrun wrote
+	faults     []string     // what was wrong, with the screen it was wrong on
+	live       int          // screens that showed the block with a spinner
 	cols, rows int
 	seen       chan struct{} // closed when the live block is first seen
 	done       chan struct{} // closed when all flowrun wrote is read
@@ -46,7 +48,8 @@ var spinning = regexp.MustCompile(`[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏]`)
 
 // startOnTerminal starts flowrun with stderr on a cols×rows terminal, and
 // stdout too unless cmd.Stdout is set; stdin is the terminal unless
-// cmd.Stdin is set.
+// cmd.Stdin is set. The environment is the test's without CI, plus
+// cmd.Env.
 func startOnTerminal(t *testing.T, cmd *exec.Cmd, cols, rows int, names []string) *terminal {
 	t.Helper()
 	var env []string
@@ -55,7 +58,7 @@ func startOnTerminal(t *testing.T, cmd *exec.Cmd, cols, rows int, names []string
 			env = append(env, kv)
 		}
 	}
-	cmd.Env = append(env, "TERM=xterm")
+	cmd.Env = append(append(env, "TERM=xterm"), cmd.Env...)
 	f, err := pty.StartWithAttrs(cmd, &pty.Winsize{Cols: uint16(cols), Rows: uint16(rows)},
 		&syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 2}) // stderr is always the terminal
 	if err != nil {
@@ -81,6 +84,7 @@ func (term *terminal) read() {
 		if n > 0 {
 			term.mu.Lock()
 			term.vt.Write(buf[:n])
+			term.raw.Write(buf[:n])
 			term.check()
 			// A line as wide as the terminal wraps, even where its last
 			// cell is blank: look at what was written too.
@@ -387,5 +391,53 @@ func waitLive(t *testing.T, term *terminal) {
 	case <-term.seen:
 	case <-term.done:
 		t.Fatal("flowrun ended before the display was seen")
+	}
+}
+
+// TestTerminalTypedRecords: records typed on the terminal get no live
+// display (their echo under the block would break it), only the summary.
+func TestTerminalTypedRecords(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", terminalPipeline)
+	out := filepath.Join(dir, "out")
+	cmd := exec.Command(flowrunBin, "run", "--progress-every", "20ms", "-o", out, p)
+	term := startOnTerminal(t, cmd, 100, 30, terminalNames)
+	io.WriteString(term.pty, "hello\nworld\n\x04") // ^D: the end of the input
+	if code := term.wait(t, cmd); code != 0 {
+		t.Errorf("exit %d", code)
+	}
+	term.mu.Lock()
+	defer term.mu.Unlock()
+	for _, f := range term.faults {
+		t.Error(f)
+	}
+	screen := strings.Join(term.screen(), "\n")
+	if term.live > 0 || strings.Contains(term.raw.String(), "\x1b[") {
+		t.Errorf("a live display under typed records:\n%s", screen)
+	}
+	if !strings.Contains(screen, "2 records in") {
+		t.Errorf("no summary:\n%s", screen)
+	}
+	if got, _ := os.ReadFile(out); string(got) != "hello\nworld\n" {
+		t.Errorf("output %q", got)
+	}
+}
+
+// TestTerminalCI: with CI set, a terminal gets the plain status lines.
+func TestTerminalCI(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", terminalPipeline)
+	in := writeFile(t, dir, "in.txt", strings.Repeat("x\n", 300))
+	cmd := exec.Command(flowrunBin, "run", "-q", "--progress-every", "20ms", "-i", in, "-o", filepath.Join(dir, "out"), p)
+	cmd.Env = []string{"CI=true"}
+	term := startOnTerminal(t, cmd, 100, 30, terminalNames)
+	if code := term.wait(t, cmd); code != 0 {
+		t.Errorf("exit %d", code)
+	}
+	term.mu.Lock()
+	defer term.mu.Unlock()
+	raw := term.raw.String()
+	if strings.Contains(raw, "\x1b") || !strings.Contains(raw, "flowrun: ") || !strings.Contains(raw, "| download ") {
+		t.Errorf("want plain status lines, got %q", raw)
 	}
 }
