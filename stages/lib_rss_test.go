@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"image"
 	"image/color"
@@ -80,6 +81,18 @@ var rssCases = map[string]rssCase{
 	// JPEG decodes to YCbCr, 1.5 bytes a pixel, a PNG to RGBA).
 	"image.resize": {workers: 4, limit: 3000*2000*4 + rssImageSize, setup: func(t *testing.T) func(*testing.T, int) {
 		data := rssImage(t, "jpeg")
+		return func(t *testing.T, _ int) {
+			st := libbStage(t, "image.resize", map[string]any{"width": 200})
+			for range 2 {
+				if _, err := st.Process(context.Background(), bytes.Clone(data), nil); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+	}},
+	// The JPEG in a blob record, as http.get emit: json makes it.
+	"image.resize/blob": {workers: 4, limit: 3000*2000*4 + 2*rssImageSize, setup: func(t *testing.T) func(*testing.T, int) {
+		data := []byte(`{"name":"big.jpg","data_base64":"` + base64.StdEncoding.EncodeToString(rssImage(t, "jpeg")) + `"}`)
 		return func(t *testing.T, _ int) {
 			st := libbStage(t, "image.resize", map[string]any{"width": 200})
 			for range 2 {
@@ -216,7 +229,7 @@ func TestStagePeakRSS(t *testing.T) {
 			t.Fatalf("go test -c: %v\n%s", err, out)
 		}
 	}
-	for _, name := range []string{"gunzip", "http.get", "image.resize", "image.resize/png", "wasm"} {
+	for _, name := range []string{"gunzip", "http.get", "image.resize", "image.resize/blob", "image.resize/png", "wasm"} {
 		t.Run(name, func(t *testing.T) {
 			c := rssCases[name]
 			base := rssChild(t, child, name, true)
