@@ -207,7 +207,99 @@ func (p *parser) syntaxError(data []byte, err error) {
 			return
 		}
 	}
+	if v, ok := flowVarCause(data); ok {
+		p.errorAt(Pos{File: p.file, Line: v.line, Col: v.col}, "YAML syntax: %s (inside {...} or [...], YAML takes the { of ${ for a brace: "+
+			"quote the value, %q, or write the mapping a key a line)", msg, v.value)
+		return
+	}
 	p.errorAt(Pos{File: p.file, Line: line, Col: 1}, "YAML syntax: %s", msg)
+}
+
+// flowVar is a ${ that stands unquoted inside a flow collection ({...}
+// or [...]), where YAML takes its { for the start of a mapping:
+// `{Authorization: Bearer ${TOKEN}}` is a syntax error in YAML itself,
+// which yaml.v3 reports at the line where the collection began.
+type flowVar struct {
+	line, col   int
+	offset, end int    // of the $ and of the variable's } in the file (or of the line's end)
+	value       string // the plain value it stands in, as far as the variable's }
+}
+
+// flowVarCause says which ${ in a flow collection made data a YAML syntax
+// error: the first, when the file parses once they are all made harmless.
+func flowVarCause(data []byte) (flowVar, bool) {
+	vars := findFlowVars(data)
+	if len(vars) == 0 {
+		return flowVar{}, false
+	}
+	fixed := bytes.Clone(data)
+	for _, v := range vars {
+		fixed[v.offset+1] = '(' // $(NAME): no braces, the same length
+		if fixed[v.end] == '}' {
+			fixed[v.end] = ')'
+		}
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(fixed))
+	for {
+		var n yaml.Node
+		err := dec.Decode(&n)
+		if errors.Is(err, io.EOF) {
+			return vars[0], true
+		}
+		if err != nil {
+			return flowVar{}, false
+		}
+	}
+}
+
+func findFlowVars(data []byte) []flowVar {
+	var vars []flowVar
+	depth := 0
+	var quote byte // the quote of the scalar being read, or 0
+	offset := 0    // of the line in data
+	for i, l := range bytes.Split(data, []byte("\n")) {
+		start := 0 // where the current plain value begins
+	scan:
+		for j := 0; j < len(l); j++ {
+			c := l[j]
+			switch {
+			case quote == '"' && c == '\\':
+				j++
+			case quote == '\'' && c == '\'' && j+1 < len(l) && l[j+1] == '\'':
+				j++
+			case quote != 0:
+				if c == quote {
+					quote = 0
+				}
+			case c == '#' && (j == 0 || l[j-1] == ' ' || l[j-1] == '\t'):
+				break scan
+			case (c == '"' || c == '\'') && startsScalar(l[:j]):
+				quote = c
+			case c == '{' || c == '[':
+				depth++
+				start = j + 1
+			case c == '}' || c == ']':
+				depth = max(depth-1, 0)
+			case c == ',' || c == ':' && (j+1 == len(l) || l[j+1] == ' '):
+				start = j + 1
+			case c == '$' && depth > 0 && j+1 < len(l) && l[j+1] == '{':
+				end := bytes.IndexByte(l[j:], '}')
+				if end < 0 {
+					end = len(l) - j - 1
+				}
+				vars = append(vars, flowVar{line: i + 1, col: j + 1, offset: offset + j, end: offset + j + end, value: string(bytes.TrimSpace(l[start : j+end+1]))})
+			}
+		}
+		offset += len(l) + 1
+	}
+	return vars
+}
+
+// startsScalar says whether a quote after before opens a quoted scalar,
+// rather than standing inside a plain one (don't).
+func startsScalar(before []byte) bool {
+	t := bytes.TrimRight(before, " \t")
+	return len(t) == 0 || strings.IndexByte(":,[{-?", t[len(t)-1]) >= 0
 }
 
 // findIndentTab returns the position of a tab in the leading white space of

@@ -41,7 +41,7 @@ func httpOptions(post bool) []Option {
 	opts := []Option{
 		{Name: "url_template", Type: String, Default: "{{.}}", Doc: "the URL, a Go text/template: dot is the record's text, " +
 			"or for a JSON object record its fields ({{.id}}); {{raw}} is always the record's text; urlquery and pathescape escape"},
-		{Name: "headers", Type: StringMap, Doc: "request headers, like {Authorization: Bearer ${TOKEN}}"},
+		{Name: "headers", Type: StringMap, Doc: "request headers, like {Authorization: \"Bearer ${TOKEN}\"} (quoted: in {...} YAML reads the { of ${ as a brace)"},
 		{Name: "timeout", Type: Duration, Default: 30 * time.Second, Doc: "the longest a request may take, body included; 0: no limit but the stage's timeout"},
 		{Name: "max_body", Type: Int, Default: 64 << 20, Doc: "the largest response body, in bytes; a larger one is an error for its record, and reading stops there: a worker never holds more"},
 		{Name: "redirects", Type: String, Default: "follow", Enum: []string{"follow", "same_host", "none"}, Doc: "follow: up to 10 redirects, " +
