@@ -14,6 +14,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/flowrun/flowrun/spec"
 )
 
 // example says how to run one pipeline of pipelines/: its input, and
@@ -172,3 +174,47 @@ func abs(n int) int {
 	}
 	return n
 }
+
+// TestExamplesWriteOutsideTheCheckout loads every example as a user who
+// sets no variable would run it: nothing it writes by default (output,
+// dead letters, file.write's directory) may land in the repository.
+func TestExamplesWriteOutsideTheCheckout(t *testing.T) {
+	repo, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob("../pipelines/*.yaml")
+	unset := func(string) (string, bool) { return "", false }
+	inRepo := func(path, base string) bool {
+		if !filepath.IsAbs(path) {
+			path = filepath.Join(base, path)
+		}
+		abs, err := filepath.Abs(path)
+		return err == nil && (abs == repo || strings.HasPrefix(abs, repo+string(filepath.Separator)))
+	}
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			p, err := spec.Load(file, spec.Options{Env: unset})
+			if err != nil {
+				if strings.Contains(err.Error(), "is not set") {
+					t.Skipf("needs a variable: %v", err) // it writes nothing without it
+				}
+				t.Fatal(err)
+			}
+			// Run from the checkout's root, as the README does.
+			if !isStdPath(p.Output.To) && inRepo(p.Output.To, repo) {
+				t.Errorf("output %s is in the checkout", p.Output.To)
+			}
+			if p.DeadLetter != "" && inRepo(p.DeadLetter, repo) {
+				t.Errorf("dead_letter %s is in the checkout", p.DeadLetter)
+			}
+			for _, s := range p.Stages {
+				if s.Use == "file.write" && inRepo(s.Config.String("dir"), filepath.Join(repo, "pipelines")) {
+					t.Errorf("stage %s writes into %s, in the checkout", s.Name, s.Config.String("dir"))
+				}
+			}
+		})
+	}
+}
+
+func isStdPath(s string) bool { return s == "" || s == "-" || s == "stdout" }
