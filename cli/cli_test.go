@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -418,5 +419,70 @@ func TestStreamingAnswersEachLine(t *testing.T) {
 	stdin.Close()
 	if code := exitOf(t, cmd); code != 0 {
 		t.Errorf("exit %d", code)
+	}
+}
+
+// TestReadmeStatsSchema keeps the README's --stats example in step with
+// what --stats writes: the same keys, no more, no fewer.
+func TestReadmeStatsSchema(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	data, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(string(data), "`--stats FILE` writes the summary")
+	if ok {
+		_, block, ok = strings.Cut(block, "```jsonc\n")
+	}
+	if ok {
+		block, _, ok = strings.Cut(block, "```")
+	}
+	if !ok {
+		t.Fatal("README.md has no ```jsonc block after \"`--stats FILE` writes the summary\"")
+	}
+	documented := map[string]bool{}
+	for _, m := range regexp.MustCompile(`"(\w+)":`).FindAllStringSubmatch(block, -1) {
+		documented[m[1]] = true
+	}
+
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", "stages: [{use: trim}]\n")
+	stats := filepath.Join(dir, "stats.json")
+	if _, errs, code := runCLI(t, "a\n", "run", "-q", "--progress", "none", "--stats", stats, p); code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	b, err := os.ReadFile(stats)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	written := map[string]bool{"error": true} // only when the run failed
+	var walk func(any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for k, x := range v {
+				written[k] = true
+				walk(x)
+			}
+		case []any:
+			for _, x := range v {
+				walk(x)
+			}
+		}
+	}
+	walk(v)
+	for k := range written {
+		if !documented[k] {
+			t.Errorf("--stats writes %q, which README.md's example lacks", k)
+		}
+	}
+	for k := range documented {
+		if !written[k] {
+			t.Errorf("README.md's --stats example has %q, which --stats does not write", k)
+		}
 	}
 }
