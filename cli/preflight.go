@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/flowrun/flowrun/connect"
 	"github.com/flowrun/flowrun/spec"
 	"github.com/flowrun/flowrun/stages"
 )
@@ -107,6 +108,9 @@ func checkInput(from string) string {
 	if isStd(from) {
 		return ""
 	}
+	if connect.Scheme(from) != "" {
+		return checkURL(from, connect.In)
+	}
 	paths := []string{from}
 	if strings.ContainsAny(from, "*?[") {
 		m, err := filepath.Glob(from)
@@ -141,6 +145,9 @@ func checkWritable(path string) string {
 	if isStd(path) {
 		return ""
 	}
+	if connect.Scheme(path) != "" {
+		return checkURL(path, connect.Out)
+	}
 	fi, err := os.Stat(path)
 	switch {
 	case err == nil && fi.IsDir():
@@ -165,6 +172,15 @@ func checkWritable(path string) string {
 	}
 	if err := unix.Access(dir, unix.W_OK|unix.X_OK); err != nil {
 		return fmt.Sprintf("cannot create %s: directory %s is not writable", path, dir)
+	}
+	return ""
+}
+
+// checkURL says what is wrong with a broker URL, connecting to nothing:
+// its connector's spec checks it.
+func checkURL(raw string, d connect.Direction) string {
+	if _, err := connect.Parse(raw, nil, d); err != nil {
+		return err.Error()
 	}
 	return ""
 }

@@ -50,6 +50,8 @@ func TestValidateChecksWhatRunChecks(t *testing.T) {
 				" (command is a list, one item per argument: write command: [python3, -u, score.py])\n"},
 		{"wasm module missing", "stages: [{use: wasm, with: {module: nope.wasm}}]\n", []string{"-i", in},
 			"FILE:1:37: stage \"wasm\": option module: wasm: \"nope.wasm\": no such file\n"},
+		{"a broker URL is checked by its connector", "stages: [{use: upper}]\n", []string{"-i", "redis://127.0.0.1:1/0?lst=x"},
+			"flowrun: -i: input: redis option \"lst\": no such option (did you mean \"list\"?)\n"},
 		{"every problem at once", "input: {from: nope.txt}\noutput: {to: DIR/no/out.txt}\nstages:\n  - use: wasm\n    with: {module: garbage.wasm}\n  - use: exec\n    with: {command: [flowrun-no-such-program]}\n", nil,
 			"FILE:1:15: input: nope.txt: no such file\nFILE:2:14: output: cannot create DIR/no/out.txt: no directory DIR/no\n" +
 				"FILE:4:5: stage \"wasm\": wasm: compile garbage.wasm: invalid magic number\n" +
