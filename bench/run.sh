@@ -8,6 +8,8 @@
 #   QUICK=1 bench/run.sh         # small sizes, a smoke test under a minute
 #   RUNS=9 bench/run.sh          # more runs per measurement (default 5)
 #   BENCH_DIR=/data bench/run.sh # where data and binaries go (default $TMPDIR/flowrun-bench)
+#   ONLY="w3" bench/run.sh       # only these workloads (w1 w2 w3 w4 w5 w6 w8), as when
+#                                # checking one change on a loaded machine
 #
 # Peers missing from the machine are installed with apt-get when possible,
 # and skipped otherwise.
@@ -18,6 +20,9 @@ ROOT=$PWD
 QUICK=${QUICK:-0}
 RUNS=${RUNS:-5}
 log() { printf '%s\n' "$*" >&2; }
+ONLY=${ONLY:-}
+# want W succeeds when workload W is to be run.
+want() { [[ -z $ONLY || " $ONLY " == *" $1 "* ]]; }
 log "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
 DIR=${BENCH_DIR:-${TMPDIR:-/tmp}/flowrun-bench}
 BIN=$DIR/bin
@@ -149,6 +154,8 @@ check() { awk "BEGIN { print ($1) ? \"yes\" : \"**no**\" }"; }
 
 # --- W1 and W7 ----------------------------------------------------------------
 
+if want w1; then
+
 W1=$(data lines "$N_W1")
 flow_w1=("${FLOW[@]}" bench/pipelines/w1.yaml)
 base_w1=("$BIN/base-w1")
@@ -162,7 +169,11 @@ row "W7 W1 + 10 pass-through trim stages (vs W1 baseline)" "$N_W1" "${SECS[2]}" 
 r=$(awk -v a="$W7_SECS" -v b="$W1_SECS" 'BEGIN { printf "%.2f", a / b }')
 other "W7 time / W1 time (flowrun, 10 extra trim stages)" "$r" "<= 1.3" "$(check "$r <= 1.3")"
 
+fi
+
 # --- W2 -----------------------------------------------------------------------
+
+if want w2; then
 
 W2=$(data json "$N_W2")
 flow_w2=("${FLOW[@]}" bench/pipelines/w2.yaml)
@@ -192,17 +203,24 @@ if ((${#w2[@]} > 1)); then
 	done
 fi
 
+fi
+
 # --- W3 -----------------------------------------------------------------------
+
+if want w3; then
 
 W3=$(data lines "$N_W3")
 flow_w3=("${FLOW[@]}" bench/pipelines/w3.yaml)
 base_w3=(mawk -W interactive '{print toupper($0); fflush()}')
 base_w3pipe=("$BIN/base-w3")
-group w3 "$W3" "$RUNS" flow_w3 base_w3 base_w3pipe
+flow_w3json=("${FLOW[@]}" bench/pipelines/w3-json.yaml)
+group w3 "$W3" "$RUNS" flow_w3 base_w3 base_w3pipe flow_w3json
 same w3 0 1
 same w3 2 1
+same w3 3 1
 row "W3 exec stream through awk, $N_W3 lines (baseline: the same awk on the file)" "$N_W3" "${SECS[0]}" "${SECS[1]}" 2 "<= 2"
 row "W3 the same, vs hand-written Go piping the file through that awk (baseline/w3)" "$N_W3" "${SECS[0]}" "${SECS[2]}" - "(what the pipe costs)"
+row "W3 protocol json, the same awk answering JSON (baseline column: W3 on protocol lines)" "$N_W3" "${SECS[3]}" "${SECS[0]}" 1.3 "<= 1.3"
 
 W3PR=$(data lines "$N_W3PR")
 flow_w3pr=("${FLOW[@]}" bench/pipelines/w3-per-record.yaml)
@@ -215,7 +233,11 @@ if ((HAVE_PARALLEL)); then
 		"$N_W3PR" "${SECS[0]}" "${SECS[1]}" 0.3334 "<= 0.33 (3x parallel's rate)"
 fi
 
+fi
+
 # --- W4 -----------------------------------------------------------------------
+
+if want w4; then
 
 W4=$(data lines "$N_W4")
 flow_w4=("${FLOW[@]}" bench/pipelines/w4.yaml)
@@ -227,7 +249,11 @@ row "W4 3 stages x 10 ms, 3/4/5 workers, $N_W4 items" "$N_W4" "${SECS[0]}" "${SE
 r=$(awk -v a="${SECS[0]}" -v b="$bound" 'BEGIN { printf "%.3f", a / b }')
 other "W4 flowrun time / bound ($bound s = $N_W4/3 x 10 ms)" "$r" "<= 1.05" "$(check "$r <= 1.05")"
 
+fi
+
 # --- W5 -----------------------------------------------------------------------
+
+if want w5; then
 
 W5S=$(data lines "$N_W5_SMALL")
 W5L=$(data lines "$N_W5_LARGE")
@@ -242,7 +268,11 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 other "W5 peak RSS, $N_W5_SMALL lines / $N_W5_LARGE lines" "$(mib "$rss_small") MiB / $(mib "$rss_large") MiB (x$r)" \
 	"<= 1.1x and < 64 MiB" "$(check "$r <= 1.1 && $rss_large < 65536")"
 
+fi
+
 # --- W6 -----------------------------------------------------------------------
+
+if want w6; then
 
 W6=$(data lines "$N_W6")
 flow_w6a=("${FLOW[@]}" --set stages.sha.workers=1 bench/pipelines/w6.yaml)
@@ -258,7 +288,11 @@ r=$(awk -v a="${SECS[0]}" -v b="${SECS[1]}" 'BEGIN { printf "%.2f", a / b }')
 rb=$(awk -v a="${SECS[2]}" -v b="${SECS[3]}" 'BEGIN { printf "%.2f", a / b }')
 other "W6 speed-up 1 -> 2 workers (flowrun hash rounds 1000; the Go baseline's: x$rb)" "x$r" ">= 1.8" "$(check "$r >= 1.8")"
 
+fi
+
 # --- W8 and streaming latency ---------------------------------------------------
+
+if want w8; then
 
 flow_w8=("${FLOW[@]}" bench/pipelines/w8.yaml)
 group w8 /dev/null 20 flow_w8
@@ -268,6 +302,8 @@ other "W8 startup to exit on empty input, median of 20" "$ms ms" "<= 15 ms" "$(c
 read -r lat50 lat90 latmax < <("$BIN/latency" -n 20 -- "${FLOW[@]}" bench/pipelines/w1.yaml)
 other "Streaming latency, one line in to out, pipe open (W1), 20 lines" \
 	"median $lat50 ms, p90 $lat90 ms, max $latmax ms" "< 10 ms" "$(check "$lat90 < 10")"
+
+fi
 
 # --- the tables -------------------------------------------------------------------
 

@@ -2,6 +2,7 @@ package stages
 
 import (
 	"fmt"
+	"io"
 	"time"
 )
 
@@ -19,8 +20,12 @@ type Config struct {
 	// TimeoutSet says the pipeline set Timeout itself rather than leave
 	// the stage's DefaultTimeout.
 	TimeoutSet bool
-	values     map[string]any
-	set        map[string]bool
+	// Log is where a stage shows what is neither a record nor an error,
+	// such as a plugin's own log lines, one whole line per Write; nil:
+	// os.Stderr. It must be safe for concurrent use.
+	Log    io.Writer
+	values map[string]any
+	set    map[string]bool
 }
 
 // NewConfig checks values against spec, fills in defaults and reports the

@@ -36,16 +36,21 @@ func init() {
 		// is reported as a stall.
 		DefaultTimeout: time.Minute,
 		Doc: "Runs any program as a plugin, never through a shell: per-record starts it for each record (the record on stdin, " +
-			"each line of stdout a result); stream keeps one process per worker that answers each line in with one line out.",
+			"each line of stdout a result); stream keeps one process per worker that answers each line in with one line out, " +
+			"or with protocol json each request with an answer naming its id. A stream plugin's stderr is shown, prefixed with the stage's name.",
 		Options: []Option{
 			{Name: "command", Type: Strings, Required: true,
 				Doc: "the program and its arguments, like [python3, -u, score.py]; a relative path with a slash resolves against dir"},
 			{Name: "mode", Type: String, Default: execStream, Enum: []string{execPerRecord, execStream},
-				Doc: "per-record: a process per record; stream: one process per worker, one line in, one line out (an empty line out is an empty record)"},
+				Doc: "per-record: a process per record; stream: one process per worker, answering record after record as protocol says"},
 			{Name: "env", Type: StringMap, Default: map[string]string{}, Doc: "environment variables added to flowrun's own"},
 			{Name: "dir", Type: String, Default: "", Doc: "the working directory; relative to the pipeline's directory, which is the default"},
 			{Name: "max_output", Type: Int, Default: 64 << 20,
 				Doc: "the most bytes of output per record (per-record: all of stdout; stream: one answer line); more is an error"},
+			{Name: "protocol", Type: String, Default: execLines, Enum: []string{execLines, execJSON},
+				Doc: "stream: lines: the k-th line out answers the k-th line in, an empty line is an empty record (sed -u, mawk -W interactive); " +
+					"json: {\"id\": N, \"record\": \"...\"} in, {\"id\": N, \"records\": [...]} or {\"id\": N, \"error\": \"...\"} out, " +
+					"in any order, any other line the plugin's log"},
 			{Name: "inflight", Type: Int, Default: 256, Doc: "stream: how many records may be written ahead of their answers"},
 		},
 		Check: execCheck,
@@ -77,6 +82,12 @@ func execCheck(c Config) error {
 		if k == "" || strings.ContainsAny(k, "=\x00") {
 			return OptionErrorf("env", "%q is not a variable name", k)
 		}
+	}
+	switch p := c.String("protocol"); {
+	case p != execLines && p != execJSON:
+		return OptionErrorf("protocol", "%q is not one of %s, %s", p, execLines, execJSON)
+	case p == execJSON && c.String("mode") == execPerRecord:
+		return OptionErrorf("protocol", "json is a protocol of mode: stream; per-record mode has none (a process per record, its stdout the results)")
 	}
 	if n := c.Int("max_output"); n < 1 {
 		return OptionErrorf("max_output", "%d is not a positive number of bytes", n)

@@ -7,61 +7,91 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The protocols of exec stream mode.
+const (
+	execLines = "lines"
+	execJSON  = "json"
 )
 
 // errExecNewline is the error of a record that the line protocol of
 // stream mode cannot carry.
-var errExecNewline = Permanent(errors.New("exec stream: the record contains a newline, which one line in, one line out cannot carry (use mode: per-record)"))
+var errExecNewline = Permanent(errors.New("exec stream: the record contains a newline, which one line in, one line out cannot carry (use protocol: json, or mode: per-record)"))
 
-// errExecMoreLines is the one desynchronisation of the protocol that can be
-// seen: an answer when every line sent has had its answer.
+// errExecMoreLines is the one desynchronisation of the line protocol that
+// can be seen: an answer when every line sent has had its answer.
 var errExecMoreLines = errors.New("plugin answered more lines than it was sent (it must print exactly one line per line in)")
 
+// errExecLong is the error of a line longer than max_output.
+var errExecLong = errors.New("line too long")
+
+// errExecStopped is the error of a read that the batch's context stopped.
+var errExecStopped = errors.New("stopped")
+
 // execStreamStage is exec in stream mode: one long-lived process, started
-// at the first record and again after it dies, that answers the k-th line
-// it reads with the k-th line it prints.
+// at the first record and again after it dies. With protocol lines it
+// answers the k-th line it reads with the k-th line it prints; with
+// protocol json each request and answer carries an id (exec_json.go).
 type execStreamStage struct {
 	cmd       execCommand
 	timeout   time.Duration
 	inflight  int
 	maxOutput int
+	json      bool
+	log       *execLog
 
 	proc    *execProc
-	timer   *time.Timer
 	out     [][]byte
 	process [][]byte // Process's one-record batch
+	slab    []byte   // where answers are copied to, in pieces never reused
+	answer  execAnswer
+	held    []execHeld // json: answers that came before their turn
+}
+
+// execHeld is a json answer waiting for the records before it.
+type execHeld struct {
+	done bool
+	out  [][]byte
+	err  error
 }
 
 func newExecStreamStage(cmd execCommand, c Config) *execStreamStage {
-	return &execStreamStage{cmd: cmd, timeout: c.Timeout, inflight: c.Int("inflight"), maxOutput: c.Int("max_output"), process: make([][]byte, 1)}
+	return &execStreamStage{
+		cmd: cmd, timeout: c.Timeout, inflight: c.Int("inflight"), maxOutput: c.Int("max_output"),
+		json: c.String("protocol") == execJSON, log: newExecLog(c.Log, c.Stage),
+		process: make([][]byte, 1),
+	}
 }
 
-// execProc is one run of a stream plugin and the two goroutines that
-// watch it: read turns its stdout into lines, wait reaps it. Both end on
-// their own once the process is dead.
+// execProc is one run of a stream plugin. Its stdout is read by the
+// goroutine that emits the answers (no reader goroutine and channel in
+// between: a hop per answer was a third of the cost of a fast plugin); the
+// records are written from a goroutine of each batch; wait reaps it.
 type execProc struct {
 	cmd    *exec.Cmd
 	group  execGroup
-	stdin  io.WriteCloser
+	stdin  *os.File
 	w      *bufio.Writer
-	stderr execTail
+	stdout execStdout
+	r      *bufio.Reader
+	stderr execStderr
+	long   []byte // a line longer than r's buffer
 
-	// sent counts the lines handed to w; it is raised before a line is
-	// written, so that no answer can arrive before its line is counted.
+	// sent counts the requests handed to w; it is raised before one is
+	// written, so that no answer can arrive before its request is counted.
 	sent   atomic.Int64
-	credit chan struct{} // a slot per line written and not yet answered
-	lines  chan []byte   // answers; closed when stdout ends
-
-	quit     chan struct{} // closed by abandon: read stops delivering
-	quitOnce sync.Once
-
-	readDone chan struct{}
-	fault    error // why read stopped early; set before readDone closes
+	read   int64         // lines: the answers read
+	credit chan struct{} // a slot per request written and not yet emitted
+	fault  error         // a breach of the protocol seen between batches
 
 	exited chan struct{}
 	status string // how the process ended; set before exited closes
@@ -69,118 +99,77 @@ type execProc struct {
 
 func (s *execStreamStage) start() (*execProc, error) {
 	p := &execProc{
-		cmd:      s.cmd.command(),
-		credit:   make(chan struct{}, s.inflight),
-		lines:    make(chan []byte, s.inflight),
-		quit:     make(chan struct{}),
-		readDone: make(chan struct{}),
-		exited:   make(chan struct{}),
+		cmd:    s.cmd.command(),
+		credit: make(chan struct{}, s.inflight),
+		exited: make(chan struct{}),
 	}
-	stdin, err := p.cmd.StdinPipe()
+	// Pipes of our own rather than cmd's: cmd.Wait would close stdout
+	// under answers not read yet.
+	inR, inW, err := os.Pipe()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("exec stream: %w", err)
 	}
-	stdout, err := p.cmd.StdoutPipe()
+	outR, outW, err := os.Pipe()
 	if err != nil {
-		return nil, err
+		inR.Close()
+		inW.Close()
+		return nil, fmt.Errorf("exec stream: %w", err)
 	}
-	p.cmd.Stderr = &p.stderr
-	if err := p.group.start(p.cmd); err != nil {
+	p.stderr.log = s.log
+	p.cmd.Stdin, p.cmd.Stdout, p.cmd.Stderr = inR, outW, &p.stderr
+	err = p.group.start(p.cmd)
+	inR.Close()
+	outW.Close()
+	if err != nil {
+		inW.Close()
+		outR.Close()
 		return nil, fmt.Errorf("exec stream: start %s: %w", s.cmd.name, err)
 	}
-	p.stdin = stdin
-	p.w = bufio.NewWriterSize(stdin, 64<<10)
-	go p.read(stdout, s.maxOutput)
+	p.stdin = inW
+	p.w = bufio.NewWriterSize(inW, 64<<10)
+	p.stdout = execStdout{f: outR, timeout: s.timeout}
+	p.r = bufio.NewReaderSize(&p.stdout, 64<<10)
 	go p.wait()
 	return p, nil
 }
 
-// read delivers each line of the plugin's stdout, without its newline, to
-// p.lines. The lines are cut from shared slabs and never reused, so that
-// they may travel on after Process returns; a slab is small (4 KiB) because
-// one record kept downstream keeps its whole slab alive.
-func (p *execProc) read(stdout io.Reader, maxLine int) {
-	defer close(p.readDone)
-	defer close(p.lines)
-	r := bufio.NewReaderSize(stdout, 64<<10)
-	var slab []byte
-	var n int64
-	for {
-		line, err := r.ReadSlice('\n')
-		if errors.Is(err, bufio.ErrBufferFull) {
-			long := append([]byte(nil), line...)
-			for errors.Is(err, bufio.ErrBufferFull) && len(long) <= maxLine {
-				line, err = r.ReadSlice('\n')
-				long = append(long, line...)
-			}
-			line = long
-		}
-		if len(line)-1 > maxLine {
-			p.fault = fmt.Errorf("plugin printed a line longer than max_output (%d bytes)", maxLine)
-			p.group.kill()
-			return
-		}
-		if err != nil {
-			return // EOF, or the pipe closed under us; a last line without newline is part of a crash
-		}
-		line = line[:len(line)-1]
-		if n++; n > p.sent.Load() {
-			p.fault = errExecMoreLines
-			p.group.kill()
-			return
-		}
-		if cap(slab)-len(slab) < len(line) {
-			slab = make([]byte, 0, max(4<<10, len(line)))
-		}
-		at := len(slab)
-		slab = append(slab, line...)
-		rec := slab[at:len(slab):len(slab)]
-		// Deliver even when quit is closed too: a select between the two
-		// would drop answers at random.
-		select {
-		case p.lines <- rec:
-		default:
-			select {
-			case p.lines <- rec:
-			case <-p.quit:
-				return
-			}
-		}
-	}
-}
-
-// wait reaps the plugin once it exits, after read has taken what it
-// printed: cmd.Wait closes the stdout pipe.
+// wait reaps the plugin once it exits. cmd.Wait waits for the stderr
+// copier too, so the stderr tail is whole once exited is closed.
 func (p *execProc) wait() {
 	defer close(p.exited)
 	p.group.awaitExit()
-	t := time.NewTimer(execGrace)
-	select {
-	case <-p.readDone:
-	case <-t.C: // a child that left the group holds stdout open
-	}
-	t.Stop()
 	err := p.cmd.Wait()
 	p.status = execStatus(p.cmd, err)
 }
 
-// abandon kills the plugin and waits until it and its goroutines are gone.
-func (p *execProc) abandon() {
-	p.quitOnce.Do(func() { close(p.quit) })
-	p.group.kill()
-	<-p.exited
-	<-p.readDone
+func (p *execProc) hasExited() bool {
+	select {
+	case <-p.exited:
+		return true
+	default:
+		return false
+	}
 }
 
-// write writes the records that the protocol can carry, one line each,
-// at most cap(p.credit) ahead of their answers. It flushes whenever it
-// would wait, so that the plugin always has every line written so far.
-// A write error kills the plugin: a plugin that closed its stdin cannot
-// answer, and its death is how the reader learns it.
-func (p *execProc) write(recs [][]byte, stop <-chan struct{}, done chan<- struct{}) {
+// abandon kills the plugin and waits until it is reaped.
+func (p *execProc) abandon() {
+	p.group.kill()
+	<-p.exited
+	p.stdin.Close()
+	p.stdout.f.Close()
+	p.stderr.flush()
+}
+
+// write writes requests for recs (with protocol lines, those it can
+// carry), at most cap(p.credit) ahead of their answers. It flushes
+// whenever it would wait, so that the plugin always has every request
+// written so far. A write error kills the plugin: one that closed its
+// stdin cannot answer, and its death is how the reader learns it.
+func (p *execProc) write(recs [][]byte, json bool, stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
+	var req []byte
 	for _, rec := range recs {
-		if bytes.IndexByte(rec, '\n') >= 0 {
+		if !json && bytes.IndexByte(rec, '\n') >= 0 {
 			continue
 		}
 		select {
@@ -196,9 +185,16 @@ func (p *execProc) write(recs [][]byte, stop <-chan struct{}, done chan<- struct
 				return
 			}
 		}
-		p.sent.Add(1)
-		_, _ = p.w.Write(rec)
-		if p.w.WriteByte('\n') != nil {
+		id := p.sent.Add(1)
+		var err error
+		if json {
+			req = appendExecRequest(req[:0], id, rec)
+			_, err = p.w.Write(req)
+		} else {
+			_, _ = p.w.Write(rec)
+			err = p.w.WriteByte('\n')
+		}
+		if err != nil {
 			p.group.kill()
 			return
 		}
@@ -208,9 +204,86 @@ func (p *execProc) write(recs [][]byte, stop <-chan struct{}, done chan<- struct
 	}
 }
 
+// next returns the next line of the plugin's stdout without its newline,
+// valid until the next call.
+func (p *execProc) next(maxLine int) ([]byte, error) {
+	line, err := p.r.ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) {
+		p.long = append(p.long[:0], line...)
+		for errors.Is(err, bufio.ErrBufferFull) && len(p.long) <= maxLine {
+			line, err = p.r.ReadSlice('\n')
+			p.long = append(p.long, line...)
+		}
+		line = p.long
+		if cap(p.long) > 1<<20 {
+			p.long = nil // one huge answer does not pin its memory
+		}
+	}
+	if n := len(line); n > maxLine+1 || n == maxLine+1 && line[n-1] != '\n' {
+		return nil, errExecLong
+	}
+	if err != nil {
+		return nil, err // EOF, a deadline, or the pipe closed under us; a last line without newline is part of a crash
+	}
+	return line[:len(line)-1], nil
+}
+
+// idle reads, without blocking, what the plugin printed while it had no
+// request to answer: with protocol lines anything at all is a surplus, with
+// json log lines are shown and an answer is a breach. It records a breach
+// in p.fault.
+func (s *execStreamStage) idle(p *execProc) {
+	for p.fault == nil {
+		if p.r.Buffered() == 0 {
+			if !p.stdout.readable() {
+				return
+			}
+			if _, err := p.r.Peek(1); err != nil {
+				return // EOF: a plugin that exited
+			}
+		}
+		if !s.json {
+			p.fault = errExecMoreLines
+			return
+		}
+		b, _ := p.r.Peek(p.r.Buffered())
+		if bytes.IndexByte(b, '\n') < 0 {
+			if len(b) == p.r.Size() || !p.stdout.readable() {
+				return // a long or partial line: the next batch reads it
+			}
+			_, _ = p.r.Peek(len(b) + 1)
+			continue
+		}
+		line, _ := p.r.ReadSlice('\n')
+		s.stray(p, line[:len(line)-1])
+	}
+}
+
+// stray handles a json line that no batch is waiting for: a log line, or
+// an answer no request is owed.
+func (s *execStreamStage) stray(p *execProc, line []byte) {
+	switch err := parseExecAnswer(line, &s.answer); {
+	case errors.Is(err, errExecNotAnswer):
+		s.log.line(line)
+	case err != nil:
+		p.fault = err
+	default:
+		p.fault = s.unowed(p, s.answer.id)
+	}
+}
+
+// unowed describes an answer to id when no request with that id waits.
+func (s *execStreamStage) unowed(p *execProc, id int64) error {
+	if id > p.sent.Load() {
+		return fmt.Errorf("answered id %d, which it was never sent", id)
+	}
+	return fmt.Errorf("answered id %d twice", id)
+}
+
 // Process sends rec and waits for its answer: one record in lock-step.
-// The answer line is the one output record; an empty line is an empty
-// record, not a filter, because the protocol needs a line per record.
+// With protocol lines the answer line is the one output record (an empty
+// line is an empty record, not a filter, because the protocol needs a
+// line per record); with json the answer's records are the results.
 func (s *execStreamStage) Process(ctx context.Context, rec []byte, out [][]byte) ([][]byte, error) {
 	var err error
 	s.process[0] = rec
@@ -223,8 +296,9 @@ func (s *execStreamStage) Process(ctx context.Context, rec []byte, out [][]byte)
 
 // ProcessBatch writes recs ahead, up to inflight unanswered, from one
 // goroutine while it reads the answers behind them, and emits each answer
-// as it arrives. If the plugin dies, the record it was answering fails with
-// its exit status and stderr, and those written behind it fail with ErrLost.
+// in order of i as soon as it and those before it are in. If the plugin
+// dies, the record it was awaited for fails with its exit status and
+// stderr, and those behind that have no answer yet fail with ErrLost.
 func (s *execStreamStage) ProcessBatch(ctx context.Context, recs [][]byte, emit func(i int, out [][]byte, err error)) {
 	s.batch(ctx, recs, emit)
 }
@@ -234,9 +308,9 @@ func (s *execStreamStage) batch(ctx context.Context, recs [][]byte, emit func(i 
 		return
 	}
 	i := 0
-	if fault := s.reap(); fault != nil {
-		// The plugin printed more than it was asked while no record was
-		// waiting: the answers emitted last were likely misattributed.
+	if fault := s.ready(); fault != nil {
+		// The plugin broke the protocol while no record was waiting: with
+		// lines, the answers emitted last were likely misattributed.
 		// Failing a record says so; a fresh plugin takes the rest.
 		emit(0, nil, fmt.Errorf("exec stream: %s %w; restarted it", s.cmd.name, fault))
 		i = 1
@@ -255,8 +329,51 @@ func (s *execStreamStage) batch(ctx context.Context, recs [][]byte, emit func(i 
 		s.proc = p
 	}
 	p := s.proc
+	base := p.sent.Load() + 1 // the id of recs[i] in protocol json
 	stop, done := make(chan struct{}), make(chan struct{})
-	go p.write(recs[i:], stop, done)
+	go p.write(recs[i:], s.json, stop, done)
+	unwatch := p.stdout.watch(ctx)
+	var dead bool
+	if s.json {
+		dead = s.answerJSON(ctx, p, recs, i, base, emit)
+	} else {
+		dead = s.answerLines(ctx, p, recs, i, emit)
+	}
+	unwatch()
+	close(stop)
+	<-done
+	if len(s.out) > 0 {
+		s.out[0] = nil // the runner owns the answer now
+	}
+	switch {
+	case dead:
+		p.abandon()
+		s.proc = nil
+	case !s.json && p.r.Buffered() > 0:
+		p.fault = errExecMoreLines // seen at the next batch
+	}
+}
+
+// ready makes s.proc fit for a new batch: a plugin that died while idle is
+// forgotten, and one that broke the protocol is killed. It returns the
+// breach, which becomes the error of the batch's first record.
+func (s *execStreamStage) ready() error {
+	p := s.proc
+	if p == nil {
+		return nil
+	}
+	s.idle(p)
+	if p.fault == nil && !p.hasExited() {
+		return nil
+	}
+	p.abandon()
+	s.proc = nil
+	return p.fault
+}
+
+// answerLines reads the k-th line out as the answer to the k-th line in.
+// It reports whether the plugin is dead.
+func (s *execStreamStage) answerLines(ctx context.Context, p *execProc, recs [][]byte, i int, emit func(i int, out [][]byte, err error)) bool {
 	var dead error // once the plugin has failed a record, the error of the rest
 	for ; i < len(recs); i++ {
 		if bytes.IndexByte(recs[i], '\n') >= 0 {
@@ -267,84 +384,149 @@ func (s *execStreamStage) batch(ctx context.Context, recs [][]byte, emit func(i 
 			emit(i, nil, dead)
 			continue
 		}
-		line, err := s.answer(ctx, p)
-		if err != nil {
-			emit(i, nil, err)
-			dead = fmt.Errorf("exec stream: %w behind a record that %s failed", ErrLost, s.cmd.name)
-			if ctx.Err() != nil {
-				dead = fmt.Errorf("exec stream: %w", context.Cause(ctx))
+		line, err := p.next(s.maxOutput)
+		if err == nil {
+			if p.read++; p.read > p.sent.Load() {
+				err = errExecMoreLines
 			}
+		}
+		if err != nil {
+			emit(i, nil, s.failed(ctx, p, err))
+			dead = s.lost(ctx)
 			continue
 		}
+		p.stdout.answered()
 		<-p.credit
-		s.out = append(s.out[:0], line)
+		s.out = append(s.out[:0], s.keep(line))
 		emit(i, s.out, nil)
 	}
-	if len(s.out) > 0 {
-		s.out[0] = nil // the runner owns the answer now
-	}
-	close(stop)
-	<-done
-	if dead != nil {
-		s.proc = nil
-	}
+	return dead != nil
 }
 
-// reap forgets the plugin if it died while idle, and returns the protocol
-// fault that killed it, if any.
-func (s *execStreamStage) reap() error {
-	p := s.proc
-	if p == nil {
-		return nil
+// answerJSON reads answers in any order and emits them in order of i;
+// recs[i] has the id base. It reports whether the plugin is dead.
+func (s *execStreamStage) answerJSON(ctx context.Context, p *execProc, recs [][]byte, i int, base int64, emit func(i int, out [][]byte, err error)) bool {
+	first := i
+	if cap(s.held) < len(recs) {
+		s.held = make([]execHeld, len(recs))
 	}
-	select {
-	case <-p.readDone:
-	default:
-		return nil
+	held := s.held[:len(recs)]
+	defer clear(held)
+	var dead error
+	for i < len(recs) {
+		if h := &held[i]; h.done {
+			emit(i, h.out, h.err)
+			*h = execHeld{}
+			if dead == nil {
+				<-p.credit
+			}
+			i++
+			continue
+		}
+		if dead != nil {
+			emit(i, nil, dead)
+			i++
+			continue
+		}
+		line, err := p.next(s.maxOutput)
+		if err != nil {
+			emit(i, nil, s.failed(ctx, p, err))
+			dead = s.lost(ctx)
+			i++
+			continue
+		}
+		a := &s.answer
+		err = parseExecAnswer(line, a)
+		if errors.Is(err, errExecNotAnswer) {
+			s.log.line(line)
+			continue
+		}
+		j := first + int(a.id-base)
+		if err == nil && (a.id < base || a.id > p.sent.Load() || j >= len(recs) || j < i || held[j].done) {
+			err = s.unowed(p, a.id)
+		}
+		if err != nil {
+			emit(i, nil, s.failed(ctx, p, err))
+			dead = s.lost(ctx)
+			i++
+			continue
+		}
+		p.stdout.answered()
+		var rerr error
+		switch {
+		case a.bad != nil:
+			rerr = fmt.Errorf("exec stream: %s answered this record with a malformed answer: %w", s.cmd.name, a.bad)
+		case a.err != nil:
+			rerr = fmt.Errorf("exec stream: %s failed this record: %w", s.cmd.name, a.err)
+		}
+		if j == i {
+			// In its turn, as most answers are: no need to hold it.
+			s.out = s.out[:0]
+			for _, r := range a.records {
+				s.out = append(s.out, s.keep(r))
+			}
+			<-p.credit
+			emit(i, s.out, rerr)
+			i++
+			continue
+		}
+		out := make([][]byte, len(a.records))
+		for k, r := range a.records {
+			out[k] = s.keep(r)
+		}
+		held[j] = execHeld{done: true, out: out, err: rerr}
 	}
-	p.abandon()
-	s.proc = nil
-	return p.fault
+	return dead != nil
 }
 
-// answer returns the next answer of p. On any error p is dead and gone.
-func (s *execStreamStage) answer(ctx context.Context, p *execProc) ([]byte, error) {
-	select {
-	case line, ok := <-p.lines:
-		if ok {
-			return line, nil
-		}
-		return nil, s.died(ctx, p)
-	default:
+// keep copies an answer out of the read buffer into a slab. Slabs are
+// never reused, so that answers may travel on after the batch; a slab is
+// small (4 KiB) because one record kept downstream keeps its whole slab
+// alive.
+func (s *execStreamStage) keep(b []byte) []byte {
+	if cap(s.slab)-len(s.slab) < len(b) {
+		s.slab = make([]byte, 0, max(4<<10, len(b)))
 	}
-	var expired <-chan time.Time
-	if s.timeout > 0 {
-		if s.timer == nil {
-			s.timer = time.NewTimer(s.timeout)
-		} else {
-			s.timer.Reset(s.timeout)
-		}
-		defer s.timer.Stop()
-		expired = s.timer.C
-	}
-	select {
-	case line, ok := <-p.lines:
-		if ok {
-			return line, nil
-		}
-		return nil, s.died(ctx, p)
-	case <-expired:
+	at := len(s.slab)
+	s.slab = append(s.slab, b...)
+	return s.slab[at:len(s.slab):len(s.slab)]
+}
+
+// failed turns err, why no answer came for a record, into that record's
+// error. The plugin is killed: it died, stalled or broke the protocol.
+func (s *execStreamStage) failed(ctx context.Context, p *execProc, err error) error {
+	switch {
+	case errors.Is(err, errExecLong):
 		p.abandon()
-		return nil, s.stalled()
-	case <-ctx.Done():
+		return fmt.Errorf("exec stream: %s printed a line longer than max_output (%d bytes); killed it", s.cmd.name, s.maxOutput)
+	case errors.Is(err, errExecStopped) || errors.Is(err, os.ErrDeadlineExceeded) && p.stdout.wasStopped():
 		p.abandon()
 		// The runner's deadline has a cause of its own; ctx.Err tells
 		// a deadline from a cancel.
 		if s.timeout == 0 || !errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return nil, fmt.Errorf("exec stream: %w", context.Cause(ctx))
+			return fmt.Errorf("exec stream: %w", context.Cause(ctx))
 		}
-		return nil, s.stalled()
+		return s.stalled()
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		p.abandon()
+		return s.stalled()
+	case errors.Is(err, errExecMoreLines):
+		p.abandon()
+		return fmt.Errorf("exec stream: %s %w; killed it", s.cmd.name, err)
+	case errors.Is(err, io.EOF) || errors.Is(err, os.ErrClosed):
+		return s.died(ctx, p)
+	default: // a breach of the json protocol
+		p.abandon()
+		return fmt.Errorf("exec stream: %s %w; killed it", s.cmd.name, err)
 	}
+}
+
+// lost is the error of the records behind one that failed.
+func (s *execStreamStage) lost(ctx context.Context) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("exec stream: %w", context.Cause(ctx))
+	}
+	return fmt.Errorf("exec stream: %w behind a record that %s failed", ErrLost, s.cmd.name)
 }
 
 func (s *execStreamStage) stalled() error {
@@ -354,10 +536,6 @@ func (s *execStreamStage) stalled() error {
 // died explains why p's stdout ended before the answer a record waits for.
 // A plugin that closed stdout but lives on gets execGrace to exit.
 func (s *execStreamStage) died(ctx context.Context, p *execProc) error {
-	if p.fault != nil {
-		p.abandon()
-		return fmt.Errorf("exec stream: %s %w; killed it", s.cmd.name, p.fault)
-	}
 	t := time.NewTimer(execGrace)
 	defer t.Stop()
 	closed := ""
@@ -371,17 +549,39 @@ func (s *execStreamStage) died(ctx context.Context, p *execProc) error {
 	return fmt.Errorf("exec stream: %s%s %s before answering this record%s", s.cmd.name, closed, p.status, p.stderr.suffix())
 }
 
-// Close closes the plugin's stdin, which asks it to finish, gives it
-// execGrace to exit and then kills its process group. It returns an error
-// if the plugin failed or did not exit by itself.
+// Close closes the plugin's stdin, which asks it to finish, reads what it
+// prints until it closes stdout, gives it execGrace in all to exit and
+// then kills its process group. It returns an error if the plugin failed,
+// broke the protocol or did not exit by itself.
 func (s *execStreamStage) Close() error {
+	defer s.log.close()
 	p := s.proc
 	if p == nil {
 		return nil
 	}
 	s.proc = nil
 	_ = p.stdin.Close()
-	t := time.NewTimer(execGrace)
+	deadline := time.Now().Add(execGrace)
+	p.stdout.until(deadline)
+	for {
+		// Read on after a breach too, so that the plugin is not stuck
+		// writing into a full pipe while it should exit.
+		line, err := p.next(s.maxOutput)
+		if errors.Is(err, errExecLong) {
+			continue
+		}
+		if err != nil {
+			break
+		}
+		switch {
+		case p.fault != nil:
+		case !s.json:
+			p.fault = errExecMoreLines
+		default:
+			s.stray(p, line)
+		}
+	}
+	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
 	select {
 	case <-p.exited:
@@ -404,4 +604,93 @@ func (s *execStreamStage) Close() error {
 		return fmt.Errorf("exec stream: %s %s at the end of its input%s", s.cmd.name, p.status, p.stderr.suffix())
 	}
 	return nil
+}
+
+// execStdout is the read end of a plugin's stdout, read with a deadline:
+// the stage's timeout from the last answer (or the start of a batch), and
+// at once when the batch's context is done.
+type execStdout struct {
+	f       *os.File
+	timeout time.Duration
+	arm     bool // set the deadline afresh before the next read
+
+	mu      sync.Mutex // orders watch's stop with arming
+	batch   uint64     // the batch whose context may stop reads
+	stopped bool
+}
+
+func (o *execStdout) Read(b []byte) (int, error) {
+	if o.arm {
+		o.mu.Lock()
+		if o.stopped {
+			o.mu.Unlock()
+			return 0, errExecStopped
+		}
+		o.arm = false
+		var d time.Time
+		if o.timeout > 0 {
+			d = time.Now().Add(o.timeout)
+		}
+		_ = o.f.SetReadDeadline(d)
+		o.mu.Unlock()
+	}
+	return o.f.Read(b)
+}
+
+// answered restarts the timeout: an answer came.
+func (o *execStdout) answered() {
+	if o.timeout > 0 {
+		o.arm = true
+	}
+}
+
+// watch arms the deadline for a batch and stops its reads when ctx is
+// done, until the returned function is called.
+func (o *execStdout) watch(ctx context.Context) func() bool {
+	o.mu.Lock()
+	o.batch++
+	b := o.batch
+	o.stopped = false
+	o.mu.Unlock()
+	o.arm = true
+	return context.AfterFunc(ctx, func() {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		if o.batch == b {
+			o.stopped = true
+			_ = o.f.SetReadDeadline(time.Unix(1, 0))
+		}
+	})
+}
+
+func (o *execStdout) wasStopped() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.stopped
+}
+
+// until sets a fixed deadline for the reads from now on.
+func (o *execStdout) until(d time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.batch++
+	o.stopped = false
+	o.arm = false
+	_ = o.f.SetReadDeadline(d)
+}
+
+// readable reports, without blocking, whether a read would not block:
+// there is data, or the plugin closed its stdout.
+func (o *execStdout) readable() bool {
+	rc, err := o.f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok := false
+	_ = rc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 0)
+		ok = err == nil && n > 0 && fds[0].Revents != 0
+	})
+	return ok
 }

@@ -44,6 +44,11 @@ func execNew(t *testing.T, timeout time.Duration, with map[string]any) stages.St
 }
 
 func execTryNew(timeout time.Duration, with map[string]any) (stages.Stage, error) {
+	return execTryNewLog(timeout, with, io.Discard)
+}
+
+// execTryNewLog is execTryNew with the stage's log going to log.
+func execTryNewLog(timeout time.Duration, with map[string]any, log io.Writer) (stages.Stage, error) {
 	spec, ok := stages.Lookup("exec")
 	if !ok {
 		return nil, errors.New("exec is not registered")
@@ -53,6 +58,7 @@ func execTryNew(timeout time.Duration, with map[string]any) (stages.Stage, error
 		return nil, err
 	}
 	c.Timeout = timeout
+	c.Log = log
 	if err := spec.Check(c); err != nil {
 		return nil, err
 	}
@@ -263,27 +269,41 @@ func TestExecStreamProcess(t *testing.T) {
 }
 
 // execBatch runs recs through ProcessBatch and returns what was emitted,
-// failing the test unless emit was called once per record, in order.
+// failing the test unless emit was called once per record, in order, with
+// one answer for each record that did not fail.
 func execBatch(t *testing.T, ctx context.Context, st stages.Stage, recs []string, each func(i int)) ([]string, []error) {
+	t.Helper()
+	outs, errs := execBatchAll(t, ctx, st, recs, each)
+	got := make([]string, len(recs))
+	for i, out := range outs {
+		switch {
+		case errs[i] != nil:
+		case len(out) != 1:
+			t.Fatalf("record %d: %d answers", i, len(out))
+		default:
+			got[i] = out[0]
+		}
+	}
+	return got, errs
+}
+
+// execBatchAll is execBatch for any number of results per record.
+func execBatchAll(t *testing.T, ctx context.Context, st stages.Stage, recs []string, each func(i int)) ([][]string, []error) {
 	t.Helper()
 	in := make([][]byte, len(recs))
 	for i, r := range recs {
 		in[i] = []byte(r)
 	}
-	got := make([]string, 0, len(recs))
+	got := make([][]string, 0, len(recs))
 	errs := make([]error, 0, len(recs))
 	st.(stages.BatchStage).ProcessBatch(ctx, in, func(i int, out [][]byte, err error) {
 		if i != len(got) {
 			t.Fatalf("emit(%d) after %d records", i, len(got))
 		}
-		switch {
-		case err != nil:
-			got = append(got, "")
-		case len(out) != 1:
-			t.Fatalf("record %d: %d answers", i, len(out))
-		default:
-			got = append(got, string(out[0]))
+		if err != nil && len(out) > 0 {
+			t.Fatalf("record %d: an error with %d results", i, len(out))
 		}
+		got = append(got, execStrings(out))
 		errs = append(errs, err)
 		if each != nil {
 			each(i)
