@@ -1,21 +1,41 @@
-"""score.py scores product reviews: an exec plugin for flowrun (mode: stream).
+"""score.py scores product reviews: an exec plugin for flowrun (mode:
+stream, protocol: json).
 
-It reads one review per line on stdin and answers each with exactly one
-line of JSON on stdout, in the same order:
+flowrun writes each review as one line of JSON on stdin,
 
-    {"score": 2, "label": "positive", "text": "Great value, works well"}
+    {"id": 7, "record": "Great value, works well"}
 
-The score counts the positive words in the review minus the negative ones,
-with "not" or "never" flipping the word after it. Replace the word lists,
-or the whole of score(), with your own model: the protocol stays the same.
+and reads each answer as one line of JSON on stdout, in any order:
 
-Run it with `python3 -u` (or flush after each answer, as below): a plugin
-that buffers its output never answers, and flowrun reports it as stalled.
+    {"id": 7, "records": ["{\"score\": 2, \"label\": \"positive\", ...}"]}
+
+An answer may hold several records or none (the review is dropped); an
+exception becomes {"id": 7, "error": "..."}, the error of that review
+alone. Any other line on stdout, like a print() left in for debugging, and
+everything on stderr, is the plugin's log: flowrun shows it on its stderr
+prefixed with the stage's name.
+
+serve() is the whole protocol: copy it, and replace score() with your own
+model.
 """
 
+import base64
 import json
 import re
 import sys
+
+
+def serve(handle):
+    """Answers flowrun's json protocol: handle(text) returns the output records."""
+    for line in sys.stdin:
+        req = json.loads(line)
+        try:
+            rec = req["record"] if "record" in req else base64.b64decode(req["record_base64"]).decode(errors="replace")
+            answer = {"id": req["id"], "records": list(handle(rec))}
+        except Exception as e:
+            answer = {"id": req["id"], "error": f"{type(e).__name__}: {e}"}
+        print(json.dumps(answer), flush=True)
+
 
 POSITIVE = {"good", "great", "excellent", "love", "loved", "works", "fast", "perfect", "value", "happy", "recommend", "solid"}
 NEGATIVE = {"bad", "poor", "broken", "broke", "slow", "refund", "hate", "disappointed", "cheap", "useless", "returned", "noisy"}
@@ -25,6 +45,8 @@ WORD = re.compile(r"[a-z']+")
 
 
 def score(text):
+    """Counts the positive words minus the negative ones, with "not" or
+    "never" flipping the word after it."""
     total, flip = 0, 1
     for word in WORD.findall(text.lower()):
         if word in NEGATORS:
@@ -39,21 +61,14 @@ def score(text):
 
 
 def label(s):
-    if s > 0:
-        return "positive"
-    if s < 0:
-        return "negative"
-    return "neutral"
+    return "positive" if s > 0 else "negative" if s < 0 else "neutral"
 
 
-def main():
-    for line in sys.stdin:
-        text = line.rstrip("\n")
-        s = score(text)
-        # One line in, one line out: every answer is a single line, since
-        # json.dumps escapes any newline inside a string.
-        print(json.dumps({"score": s, "label": label(s), "text": text}), flush=True)
+def review(text):
+    s = score(text)
+    return [json.dumps({"score": s, "label": label(s), "text": text})]
 
 
 if __name__ == "__main__":
-    main()
+    print(f"score.py: scoring with {len(POSITIVE)} positive and {len(NEGATIVE)} negative words", file=sys.stderr, flush=True)
+    serve(review)
