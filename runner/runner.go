@@ -439,8 +439,12 @@ func (r *run) build() error {
 	for i, s := range p.Stages {
 		st := &stageRun{cfg: s, index: i, take: batchFor(s.Spec.Batched(s.Config), s.Workers)}
 		r.stages = append(r.stages, st)
+		cfg := s.Config
+		if cfg.Log == nil && r.opts.Stderr != nil {
+			cfg.Log = r.opts.Stderr // a plugin's log goes where messages go: above a live display
+		}
 		for range s.Workers {
-			stage, err := s.Spec.New(s.Config)
+			stage, err := s.Spec.New(cfg)
 			if err != nil {
 				var oe *stages.OptionError
 				if errors.As(err, &oe) {
