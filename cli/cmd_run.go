@@ -202,6 +202,7 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 	if retry != "" {
 		if runErr == nil && !sum.Stopped {
 			os.Remove(retry) // its records are in the output or the new dead letters
+			os.Remove(runner.RetryMarker(retry))
 		} else {
 			fmt.Fprintf(stderr, "flowrun: the dead letters being re-run are kept in %s\n", retry)
 		}
@@ -272,7 +273,8 @@ func writeStats(path string, sum *runner.Summary) error {
 // setAsideDeadLetters moves the dead-letter file aside, so that the re-run
 // can write new dead letters where the old ones were, and returns where
 // they went. A file set aside by an earlier re-run that did not finish is
-// taken up again.
+// taken up again: the runner then cuts the output back to where that
+// re-run began (runner.RetryMarker), so that no record comes out twice.
 func setAsideDeadLetters(path string) (string, error) {
 	if path == "" {
 		return "", usagef("--resume-failed needs a dead-letter file (dead_letter: or --dead-letter)")
@@ -281,6 +283,7 @@ func setAsideDeadLetters(path string) (string, error) {
 	if _, err := os.Stat(aside); err == nil {
 		return aside, nil
 	}
+	os.Remove(runner.RetryMarker(aside)) // left by a re-run that finished but for this
 	if err := os.Rename(path, aside); err != nil {
 		return "", usagef("--resume-failed: %v", err)
 	}

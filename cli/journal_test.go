@@ -2,6 +2,8 @@ package cli_test
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -9,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -201,7 +204,8 @@ func TestResumeCSVKeepsOneHeader(t *testing.T) {
 	var entry map[string]any
 	data, _ := os.ReadFile(journal)
 	json.Unmarshal(data, &entry)
-	entry["seq"], entry["output_bytes"], entry["done"] = 100, cut, false
+	sum := sha256.Sum256(full[:cut])
+	entry["seq"], entry["output_bytes"], entry["output_sha256"], entry["done"] = 100, cut, hex.EncodeToString(sum[:]), false
 	data, _ = json.Marshal(entry)
 	os.WriteFile(journal, data, 0o644)
 	os.WriteFile(out, append(full[:cut:cut], "GARBAGE,half a"...), 0o644)
@@ -230,4 +234,165 @@ func TestResumeFinishedRun(t *testing.T) {
 			t.Fatalf("after run %d the output is %q", i+1, got)
 		}
 	}
+}
+
+// TestJournalRefusesAChangedRun interrupts a journaled run (a record fails
+// until a flag file exists), changes one thing, and resumes: a changed
+// input, pipeline or output is refused with exit 2 naming what changed,
+// the output is left as it was (never padded), and a finished run whose
+// output is gone does not report success. What changes nothing (workers)
+// resumes to the output of a run never interrupted.
+func TestJournalRefusesAChangedRun(t *testing.T) {
+	var in, want strings.Builder
+	for i := 1; i <= 300; i++ {
+		rec := fmt.Sprintf("record %d", i)
+		if i == 200 {
+			rec = "record 200 fail"
+		}
+		fmt.Fprintln(&in, rec)
+		fmt.Fprintln(&want, strings.ToUpper(rec))
+	}
+	const pipeline = `ordered: true
+stages:
+  - {name: gate, use: exec, with: {command: [sh, -c, 'while read -r l; do case $l in *fail*) [ -e %s ] || exit 1;; esac; printf "%%s\n" "$l"; done']}}
+  - {name: shout, use: %s}
+`
+	tests := []struct {
+		name   string
+		change func(t *testing.T, dir, input, out, p string)
+		code   int
+		stderr string
+	}{
+		{"nothing changed but the workers", func(t *testing.T, dir, input, out, p string) {
+			writeFile(t, dir, "flag", "")
+		}, 0, ""},
+		{"input content, same size and time", func(t *testing.T, dir, input, out, p string) {
+			fi, _ := os.Stat(input)
+			data, _ := os.ReadFile(input)
+			data[0] = 'R'
+			os.WriteFile(input, data, 0o644)
+			os.Chtimes(input, fi.ModTime(), fi.ModTime())
+		}, 2, "the input's content changed since the journal was written"},
+		{"input size", func(t *testing.T, dir, input, out, p string) {
+			f, _ := os.OpenFile(input, os.O_APPEND|os.O_WRONLY, 0)
+			f.WriteString("one more\n")
+			f.Close()
+		}, 2, "changed since the journal was written (3197 bytes, now 3206)"},
+		{"a stage", func(t *testing.T, dir, input, out, p string) {
+			data, _ := os.ReadFile(p)
+			os.WriteFile(p, bytes.Replace(data, []byte("use: upper"), []byte("use: lower"), 1), 0o644)
+		}, 2, `stage "shout" changed since the journal was written`},
+		{"output shortened", func(t *testing.T, dir, input, out, p string) {
+			os.Truncate(out, 10)
+		}, 2, "is 10 bytes, shorter than the"},
+		{"output removed", func(t *testing.T, dir, input, out, p string) {
+			os.Remove(out)
+		}, 2, "was removed since the journal was written"},
+		{"output rewritten", func(t *testing.T, dir, input, out, p string) {
+			data, _ := os.ReadFile(out)
+			data[3] = 'x'
+			os.WriteFile(out, data, 0o644)
+		}, 2, "changed since the journal was written (its first"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			input := writeFile(t, dir, "in.txt", in.String())
+			p := writeFile(t, dir, "p.yaml", fmt.Sprintf(pipeline, filepath.Join(dir, "flag"), "upper"))
+			out, journal := filepath.Join(dir, "out.txt"), filepath.Join(dir, "j")
+			args := []string{"run", "-q", "--progress", "none", "--journal", journal, "--resume", "-i", input, "-o", out, p}
+			if res := relRun(t, nil, nil, args...); res.code != 1 {
+				t.Fatalf("first run: exit %d, want 1; stderr:\n%s", res.code, res.stderr)
+			}
+			tt.change(t, dir, input, out, p)
+			before, _ := os.ReadFile(out)
+			res := relRun(t, nil, nil, append(args, "--set", "stages.shout.workers=3")...)
+			if res.code != tt.code || !strings.Contains(res.stderr, tt.stderr) {
+				t.Fatalf("resume: exit %d, want %d with %q; stderr:\n%s", res.code, tt.code, tt.stderr, res.stderr)
+			}
+			after, _ := os.ReadFile(out)
+			if tt.code == 0 {
+				if string(after) != want.String() {
+					t.Errorf("resumed output differs from an uninterrupted run's")
+				}
+				// Finished: the output is gone, and a resume must not say
+				// all is well.
+				os.Remove(out)
+				if res := relRun(t, nil, nil, args...); res.code != 2 || !strings.Contains(res.stderr, "removed") {
+					t.Errorf("resume of a finished run without its output: exit %d; stderr:\n%s", res.code, res.stderr)
+				}
+				return
+			}
+			if !bytes.Equal(after, before) || bytes.IndexByte(after, 0) >= 0 {
+				t.Errorf("a refused resume changed the output (%d bytes before, %d after)", len(before), len(after))
+			}
+			if !strings.Contains(res.stderr, "to start afresh, run without --resume") {
+				t.Errorf("stderr does not say how to start afresh:\n%s", res.stderr)
+			}
+		})
+	}
+}
+
+// TestResumeFailedKilled kills a re-run of dead letters (SIGKILL) after it
+// wrote some of its records, and re-runs again: each record comes out
+// once.
+func TestResumeFailedKilled(t *testing.T) {
+	dir := t.TempDir()
+	broken := writeFile(t, dir, "broken", "")
+	writeFile(t, dir, "hang", "")
+	writeFile(t, dir, "plugin.sh", `while IFS= read -r line; do
+  case "$line" in *BAD*) [ -e broken ] && { echo "down: $line" >&2; exit 1; } ;; esac
+  case "$line" in *"BAD 3"*) [ -e hang ] && { echo $$ > reached; sleep 1000; } ;; esac
+  echo "ok:$line"
+done
+`)
+	p := writeFile(t, dir, "p.yaml", `dead_letter: `+filepath.Join(dir, "dl.jsonl")+`
+ordered: true
+stages:
+  - {use: upper}
+  - name: call
+    use: exec
+    with: {command: [sh, plugin.sh], mode: per-record}
+    on_error: dead-letter
+`)
+	out := filepath.Join(dir, "out.txt")
+	if _, errs, code := runCLI(t, "a\nbad 1\nbad 2\nbad 3\nb\n", "run", "-q", "-o", out, p); code != 3 {
+		t.Fatalf("first run: exit %d, want 3: %s", code, errs)
+	}
+	os.Remove(broken)
+	cmd := exec.Command(flowrunBin, "run", "-q", "--progress", "none", "--resume-failed", "-o", out, p)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var plugin int
+	for i := 0; i < 1000 && plugin == 0; i++ {
+		data, _ := os.ReadFile(filepath.Join(dir, "reached"))
+		plugin, _ = strconv.Atoi(strings.TrimSpace(string(data)))
+		time.Sleep(10 * time.Millisecond)
+	}
+	for i := 0; i < 500 && !strings.Contains(readString(out), "BAD 2"); i++ {
+		time.Sleep(10 * time.Millisecond) // the records before are out
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if plugin > 0 {
+		syscall.Kill(-plugin, syscall.SIGKILL)
+	}
+	if got := readString(out); !strings.Contains(got, "ok:BAD 2") {
+		t.Fatalf("the killed re-run wrote %q: the test proves nothing", got)
+	}
+	os.Remove(filepath.Join(dir, "hang"))
+	if _, errs, code := runCLI(t, "", "run", "-q", "--resume-failed", "-o", out, p); code != 0 {
+		t.Fatalf("second re-run: exit %d, want 0: %s", code, errs)
+	}
+	if got, want := readString(out), "ok:A\nok:B\nok:BAD 1\nok:BAD 2\nok:BAD 3\n"; got != want {
+		t.Errorf("output %q, want %q: each record once", got, want)
+	}
+}
+
+func readString(path string) string {
+	data, _ := os.ReadFile(path)
+	return string(data)
 }

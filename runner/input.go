@@ -629,6 +629,9 @@ func (r *run) readFile(f inputFile, seq *uint64, send func(chunk) bool, stop con
 		}
 		defer file.Close() // this file's, not the whole glob's: a glob may match thousands
 		in = file
+		if r.jr != nil {
+			in = r.jr.in.reader(file) // what it read identifies the input to a resume
+		}
 	}
 	if in == nil {
 		in = eofReader{}

@@ -305,6 +305,15 @@ func (r *run) checkFiles(files []inputFile) (writable, error) {
 func (r *run) openOutput(resumed *JournalEntry, w writable) (io.Writer, string, func() error, error) {
 	to := r.p.Output.To
 	if isStd(to) {
+		if r.opts.RetryDeadLetters != "" {
+			if _, err := os.Stat(RetryMarker(r.opts.RetryDeadLetters)); err == nil {
+				return nil, "", nil, fmt.Errorf("--resume-failed: an earlier re-run of %s to stdout was interrupted, and some of its records may be in that output already; to run them all again anyway, delete %s, or give -o FILE",
+					r.opts.RetryDeadLetters, RetryMarker(r.opts.RetryDeadLetters))
+			}
+			if err := writeFileAtomic(RetryMarker(r.opts.RetryDeadLetters), []byte("{\"output\":\"stdout\"}\n")); err != nil {
+				return nil, "", nil, err
+			}
+		}
 		return r.opts.Stdout, "stdout", func() error { return nil }, nil
 	}
 	mode := truncate
@@ -318,6 +327,12 @@ func (r *run) openOutput(resumed *JournalEntry, w writable) (io.Writer, string, 
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("output: %w", err)
 	}
+	if mode == appendTo {
+		if err := r.retryFrom(f); err != nil {
+			f.Close()
+			return nil, "", nil, err
+		}
+	}
 	if resumed != nil {
 		// What was written after the last journal entry is written again.
 		if err := f.Truncate(resumed.OutputBytes); err != nil {
@@ -329,15 +344,73 @@ func (r *run) openOutput(resumed *JournalEntry, w writable) (io.Writer, string, 
 			return nil, "", nil, fmt.Errorf("output: %w", err)
 		}
 	}
+	var out io.Writer = f
 	if r.jr != nil {
 		r.jr.out = f
+		out = hashingWriter{w: f, h: r.jr.outHash}
 	}
-	return f, to, func() error {
+	return out, to, func() error {
 		if err := f.Close(); err != nil {
 			return fmt.Errorf("output: %w", err)
 		}
 		return nil
 	}, nil
+}
+
+// RetryMarker is the file beside a dead-letter file being re-run (by
+// Options.RetryDeadLetters) that says how long the output was before the
+// re-run appended to it. A re-run that finds it was interrupted: it cuts
+// the output back to that length and runs every record again, so that
+// each comes out once however often a re-run is killed. The caller
+// removes it, after the dead letters being re-run, when a re-run finishes.
+func RetryMarker(retrying string) string { return retrying + ".json" }
+
+// retryMark is RetryMarker's content.
+type retryMark struct {
+	Output      string `json:"output"`
+	OutputBytes int64  `json:"output_bytes"`
+}
+
+// retryFrom positions f, the output a re-run of dead letters appends to,
+// after what the first run wrote: at its end, or where an interrupted
+// re-run began.
+func (r *run) retryFrom(f *os.File) error {
+	marker := RetryMarker(r.opts.RetryDeadLetters)
+	data, err := os.ReadFile(marker)
+	switch {
+	case err == nil:
+		var m retryMark
+		if err := json.Unmarshal(data, &m); err != nil || m.Output != r.p.Output.To {
+			return fmt.Errorf("--resume-failed: %s is not about the output %s; delete it to run the dead letters again", marker, r.p.Output.To)
+		}
+		fi, err := f.Stat()
+		if err != nil {
+			return fmt.Errorf("output: %w", err)
+		}
+		if fi.Size() < m.OutputBytes {
+			return fmt.Errorf("--resume-failed: the output %s is %d bytes, shorter than the %d it had before an interrupted re-run: it was changed; delete %s to append after what it holds", r.p.Output.To, fi.Size(), m.OutputBytes, marker)
+		}
+		// An interrupted re-run appended some of its records: they are
+		// written again, so they go.
+		if err := f.Truncate(m.OutputBytes); err != nil {
+			return fmt.Errorf("output: %w", err)
+		}
+	case errors.Is(err, fs.ErrNotExist):
+		fi, err := f.Stat()
+		if err != nil {
+			return fmt.Errorf("output: %w", err)
+		}
+		data, _ := json.Marshal(retryMark{Output: r.p.Output.To, OutputBytes: fi.Size()})
+		if err := writeFileAtomic(marker, append(data, '\n')); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("--resume-failed: %w", err)
+	}
+	if _, err := f.Seek(0, io.SeekEnd); err != nil {
+		return fmt.Errorf("output: %w", err)
+	}
+	return nil
 }
 
 // write drains the last queue into the sink, in input order when the

@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -150,7 +151,7 @@ func (r *run) run(ctx context.Context) (err error) {
 	r.ordered = p.Ordered && r.opts.RetryDeadLetters == ""
 	var resumed *JournalEntry
 	if r.opts.Journal != "" {
-		if resumed, err = r.openJournal(); err != nil {
+		if resumed, err = r.openJournal(files); err != nil {
 			return &SetupError{err}
 		}
 		if resumed != nil && resumed.Done {
@@ -564,8 +565,10 @@ func (r *run) stopInput() { r.stopRead() }
 func isStd(name string) bool { return name == "" || name == "stdin" || name == "stdout" || name == "-" }
 
 // openJournal checks that the run can be journaled and, with Resume,
-// reads where the last run got to. It returns nil for a fresh start.
-func (r *run) openJournal() (*JournalEntry, error) {
+// reads where the last run got to and checks that this is the run it
+// journaled (see journal.go). It returns nil for a fresh start. It only
+// reads files.
+func (r *run) openJournal(files []inputFile) (*JournalEntry, error) {
 	p := r.p
 	if isStd(p.Input.From) {
 		return nil, errors.New("--journal needs an input file to read again on resume, not stdin")
@@ -574,9 +577,11 @@ func (r *run) openJournal() (*JournalEntry, error) {
 		return nil, errors.New("--journal needs an output file (-o) to truncate on resume, not stdout")
 	}
 	r.ordered = true
-	r.jr = &journal{path: r.opts.Journal, entry: JournalEntry{
-		Version: 1, Pipeline: p.Name, Input: p.Input.From, Output: p.Output.To, DeadLetter: p.DeadLetter,
-	}}
+	want, err := identify(p, files)
+	if err != nil {
+		return nil, err
+	}
+	r.jr = &journal{path: r.opts.Journal, entry: want, in: newInputHash(), outHash: sha256.New()}
 	if !r.opts.Resume {
 		return nil, nil
 	}
@@ -584,8 +589,8 @@ func (r *run) openJournal() (*JournalEntry, error) {
 	if err != nil || e == nil {
 		return nil, err
 	}
-	if err := e.check(r.jr.entry); err != nil {
-		return nil, fmt.Errorf("--resume: %w", err)
+	if err := e.check(want, files, r.jr.outHash); err != nil {
+		return nil, fmt.Errorf("--resume: %w; to start afresh, run without --resume (the output is written anew) or delete %s", err, r.opts.Journal)
 	}
 	r.skip = e.Seq
 	r.jr.base = e.OutputBytes
