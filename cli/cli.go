@@ -141,6 +141,9 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	for _, c := range app.Commands {
 		c.OnUsageError = app.OnUsageError
+		if c.CustomHelpTemplate == "" { // a command that has not said its own
+			withExitStatus(c, "   0    done\n   2    a usage mistake\n")
+		}
 	}
 	err := app.RunContext(ctx, permute(args, app.Commands))
 	code := exitCode(err)

@@ -12,13 +12,14 @@ import (
 // version, unknown names and what each command's help promises.
 func TestCommandsBehaveLikeTheirPeers(t *testing.T) {
 	defer goleak.VerifyNone(t)
-	tests := []struct {
+	type cliCase struct {
 		name           string
 		args           []string
 		code           int
 		stdout, stderr string // substrings
 		notStdout      string // must not appear in stdout
-	}{
+	}
+	tests := []cliCase{
 		{"bare flowrun prints help and fails", nil, 2, "", "COMMANDS:", ""},
 		{"--version", []string{"--version"}, 0, "flowrun ", "", ""},
 		{"version", []string{"version"}, 0, runtime.Version(), "", ""},
@@ -32,6 +33,12 @@ func TestCommandsBehaveLikeTheirPeers(t *testing.T) {
 		{"stages' help has only its own", []string{"stages", "--help"}, 0, "   2    a NAME that is no stage", "", "   3 "},
 		{"graph's help has only its own", []string{"help", "graph"}, 0, "   0    graph printed", "", "   1 "},
 		{"stages NAME suggests a near name", []string{"stages", "uppr"}, 2, "", `no stage "uppr" (did you mean "upper"?)`, ""},
+	}
+	// Every command has a help with its exit statuses, by either road.
+	for _, name := range []string{"run", "validate", "stages", "graph", "connectors", "version", "help"} {
+		tests = append(tests,
+			cliCase{"help " + name, []string{"help", name}, 0, "\nEXIT STATUS:\n   0 ", "", ""},
+			cliCase{name + " --help", []string{name, "--help"}, 0, "\nEXIT STATUS:\n   0 ", "", ""})
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
