@@ -88,9 +88,10 @@ process group.`,
 }
 
 func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Reader, stdout, stderr io.Writer) error {
-	p, err := prepare(file, paths{
+	p, release, err := prepare(file, paths{
 		input: opts.input, output: opts.output, deadLetter: opts.deadLetter, set: opts.set, noInput: opts.resumeFailed,
 	}, stdin)
+	defer release()
 	if err != nil {
 		return err
 	}

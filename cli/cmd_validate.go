@@ -37,7 +37,8 @@ flags are run's, for a pipeline that is valid only with them.`,
 }
 
 func validate(file string, f paths, stdin io.Reader, stdout io.Writer) error {
-	p, err := prepare(file, f, stdin)
+	p, release, err := prepare(file, f, stdin)
+	release()
 	if err != nil {
 		return err
 	}

@@ -26,10 +26,15 @@ type paths struct {
 
 // prepare loads the pipeline in file ("-": stdin) with the flags' values in
 // place and checks it with preflight: run and validate both start here.
-func prepare(file string, f paths, stdin io.Reader) (*spec.Pipeline, error) {
-	p, err := load(file, spec.Options{Set: f.set, DeadLetter: f.deadLetter}, stdin)
+// release closes the stages preflight made; run holds them until the run
+// is over, so that what stages share between their workers (lookup's
+// reference table) is loaded once, not once for the check and again for
+// the run.
+func prepare(file string, f paths, stdin io.Reader) (p *spec.Pipeline, release func(), err error) {
+	release = func() {}
+	p, err = load(file, spec.Options{Set: f.set, DeadLetter: f.deadLetter}, stdin)
 	if err != nil {
-		return nil, err
+		return nil, release, err
 	}
 	if f.input != "" {
 		p.Input.From = f.input
@@ -38,9 +43,21 @@ func prepare(file string, f paths, stdin io.Reader) (*spec.Pipeline, error) {
 		p.Output.To = f.output
 	}
 	if file == "-" && isStd(p.Input.From) && !f.noInput {
-		return nil, usagef("the pipeline came from stdin (-), so its records cannot: give them with -i FILE")
+		return nil, release, usagef("the pipeline came from stdin (-), so its records cannot: give them with -i FILE")
 	}
-	return p, preflight(p, f)
+	made, err := preflight(p, f)
+	release = func() {
+		for _, st := range made {
+			if c, ok := st.(io.Closer); ok {
+				c.Close()
+			}
+		}
+	}
+	if err != nil {
+		release()
+		return nil, func() {}, err
+	}
+	return p, release, nil
 }
 
 // preflight checks what a run needs before any record moves and that the
@@ -55,8 +72,11 @@ func prepare(file string, f paths, stdin io.Reader) (*spec.Pipeline, error) {
 // before runner.Run, so a run that cannot start has touched no file, and
 // the two commands cannot disagree. Every problem is reported, each at
 // its place.
-func preflight(p *spec.Pipeline, o paths) error {
+//
+// It returns the stages it made, for the caller to close.
+func preflight(p *spec.Pipeline, o paths) ([]stages.Stage, error) {
 	var ps problems
+	var made []stages.Stage
 	if !o.noInput {
 		if msg := checkInput(p.Input.From); msg != "" {
 			ps.add(o.place(p.Input.Pos, o.input != "", "-i", "input.from"), "input: "+msg)
@@ -71,15 +91,17 @@ func preflight(p *spec.Pipeline, o paths) error {
 		}
 	}
 	for _, s := range p.Stages {
-		pos, err := makeStage(s)
+		st, pos, err := makeStage(s)
 		if err != nil {
 			ps.add(o.place(pos, false, "", ""), fmt.Sprintf("stage %q: %v", s.Name, err))
+			continue
 		}
+		made = append(made, st)
 	}
 	if len(ps) == 0 {
-		return nil
+		return made, nil
 	}
-	return ps
+	return made, ps
 }
 
 // problems are what preflight found, one a line, each with its place.
@@ -185,26 +207,22 @@ func checkURL(raw string, d connect.Direction) string {
 	return ""
 }
 
-// makeStage makes s once and closes it, as the run makes each of its
-// workers' stages, and says where a failure is: at the option it names,
-// or at the stage.
-func makeStage(s spec.Stage) (spec.Pos, error) {
+// makeStage makes s, as the run makes each of its workers' stages, and
+// says where a failure is: at the option it names, or at the stage.
+func makeStage(s spec.Stage) (stages.Stage, spec.Pos, error) {
 	st, err := s.Spec.New(s.Config)
 	if err == nil {
-		if c, ok := st.(io.Closer); ok {
-			c.Close()
-		}
-		return s.Pos, nil
+		return st, s.Pos, nil
 	}
 	var oe *stages.OptionError
 	if !errors.As(err, &oe) {
-		return s.Pos, err
+		return nil, s.Pos, err
 	}
 	pos, ok := s.OptionPos[oe.Option]
 	if !ok {
 		pos = s.Pos
 	}
-	return pos, fmt.Errorf("%w%s", err, listHint(s, oe.Option))
+	return nil, pos, fmt.Errorf("%w%s", err, listHint(s, oe.Option))
 }
 
 // listHint suggests a list for a list option written as one string with

@@ -1,12 +1,16 @@
 package cli_test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/flowrun/flowrun/stages"
 )
 
 // TestValidateChecksWhatRunChecks runs validate and run on pipelines that
@@ -106,5 +110,65 @@ func TestValidateFlagsAreRuns(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 2 {
 		t.Errorf("validate wrote files: %v", entries)
+	}
+}
+
+// shared models a stage whose workers share what the first one's New
+// loads and the last one's Close drops (lookup's reference table).
+var shared struct {
+	sync.Mutex
+	refs, loads int
+}
+
+func init() {
+	stages.Register(stages.Spec{
+		Name: "clitest.shared",
+		Doc:  "Shares one loaded resource between its workers.",
+		New: func(stages.Config) (stages.Stage, error) {
+			shared.Lock()
+			defer shared.Unlock()
+			if shared.refs == 0 {
+				shared.loads++
+			}
+			shared.refs++
+			return &sharedStage{}, nil
+		},
+	})
+}
+
+type sharedStage struct{ closed bool }
+
+func (s *sharedStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+	return append(out, rec), nil
+}
+
+func (s *sharedStage) Close() error {
+	shared.Lock()
+	defer shared.Unlock()
+	if !s.closed {
+		s.closed = true
+		shared.refs--
+	}
+	return nil
+}
+
+// TestPreflightDoesNotLoadTwice checks that the stages run makes to check
+// the pipeline live until the run's own are made: what a stage's workers
+// share is loaded once per run, not once for the check and once for the
+// run.
+func TestPreflightDoesNotLoadTwice(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	p := writeFile(t, t.TempDir(), "p.yaml", "stages: [{use: clitest.shared, workers: 3}]\n")
+	shared.Lock()
+	shared.loads = 0
+	shared.Unlock()
+	out, errs, code := runCLI(t, "a\nb\n", "run", "-q", "--progress", "none", p)
+	if code != 0 || out != "a\nb\n" {
+		t.Fatalf("exit %d, stdout %q: %s", code, out, errs)
+	}
+	shared.Lock()
+	defer shared.Unlock()
+	if shared.loads != 1 || shared.refs != 0 {
+		t.Errorf("loaded %d times, %d references left; want 1 and 0", shared.loads, shared.refs)
 	}
 }
