@@ -21,6 +21,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/flowrun/flowrun/cli"
+	"github.com/flowrun/flowrun/connect/brokertest"
 	"github.com/flowrun/flowrun/stages"
 )
 
@@ -43,6 +44,7 @@ func TestMain(m *testing.M) {
 		panic("build flowrun: " + err.Error())
 	}
 	code := m.Run()
+	brokertest.StopAll() // the servers the broker tests started
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -31,6 +31,7 @@ type runOptions struct {
 	journal                   string
 	resume                    bool
 	resumeFailed              bool
+	untilIdle                 time.Duration
 }
 
 func runCommand(stdin io.Reader, stdout, stderr io.Writer) *urfave.Command {
@@ -57,6 +58,7 @@ process group.`,
 			&urfave.BoolFlag{Name: "resume", Usage: "continue the run recorded in --journal (a missing journal starts afresh)"},
 			&urfave.BoolFlag{Name: "resume-failed", Usage: "run again only the records of the dead-letter file, each from the stage it failed in; output is appended"},
 			&urfave.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the run to `FILE` (for go tool pprof)"},
+			&urfave.DurationFlag{Name: "until-idle", Usage: "with a broker input: end after a `DURATION` without a message (drain a queue); without it, a broker input ends on a signal"},
 		},
 		Action: func(c *urfave.Context) error {
 			if c.NArg() != 1 {
@@ -67,6 +69,10 @@ process group.`,
 				set: c.StringSlice("set"), progress: c.String("progress"), every: c.Duration("progress-every"),
 				stats: c.String("stats"), quiet: c.Bool("quiet"), cpuprofile: c.String("cpuprofile"),
 				journal: c.String("journal"), resume: c.Bool("resume"), resumeFailed: c.Bool("resume-failed"),
+				untilIdle: c.Duration("until-idle"),
+			}
+			if opts.untilIdle < 0 {
+				return usagef("--until-idle %v: must not be negative", opts.untilIdle)
 			}
 			if opts.every < 0 {
 				return usagef("--progress-every %v: must not be negative", opts.every)
@@ -199,6 +205,7 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 	sum, runErr := runner.Run(abortCtx, p, runner.Options{
 		Stdin: stdin, Stdout: stdout, Stderr: stderr, Stop: stop, Progress: progress,
 		Journal: opts.journal, Resume: opts.resume, RetryDeadLetters: retry,
+		UntilIdle: opts.untilIdle,
 	})
 	if retry != "" {
 		if runErr == nil && !sum.Stopped {

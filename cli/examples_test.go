@@ -26,6 +26,7 @@ type example struct {
 	input string                                          // a file, relative to the repository
 	setup func(t *testing.T) (stdin string, env []string) // instead of input
 	check func(t *testing.T, stdout string)
+	args  []string // more flags for run
 }
 
 var examples = map[string]example{
@@ -37,6 +38,9 @@ var examples = map[string]example{
 	"download_resize_upload": {setup: func(*testing.T) (string, []string) { return lines(200), nil }},
 	"wasm":                   {input: "pipelines/plugin/reviews.txt", setup: buildWasmExample},
 	"thumbnails":             {setup: serveImages, check: checkThumbnails},
+	"task_queue":             brokerExample("task_queue"),
+	"redis_worker":           brokerExample("redis_worker"),
+	"nats_stream":            brokerExample("nats_stream"),
 }
 
 func lines(n int) string {
@@ -73,7 +77,7 @@ func TestExamples(t *testing.T) {
 				}
 				stdin = string(data)
 			}
-			cmd := exec.Command(flowrunBin, "run", "--progress", "none", "-q", file)
+			cmd := exec.Command(flowrunBin, append(append([]string{"run", "--progress", "none", "-q"}, ex.args...), file)...)
 			cmd.Stdin = strings.NewReader(stdin)
 			cmd.Env = append(os.Environ(), env...)
 			var stderr bytes.Buffer

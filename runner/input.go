@@ -579,6 +579,9 @@ func (r *run) inputError(seq uint64, it item) error {
 	if name == "" {
 		name = "stdin"
 	}
+	if r.acks != nil {
+		name = brokerName(name) // without its password
+	}
 	err := fmt.Errorf("input %s %w", name, it.err)
 	switch r.p.Input.OnError {
 	case spec.Skip:

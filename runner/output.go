@@ -282,7 +282,7 @@ func (r *run) checkFiles(files []inputFile) (writable, error) {
 		}
 		return nil
 	}
-	if !isStd(r.p.Output.To) {
+	if !isStd(r.p.Output.To) && r.snk == nil {
 		if err := same("output", r.p.Output.To); err != nil {
 			return writable{}, err
 		}
@@ -292,7 +292,7 @@ func (r *run) checkFiles(files []inputFile) (writable, error) {
 			return writable{}, err
 		}
 	}
-	if isStd(r.p.Output.To) {
+	if isStd(r.p.Output.To) || r.snk != nil {
 		return writable{}, nil
 	}
 	w, err := probeWritable(r.p.Output.To)
@@ -304,6 +304,9 @@ func (r *run) checkFiles(files []inputFile) (writable, error) {
 
 func (r *run) openOutput(resumed *JournalEntry, w writable) (io.Writer, string, func() error, error) {
 	to := r.p.Output.To
+	if r.snk != nil {
+		return r.opts.Stdout, "stdout", func() error { return nil }, nil // unused: writeBroker writes
+	}
 	if isStd(to) {
 		if r.opts.RetryDeadLetters != "" {
 			if _, err := os.Stat(RetryMarker(r.opts.RetryDeadLetters)); err == nil {
@@ -434,6 +437,7 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 			}
 		}
 		r.written.Add(int64(len(recs)))
+		r.acks.emitted(b.lo, b.hi)
 		b.release()
 		putRecords(b.recs)
 		return nil
@@ -455,6 +459,9 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 					}
 				}
 				if err := s.flush(); err != nil {
+					return err
+				}
+				if err := r.acks.settle(ctx); err != nil {
 					return err
 				}
 				if r.jr != nil {
@@ -479,6 +486,9 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 				if err := s.flush(); err != nil {
 					return err
 				}
+				if err := r.acks.settle(ctx); err != nil {
+					return err
+				}
 				if r.jr != nil && r.failSeq.Load() == 0 {
 					// A batch boundary with the buffer written: the output
 					// is exactly the records up to ro.next-1.
@@ -491,7 +501,9 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 			// Aborted: what is formatted is whole records, finished, and
 			// goes out (the journal does not count them: a resume writes
 			// them again after the last entry).
-			s.flush()
+			if s.flush() == nil {
+				r.acks.settleNow() // durable: acked, not done twice
+			}
 			return context.Cause(ctx)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
 
+	"github.com/flowrun/flowrun/connect"
 	"github.com/flowrun/flowrun/spec"
 	"github.com/flowrun/flowrun/stages"
 )
@@ -50,6 +51,11 @@ type Options struct {
 	// instead of the pipeline's input: each record enters at the stage it
 	// failed in. The output is appended to, not replaced.
 	RetryDeadLetters string
+
+	// UntilIdle, when the input is a broker, ends the input after this
+	// long without a message (draining a queue in a batch job); 0: a
+	// broker input ends only on Stop.
+	UntilIdle time.Duration
 }
 
 // run is the state of one Run.
@@ -71,6 +77,9 @@ type run struct {
 	written atomic.Int64 // output records
 	out     *sink        // the output's, for its bytes once the writer is done
 	total   int64        // input bytes, -1 unknown
+
+	acks *acks        // a broker input's messages until settled; nil for files
+	snk  connect.Sink // a broker output; nil for files
 
 	ordered bool     // output in input order: the pipeline's, or a journal's
 	jr      *journal // nil without Options.Journal
@@ -140,9 +149,16 @@ func (r *run) run(ctx context.Context) (err error) {
 		}
 		from = r.opts.RetryDeadLetters
 	}
-	files, total, err := expandInput(from)
-	if err != nil {
-		return &SetupError{err}
+	brokerIn := IsBroker(from) && r.opts.RetryDeadLetters == ""
+	var files []inputFile
+	total := int64(-1)
+	if !brokerIn {
+		if files, total, err = expandInput(from); err != nil {
+			return &SetupError{err}
+		}
+	}
+	if (brokerIn || IsBroker(p.Output.To)) && r.opts.Journal != "" {
+		return &SetupError{errors.New("a run with a broker input or output cannot be journaled: the broker's acks are its journal")}
 	}
 	r.total = total
 
@@ -168,6 +184,26 @@ func (r *run) run(ctx context.Context) (err error) {
 		return err
 	}
 	defer r.closeUnstarted()
+	// Brokers are connected before any file is touched: a bad URL, a
+	// refused password or a broker that is not there is exit 2.
+	if brokerIn {
+		if err := r.openSource(ctx, from); err != nil {
+			return err
+		}
+		defer func() {
+			if ferr := r.acks.finish(); err == nil && ferr != nil {
+				err = ferr
+			}
+		}()
+	}
+	if IsBroker(p.Output.To) {
+		snk, _, err := connect.OpenSink(ctx, p.Output.To, nil)
+		if err != nil {
+			return &SetupError{fmt.Errorf("output: %w", err)}
+		}
+		r.snk = snk
+		defer snk.Close()
+	}
 	outFile, err := r.checkFiles(files)
 	if err != nil {
 		return &SetupError{err}
@@ -253,7 +289,12 @@ func (r *run) run(ctx context.Context) (err error) {
 	q0 := r.stages[0].in
 	g.Go(func() error {
 		defer close(q0)
-		err := r.readInput(readCtx, gctx, files, q0)
+		var err error
+		if r.acks != nil {
+			err = r.readSource(readCtx, gctx, q0)
+		} else {
+			err = r.readInput(readCtx, gctx, files, q0)
+		}
 		if err != nil {
 			fail(err) // before q0 closes: the end of input it is not
 		}
@@ -302,7 +343,12 @@ func (r *run) run(ctx context.Context) (err error) {
 	sink.header = header
 	r.out = sink
 	last := r.stages[len(r.stages)-1].out
-	g.Go(func() error { return r.write(gctx, last, sink) })
+	g.Go(func() error {
+		if r.snk != nil {
+			return r.writeBroker(gctx, last, r.snk)
+		}
+		return r.write(gctx, last, sink)
+	})
 
 	var progress sync.WaitGroup
 	progressDone := make(chan struct{})

@@ -409,6 +409,7 @@ func (w *worker) process(rec record, out []record, made int) ([]record, error) {
 				out = append(out, record{data: d, seq: rec.seq})
 			}
 			if err != nil {
+				w.r.acks.stopAt(rec.seq)
 				w.r.stopInput()
 			}
 			return out, nil
@@ -494,6 +495,7 @@ func (w *worker) tight(recs, out0 []record, inPlace0 bool, i0 int) (out []record
 			if !errors.Is(err, stages.ErrStop) {
 				return out, inPlace, i, err
 			}
+			w.r.acks.stopAt(rec.seq)
 			w.r.stopInput()
 		}
 		if inPlace && len(out)+len(res) > i+1 {
@@ -541,6 +543,9 @@ func (w *worker) processBatch(recs []record, out []record) ([]record, error) {
 		if err != nil && !errors.Is(err, stages.ErrStop) {
 			failures = append(failures, failure{len(out), i, err})
 			return
+		}
+		if err != nil {
+			w.r.acks.stopAt(recs[i].seq)
 		}
 		stop = stop || err != nil
 		for _, d := range res {

@@ -74,6 +74,7 @@ func dial(ctx context.Context, p *connect.Params) (*redis.Client, error) {
 	opt.DialTimeout = connect.DialTimeout
 	opt.MaxRetries = -1 // the connector retries, with backoff, and knows what is safe to
 	opt.ClientName = "flowrun"
+	opt.ContextTimeoutEnabled = true // an idle deadline ends a blocking BLMOVE
 	c := redis.NewClient(opt)
 	pctx, cancel := context.WithTimeout(ctx, connect.DialTimeout)
 	defer cancel()

@@ -1,0 +1,311 @@
+package cli_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flowrun/flowrun/connect"
+	"github.com/flowrun/flowrun/connect/brokertest"
+)
+
+// broker is one connector as the end-to-end tests use it: a source and a
+// sink URL for a queue, on the package's shared server.
+type broker struct {
+	name   string
+	server func(testing.TB) *brokertest.Server
+	urls   func(s *brokertest.Server, queue string) (in, out string)
+	// redelivery is how long a message of a killed consumer takes to
+	// come back: JetStream waits ack_wait, the others at once.
+	redelivery time.Duration
+}
+
+var brokers = []broker{
+	{name: "rabbitmq", server: brokertest.RabbitMQ, urls: func(s *brokertest.Server, q string) (string, string) {
+		return s.URL + "?queue=" + q, s.URL + "?queue=" + q
+	}},
+	{name: "redis", server: brokertest.Redis, urls: func(s *brokertest.Server, q string) (string, string) {
+		return s.URL + "?list=" + q + "&consumer=test", s.URL + "?list=" + q
+	}},
+	{name: "nats", server: brokertest.NATS, redelivery: 2 * time.Second, urls: func(s *brokertest.Server, q string) (string, string) {
+		return s.URL + "?stream=" + q + "&ack_wait=2s", s.URL + "?stream=" + q + "&subject=" + q + ".in"
+	}},
+}
+
+var queueSeq int
+
+// queues returns the input and output queues of a test: the URLs
+// flowrun reads and writes, and those the test writes and reads.
+func (b broker) queues(t *testing.T) (in, out struct{ src, sink string }) {
+	s := b.server(t)
+	queueSeq++
+	base := fmt.Sprintf("e2e-%d-%d", time.Now().UnixNano()%1e9, queueSeq)
+	in.src, in.sink = b.urls(s, base+"-in")
+	out.src, out.sink = b.urls(s, base+"-out")
+	return in, out
+}
+
+func publish(t *testing.T, url string, bodies []string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	snk, _, err := connect.OpenSink(ctx, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snk.Close()
+	msgs := make([]connect.Message, len(bodies))
+	for i, b := range bodies {
+		msgs[i] = connect.Message{Data: []byte(b)}
+	}
+	if err := snk.Write(ctx, msgs); err != nil {
+		t.Fatal(err)
+	}
+	if err := snk.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func numbered(n int) []string {
+	s := make([]string, n)
+	for i := range s {
+		s[i] = "m" + strconv.Itoa(i+1)
+	}
+	return s
+}
+
+// drain reads and acks what is in the queue until idle goes by without a
+// message.
+func drain(t *testing.T, url string, idle time.Duration) []string {
+	t.Helper()
+	ctx := context.Background()
+	src, _, err := connect.OpenSource(ctx, url, nil, 256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	var got []string
+	buf := make([]connect.Message, 0, 256)
+	for {
+		rctx, cancel := context.WithTimeout(ctx, idle)
+		ms, err := src.Receive(rctx, buf[:0])
+		cancel()
+		if errors.Is(err, context.DeadlineExceeded) {
+			return got
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range ms {
+			got = append(got, string(m.Data))
+		}
+		if err := src.Settle(ctx, ms, connect.Ack); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func pipeline(t *testing.T, yaml string) string {
+	return writeFile(t, t.TempDir(), "p.yaml", yaml)
+}
+
+func sorted(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
+}
+
+func forEachBroker(t *testing.T, f func(t *testing.T, b broker)) {
+	for _, b := range brokers {
+		t.Run(b.name, func(t *testing.T) { f(t, b) })
+	}
+}
+
+// Every message in comes out once, processed, and the input queue is
+// empty after the run: nothing unacked, nothing lost.
+func TestBrokerEveryMessageOnce(t *testing.T) {
+	forEachBroker(t, func(t *testing.T, b broker) {
+		in, out := b.queues(t)
+		publish(t, in.sink, numbered(300))
+		p := pipeline(t, "stages: [{use: upper, workers: 4}]\n")
+		_, errs, code := runCLI(t, "", "run", "-q", "--progress", "none", "--until-idle", "500ms", "-i", in.src, "-o", out.sink, p)
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errs)
+		}
+		got := sorted(drain(t, out.src, 500*time.Millisecond))
+		want := numbered(300)
+		for i := range want {
+			want[i] = strings.ToUpper(want[i])
+		}
+		if !slices.Equal(got, sorted(want)) {
+			t.Fatalf("output: %d messages, want each of %d once", len(got), len(want))
+		}
+		if left := drain(t, in.src, 300*time.Millisecond+b.redelivery); len(left) > 0 {
+			t.Fatalf("%d messages left in the input, acked too late or not at all: %v", len(left), left[:min(5, len(left))])
+		}
+	})
+}
+
+// A take leaves what it did not take in the queue: only the records it
+// passed on are acked.
+func TestBrokerTakeLeavesRest(t *testing.T) {
+	forEachBroker(t, func(t *testing.T, b broker) {
+		in, out := b.queues(t)
+		publish(t, in.sink, numbered(50))
+		p := pipeline(t, "stages: [{use: take, with: {n: 10}}]\n")
+		_, errs, code := runCLI(t, "", "run", "-q", "--progress", "none", "--until-idle", "500ms", "-i", in.src, "-o", out.sink, p)
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errs)
+		}
+		taken := drain(t, out.src, 500*time.Millisecond)
+		left := drain(t, in.src, 500*time.Millisecond+b.redelivery)
+		if len(taken) != 10 || len(left) != 40 {
+			t.Fatalf("took %d and left %d, want 10 and 40", len(taken), len(left))
+		}
+		if all := sorted(append(taken, left...)); !slices.Equal(all, sorted(numbered(50))) {
+			t.Fatalf("taken and left are not the input: %v", all)
+		}
+	})
+}
+
+// A run that fails on a record leaves that record in the queue, with
+// those after it; what was done before it is in the output and acked.
+func TestBrokerFailedRunLeavesMessage(t *testing.T) {
+	forEachBroker(t, func(t *testing.T, b broker) {
+		in, out := b.queues(t)
+		var msgs []string
+		for i := 1; i <= 20; i++ {
+			msgs = append(msgs, fmt.Sprintf(`{"n":%d}`, i))
+		}
+		msgs[7] = "oops"
+		publish(t, in.sink, msgs)
+		p := pipeline(t, "stages: [{use: json.validate}]\n")
+		_, errs, code := runCLI(t, "", "run", "-q", "--progress", "none", "--until-idle", "500ms", "-i", in.src, "-o", out.sink, p)
+		if code != 1 || !strings.Contains(errs, "json.validate") {
+			t.Fatalf("exit %d, want 1 naming the stage: %s", code, errs)
+		}
+		done := drain(t, out.src, 500*time.Millisecond)
+		left := drain(t, in.src, 500*time.Millisecond+b.redelivery)
+		if !slices.Contains(left, "oops") {
+			t.Fatalf("the failing message is not back in the queue: left %v", left)
+		}
+		if all := sorted(append(done, left...)); !slices.Equal(all, sorted(msgs)) {
+			t.Fatalf("done %v and left %v are not the input", done, left)
+		}
+	})
+}
+
+// flowrun killed with SIGKILL in the middle of a run, then run again:
+// every message comes out, and at most what was in flight (the
+// prefetch: the stages' workers) twice.
+func TestBrokerKillMidRun(t *testing.T) {
+	forEachBroker(t, func(t *testing.T, b broker) {
+		in, out := b.queues(t)
+		const n, workers = 1000, 4
+		publish(t, in.sink, numbered(n))
+		p := pipeline(t, "stages: [{use: sleep, with: {duration: 1ms}, workers: 4}, {use: upper}]\n")
+		prefetch := workers + 1
+
+		var mu sync.Mutex
+		seen := map[string]int{}
+		ctx, stop := context.WithCancel(context.Background())
+		defer stop()
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { // the consumer of the output, all along
+			defer wg.Done()
+			src, _, err := connect.OpenSource(context.Background(), out.src, nil, 256)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer src.Close()
+			buf := make([]connect.Message, 0, 256)
+			for {
+				ms, err := src.Receive(ctx, buf[:0])
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				for _, m := range ms {
+					seen[string(m.Data)]++
+				}
+				mu.Unlock()
+				src.Settle(context.Background(), ms, connect.Ack)
+			}
+		}()
+		count := func() int { mu.Lock(); defer mu.Unlock(); return len(seen) }
+
+		cmd := exec.Command(flowrunBin, "run", "-q", "--progress", "none", "-i", in.src, "-o", out.sink, p)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		for count() < n/4 && cmd.ProcessState == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+		if count() >= n {
+			t.Fatalf("the run was done before the kill: %s", stderr.String())
+		}
+
+		idle := 500*time.Millisecond + 2*b.redelivery
+		again := exec.Command(flowrunBin, "run", "-q", "--progress", "none", "--until-idle", idle.String(), "-i", in.src, "-o", out.sink, p)
+		if msg, err := again.CombinedOutput(); err != nil {
+			t.Fatalf("second run: %v: %s", err, msg)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for count() < n && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		stop()
+		wg.Wait()
+		twice := 0
+		for i := 1; i <= n; i++ {
+			c := seen["M"+strconv.Itoa(i)]
+			if c == 0 {
+				t.Fatalf("M%d lost", i)
+			}
+			twice += c - 1
+		}
+		t.Logf("%d of %d messages came out twice", twice, n)
+		if twice > prefetch {
+			t.Fatalf("%d messages came out twice, more than the %d in flight", twice, prefetch)
+		}
+	})
+}
+
+// A broker that is not there, or refuses the password, is exit 2 within
+// seconds, naming the broker and the reason; the password is not shown.
+func TestBrokerStartErrors(t *testing.T) {
+	port, _ := brokertest.FreePort()
+	rabbit := brokertest.RabbitMQ(t)
+	p := pipeline(t, "stages: [{use: upper}]\n")
+	for _, tc := range []struct{ in, out, want string }{
+		{fmt.Sprintf("amqp://guest:guest@127.0.0.1:%d/?queue=q", port), "-",
+			fmt.Sprintf("flowrun: input: rabbitmq amqp://guest:xxxxx@127.0.0.1:%d/: cannot connect: connection refused", port)},
+		{strings.Replace(rabbit.URL, "guest:guest", "guest:wrong", 1) + "?queue=q", "-",
+			fmt.Sprintf("flowrun: input: rabbitmq amqp://guest:xxxxx@127.0.0.1:%d/: username or password refused", rabbit.Port)},
+		{"-", fmt.Sprintf("redis://127.0.0.1:%d/0?list=q", port),
+			fmt.Sprintf("flowrun: output: redis redis://127.0.0.1:%d/0: cannot connect: connection refused", port)},
+		{fmt.Sprintf("nats://127.0.0.1:%d?stream=s", port), "-",
+			fmt.Sprintf("flowrun: input: nats nats://127.0.0.1:%d: cannot connect: no server answers", port)},
+		{"amqp://h/?queue=q&prefech=2", "-", `rabbitmq option "prefech": no such option (did you mean "prefetch"?)`},
+	} {
+		_, errs, code := runCLI(t, "", "run", "-q", "--progress", "none", "-i", tc.in, "-o", tc.out, p)
+		if code != 2 || !strings.Contains(errs, tc.want) || strings.Contains(errs, ":wrong@") {
+			t.Errorf("-i %s -o %s: exit %d, %q; want 2 and %q", tc.in, tc.out, code, errs, tc.want)
+		}
+	}
+}

@@ -1,0 +1,320 @@
+package runner
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/flowrun/flowrun/connect"
+	"github.com/flowrun/flowrun/stages"
+)
+
+// IsBroker reports whether an input or output names a registered
+// connector (amqp://, redis://, nats://) rather than a file.
+func IsBroker(s string) bool {
+	sc := connect.Scheme(s)
+	if sc == "" {
+		return false
+	}
+	_, ok := connect.Lookup(sc)
+	return ok
+}
+
+// settleTimeout bounds the last acks of a run that is ending: a broker
+// that went away must not hold the run open.
+const settleTimeout = 5 * time.Second
+
+// acks carries "durable" from the output back to the broker input. The
+// reader numbers each message and keeps it here; the writer, once what
+// it made of input records lo..hi is written and flushed (or confirmed
+// by an output broker), and the dead letters among them are flushed,
+// settles them: one Settle per flush, so that the source can batch its
+// acks. A record at or after the one that failed the run, or after the
+// one a take stopped at, is never acked: Close hands it back to the
+// queue.
+type acks struct {
+	src connect.Source
+	r   *run
+
+	mu   sync.Mutex
+	msgs map[uint64]connect.Message // received, not yet settled
+	// ranges are input records whose results the writer has emitted,
+	// to be settled at its next flush.
+	ranges [][2]uint64
+	list   []connect.Message
+	// stopSeq is the record a stage stopped the input at (take's last),
+	// 0 while none did.
+	stopSeq atomic.Uint64
+}
+
+func newAcks(src connect.Source, r *run) *acks {
+	return &acks{src: src, r: r, msgs: map[uint64]connect.Message{}}
+}
+
+func (a *acks) add(seq uint64, m connect.Message) {
+	a.mu.Lock()
+	a.msgs[seq] = m
+	a.mu.Unlock()
+}
+
+// origin is the id of the message input record seq came from, "" when
+// it has none.
+func (a *acks) origin(seq uint64) string {
+	if a == nil {
+		return ""
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.msgs[seq].ID
+}
+
+// stopAt notes that a stage stopped the input at record seq: the records
+// behind it that it filtered out were not processed, and go back.
+func (a *acks) stopAt(seq uint64) {
+	if a == nil {
+		return
+	}
+	for {
+		old := a.stopSeq.Load()
+		if old != 0 && old <= seq || a.stopSeq.CompareAndSwap(old, seq) {
+			return
+		}
+	}
+}
+
+// emitted notes that the writer has handed on the results of lo..hi.
+func (a *acks) emitted(lo, hi uint64) {
+	if a == nil || hi < lo {
+		return
+	}
+	a.mu.Lock()
+	a.ranges = append(a.ranges, [2]uint64{lo, hi})
+	a.mu.Unlock()
+}
+
+// settle acks what was emitted, now that it is durable.
+func (a *acks) settle(ctx context.Context) error {
+	if a == nil {
+		return nil
+	}
+	if err := a.r.dl.flush(); err != nil {
+		return err
+	}
+	fail, stop := a.r.failSeq.Load(), a.stopSeq.Load()
+	a.mu.Lock()
+	a.list = a.list[:0]
+	for _, rg := range a.ranges {
+		for seq := rg[0]; seq <= rg[1]; seq++ {
+			if fail != 0 && seq >= fail || stop != 0 && seq > stop {
+				continue // not done: back to the queue at Close
+			}
+			if m, ok := a.msgs[seq]; ok {
+				a.list = append(a.list, m)
+				delete(a.msgs, seq)
+			}
+		}
+	}
+	a.ranges = a.ranges[:0]
+	list := a.list
+	a.mu.Unlock()
+	if len(list) == 0 {
+		return nil
+	}
+	if err := a.src.Settle(ctx, list, connect.Ack); err != nil {
+		return fmt.Errorf("input: %w", err)
+	}
+	return nil
+}
+
+// settleNow settles what was emitted with a context of its own, for a
+// writer whose run is being aborted: what it made durable is acked, so
+// that it is not done twice.
+func (a *acks) settleNow() {
+	if a == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	defer cancel()
+	a.settle(ctx)
+}
+
+// finish lets go of the source, which hands back every message never
+// settled: those a failure, a take or a stop left, and those read ahead.
+func (a *acks) finish() error {
+	if a == nil {
+		return nil
+	}
+	if err := a.src.Close(); err != nil {
+		return fmt.Errorf("input: %w", err)
+	}
+	return nil
+}
+
+// readSource feeds q0 from a broker: each message is a record. With
+// Options.UntilIdle, a wait that long for a message is the end of input;
+// without, only a stop ends it.
+func (r *run) readSource(readCtx, ctx context.Context, q0 chan<- batch) error {
+	buf := make([]connect.Message, 0, maxBatch)
+	var seq uint64
+	idle := r.opts.UntilIdle
+	for {
+		rctx, cancel := readCtx, context.CancelFunc(func() {})
+		if idle > 0 {
+			rctx, cancel = context.WithTimeout(readCtx, idle)
+		}
+		msgs, err := r.acks.src.Receive(rctx, buf[:0])
+		cancel()
+		if err != nil {
+			switch {
+			case ctx.Err() != nil:
+				return ctx.Err()
+			case readCtx.Err() != nil:
+				return nil // stopped
+			case idle > 0 && errors.Is(err, context.DeadlineExceeded):
+				return nil // idle: the queue is drained
+			}
+			return fmt.Errorf("input: %w", err)
+		}
+		items := getItems()
+		for _, m := range msgs {
+			seq++
+			r.acks.add(seq, m)
+			it := item{data: m.Data, line: int64(seq)}
+			if r.p.Input.Format == "jsonl" && !json.Valid(m.Data) {
+				it.err = fmt.Errorf("message %d: not valid JSON", seq)
+			}
+			items = append(items, it)
+		}
+		r.input.decoded.Add(int64(len(items)))
+		c := chunk{items: items, lo: seq - uint64(len(items)) + 1, hi: seq}
+		if err := r.deliver(readCtx, ctx, c, q0); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if readCtx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// writeBroker drains the last queue into an output broker, in input
+// order when the run is ordered. It publishes what it has whenever no
+// batch is waiting and waits for the broker's confirms (Flush); only then
+// are the input records behind it settled.
+func (r *run) writeBroker(ctx context.Context, in <-chan batch, snk connect.Sink) error {
+	var msgs []connect.Message
+	jsonl := r.p.Output.Format == "jsonl"
+	emit := func(b batch) error {
+		recs := b.recs
+		if f := r.failSeq.Load(); f != 0 {
+			recs = before(recs, f)
+		}
+		k, last := 0, uint64(0)
+		for _, rec := range recs {
+			data := rec.data
+			if jsonl && !json.Valid(data) {
+				data = stages.AppendJSONString(nil, data)
+			}
+			if rec.seq != last {
+				k, last = 0, rec.seq
+			}
+			k++
+			id := ""
+			if o := r.acks.origin(rec.seq); o != "" {
+				id = o + "/" + strconv.Itoa(k) // the k-th record made of that message
+			}
+			msgs = append(msgs, connect.Message{Data: data, ID: id})
+		}
+		r.written.Add(int64(len(recs)))
+		r.acks.emitted(b.lo, b.hi)
+		b.release()
+		putRecords(b.recs)
+		return nil
+	}
+	flush := func(ctx context.Context) error {
+		if len(msgs) > 0 {
+			if err := snk.Write(ctx, msgs); err != nil {
+				return fmt.Errorf("output: %w", err)
+			}
+		}
+		if err := snk.Flush(ctx); err != nil {
+			return fmt.Errorf("output: %w", err)
+		}
+		clear(msgs)
+		msgs = msgs[:0]
+		return r.acks.settle(ctx)
+	}
+	var ro *reorder
+	if r.ordered {
+		ro = newReorderAt(1)
+	}
+	for {
+		select {
+		case b, ok := <-in:
+			if !ok {
+				if ctx.Err() != nil {
+					return context.Cause(ctx)
+				}
+				if ro != nil {
+					if err := ro.drain(emit); err != nil {
+						return err
+					}
+				}
+				return flush(ctx)
+			}
+			var err error
+			if ro != nil {
+				err = ro.push(b, emit)
+			} else {
+				err = emit(b)
+			}
+			if err != nil {
+				return err
+			}
+			if len(in) == 0 || len(msgs) >= maxBatch {
+				if err := flush(ctx); err != nil {
+					return err
+				}
+			}
+		case <-ctx.Done():
+			// Aborted: publish and confirm what was made, briefly, so
+			// that its input is acked rather than done twice.
+			fctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+			defer cancel()
+			flush(fctx)
+			return context.Cause(ctx)
+		}
+	}
+}
+
+// openSource connects the broker input, its prefetch the stages'
+// workers in total so that the broker's fair dispatch holds.
+func (r *run) openSource(ctx context.Context, from string) error {
+	workers := 0
+	for _, s := range r.p.Stages {
+		workers += s.Workers
+	}
+	src, _, err := connect.OpenSource(ctx, from, nil, workers)
+	if err != nil {
+		return &SetupError{fmt.Errorf("input: %w", err)}
+	}
+	r.acks = newAcks(src, r)
+	return nil
+}
+
+// brokerName is a broker URL for messages: its password masked, its
+// query dropped.
+func brokerName(raw string) string {
+	if u, err := url.Parse(raw); err == nil {
+		return connect.Redact(u)
+	}
+	return connect.Scheme(raw) + "://…"
+}
