@@ -49,4 +49,3 @@ func brokerExample(name string) example {
 	}
 	return ex
 }
-
