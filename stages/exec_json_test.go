@@ -153,6 +153,7 @@ func TestExecJSONHostile(t *testing.T) {
 		{"an id that is not a number", "badid", 1, `python3 printed an answer whose id "one" is not one it was sent`, []bool{false, false}},
 		{"records that are not a list", "malformed", 1, `python3 answered this record with a malformed answer: the answer's "records" is "not a list", not a list`, []bool{true, true}},
 		{"never answers one record", "silent", 1, "no answer within 2s for this record", []bool{true, true}},
+		{"logs on and on but never answers", "spam", 1, "no answer within 2s for this record", []bool{false, false}},
 		{"exits 0 mid-stream", "exit0", 1, "python3 exited with status 0 before answering this record", []bool{false, false}},
 		{"crashes", "crash", 1, "python3 exited with exit status 3 before answering this record; stderr: answer.py: cannot handle x", []bool{false, false}},
 	}
@@ -162,7 +163,7 @@ func TestExecJSONHostile(t *testing.T) {
 			// Only the silent plugin waits for the timeout; the others must
 			// not run into it on a loaded machine.
 			timeout := 20 * time.Second
-			if tt.mode == "silent" {
+			if tt.mode == "silent" || tt.mode == "spam" {
 				timeout = 2 * time.Second
 			}
 			st, _ := execJSON(t, timeout, tt.mode, map[string]any{"max_output": 1000})

@@ -588,6 +588,39 @@ func BenchmarkExecStreamBatch(b *testing.B) {
 	}
 }
 
+// BenchmarkExecStreamProtocol runs the same awk work on both protocols,
+// as bench/pipelines/w3.yaml and w3-json.yaml do: what json costs over
+// lines, in flowrun and in the plugin.
+func BenchmarkExecStreamProtocol(b *testing.B) {
+	if _, err := exec.LookPath("mawk"); err != nil {
+		b.Skip("mawk is not installed")
+	}
+	for _, p := range []struct{ protocol, program string }{
+		{"lines", `{ print toupper($0); fflush() }`},
+		{"json", `{ i = index($0, ",\"record\":"); print "{\"id\":" substr($0, 7, i - 7) ",\"records\":[" toupper(substr($0, i + 10, length($0) - i - 10)) "]}"; fflush() }`},
+	} {
+		b.Run(p.protocol, func(b *testing.B) {
+			st := execBenchStage(b, map[string]any{"command": []string{"mawk", "-W", "interactive", p.program}, "protocol": p.protocol})
+			recs := make([][]byte, 1024)
+			for i := range recs {
+				recs[i] = []byte("  rec-" + strconv.Itoa(i) + " alpha beta  ")
+			}
+			b.ResetTimer()
+			n := 0
+			for n < b.N {
+				batch := recs[:min(len(recs), b.N-n)]
+				st.(stages.BatchStage).ProcessBatch(context.Background(), batch, func(i int, out [][]byte, err error) {
+					if err != nil || len(out) != 1 || len(out[0]) != len(batch[i]) {
+						b.Fatalf("record %d: %q, %v", i, execStrings(out), err)
+					}
+				})
+				n += len(batch)
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+		})
+	}
+}
+
 func BenchmarkExecStreamLockstep(b *testing.B) {
 	st := execBenchStage(b, map[string]any{"command": []string{"cat"}})
 	rec := []byte("record number 1 with some text")

@@ -71,6 +71,11 @@ for line in sys.stdin:
             continue
         if mode == "silent":
             continue
+        if mode == "spam":
+            import time
+            while True:
+                print("still thinking about x", flush=True)
+                time.sleep(0.01)
         if mode == "exit0":
             sys.exit(0)
         if mode == "crash":
