@@ -60,6 +60,9 @@ func parseExecAnswer(line []byte, a *execAnswer) error {
 	if ok := parseExecAnswerFast(line, a); ok {
 		return nil
 	}
+	if i := execSkipSpace(line, 0); i == len(line) || line[i] != '{' {
+		return errExecNotAnswer // a log line of text, the usual kind
+	}
 	a.records = a.records[:0]
 	return parseExecAnswerJSON(line, a)
 }
