@@ -26,8 +26,9 @@ import (
 //     know (stdin, a pipe) is shown as a spinner and a count, and rates
 //     and the ETA come from what was actually done, never from a guess;
 //   - whatever else goes to the terminal while the block is live (the
-//     messages of Messages, the records of Records) is written above it,
-//     and the block is drawn again below, so nothing is drawn over.
+//     writers of Messages and Above: messages, plugins' logs, records when
+//     stdout is the same terminal) is written above it, and the block is
+//     drawn again below, so nothing is drawn over.
 //
 // Use a *Display, and only one Run at a time.
 type Display struct {
@@ -417,8 +418,8 @@ func (v *view) remaining(s Snapshot, final bool) (string, bool) {
 	return fmt.Sprintf("%ds", int(left.Seconds()+0.5)), true
 }
 
-// line gathers a line's fields: the ones added always, the optional ones
-// only while they fit.
+// line gathers a line's fields: the ones added always, then the optional
+// ones in order as long as they fit.
 type line struct {
 	b     strings.Builder
 	width int
@@ -440,15 +441,17 @@ func (l *line) opt(f string) {
 	}
 }
 
-// cut returns the line at most width cells wide: the optional fields that
-// fit, then anything still too wide cut off.
+// cut returns the line at most width cells wide: the optional fields up
+// to the first that does not fit, then anything still too wide cut off.
 func (l *line) cut(width int) string {
 	for _, f := range l.opts {
-		if w := uniseg.StringWidth(f); l.width+2+w <= width {
-			l.b.WriteString("  ")
-			l.b.WriteString(f)
-			l.width += 2 + w
+		w := uniseg.StringWidth(f)
+		if l.width+2+w > width {
+			break
 		}
+		l.b.WriteString("  ")
+		l.b.WriteString(f)
+		l.width += 2 + w
 	}
 	return cut(l.b.String(), width)
 }
