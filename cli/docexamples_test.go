@@ -1,6 +1,8 @@
 package cli_test
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -65,6 +67,26 @@ func flowExamples(doc string) []string {
 					j = len(rest)
 				}
 			}
+		}
+	}
+}
+
+// TestReadmeYAMLIsYAML parses every ```yaml block of README.md: an example
+// a user copies must not be a YAML syntax error.
+func TestReadmeYAMLIsYAML(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := strings.Split(string(data), "```yaml\n")[1:]
+	if len(blocks) == 0 {
+		t.Fatal("README.md has no ```yaml block")
+	}
+	for i, b := range blocks {
+		b, _, _ = strings.Cut(b, "```")
+		var v any
+		if err := yaml.Unmarshal([]byte(b), &v); err != nil {
+			t.Errorf("README.md's yaml block %d is not YAML: %v\n%s", i+1, err, b)
 		}
 	}
 }
