@@ -77,16 +77,18 @@ func prepare(file string, f paths, stdin io.Reader) (p *spec.Pipeline, release f
 func preflight(p *spec.Pipeline, o paths) ([]stages.Stage, error) {
 	var ps problems
 	var made []stages.Stage
+	var inputs []string
 	if !o.noInput {
-		if msg := checkInput(p.Input.From); msg != "" {
+		var msg string
+		if inputs, msg = checkInput(p.Input.From); msg != "" {
 			ps.add(o.place(p.Input.Pos, o.input != "", "-i", "input.from"), "input: "+msg)
 		}
 	}
-	if msg := checkWritable(p.Output.To); msg != "" {
+	if msg := checkWritable(p.Output.To, inputs); msg != "" {
 		ps.add(o.place(p.Output.Pos, o.output != "", "-o", "output.to"), "output: "+msg)
 	}
 	if p.DeadLetter != "" {
-		if msg := checkWritable(p.DeadLetter); msg != "" {
+		if msg := checkWritable(p.DeadLetter, inputs); msg != "" {
 			ps.add(o.place(p.DeadLetterPos, o.deadLetter != "", "--dead-letter", "dead_letter"), "dead letter: "+msg)
 		}
 	}
@@ -125,22 +127,23 @@ func (o paths) place(pos spec.Pos, byFlag bool, flag, key string) string {
 	return pos.String()
 }
 
-// checkInput says what is wrong with reading from, or "".
-func checkInput(from string) string {
+// checkInput says what is wrong with reading from, or "", and returns the
+// files it names.
+func checkInput(from string) ([]string, string) {
 	if isStd(from) {
-		return ""
+		return nil, ""
 	}
 	if connect.Scheme(from) != "" {
-		return checkURL(from, connect.In)
+		return nil, checkURL(from, connect.In)
 	}
 	paths := []string{from}
 	if strings.ContainsAny(from, "*?[") {
 		m, err := filepath.Glob(from)
 		if err != nil {
-			return fmt.Sprintf("%q is not a glob: %v", from, err)
+			return nil, fmt.Sprintf("%q is not a glob: %v", from, err)
 		}
 		if len(m) == 0 {
-			return fmt.Sprintf("no file matches %s", from)
+			return nil, fmt.Sprintf("no file matches %s", from)
 		}
 		paths = m
 	}
@@ -148,22 +151,23 @@ func checkInput(from string) string {
 		fi, err := os.Stat(path)
 		switch {
 		case errors.Is(err, os.ErrNotExist):
-			return fmt.Sprintf("%s: no such file", path)
+			return nil, fmt.Sprintf("%s: no such file", path)
 		case err != nil:
-			return err.Error()
+			return nil, err.Error()
 		case fi.IsDir():
-			return fmt.Sprintf("%s is a directory", path)
+			return nil, fmt.Sprintf("%s is a directory", path)
 		}
 		if err := unix.Access(path, unix.R_OK); err != nil {
-			return fmt.Sprintf("%s cannot be read: %v", path, err)
+			return nil, fmt.Sprintf("%s cannot be read: %v", path, err)
 		}
 	}
-	return ""
+	return paths, ""
 }
 
 // checkWritable says why the file at path could not be created or
-// written, or "". It creates nothing.
-func checkWritable(path string) string {
+// written, or "", and refuses one of the inputs (by any name): writing it
+// would destroy what is being read. It creates nothing.
+func checkWritable(path string, inputs []string) string {
 	if isStd(path) {
 		return ""
 	}
@@ -175,6 +179,14 @@ func checkWritable(path string) string {
 	case err == nil && fi.IsDir():
 		return fmt.Sprintf("%s is a directory", path)
 	case err == nil:
+		for _, in := range inputs {
+			if ifi, err := os.Stat(in); err == nil && fi.Mode().IsRegular() && os.SameFile(fi, ifi) {
+				if in == path {
+					return fmt.Sprintf("%s is also the input: writing it would destroy what is being read; write to another file", path)
+				}
+				return fmt.Sprintf("%s is the input file %s: writing it would destroy what is being read; write to another file", path, in)
+			}
+		}
 		if err := unix.Access(path, unix.W_OK); err != nil {
 			return fmt.Sprintf("%s cannot be written: %v", path, err)
 		}

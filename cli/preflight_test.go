@@ -56,6 +56,10 @@ func TestValidateChecksWhatRunChecks(t *testing.T) {
 			"FILE:1:37: stage \"wasm\": option module: wasm: \"nope.wasm\": no such file\n"},
 		{"a broker URL is checked by its connector", "stages: [{use: upper}]\n", []string{"-i", "redis://127.0.0.1:1/0?lst=x"},
 			"flowrun: -i: input: redis option \"lst\": no such option (did you mean \"list\"?)\n"},
+		{"output is the input", "stages: [{use: upper}]\n", []string{"-i", "DIR/*.txt", "-o", in},
+			"flowrun: -o: output: DIR/in.txt is also the input: writing it would destroy what is being read; write to another file\n"},
+		{"dead letter is the input by another name", "dead_letter: DIR/./in.txt\nstages: [{use: upper, on_error: dead-letter}]\n", []string{"-i", in},
+			"FILE:1:14: dead letter: DIR/./in.txt is the input file DIR/in.txt: writing it would destroy what is being read; write to another file\n"},
 		{"every problem at once", "input: {from: nope.txt}\noutput: {to: DIR/no/out.txt}\nstages:\n  - use: wasm\n    with: {module: garbage.wasm}\n  - use: exec\n    with: {command: [flowrun-no-such-program]}\n", nil,
 			"FILE:1:15: input: nope.txt: no such file\nFILE:2:14: output: cannot create DIR/no/out.txt: no directory DIR/no\n" +
 				"FILE:4:5: stage \"wasm\": wasm: compile garbage.wasm: invalid magic number\n" +
