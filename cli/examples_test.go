@@ -35,6 +35,7 @@ var examples = map[string]example{
 	"logs":                   {input: "testdata/examples/app.log"},
 	"jsonl":                  {input: "testdata/examples/users.jsonl"},
 	"csv_to_jsonl":           {input: "testdata/examples/people.csv"},
+	"sales":                  {input: "testdata/examples/orders.jsonl"},
 	"plugin":                 {input: "pipelines/plugin/reviews.txt"},
 	"download_resize_upload": {setup: func(*testing.T) (string, []string) { return lines(200), nil }},
 	"wasm":                   {input: "pipelines/plugin/reviews.txt", setup: buildWasmExample},
