@@ -68,6 +68,8 @@ func optionType(o stages.Option) string {
 	switch {
 	case o.Required:
 		return t + " (required)"
+	case o.Default != nil && o.Type == stages.Size:
+		return t + " = " + formatSize(o.Default.(int))
 	case o.Default != nil:
 		return t + " = " + formatDefault(o.Default)
 	}
@@ -86,6 +88,19 @@ func formatDefault(v any) string {
 		}
 	}
 	return fmt.Sprint(v)
+}
+
+// formatSize writes a size in the largest binary unit that divides it.
+func formatSize(n int) string {
+	for _, u := range []struct {
+		name string
+		size int
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.size && n%u.size == 0 {
+			return fmt.Sprintf("%d%s", n/u.size, u.name)
+		}
+	}
+	return fmt.Sprint(n)
 }
 
 // StagesMarkdown renders the stage reference as the Markdown table in
