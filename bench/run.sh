@@ -8,7 +8,7 @@
 #   QUICK=1 bench/run.sh         # small sizes, a smoke test under a minute
 #   RUNS=9 bench/run.sh          # more runs per measurement (default 5)
 #   BENCH_DIR=/data bench/run.sh # where data and binaries go (default $TMPDIR/flowrun-bench)
-#   ONLY="w3" bench/run.sh       # only these workloads (w1 w2 w3 w4 w5 w6 w8), as when
+#   ONLY="w3" bench/run.sh       # only these workloads (w1 w2 w3 w4 w5 w6 w8 w9 w10), as when
 #                                # checking one change on a loaded machine
 #
 # Peers missing from the machine are installed with apt-get when possible,
@@ -32,10 +32,10 @@ mkdir -p "$BIN" "$OUT"
 if [[ $QUICK == 1 ]]; then
 	RUNS=${RUNS_QUICK:-3}
 	N_W1=200000 N_W2=50000 N_W3=20000 N_W3PR=50 N_W4=150
-	N_W5_SMALL=200000 N_W5_LARGE=2000000 N_W6=400
+	N_W5_SMALL=200000 N_W5_LARGE=2000000 N_W6=400 N_W9=200000 N_W10=500000
 else
 	N_W1=5000000 N_W2=1000000 N_W3=20000 N_W3PR=200 N_W4=1000
-	N_W5_SMALL=1000000 N_W5_LARGE=10000000 N_W6=2000
+	N_W5_SMALL=1000000 N_W5_LARGE=10000000 N_W6=2000 N_W9=1000000 N_W10=5000000
 fi
 
 # --- build ------------------------------------------------------------------
@@ -45,7 +45,7 @@ go build -o "$BIN/flowrun" .
 for b in gen timeit latency; do
 	go build -o "$BIN/$b" "./bench/$b"
 done
-for w in w1 w2 w3 w4 w6; do
+for w in w1 w2 w3 w4 w6 w9; do
 	go build -o "$BIN/base-$w" "./bench/baseline/$w"
 done
 
@@ -287,6 +287,48 @@ row "W6 sha256 x1000, $N_W6 records, 2 workers" "$N_W6" "${SECS[1]}" "${SECS[3]}
 r=$(awk -v a="${SECS[0]}" -v b="${SECS[1]}" 'BEGIN { printf "%.2f", a / b }')
 rb=$(awk -v a="${SECS[2]}" -v b="${SECS[3]}" 'BEGIN { printf "%.2f", a / b }')
 other "W6 speed-up 1 -> 2 workers (flowrun hash rounds 1000; the Go baseline's: x$rb)" "x$r" ">= 1.8" "$(check "$r >= 1.8")"
+
+fi
+
+# --- W9 and W10: aggregate and sort -------------------------------------------
+
+if want w9; then
+
+W9=$(data json "$N_W9")
+flow_w9=("${FLOW[@]}" bench/pipelines/w9.yaml)
+base_w9=("$BIN/base-w9")
+w9=(flow_w9 base_w9)
+peer_mlr_count=(mlr --ijsonl --ojsonl count -g name)
+((HAVE_MLR)) && w9+=(peer_mlr_count)
+group w9 "$W9" "$RUNS" "${w9[@]}"
+same w9 0 1
+row "W9 aggregate count by name (10k groups), $N_W9 JSON records" "$N_W9" "${SECS[0]}" "${SECS[1]}" 1.5 "<= 1.5"
+if ((HAVE_MLR)); then
+	[[ $(lines w9 0) == $(lines w9 2) ]] || {
+		log "w9: mlr wrote $(lines w9 2) groups, flowrun $(lines w9 0)"
+		exit 1
+	}
+	row "W9 vs mlr count -g name (baseline column: mlr)" "$N_W9" "${SECS[0]}" "${SECS[2]}" 0.2 "<= 0.2 (5x faster)"
+fi
+
+fi
+
+if want w10; then
+
+declare -F mib >/dev/null || mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+W10=$(data random "$N_W10")
+flow_w10=("${FLOW[@]}" bench/pipelines/w10.yaml)
+flow_w10m=("${FLOW[@]}" bench/pipelines/w10-64.yaml)
+gnu_sort=(env LC_ALL=C sort)
+group w10 "$W10" "$RUNS" flow_w10 gnu_sort flow_w10m
+same w10 0 1
+same w10 2 1
+row "W10 sort, $N_W10 lines (baseline: LC_ALL=C sort, both cores)" "$N_W10" "${SECS[0]}" "${SECS[1]}" 1.5 "<= 1.5"
+row "W10 sort with max_memory 64MiB, spilled (baseline: LC_ALL=C sort)" "$N_W10" "${SECS[2]}" "${SECS[1]}" - "(RSS below)"
+# The collector lets the heap reach 3x what is live (GOGC=200), and the
+# runner's buffers come on top: 2.5x max_memory is the bound.
+other "W10 peak RSS: sort max_memory 256MiB / 64MiB; GNU sort" "$(mib "${RSS[0]}") MiB / $(mib "${RSS[2]}") MiB; $(mib "${RSS[1]}") MiB" \
+	"64MiB run < 160 MiB" "$(check "${RSS[2]} < 160 * 1024")"
 
 fi
 

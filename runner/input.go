@@ -639,7 +639,7 @@ func (r *run) readFile(f inputFile, seq *uint64, send func(chunk) bool, stop con
 	if in == nil {
 		in = eofReader{}
 	}
-	dec := newDecoder(r.p.Input.Format, in, r.p.Input.MaxRecordSize, &r.read)
+	dec := newInputDecoder(r.p.Input, in, &r.read)
 	if r.opts.RetryDeadLetters != "" {
 		stageAt := map[string]int{}
 		for i, s := range r.p.Stages {

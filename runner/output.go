@@ -30,17 +30,19 @@ var errOutputClosed = errors.New("output closed by its reader")
 
 // sink formats records and writes them in large, record-aligned writes.
 type sink struct {
-	w       io.Writer
-	name    string // for messages: "stdout" or the path
-	format  string
-	buf     []byte
-	header  []string        // csv: the columns, from the first record
-	columns map[string]bool // the header's names
-	csvBuf  bytes.Buffer
-	csvW    *csv.Writer
-	fields  []string
-	n       int64 // records written
-	bytes   int64 // bytes written
+	w        io.Writer
+	name     string // for messages: "stdout" or the path
+	format   string
+	buf      []byte
+	header   []string        // csv: the columns, from the first record
+	columns  map[string]bool // the header's names
+	csvBuf   bytes.Buffer
+	csvW     *csv.Writer
+	fields   []string
+	noHeader bool   // csv, tsv: write no header row (output.csv header: false)
+	tsvSep   string // tsv: the delimiter
+	n        int64  // records written
+	bytes    int64  // bytes written
 }
 
 func newSink(w io.Writer, name, format string) *sink {
@@ -65,6 +67,10 @@ func (s *sink) add(rec []byte) error {
 		if err := s.addCSV(rec); err != nil {
 			return err
 		}
+	case "tsv":
+		if err := s.addTSV(rec); err != nil {
+			return err
+		}
 	default:
 		s.buf = append(s.buf, rec...)
 	}
@@ -80,7 +86,9 @@ func (s *sink) addCSV(rec []byte) error {
 	}
 	if s.header == nil {
 		s.header = cols
-		s.csvW.Write(cols)
+		if !s.noHeader {
+			s.csvW.Write(cols)
+		}
 	}
 	if s.columns == nil {
 		s.columns = make(map[string]bool, len(s.header))

@@ -340,6 +340,7 @@ func (r *run) run(ctx context.Context) (err error) {
 		})
 	}
 	sink := newSink(out, outName, p.Output.Format)
+	sink.setTable(p.Output.CSV)
 	sink.header = header
 	r.out = sink
 	last := r.stages[len(r.stages)-1].out

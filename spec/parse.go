@@ -528,8 +528,8 @@ func (p *parser) enum(n *yaml.Node, what string, allowed []string) (string, bool
 
 var (
 	topKeys    = []string{"name", "input", "output", "ordered", "reorder_window", "dead_letter", "stages"}
-	inputKeys  = []string{"from", "format", "max_record_size", "on_error"}
-	outputKeys = []string{"to", "format"}
+	inputKeys  = []string{"from", "format", "max_record_size", "on_error", "csv", "select"}
+	outputKeys = []string{"to", "format", "csv"}
 	stageKeys  = []string{"name", "use", "workers", "buffer", "timeout", "retry", "on_error", "with"}
 	retryKeys  = []string{"attempts", "backoff", "max_backoff"}
 )
@@ -637,6 +637,12 @@ func (p *parser) input(n *yaml.Node, in *Input) (deadLetter *yaml.Node) {
 			in.MaxRecordSize = size
 		}
 	}
+	if x, ok := f["csv"]; ok {
+		in.CSV = p.table(x, "input.csv", in.Format, true)
+	}
+	if x, ok := f["select"]; ok {
+		in.Select = p.selectPath(x, in.Format)
+	}
 	if x, ok := f["on_error"]; ok {
 		if s, ok := p.enum(x.val, "on_error", OnErrors); ok {
 			in.OnError = OnError(s)
@@ -656,9 +662,12 @@ func (p *parser) output(n *yaml.Node, out *Output) {
 		}
 	}
 	if x, ok := f["format"]; ok {
-		if s, ok := p.enum(x.val, "format", Formats); ok {
+		if s, ok := p.enum(x.val, "format", OutputFormats); ok {
 			out.Format = s
 		}
+	}
+	if x, ok := f["csv"]; ok {
+		out.CSV = p.table(x, "output.csv", out.Format, false)
 	}
 }
 

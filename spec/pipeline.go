@@ -16,8 +16,12 @@ const (
 	MaxWorkers           = 4096 // per stage: a typo of 100000000 must not exhaust memory
 )
 
-// Formats an input or output may have.
-var Formats = []string{"lines", "jsonl", "csv"}
+// Formats an input may have: json is a whole JSON document (see
+// Input.Select).
+var Formats = []string{"lines", "jsonl", "csv", "tsv", "json"}
+
+// OutputFormats an output may have.
+var OutputFormats = []string{"lines", "jsonl", "csv", "tsv"}
 
 // Pipeline is a validated pipeline definition.
 type Pipeline struct {
@@ -41,8 +45,10 @@ type Pipeline struct {
 // Input says where records come from.
 type Input struct {
 	From          string // "stdin", a path or a glob
-	Format        string // lines | jsonl | csv
+	Format        string // lines | jsonl | csv | tsv | json
 	MaxRecordSize int    // bytes; a longer record is an input error
+	CSV           Table  // the csv or tsv dialect (input.csv)
+	Select        string // for json: the jq path of the values that are the records; "" is "."
 	OnError       OnError
 	Pos           Pos // where from: is; zero when the file has none
 }
@@ -50,7 +56,8 @@ type Input struct {
 // Output says where records go.
 type Output struct {
 	To     string // "stdout" or a path
-	Format string // lines | jsonl | csv
+	Format string // lines | jsonl | csv | tsv
+	CSV    Table  // the csv or tsv dialect (output.csv)
 	Pos    Pos    // where to: is; zero when the file has none
 }
 

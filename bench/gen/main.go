@@ -4,6 +4,7 @@
 //
 //	go run ./bench/gen -kind lines -n 5000000 -seed 1 > w1.txt
 //	go run ./bench/gen -kind json -n 1000000 -seed 1 > w2.jsonl
+//	go run ./bench/gen -kind random -n 5000000 -seed 1 > w10.txt
 package main
 
 import (
@@ -23,7 +24,7 @@ var names = []string{"ada", "grace", "linus", "ken", "rob", "barbara", "edsger",
 var tags = []string{"red", "green", "blue", "new", "old", "hot", "cold"}
 
 func main() {
-	kind := flag.String("kind", "lines", "what to generate: lines (W1) or json (W2)")
+	kind := flag.String("kind", "lines", "what to generate: lines (W1), json (W2, W9) or random (W10)")
 	n := flag.Int("n", 1000, "how many records")
 	seed := flag.Uint64("seed", 1, "the seed of the random sequence")
 	flag.Parse()
@@ -42,8 +43,10 @@ func generate(w io.Writer, kind string, n int, seed uint64) error {
 		write = func(i int, b []byte) []byte { return appendLine(b, i, rng) }
 	case "json":
 		write = func(i int, b []byte) []byte { return appendJSON(b, i, rng) }
+	case "random":
+		write = func(i int, b []byte) []byte { return appendRandom(b, rng) }
 	default:
-		return fmt.Errorf("-kind %q: want lines or json", kind)
+		return fmt.Errorf("-kind %q: want lines, json or random", kind)
 	}
 	var b []byte
 	for i := range n {
@@ -91,6 +94,20 @@ func appendJSON(b []byte, i int, rng *rand.Rand) []byte {
 	b = append(b, `],"active":`...)
 	b = strconv.AppendBool(b, rng.IntN(2) == 0)
 	return append(b, "}\n"...)
+}
+
+// appendRandom appends a W10 line in no order: "3f9c0a1b77d2e4c8 golf",
+// a fifth of them repeating an earlier hex part (so that the sort meets
+// equal prefixes).
+func appendRandom(b []byte, rng *rand.Rand) []byte {
+	v := rng.Uint64()
+	if rng.IntN(5) == 0 {
+		v &= 0xffff
+	}
+	b = strconv.AppendUint(b, v, 16)
+	b = append(b, ' ')
+	b = append(b, words[rng.IntN(len(words))]...)
+	return append(b, '\n')
 }
 
 func appendPadded(b []byte, v, width int) []byte {
