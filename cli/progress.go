@@ -26,7 +26,8 @@ type shown struct {
 //   - auto: the live display when stderr is a terminal, CI is not set
 //     and the records are not typed on that terminal (their echo under
 //     the block would break it); a plain status line when stderr is a
-//     file or a pipe or CI is set; none when records are typed.
+//     file or a pipe, CI is set or TERM is dumb (no cursor movement);
+//     none when records are typed.
 //
 // When stdout is the display's terminal, records are written above the
 // block, which is drawn again below them: the display never draws over
@@ -42,7 +43,7 @@ func chooseProgress(mode string, every time.Duration, readsStdin bool, stdin io.
 	case "bar":
 	case "auto", "":
 		switch {
-		case !isTerminal(stderr) || os.Getenv("CI") != "":
+		case !isTerminal(stderr) || os.Getenv("CI") != "" || os.Getenv("TERM") == "dumb":
 			s.progress = runner.Plain{W: stderr, Every: every}
 			return s, nil
 		case readsStdin && sameFile(stdin, stderr):

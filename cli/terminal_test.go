@@ -432,21 +432,26 @@ func TestTerminalTypedRecords(t *testing.T) {
 	}
 }
 
-// TestTerminalCI: with CI set, a terminal gets the plain status lines.
-func TestTerminalCI(t *testing.T) {
-	dir := t.TempDir()
-	p := writeFile(t, dir, "p.yaml", terminalPipeline)
-	in := writeFile(t, dir, "in.txt", strings.Repeat("x\n", 300))
-	cmd := exec.Command(flowrunBin, "run", "-q", "--progress-every", "20ms", "-i", in, "-o", filepath.Join(dir, "out"), p)
-	cmd.Env = []string{"CI=true"}
-	term := startOnTerminal(t, cmd, 100, 30, terminalNames)
-	if code := term.wait(t, cmd); code != 0 {
-		t.Errorf("exit %d", code)
-	}
-	term.mu.Lock()
-	defer term.mu.Unlock()
-	raw := term.raw.String()
-	if strings.Contains(raw, "\x1b") || !strings.Contains(raw, "flowrun: ") || !strings.Contains(raw, "| download ") {
-		t.Errorf("want plain status lines, got %q", raw)
+// TestTerminalPlain: with CI set, or on a dumb terminal, a terminal gets
+// the plain status lines.
+func TestTerminalPlain(t *testing.T) {
+	for _, env := range []string{"CI=true", "TERM=dumb"} {
+		t.Run(env, func(t *testing.T) {
+			dir := t.TempDir()
+			p := writeFile(t, dir, "p.yaml", terminalPipeline)
+			in := writeFile(t, dir, "in.txt", strings.Repeat("x\n", 300))
+			cmd := exec.Command(flowrunBin, "run", "-q", "--progress-every", "20ms", "-i", in, "-o", filepath.Join(dir, "out"), p)
+			cmd.Env = []string{env}
+			term := startOnTerminal(t, cmd, 100, 30, terminalNames)
+			if code := term.wait(t, cmd); code != 0 {
+				t.Errorf("exit %d", code)
+			}
+			term.mu.Lock()
+			defer term.mu.Unlock()
+			raw := term.raw.String()
+			if strings.Contains(raw, "\x1b") || !strings.Contains(raw, "flowrun: ") || !strings.Contains(raw, "| download ") {
+				t.Errorf("want plain status lines, got %q", raw)
+			}
+		})
 	}
 }
