@@ -915,3 +915,52 @@ func TestRelOrphansDie(t *testing.T) {
 		})
 	}
 }
+
+// relMaxRSS runs the built binary on pipeline p with stdin from feed and
+// returns its peak resident memory in bytes (getrusage of the child).
+func relMaxRSS(t *testing.T, p string, feed func(io.Writer)) int64 {
+	t.Helper()
+	cmd := exec.Command(flowrunBin, "run", "-q", "--progress", "none", p)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout = io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	feed(stdin)
+	stdin.Close()
+	if err := cmd.Wait(); err != nil && cmd.ProcessState.ExitCode() != 3 {
+		t.Fatal(err)
+	}
+	ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	if !ok {
+		t.Skip("no rusage")
+	}
+	return ru.Maxrss << 10 // KiB on Linux
+}
+
+// TestLongLineMemory feeds a line four times max_record_size: the run's
+// peak memory stays within 1.5 × the limit above that of a run without it.
+func TestLongLineMemory(t *testing.T) {
+	const limit = 32 << 20
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", fmt.Sprintf("input: {max_record_size: %d, on_error: skip}\nstages: [{use: trim}]\n", limit))
+	short := func(w io.Writer) { io.WriteString(w, "short\nafter\n") }
+	long := func(w io.Writer) {
+		io.WriteString(w, "short\n")
+		chunk := bytes.Repeat([]byte("x"), 1<<20)
+		for range 4 * limit >> 20 {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+		io.WriteString(w, "\nafter\n")
+	}
+	base, peak := relMaxRSS(t, p, short), relMaxRSS(t, p, long)
+	t.Logf("peak %d MiB, %d MiB without the long line; limit %d MiB", peak>>20, base>>20, limit>>20)
+	if peak-base > limit*3/2 {
+		t.Errorf("a line past max_record_size (%d MiB) took %d MiB more than a run without it", limit>>20, (peak-base)>>20)
+	}
+}

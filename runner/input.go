@@ -157,9 +157,13 @@ func (c *countingReader) Read(p []byte) (int, error) {
 }
 
 // lineDecoder splits its input on '\n' (dropping a '\r' before it), with
-// no limit on line length but maxRecord. Records are sub-slices of large
-// chunks, capped so that a stage appending to one cannot write into the
-// next.
+// no limit on line length but maxRecord. Records are sub-slices of
+// chunks of chunkSize, capped so that a stage appending to one cannot
+// write into the next. A line longer than half a chunk is gathered in the
+// chunks it fills (long) rather than in a chunk grown to hold it, and made
+// one record when it ends: a line past maxRecord then costs maxRecord and
+// a chunk while it is read, not the 4 × of doubling a buffer past it
+// (TestLongLineMemory), and the garbage of the doubling never exists.
 type lineDecoder struct {
 	r          io.Reader
 	buf        []byte
@@ -167,12 +171,15 @@ type lineDecoder struct {
 	eof        bool
 	max        int
 	line       int64
-	skipping   bool  // discarding the rest of an over-long line
-	empty      int   // reads in a row that returned nothing
-	read       int64 // bytes read
+	skipping   bool     // discarding the rest of an over-long line
+	empty      int      // reads in a row that returned nothing
+	read       int64    // bytes read
+	long       [][]byte // the start of a line longer than half a chunk
+	longN      int      // bytes in long
+	shared     bool     // records point into buf
 }
 
-func (d *lineDecoder) consumed() int64 { return d.read - int64(d.end-d.start) }
+func (d *lineDecoder) consumed() int64 { return d.read - int64(d.end-d.start) - int64(d.longN) }
 
 func newLineDecoder(r io.Reader, maxRecord int) *lineDecoder {
 	return &lineDecoder{r: r, buf: make([]byte, chunkSize), max: maxRecord}
@@ -193,7 +200,11 @@ func (d *lineDecoder) next(max int, out []item) ([]item, error) {
 			}
 			d.line++
 			rec := d.buf[d.start:end]
+			if d.longN > 0 {
+				rec = d.joinLong(rec)
+			}
 			d.start = end + 1
+			d.shared = true
 			if len(rec) > 0 && rec[len(rec)-1] == '\r' {
 				rec = rec[:len(rec)-1]
 			}
@@ -203,36 +214,45 @@ func (d *lineDecoder) next(max int, out []item) ([]item, error) {
 			return out, nil
 		}
 		if d.eof {
-			if d.start < d.end && !d.skipping {
+			if (d.start < d.end || d.longN > 0) && !d.skipping {
 				d.line++
-				rec := d.buf[d.start:d.end]
+				it := d.lineTo(d.end)
 				d.start = d.end
-				if len(rec) > 0 && rec[len(rec)-1] == '\r' {
-					rec = rec[:len(rec)-1]
-				}
-				return append(out, d.item(rec)), nil
+				d.shared = true
+				return append(out, it), nil
 			}
 			return out, io.EOF
 		}
-		partial := d.end - d.start
-		if partial > d.max && !d.skipping {
+		if partial := d.longN + d.end - d.start; partial > d.max && !d.skipping {
 			d.line++
-			out = append(out, item{data: d.buf[d.start : d.start+min(partial, 64)], line: d.line, err: d.tooLong(), truncated: true})
+			out = append(out, item{data: d.head(), line: d.line, err: d.tooLong(), truncated: true})
+			d.shared = d.shared || len(d.long) == 0 // head points into buf
 			d.skipping = true
+			d.long, d.longN = nil, 0
 		}
 		if d.skipping {
 			d.start = d.end // the rest of the line is thrown away
 		}
 		if d.end == len(d.buf) {
 			// The chunk is full. Records handed out still point into it,
-			// so the partial line moves to a fresh chunk.
-			size := chunkSize
-			for size < 2*(d.end-d.start) {
-				size *= 2
+			// so the partial line moves to a fresh chunk, or, when long,
+			// stays where it is as a piece of the line. A chunk no record
+			// points into is read into again (the rest of a line too
+			// long, thrown away, makes no garbage).
+			switch partial := d.end - d.start; {
+			case partial == 0 && !d.shared:
+				d.start, d.end = 0, 0
+			case partial > chunkSize/2:
+				d.long = append(d.long, d.buf[d.start:d.end:d.end])
+				d.longN += partial
+				d.buf, d.start, d.end = make([]byte, chunkSize), 0, 0
+				d.shared = false
+			default:
+				nb := make([]byte, chunkSize)
+				d.end = copy(nb, d.buf[d.start:d.end])
+				d.buf, d.start = nb, 0
+				d.shared = false
 			}
-			nb := make([]byte, size)
-			d.end = copy(nb, d.buf[d.start:d.end])
-			d.buf, d.start = nb, 0
 		}
 		n, err := d.r.Read(d.buf[d.end:])
 		d.end += n
@@ -253,6 +273,38 @@ func (d *lineDecoder) next(max int, out []item) ([]item, error) {
 			return out, nil
 		}
 	}
+}
+
+// lineTo makes the record of the line that ends at d.buf[end] (the end
+// of input), joining the pieces of a long line.
+func (d *lineDecoder) lineTo(end int) item {
+	rec := d.buf[d.start:end]
+	if d.longN > 0 {
+		rec = d.joinLong(rec)
+	}
+	if len(rec) > 0 && rec[len(rec)-1] == '\r' {
+		rec = rec[:len(rec)-1]
+	}
+	return d.item(rec)
+}
+
+// joinLong returns the pieces of a long line, then its end, as one record.
+func (d *lineDecoder) joinLong(end []byte) []byte {
+	whole := make([]byte, 0, d.longN+len(end))
+	for _, p := range d.long {
+		whole = append(whole, p...)
+	}
+	d.long, d.longN = nil, 0
+	return append(whole, end...)
+}
+
+// head is the first bytes of the partial line, to recognise it by.
+func (d *lineDecoder) head() []byte {
+	if len(d.long) > 0 {
+		return append([]byte(nil), d.long[0][:min(len(d.long[0]), 64)]...)
+	}
+	n := min(d.end-d.start, 64)
+	return d.buf[d.start : d.start+n : d.start+n]
 }
 
 // item makes a record of a whole line, or an error if it is too long.
