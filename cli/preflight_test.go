@@ -162,7 +162,7 @@ func (s *sharedStage) Close() error {
 // run.
 func TestPreflightDoesNotLoadTwice(t *testing.T) {
 	defer goleak.VerifyNone(t)
-	p := writeFile(t, t.TempDir(), "p.yaml", "stages: [{use: clitest.shared, workers: 3}]\n")
+	p := writeFile(t, t.TempDir(), "p.yaml", "ordered: true\nstages: [{use: clitest.shared, workers: 3}]\n")
 	shared.Lock()
 	shared.loads = 0
 	shared.Unlock()
