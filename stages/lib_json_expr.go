@@ -22,7 +22,8 @@ import (
 // builtin (uper(name)) is an error here, when the stage is made, rather
 // than on every record: a JSON field can never hold a function.
 func compileExpr(text, option string, opts ...expr.Option) (*vm.Program, error) {
-	opts = append(opts, expr.Patch(&builtinFieldPatch{}))
+	opts = append(opts, expr.Patch(&builtinFieldPatch{}), expr.Patch(exprIntPatch{}))
+	opts = append(opts, exprIntFunctions...)
 	prog, err := expr.Compile(text, opts...)
 	if err != nil {
 		return nil, &OptionError{Option: option, Err: err}
@@ -59,6 +60,9 @@ type exprCalls struct{ err *file.Error }
 func (v *exprCalls) Visit(n *ast.Node) {
 	call, ok := (*n).(*ast.CallNode)
 	if !ok || v.err != nil {
+		return
+	}
+	if id, ok := call.Callee.(*ast.IdentifierNode); ok && isExprIntFunction(id.Value) {
 		return
 	}
 	msg := "calls a method, which record fields do not have"
@@ -130,7 +134,7 @@ func (v *exprIdentifiers) Visit(n *ast.Node) {
 	case *ast.IdentifierNode:
 		if node.Value == "$env" {
 			v.envs = append(v.envs, node)
-		} else {
+		} else if !isExprIntFunction(node.Value) {
 			v.names[node.Value] = true
 		}
 	case *ast.MemberNode:
@@ -266,7 +270,7 @@ func exprOperands(n ast.Node) []ast.Node {
 func fieldRef(n ast.Node) (string, bool) {
 	switch n := n.(type) {
 	case *ast.IdentifierNode:
-		return n.Value, n.Value != "$env"
+		return n.Value, n.Value != "$env" && !isExprIntFunction(n.Value)
 	case *ast.MemberNode:
 		return envField(n)
 	}

@@ -309,3 +309,31 @@ func TestJQOneHugeResult(t *testing.T) {
 		t.Fatalf("error %v, want the deadline, retryable", err)
 	}
 }
+
+// TestExprIntegerOverflow: expr-lang's int arithmetic wraps around, so
+// 9223372036854775807 + 1 came out as -9223372036854775808, a silent change
+// of a number; it must be an error for the record, and what fits must
+// still compute exactly.
+func TestExprIntegerOverflow(t *testing.T) {
+	const max = `{"x":9223372036854775807,"n":-9223372036854775808,"f":1e30,"a":[9223372036854775807,1]}`
+	cases := []libbCase{
+		{name: "add", with: map[string]any{"expr": "x + 1"}, rec: max, wantErr: "beyond 64 bits"},
+		{name: "subtract", with: map[string]any{"expr": "n - 1"}, rec: max, wantErr: "beyond 64 bits"},
+		{name: "multiply", with: map[string]any{"expr": "x * 2"}, rec: max, wantErr: "beyond 64 bits"},
+		{name: "multiply by -1", with: map[string]any{"expr": "n * -1"}, rec: max, wantErr: "beyond 64 bits"},
+		{name: "negate", with: map[string]any{"expr": "-n"}, rec: max, wantErr: "beyond 64 bits"},
+		{name: "abs", with: map[string]any{"expr": "abs(n)"}, rec: max, wantErr: "beyond 64 bits"},
+		{name: "sum", with: map[string]any{"expr": "sum(a)"}, rec: max, wantErr: "beyond 64 bits"},
+		{name: "sum with a map", with: map[string]any{"expr": "sum(a, # * 1)"}, rec: max, wantErr: "beyond 64 bits"},
+		{name: "in a closure", with: map[string]any{"expr": "reduce(a, #acc + #)"}, rec: max, wantErr: "beyond 64 bits"},
+		{name: "remainder of a division by zero", with: map[string]any{"expr": "x % (n - n)"}, rec: max, wantErr: "9223372036854775807 % 0: the remainder of a division by zero"},
+		{name: "literals", with: map[string]any{"expr": "9223372036854775807 + 1"}, rec: `{}`, wantErr: "beyond 64 bits"},
+		{name: "int of a float too large", with: map[string]any{"expr": "int(f)"}, rec: max, wantErr: "beyond 64 bits"},
+		{name: "exact at the edge", with: map[string]any{"expr": "[x - 1 + 1, n + 1 - 1, -(n + 1), abs(n + 1), x * 1, sum([x, -1]), int(9.0e18), 2.5 + 1, -1.5, \"a\" + \"b\", x % 10]"},
+			rec: max, want: []string{`[9223372036854775807,-9223372036854775808,9223372036854775807,9223372036854775807,9223372036854775807,9223372036854775806,9000000000000000000,3.5,-1.5,"ab",7]`}},
+	}
+	libbRunCases(t, "map", cases)
+	libbRunCases(t, "filter", []libbCase{
+		{name: "filter add", with: map[string]any{"expr": "x + 1 < 0"}, rec: max, wantErr: "beyond 64 bits"},
+	})
+}
