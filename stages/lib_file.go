@@ -485,9 +485,9 @@ func (s *fileWriteStage) Process(_ context.Context, rec []byte, out [][]byte) ([
 	if err := s.name.Execute(&name, dot); err != nil {
 		return out, Permanent(err)
 	}
-	if i := strings.IndexFunc(name.String(), unicode.IsControl); i >= 0 {
+	if i := strings.IndexFunc(name.String(), fileNameBreak); i >= 0 {
 		// A newline in a path would forge a second output record.
-		return out, Permanent(fmt.Errorf("name %q holds a control character (%U), which a file name must not", name.String(), []rune(name.String()[i:])[0]))
+		return out, Permanent(fmt.Errorf("name %q holds a control character or line separator (%U), which a file name must not", name.String(), []rune(name.String()[i:])[0]))
 	}
 	rel := filepath.Clean(name.String())
 	if !filepath.IsLocal(rel) || rel == "." {
@@ -497,6 +497,14 @@ func (s *fileWriteStage) Process(_ context.Context, rec []byte, out [][]byte) ([
 		return out, fmt.Errorf("write %s: %w", rel, fileErr(err))
 	}
 	return append(out, []byte(filepath.Join(s.dir, rel))), nil
+}
+
+// fileNameBreak reports whether r may not be in a file name that is
+// emitted as a record: a control character, or U+2028 and U+2029, the line
+// and paragraph separators, which Python's splitlines and JavaScript take
+// for line ends.
+func fileNameBreak(r rune) bool {
+	return unicode.IsControl(r) || r == '\u2028' || r == '\u2029'
 }
 
 // write writes data to a temporary file beside rel and renames it to rel,

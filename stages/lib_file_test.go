@@ -175,12 +175,14 @@ func TestFileReadNotRegular(t *testing.T) {
 }
 
 // TestFileWriteNames checks that a name with a control character is the
-// record's error (a newline would forge a second output record), and that
+// record's error (a newline would forge a second output record; so would
+// U+2028 and U+2029 for a reader that splits lines as Unicode does, like
+// Python's splitlines and JavaScript), and that
 // names of up to 255 bytes, which the file system takes, are written.
 func TestFileWriteNames(t *testing.T) {
 	dir := t.TempDir()
 	st := libbStage(t, "file.write", map[string]any{"dir": dir, "name_template": "{{.name}}"})
-	for _, name := range []string{"a\nb", "tab\there", "esc\x1b[2J", "del\x7f", "c1\u0085"} {
+	for _, name := range []string{"a\nb", "tab\there", "esc\x1b[2J", "del\x7f", "c1\u0085", "ls\u2028", "ps\u2029"} {
 		q, _ := json.Marshal(name)
 		rec := `{"name":` + string(q) + `}`
 		out, err := libbRun(st, rec)
