@@ -358,11 +358,13 @@ func retryAfter(v string, now time.Time) time.Duration {
 	if v == "" {
 		return 0
 	}
-	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if secs <= 0 {
-			return 0
+	if strings.Trim(v, "0123456789") == "" {
+		// delay-seconds is 1*DIGIT: one past int64 is still a long wait.
+		secs, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || secs > int64(24*time.Hour/time.Second) {
+			return 24 * time.Hour
 		}
-		return time.Duration(min(secs, int64(24*time.Hour/time.Second))) * time.Second
+		return time.Duration(secs) * time.Second
 	}
 	if t, err := http.ParseTime(v); err == nil && t.After(now) {
 		return min(t.Sub(now), 24*time.Hour)

@@ -22,6 +22,8 @@ func TestRetryAfter(t *testing.T) {
 		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
 		{now.Add(-time.Hour).Format(http.TimeFormat), 0},
 		{"999999999", 24 * time.Hour},
+		{"99999999999999999999", 24 * time.Hour}, // past int64: still a long wait, not none
+		{"+5", 0},
 	}
 	for _, tc := range cases {
 		if got := retryAfter(tc.header, now); got != tc.want {
