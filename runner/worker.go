@@ -422,7 +422,7 @@ func (w *worker) process(rec record, out []record, made int) ([]record, error) {
 			return out, w.failed(rec, attempt, err)
 		}
 		w.st.c.retries.Add(1)
-		if !sleep(w.ctx, backoff(policy, attempt)) {
+		if !sleep(w.ctx, retryWait(policy, attempt, err)) {
 			return out, context.Cause(w.ctx)
 		}
 	}
@@ -520,7 +520,7 @@ func (w *worker) retryAfter(rec record, out []record, err error) ([]record, erro
 		return out, w.failed(rec, 1, err)
 	}
 	w.st.c.retries.Add(1)
-	if !sleep(w.ctx, backoff(w.st.cfg.Retry, 1)) {
+	if !sleep(w.ctx, retryWait(w.st.cfg.Retry, 1, err)) {
 		return out, context.Cause(w.ctx)
 	}
 	return w.process(rec, out, 1)
@@ -668,6 +668,22 @@ func backoff(p spec.Retry, attempt int) time.Duration {
 		return d
 	}
 	return d/2 + rand.N(d/2)
+}
+
+// retryWait is the wait after a failed attempt: the backoff, or longer
+// when the error says when to try again (a server's Retry-After, on
+// *stages.HTTPError), though never longer than MaxBackoff for that.
+func retryWait(p spec.Retry, attempt int, err error) time.Duration {
+	d := backoff(p, attempt)
+	var after interface{ RetryAfter() time.Duration }
+	if errors.As(err, &after) {
+		a := after.RetryAfter()
+		if p.MaxBackoff > 0 {
+			a = min(a, p.MaxBackoff)
+		}
+		d = max(d, a)
+	}
+	return d
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {
