@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -24,6 +25,10 @@ type DeadLetter struct {
 	// Truncated says the record was longer than max_record_size and only
 	// its start is kept: it cannot be re-run from here.
 	Truncated bool `json:"truncated,omitempty"`
+	// Status and Body are an HTTP error's status code and a short excerpt
+	// of the body the server sent, from the error's Fields.
+	Status int    `json:"status,omitempty"`
+	Body   string `json:"body,omitempty"`
 }
 
 // Bytes returns the record.
@@ -48,7 +53,14 @@ func newDeadLetters(w io.Writer, name string) *deadLetters {
 }
 
 func (d *deadLetters) write(stage string, seq uint64, attempts int, rec []byte, cause error) error {
-	return d.writeEntry(DeadLetter{Stage: stage, Error: cause.Error(), Attempts: attempts, Seq: seq}, rec)
+	dl := DeadLetter{Stage: stage, Error: cause.Error(), Attempts: attempts, Seq: seq}
+	var fielded interface{ Fields() map[string]any }
+	if errors.As(cause, &fielded) {
+		f := fielded.Fields()
+		dl.Status, _ = f["status"].(int)
+		dl.Body, _ = f["body"].(string)
+	}
+	return d.writeEntry(dl, rec)
 }
 
 // writeEntry writes dl with rec as its record.

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"sort"
@@ -745,4 +747,45 @@ func TestStuckStageIsLeftBehind(t *testing.T) {
 			t.Errorf("err %v stopped %v, want the stage abandoned", err, sum.Stopped)
 		}
 	})
+}
+
+// TestDeadLetterHTTPStatus: the dead letter of an HTTP error carries the
+// status as a field of its own and a bounded excerpt of the body, not the
+// whole HTML page the server sent.
+func TestDeadLetterHTTPStatus(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	if _, ok := stages.Lookup("http.get"); !ok {
+		t.Skip("http.get not registered")
+	}
+	page := "<html><head><title>x</title></head><body><h1>Service down</h1>" + strings.Repeat("<p>filler</p>", 100000) + "</body></html>"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, page)
+	}))
+	defer srv.Close()
+	dl := filepath.Join(t.TempDir(), "dl.jsonl")
+	_, sum, err := runYAML(t, `
+dead_letter: `+dl+`
+stages: [{name: fetch, use: http.get, on_error: dead-letter, retry: {attempts: 1}}]
+`, srv.URL+"/x\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(dl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d runner.DeadLetter
+	if err := json.Unmarshal(data, &d); err != nil || sum.DeadLettered() != 1 {
+		t.Fatalf("dead letter %q: %v", data, err)
+	}
+	if d.Status != 503 || !strings.HasPrefix(d.Body, "Service down filler") || len(d.Body) > 300 || len(data) > 2000 {
+		t.Errorf("dead letter of %d bytes: status %d, body %q", len(data), d.Status, d.Body)
+	}
+	var raw map[string]any
+	json.Unmarshal(data, &raw)
+	if raw["status"] != float64(503) {
+		t.Errorf("the dead letter's status field is %v: %s", raw["status"], data)
+	}
 }
