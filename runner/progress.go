@@ -25,6 +25,10 @@ type Snapshot struct {
 	TotalBytes int64 // -1: unknown (stdin)
 	OutRecords int64
 	Stages     []StageSnapshot
+
+	// Added for the metrics, the web page and the bottleneck advice.
+	InErrors, InSkipped, InDead int64 // records the input could not decode, by on_error
+	OutQueued, OutCap           int   // batches waiting for the output writer, and its queue's capacity
 }
 
 // StageSnapshot is one stage's state at one moment.
@@ -33,6 +37,14 @@ type StageSnapshot struct {
 	In, Out, Errs int64
 	Queued, Cap   int // batches waiting in its input queue, and its capacity
 	Busy, Workers int
+
+	// Added for the metrics, the web page and the bottleneck advice.
+	Use                    string
+	Retries, Skipped, Dead int64
+	BusyTime               time.Duration // in Process, summed over workers
+	P50, P99               time.Duration // per record, so far
+	Latency                Latencies     // the histogram P50 and P99 come from
+	Fused                  bool          // runs in the goroutines of the stage before it: its queue is unused
 }
 
 func (r *run) snapshot() Snapshot {
@@ -41,12 +53,22 @@ func (r *run) snapshot() Snapshot {
 		InBytes:    r.consumed.Load(),
 		TotalBytes: r.total,
 		OutRecords: r.written.Load(),
+		InErrors:   r.input.errors.Load(),
+		InSkipped:  r.input.skipped.Load(),
+		InDead:     r.input.dead.Load(),
+	}
+	if n := len(r.stages); n > 0 {
+		s.OutQueued, s.OutCap = len(r.stages[n-1].out), cap(r.stages[n-1].out)
 	}
 	for _, st := range r.stages {
 		s.Stages = append(s.Stages, StageSnapshot{
 			Name: st.cfg.Name, In: st.c.in.Load(), Out: st.c.out.Load(), Errs: st.c.errors.Load(),
 			Queued: len(st.in), Cap: cap(st.in),
 			Busy: int(st.c.busy.Load()), Workers: st.cfg.Workers,
+			Use: st.cfg.Use, Retries: st.c.retries.Load(), Skipped: st.c.skipped.Load(), Dead: st.c.dead.Load(),
+			BusyTime: time.Duration(st.c.busyNanos.Load()),
+			P50:      st.c.hist.quantile(0.5), P99: st.c.hist.quantile(0.99),
+			Latency: Latencies{&st.c.hist}, Fused: st.fused,
 		})
 	}
 	return s

@@ -41,6 +41,13 @@ type Options struct {
 
 	Progress Progress
 
+	// Watch, when set, is called once before any record moves with the
+	// function that reads the run's state, the one Progress reads. The
+	// function may be called from any goroutine, as often as the caller
+	// likes, also after Run returns (it then reads the final counts).
+	// Watch must not block: the metrics and the web page use it.
+	Watch func(snapshot func() Snapshot)
+
 	// Journal, when set, is the file where the run records durably how
 	// far its output is complete; with Resume, a run continues from it.
 	// A journaled run needs input and output files (see journal.go).
@@ -263,6 +270,10 @@ func (r *run) run(ctx context.Context) (err error) {
 				err = fmt.Errorf("dead letter: %w", cerr)
 			}
 		}()
+	}
+
+	if r.opts.Watch != nil {
+		r.opts.Watch(r.snapshot)
 	}
 
 	g, groupCtx := errgroup.WithContext(ctx)
@@ -661,9 +672,7 @@ func (r *run) summarize(sum *Summary, elapsed time.Duration) {
 	}
 	for _, st := range r.stages {
 		c := &st.c
-		c.mu.Lock()
 		p50, p99 := c.hist.quantile(0.5), c.hist.quantile(0.99)
-		c.mu.Unlock()
 		sum.Stages = append(sum.Stages, StageStats{
 			Name: st.cfg.Name, Use: st.cfg.Use, Workers: st.cfg.Workers,
 			In: c.in.Load(), Out: c.out.Load(), Errors: c.errors.Load(), Retries: c.retries.Load(),

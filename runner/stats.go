@@ -3,7 +3,6 @@ package runner
 import (
 	"math/bits"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -15,15 +14,17 @@ type counters struct {
 	busyNanos                               atomic.Int64
 	busy                                    atomic.Int32 // workers inside Process now
 
-	mu   sync.Mutex
-	hist histogram // merged from the workers' own as they finish
+	// hist is live, so that the page and the metrics show latencies
+	// while the run goes: a worker adds to it once per batch.
+	hist histogram
 }
 
 // histogram counts latencies in buckets a sixteenth of a power of two
-// wide (about 4% resolution), from 1ns to hours, in fixed memory.
+// wide (about 4% resolution), from 1ns to hours, in fixed memory. Its
+// counts are atomic: workers add to it while readers read it.
 type histogram struct {
-	counts [64 * 16]int64
-	total  int64
+	counts [64 * 16]atomic.Int64
+	total  atomic.Int64
 }
 
 func bucketOf(d time.Duration) int {
@@ -49,31 +50,65 @@ func bucketValue(i int) time.Duration {
 
 // add records n records that took d each.
 func (h *histogram) add(d time.Duration, n int64) {
-	h.counts[bucketOf(d)] += n
-	h.total += n
-}
-
-func (h *histogram) merge(o *histogram) {
-	for i, c := range o.counts {
-		h.counts[i] += c
-	}
-	h.total += o.total
+	h.counts[bucketOf(d)].Add(n)
+	h.total.Add(n)
 }
 
 // quantile returns the latency below which a fraction q of records fall.
 func (h *histogram) quantile(q float64) time.Duration {
-	if h.total == 0 {
+	total := h.total.Load()
+	if total == 0 {
 		return 0
 	}
-	rank := int64(q*float64(h.total-1)) + 1
+	rank := int64(q*float64(total-1)) + 1
 	var seen int64
-	for i, c := range h.counts {
-		seen += c
+	for i := range h.counts {
+		seen += h.counts[i].Load()
 		if seen >= rank {
 			return bucketValue(i)
 		}
 	}
 	return 0
+}
+
+// Latencies reads a stage's live latency histogram: how long its records
+// took each, measured per batch (a batch's time shared by its records).
+type Latencies struct{ h *histogram }
+
+// Quantile returns the latency below which a fraction q of the records
+// so far fall, within about 4%; 0 before any record.
+func (l Latencies) Quantile(q float64) time.Duration {
+	if l.h == nil {
+		return 0
+	}
+	return l.h.quantile(q)
+}
+
+// Cumulative returns, for each of the ascending bounds, how many records
+// took at most that long, and how many records there were in all: the
+// buckets of a Prometheus histogram. A record counts against a bound by
+// the middle of its bucket.
+func (l Latencies) Cumulative(bounds []time.Duration) (counts []uint64, total uint64) {
+	counts = make([]uint64, len(bounds))
+	if l.h == nil {
+		return counts, 0
+	}
+	b := 0
+	for i := range l.h.counts {
+		c := uint64(l.h.counts[i].Load())
+		if c == 0 {
+			continue
+		}
+		for b < len(bounds) && bucketValue(i) > bounds[b] {
+			counts[b] = total
+			b++
+		}
+		total += c
+	}
+	for ; b < len(bounds); b++ {
+		counts[b] = total
+	}
+	return counts, total
 }
 
 // StageStats is one stage's summary.

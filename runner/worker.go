@@ -57,7 +57,6 @@ type worker struct {
 	mapper  stages.Mapper     // stage, when it maps one record to one
 	scratch [][]byte
 	recs    [][]byte
-	hist    histogram
 	// For a stage that holds records: the first input record not yet
 	// forwarded and the last one seen, so that what it emits later covers
 	// the range of what it took in.
@@ -85,11 +84,6 @@ func (r *run) work(ctx context.Context, seg []*stageRun, chain []stages.Stage, k
 		if m, ok := chain[i].(stages.Mapper); ok {
 			wk.mapper = m
 		}
-		defer func() {
-			st.c.mu.Lock()
-			st.c.hist.merge(&wk.hist)
-			st.c.mu.Unlock()
-		}()
 		w, prev = wk, wk
 	}
 	return w.run()
@@ -187,7 +181,7 @@ func (w *worker) handle(b batch) error {
 	st.c.busy.Add(-1)
 	st.c.busyNanos.Add(int64(elapsed))
 	n := int64(len(b.recs))
-	w.hist.add(elapsed/time.Duration(n), n)
+	st.c.hist.add(elapsed/time.Duration(n), n)
 	st.c.in.Add(n)
 	st.c.out.Add(int64(len(out)))
 	if err != nil {
