@@ -32,6 +32,8 @@ type runOptions struct {
 	resume                    bool
 	resumeFailed              bool
 	untilIdle                 time.Duration
+	metrics                   string
+	metricsLinger             time.Duration
 }
 
 func runCommand(stdin io.Reader, stdout, stderr io.Writer) *urfave.Command {
@@ -57,6 +59,8 @@ process group.`,
 			&urfave.StringFlag{Name: "journal", Usage: "record durably in `FILE` how far the output is complete, so that --resume can continue after a crash"},
 			&urfave.BoolFlag{Name: "resume", Usage: "continue the run recorded in --journal (a missing journal starts afresh)"},
 			&urfave.BoolFlag{Name: "resume-failed", Usage: "run again only the records of the dead-letter file, each from the stage it failed in; output is appended"},
+			&urfave.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics at http://`ADDR`/metrics and a live page of the run at http://ADDR/ (e.g. 127.0.0.1:9100, :0 for any free port)"},
+			&urfave.DurationFlag{Name: "metrics-linger", Usage: "with --metrics, keep serving the final numbers for this `DURATION` after the run ends, for a last scrape"},
 			&urfave.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the run to `FILE` (for go tool pprof)"},
 			&urfave.DurationFlag{Name: "until-idle", Usage: "with a broker input: end after a `DURATION` without a message (drain a queue); without it, a broker input ends on a signal"},
 		},
@@ -70,9 +74,13 @@ process group.`,
 				stats: c.String("stats"), quiet: c.Bool("quiet"), cpuprofile: c.String("cpuprofile"),
 				journal: c.String("journal"), resume: c.Bool("resume"), resumeFailed: c.Bool("resume-failed"),
 				untilIdle: c.Duration("until-idle"),
+				metrics:   c.String("metrics"), metricsLinger: c.Duration("metrics-linger"),
 			}
 			if opts.untilIdle < 0 {
 				return usagef("--until-idle %v: must not be negative", opts.untilIdle)
+			}
+			if opts.metricsLinger != 0 && opts.metrics == "" {
+				return usagef("--metrics-linger needs --metrics ADDR")
 			}
 			if opts.every < 0 {
 				return usagef("--progress-every %v: must not be negative", opts.every)
@@ -202,11 +210,18 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 		}
 		defer pprof.StopCPUProfile()
 	}
+	watch, err := startObserver(p, opts, stderr)
+	if err != nil {
+		return err
+	}
+	defer watch.close(abortCtx, stop, stderr)
 	sum, runErr := runner.Run(abortCtx, p, runner.Options{
 		Stdin: stdin, Stdout: stdout, Stderr: stderr, Stop: stop, Progress: progress,
 		Journal: opts.journal, Resume: opts.resume, RetryDeadLetters: retry,
 		UntilIdle: opts.untilIdle,
+		Watch:     watch.o.Watch,
 	})
+	watch.o.Finish()
 	if retry != "" {
 		if runErr == nil && !sum.Stopped {
 			os.Remove(retry) // its records are in the output or the new dead letters
@@ -220,6 +235,9 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 		sum.WriteTable(stderr)
 		if sum.Input.Unread > 0 {
 			fmt.Fprintf(stderr, "%d records read from the input were left unprocessed\n", sum.Input.Unread)
+		}
+		if a := watch.o.Advice(); a.Conclusive {
+			fmt.Fprintln(stderr, a.Line)
 		}
 	}
 	if opts.stats != "" {

@@ -1,0 +1,125 @@
+package observe_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/flowrun/flowrun/observe"
+	"github.com/flowrun/flowrun/runner"
+	"github.com/flowrun/flowrun/spec"
+	"github.com/flowrun/flowrun/stages"
+)
+
+// runObserved runs a pipeline over n input lines from a file with an
+// Observer sampling every few milliseconds, and returns its advice.
+func runObserved(t *testing.T, yaml string, n int) observe.Advice {
+	t.Helper()
+	defer goleak.VerifyNone(t)
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in.txt")
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "record %d\n", i)
+	}
+	if err := os.WriteFile(in, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := spec.Parse(filepath.Join(dir, "p.yaml"), []byte(yaml), spec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Input.From = in
+	o := observe.New(p, observe.BuildInfo{})
+	o.Every = 5 * time.Millisecond
+	var out bytes.Buffer
+	_, err = runner.Run(context.Background(), p, runner.Options{Stdout: &out, Watch: o.Watch})
+	o.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Count(out.String(), "\n"); got != n {
+		t.Fatalf("%d records out, want %d", got, n)
+	}
+	a := o.Advice()
+	t.Log(a.Line)
+	return a
+}
+
+// TestAdviceNamesTheSlowStage: a stage a thousand times slower than the
+// others, with records waiting for it, is named, with its numbers.
+func TestAdviceNamesTheSlowStage(t *testing.T) {
+	a := runObserved(t, `
+stages:
+  - {name: shout, use: upper, buffer: 8}
+  - {name: download, use: sleep, workers: 2, buffer: 8, with: {duration: 2ms}}
+  - {name: quiet, use: lower, buffer: 8}
+`, 200)
+	if a.Limit != "download" || !a.Conclusive {
+		t.Fatalf("advice %+v, want it to name download", a)
+	}
+	for _, want := range []string{"bottleneck: download — workers busy ", "% of the run; more workers there would help (shout and quiet were idle "} {
+		if !strings.Contains(a.Line, want) {
+			t.Errorf("advice %q lacks %q", a.Line, want)
+		}
+	}
+}
+
+func init() {
+	// A slow stage that, like take or dedupe, has one worker by design.
+	stages.Register(stages.Spec{
+		Name:       "observetest.serial",
+		Doc:        "Waits 2ms per record, in one worker only.",
+		MaxWorkers: 1,
+		New: func(stages.Config) (stages.Stage, error) {
+			return stages.Func(func(ctx context.Context, rec []byte, out [][]byte) ([][]byte, error) {
+				time.Sleep(2 * time.Millisecond)
+				return append(out, rec), nil
+			}), nil
+		},
+	})
+}
+
+// TestAdviceSingleWorkerStage: the advice does not ask for workers a
+// stage cannot have.
+func TestAdviceSingleWorkerStage(t *testing.T) {
+	a := runObserved(t, `
+stages:
+  - {name: tally, use: observetest.serial, buffer: 4}
+  - {name: shout, use: upper}
+`, 100)
+	if a.Limit != "tally" || !strings.Contains(a.Line, "it runs one worker by design") || strings.Contains(a.Line, "more workers") {
+		t.Fatalf("advice %+v, want it to name tally without asking for workers", a)
+	}
+}
+
+// TestAdviceBalancedNamesNone: two stages of the same cost and workers
+// are both the limit; the advice names neither.
+func TestAdviceBalancedNamesNone(t *testing.T) {
+	a := runObserved(t, `
+stages:
+  - {name: left, use: sleep, workers: 2, buffer: 8, with: {duration: 2ms}}
+  - {name: right, use: sleep, workers: 2, buffer: 8, with: {duration: 2ms}}
+`, 200)
+	if a.Limit != "" || !a.Conclusive {
+		t.Fatalf("advice %+v, want a conclusive one naming no stage", a)
+	}
+	if !strings.Contains(a.Line, "no single stage") {
+		t.Errorf("advice %q, want it to say no single stage is the limit", a.Line)
+	}
+}
+
+// TestAdviceTooShort: a run of a few records says it cannot tell.
+func TestAdviceTooShort(t *testing.T) {
+	a := runObserved(t, "stages: [{use: upper}]\n", 3)
+	if a.Conclusive || a.Limit != "" {
+		t.Fatalf("advice %+v for a run of 3 records, want it too short to tell", a)
+	}
+}
