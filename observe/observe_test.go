@@ -61,6 +61,7 @@ type liveRun struct {
 	stdout *syncBuffer
 	stderr *syncBuffer
 	code   chan int
+	cancel context.CancelFunc // ends a --metrics-linger early
 }
 
 var addrLine = regexp.MustCompile(`metrics at http://([^/]+)/metrics`)
@@ -72,12 +73,17 @@ func startLive(t *testing.T, pipeline string, args ...string) *liveRun {
 		t.Fatal(err)
 	}
 	r, w := io.Pipe()
-	lr := &liveRun{stdin: w, stdout: &syncBuffer{}, stderr: &syncBuffer{}, code: make(chan int, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	lr := &liveRun{stdin: w, stdout: &syncBuffer{}, stderr: &syncBuffer{}, code: make(chan int, 1), cancel: cancel}
 	argv := append([]string{"flowrun", "run", p, "--metrics", "127.0.0.1:0", "--progress", "none"}, args...)
 	go func() {
-		lr.code <- cli.Run(context.Background(), argv, r, lr.stdout, lr.stderr)
+		lr.code <- cli.Run(ctx, argv, r, lr.stdout, lr.stderr)
 		r.Close()
 	}()
+	t.Cleanup(func() {
+		cancel()
+		w.Close()
+	})
 	waitFor(t, "the metrics address on stderr", func() bool {
 		m := addrLine.FindStringSubmatch(lr.stderr.String())
 		if m != nil {
@@ -104,6 +110,12 @@ func (lr *liveRun) feed(t *testing.T, from, to int) {
 func (lr *liveRun) end(t *testing.T) int {
 	t.Helper()
 	lr.stdin.Close()
+	return lr.wait(t)
+}
+
+// wait returns the exit code.
+func (lr *liveRun) wait(t *testing.T) int {
+	t.Helper()
 	select {
 	case code := <-lr.code:
 		return code
