@@ -527,7 +527,9 @@ func (p *parser) enum(n *yaml.Node, what string, allowed []string) (string, bool
 }
 
 var (
-	topKeys    = []string{"name", "input", "output", "ordered", "reorder_window", "dead_letter", "stages"}
+	// tests holds the pipeline's test cases, for `flowrun test`; a run
+	// ignores it.
+	topKeys    = []string{"name", "input", "output", "ordered", "reorder_window", "dead_letter", "stages", "tests"}
 	inputKeys  = []string{"from", "format", "max_record_size", "on_error", "csv", "select"}
 	outputKeys = []string{"to", "format", "csv"}
 	stageKeys  = []string{"name", "use", "workers", "buffer", "timeout", "retry", "on_error", "with"}
