@@ -29,16 +29,17 @@ type watching struct {
 // with --metrics.
 func startObserver(p *spec.Pipeline, opts runOptions, stderr io.Writer) (*watching, error) {
 	w := &watching{o: observe.New(p, buildInfo()), linger: opts.metricsLinger, done: make(chan struct{})}
+	w.usr1 = make(chan os.Signal, 1)
+	signal.Notify(w.usr1, syscall.SIGUSR1) // before anyone can know the run is there
 	if opts.metrics != "" {
 		srv, err := w.o.Listen(opts.metrics)
 		if err != nil {
+			signal.Stop(w.usr1)
 			return nil, usageError{err}
 		}
 		w.srv = srv
 		fmt.Fprintf(stderr, "flowrun: metrics at http://%s/metrics, live page at http://%s/\n", srv.Addr(), srv.Addr())
 	}
-	w.usr1 = make(chan os.Signal, 1)
-	signal.Notify(w.usr1, syscall.SIGUSR1)
 	go func() {
 		for {
 			select {

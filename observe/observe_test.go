@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -307,5 +308,24 @@ func assertGrew(t *testing.T, a, b map[string]*dto.MetricFamily) {
 				}
 			}
 		}
+	}
+}
+
+// TestAdviceOnSIGUSR1: the advice so far, on demand, while the run goes
+// on.
+func TestAdviceOnSIGUSR1(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	lr := startLive(t, slowPipeline)
+	lr.feed(t, 0, 10)
+	if err := syscall.Kill(os.Getpid(), syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the advice on stderr", func() bool { return strings.Contains(lr.stderr.String(), "flowrun: bottleneck: ") })
+	lr.feed(t, 10, 20)
+	if code := lr.end(t); code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, lr.stderr)
+	}
+	if got := strings.Count(lr.stdout.String(), "\n"); got != 20 {
+		t.Errorf("%d records out after the signal, want 20", got)
 	}
 }
