@@ -121,6 +121,7 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			stagesCommand(stdout),
 			connectorsCommand(stdout),
 			graphCommand(stdin, stdout),
+			testCommand(stdout),
 			versionCommand(stdout),
 			helpCommand(stdout),
 		},
