@@ -43,7 +43,7 @@ for line in sys.stdin:
         sys.stdout.write(json.dumps({"id": "log-7", "msg": "a JSON log line"}) + "\n")
         print("on stderr:", rec, file=sys.stderr, flush=True)
     if mode == "chatty":
-        for i in range(500):
+        for i in range(2000):
             print("line", i, "of", rec, file=sys.stderr)
         sys.stderr.flush()
     if rec is not None and rec.startswith("bad"):
