@@ -1,6 +1,9 @@
 package cli_test
 
 import (
+	"os"
+	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
@@ -56,5 +59,42 @@ func TestCommandsBehaveLikeTheirPeers(t *testing.T) {
 				t.Errorf("stdout has %q:\n%s", tt.notStdout, out)
 			}
 		})
+	}
+}
+
+// TestReadmeListsTheCommandLine keeps README.md's "Command line" block in
+// step with the CLI: every command, and every flag of run and validate.
+func TestReadmeListsTheCommandLine(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(string(data), "## Command line\n\n```\n")
+	if ok {
+		block, _, ok = strings.Cut(block, "```")
+	}
+	if !ok {
+		t.Fatal("README.md has no ``` block under ## Command line")
+	}
+	help, _, _ := runCLI(t, "", "help")
+	_, cmds, _ := strings.Cut(help, "COMMANDS:\n")
+	cmds, _, _ = strings.Cut(cmds, "\n\n")
+	for _, line := range strings.Split(cmds, "\n") {
+		name := strings.Fields(line)[0]
+		if !strings.Contains(block, "\nflowrun "+name+" ") && !strings.HasPrefix(block, "flowrun "+name+" ") {
+			t.Errorf("README.md's command line lacks flowrun %s", name)
+		}
+	}
+	for _, cmd := range []string{"run", "validate"} {
+		out, _, _ := runCLI(t, "", "help", cmd)
+		flags := regexp.MustCompile(`(?m)^\s+--([a-z-]+)`).FindAllStringSubmatch(out, -1)
+		if len(flags) < 4 {
+			t.Fatalf("found %d flags in flowrun help %s: has its layout changed?\n%s", len(flags), cmd, out)
+		}
+		for _, m := range flags {
+			if m[1] != "help" && !strings.Contains(block, "--"+m[1]) {
+				t.Errorf("README.md's command line lacks %s's --%s", cmd, m[1])
+			}
+		}
 	}
 }
