@@ -1,12 +1,16 @@
 package table_test
 
 import (
+	"context"
 	"encoding/json"
 	"math"
 	"math/rand/v2"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/flowrun/flowrun/stages"
 )
 
 func TestAggregate(t *testing.T) {
@@ -279,4 +283,34 @@ func sortedAny(s []string) []any {
 		out[i] = x
 	}
 	return out
+}
+
+// TestAggregateWindow checks that a window closes at the first record
+// that comes window or more after it opened, that record included, and
+// that the stage asks to be flushed after window without a record.
+func TestAggregateWindow(t *testing.T) {
+	st := newStage(t, "aggregate", map[string]any{"by": []string{"k"}, "compute": map[string]string{"n": "count()"}, "window": 2 * time.Millisecond})
+	if idler, ok := st.(stages.Idler); !ok || idler.IdleAfter() != 2*time.Millisecond {
+		t.Fatalf("aggregate with window is not an Idler of 2ms")
+	}
+	var got []string
+	for i, rec := range []string{`{"k":1}`, `{"k":2}`, `{"k":1}`} {
+		if i == 2 {
+			time.Sleep(10 * time.Millisecond) // the window has passed, whatever the clock does
+		}
+		out, err := st.Process(context.Background(), []byte(rec), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, texts(out)...)
+	}
+	if want := []string{`{"k":1,"n":2}`, `{"k":2,"n":1}`}; !reflect.DeepEqual(got, want) {
+		t.Errorf("window: %q, want %q", got, want)
+	}
+	if rest := flushAll(t, st); len(rest) != 0 {
+		t.Errorf("after the window closed, flush gave %q", rest)
+	}
+	if idle := newStage(t, "aggregate", nil); idle.(stages.Idler).IdleAfter() != 0 {
+		t.Errorf("aggregate without window asks for idle flushes")
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"sync"
@@ -25,8 +26,9 @@ func init() {
 		Name: "sort",
 		Doc: "Sorts the records, stably: by the whole record, bytewise as LC_ALL=C sort does, or by the by fields of JSON " +
 			"object records, whose values order as jq orders them. An external merge sort: past max_memory it sorts what it " +
-			"holds in the background and spills it to a temporary file (unlinked at once, so that nothing is left behind even " +
-			"by a kill), and merges the files at end of input as the stages after it take the records.",
+			"holds in the background and spills it to a temporary file that has no name (nothing is left behind, even by a " +
+			"kill), and merges the files at end of input as the stages after it take the records. It holds the Go runtime's " +
+			"memory limit near max_memory unless GOMEMLIMIT is set.",
 		Batch:      true,
 		MaxWorkers: 1,
 		Options: []stages.Option{
@@ -38,7 +40,13 @@ func init() {
 			{Name: "temp_dir", Type: stages.String, Default: "", Doc: "where spilled runs go; empty: $TMPDIR or /tmp"},
 		},
 		Check: func(c stages.Config) error { _, err := newSort(c); return err },
-		New:   func(c stages.Config) (stages.Stage, error) { return newSort(c) },
+		New: func(c stages.Config) (stages.Stage, error) {
+			s, err := newSort(c)
+			if err == nil {
+				s.limited = holdMemory(s.mem)
+			}
+			return s, err
+		},
 	})
 }
 
@@ -100,8 +108,64 @@ type sortStage struct {
 	spillErr error // of the last spill; read after spilling.Wait
 	files    []*os.File
 
-	merge *merger // at end of input
-	err   error   // sticky: a spill failed
+	merge   *merger   // at end of input
+	err     error     // sticky: a spill failed
+	mem     memoryKey // for the process's memory limit
+	limited bool      // counted in it
+}
+
+// memoryLimit keeps the Go runtime's soft memory limit at the max_memory
+// of the sort stages that run, plus room for the rest of the pipeline,
+// unless the user set one (GOMEMLIMIT). Without it the collector lets the
+// heap grow to three times what is live (the CLI sets GOGC=200), and a
+// sort's RSS would be twice its max_memory and more; with it, the
+// collector works harder only when the heap nears the limit. A stage is
+// counted once however many Stages are made of it (the CLI's preflight
+// makes one before the run makes its own).
+var memoryLimit struct {
+	sync.Mutex
+	stages map[memoryKey]int // Stages made of each sort stage
+	total  int64             // the max_memory of those stages
+	owned  bool              // the limit is ours to set
+}
+
+type memoryKey struct {
+	dir, stage string
+	mem        int
+}
+
+const memoryHeadroom = 32 << 20
+
+func holdMemory(k memoryKey) bool {
+	memoryLimit.Lock()
+	defer memoryLimit.Unlock()
+	if len(memoryLimit.stages) == 0 {
+		memoryLimit.owned = debug.SetMemoryLimit(-1) == math.MaxInt64
+		memoryLimit.stages = map[memoryKey]int{}
+	}
+	if !memoryLimit.owned {
+		return false
+	}
+	if memoryLimit.stages[k]++; memoryLimit.stages[k] == 1 {
+		memoryLimit.total += int64(k.mem)
+		debug.SetMemoryLimit(memoryLimit.total + memoryHeadroom)
+	}
+	return true
+}
+
+func releaseMemory(k memoryKey) {
+	memoryLimit.Lock()
+	defer memoryLimit.Unlock()
+	if memoryLimit.stages[k]--; memoryLimit.stages[k] > 0 {
+		return
+	}
+	delete(memoryLimit.stages, k)
+	memoryLimit.total -= int64(k.mem)
+	if len(memoryLimit.stages) == 0 {
+		debug.SetMemoryLimit(math.MaxInt64)
+		return
+	}
+	debug.SetMemoryLimit(memoryLimit.total + memoryHeadroom)
 }
 
 func newSort(c stages.Config) (*sortStage, error) {
@@ -126,7 +190,7 @@ func newSort(c stages.Config) (*sortStage, error) {
 	// grow to three times what is live (cli sets GOGC=200): a quarter of
 	// max_memory per run keeps the stage's share of the peak RSS near
 	// max_memory.
-	s.budget = mem / 4
+	s.budget, s.mem = mem/4, memoryKey{c.Dir, c.Stage, mem}
 	if s.tempDir != "" {
 		if st, err := os.Stat(s.tempDir); err != nil || !st.IsDir() {
 			return nil, stages.OptionErrorf("temp_dir", "%s is not a directory", s.tempDir)
@@ -325,7 +389,7 @@ func (s *sortStage) sortRun(r *run) {
 func (s *sortStage) spill() error {
 	s.spilling.Wait()
 	s.free = append(s.free, s.written.blocks...)
-	s.written = run{}
+	s.written.blocks = nil
 	if s.spillErr != nil {
 		s.err = s.spillErr
 		return s.err
@@ -336,8 +400,12 @@ func (s *sortStage) spill() error {
 		return s.err
 	}
 	s.files = append(s.files, f)
+	ents := s.written.ents[:0] // the last spill's, done with
+	if cap(ents) == 0 {
+		ents = make([]entry, 0, len(s.cur.ents))
+	}
 	s.written = s.cur
-	s.cur = run{ents: make([]entry, 0, len(s.written.ents))}
+	s.cur = run{ents: ents}
 	s.used = 0
 	s.spilling.Add(1)
 	r := &s.written
@@ -599,6 +667,10 @@ func (m *merger) next(out [][]byte) ([][]byte, error) {
 // Close waits for a spill in progress and closes the spilled runs' files,
 // which frees their space.
 func (s *sortStage) Close() error {
+	if s.limited {
+		s.limited = false
+		releaseMemory(s.mem)
+	}
 	s.spilling.Wait()
 	for _, f := range s.files {
 		f.Close()
