@@ -329,6 +329,9 @@ func (v *view) render(s Snapshot, width, height int, final bool) []string {
 		bar := clamp((width-len(v.names[0]))/3, 10, 30)
 		in.add(inputBar(s.InBytes, s.TotalBytes, bar))
 		in.opt(count(s.InRecords))
+		if s.InErrors > 0 {
+			in.opt(fmt.Sprintf("err %d", s.InErrors))
+		}
 		in.opt(humanBytes(s.InBytes) + "/" + humanBytes(s.TotalBytes))
 		if eta, ok := v.remaining(s, final); ok {
 			in.opt("ETA " + eta)
@@ -336,6 +339,9 @@ func (v *view) render(s Snapshot, width, height int, final bool) []string {
 	} else {
 		in.add(mark(0))
 		in.add(count(s.InRecords))
+		if s.InErrors > 0 {
+			in.opt(fmt.Sprintf("err %d", s.InErrors))
+		}
 		in.opt(perSecond(0))
 		if s.InBytes > 0 {
 			in.opt(humanBytes(s.InBytes))
@@ -357,7 +363,11 @@ func (v *view) render(s Snapshot, width, height int, final bool) []string {
 			l.opt(fmt.Sprintf("err %d", st.Errs))
 		}
 		l.opt(perSecond(i + 1))
-		l.opt(fmt.Sprintf("queue %*d/%d", len(fmt.Sprint(st.Cap)), st.Queued, st.Cap))
+		if st.Fused {
+			l.opt("fused") // in the goroutines of the stage before: no queue of its own
+		} else {
+			l.opt(fmt.Sprintf("queue %*d/%d", len(fmt.Sprint(st.Cap)), st.Queued, st.Cap))
+		}
 		l.opt(fmt.Sprintf("busy %*d/%d", len(fmt.Sprint(st.Workers)), st.Busy, st.Workers))
 		lines = append(lines, l.cut(width))
 	}

@@ -142,8 +142,11 @@ func TestDisplayUnknownTotal(t *testing.T) {
 	s := newScreen(100, 10)
 	d := &runner.Display{W: s, Every: time.Millisecond, Size: s.size}
 	show(d, 3, func(i int) runner.Snapshot {
-		return runner.Snapshot{InRecords: 42, InBytes: 1000, TotalBytes: -1, OutRecords: 40,
-			Stages: []runner.StageSnapshot{{Name: "fetch", In: 41, Out: 41, Cap: 8, Workers: 2}}}
+		return runner.Snapshot{InRecords: 42, InBytes: 1000, TotalBytes: -1, OutRecords: 40, InErrors: 2,
+			Stages: []runner.StageSnapshot{
+				{Name: "fetch", In: 41, Out: 41, Cap: 8, Workers: 2},
+				{Name: "trim", In: 41, Out: 41, Cap: 8, Workers: 2, Fused: true},
+			}}
 	})
 	rows, _ := s.rows()
 	got := strings.Join(rows, "\n")
@@ -152,7 +155,7 @@ func TestDisplayUnknownTotal(t *testing.T) {
 			t.Errorf("shows %q:\n%s", bad, got)
 		}
 	}
-	for _, want := range []string{"input    42 rec", "fetch    41 rec", "output   40 rec", "queue 0/8", "busy 0/2"} {
+	for _, want := range []string{"input    42 rec  err 2", "fetch    41 rec", "output   40 rec", "queue 0/8", "busy 0/2", "trim     41 rec", "fused  busy 0/2"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("lacks %q:\n%s", want, got)
 		}
