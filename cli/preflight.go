@@ -222,7 +222,7 @@ func checkURL(raw string, d connect.Direction) string {
 // makeStage makes s, as the run makes each of its workers' stages, and
 // says where a failure is: at the option it names, or at the stage.
 func makeStage(s spec.Stage) (stages.Stage, spec.Pos, error) {
-	st, err := s.Spec.New(s.Config)
+	st, err := newStage(s)
 	if err == nil {
 		return st, s.Pos, nil
 	}
@@ -235,6 +235,17 @@ func makeStage(s spec.Stage) (stages.Stage, spec.Pos, error) {
 		pos = s.Pos
 	}
 	return nil, pos, fmt.Errorf("%w%s", err, listHint(s, oe.Option))
+}
+
+// newStage makes s, turning a panic in its New (a bug in the stage) into
+// an error: the user gets a message, not a stack trace.
+func newStage(s spec.Stage) (st stages.Stage, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			st, err = nil, fmt.Errorf("making the stage panicked (a bug in %s): %v", s.Use, r)
+		}
+	}()
+	return s.Spec.New(s.Config)
 }
 
 // listHint suggests a list for a list option written as one string with

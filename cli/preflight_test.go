@@ -60,6 +60,8 @@ func TestValidateChecksWhatRunChecks(t *testing.T) {
 			"flowrun: -o: output: DIR/in.txt is also the input: writing it would destroy what is being read; write to another file\n"},
 		{"dead letter is the input by another name", "dead_letter: DIR/./in.txt\nstages: [{use: upper, on_error: dead-letter}]\n", []string{"-i", in},
 			"FILE:1:14: dead letter: DIR/./in.txt is the input file DIR/in.txt: writing it would destroy what is being read; write to another file\n"},
+		{"a stage whose New panics", "stages:\n  - use: clitest.panicky\n", []string{"-i", in},
+			"FILE:2:5: stage \"clitest.panicky\": making the stage panicked (a bug in clitest.panicky): boom\n"},
 		{"every problem at once", "input: {from: nope.txt}\noutput: {to: DIR/no/out.txt}\nstages:\n  - use: wasm\n    with: {module: garbage.wasm}\n  - use: exec\n    with: {command: [flowrun-no-such-program]}\n", nil,
 			"FILE:1:15: input: nope.txt: no such file\nFILE:2:14: output: cannot create DIR/no/out.txt: no directory DIR/no\n" +
 				"FILE:4:5: stage \"wasm\": wasm: compile garbage.wasm: invalid magic number\n" +
@@ -125,6 +127,11 @@ var shared struct {
 }
 
 func init() {
+	stages.Register(stages.Spec{
+		Name: "clitest.panicky",
+		Doc:  "Panics in New: a bug in a stage.",
+		New:  func(stages.Config) (stages.Stage, error) { panic("boom") },
+	})
 	stages.Register(stages.Spec{
 		Name: "clitest.shared",
 		Doc:  "Shares one loaded resource between its workers.",
