@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"image"
+	"image/color"
 	_ "image/gif" // registers GIF decoding with image.Decode
 	"image/jpeg"
 	"image/png"
@@ -35,7 +36,7 @@ func init() {
 				"catmullrom is the sharpest, bilinear faster, approx (approximate bilinear) the fastest and roughest"},
 			{Name: "max_pixels", Type: Int, Default: 50_000_000, Doc: "the most pixels a source image may have; " +
 				"larger is an error before any decoding, which guards against decompression bombs. " +
-				"A worker holds the record, the decoded source (4 bytes a pixel for a PNG, 1.5 for a JPEG) and a copy of a quarter of its size"},
+				"A worker holds the record, the decoded source (4 bytes a pixel for a PNG, 1.5 for a JPEG; a PNG of 16 bits a channel takes 8 and counts as two pixels) and a copy of a quarter of its size"},
 			{Name: "max_size", Type: Int, Default: 256 << 20, Doc: "the largest image file a path record may name, in bytes"},
 		},
 		Check: func(c Config) error { _, err := newImageResizeStage(c); return err },
@@ -128,6 +129,11 @@ func (s *imageResizeStage) Process(ctx context.Context, rec []byte, out [][]byte
 	}
 	if px := int64(cfg.Width) * int64(cfg.Height); px > int64(s.maxPixels) {
 		return out, Permanent(fmt.Errorf("%s image is %dx%d, %d pixels, more than max_pixels %d", format, cfg.Width, cfg.Height, px, s.maxPixels))
+	} else if deep := cfg.ColorModel == color.RGBA64Model || cfg.ColorModel == color.NRGBA64Model; deep && 2*px > int64(s.maxPixels) {
+		// 16 bits a channel decode to 8 bytes a pixel, twice the 4 that
+		// max_pixels is documented to let a worker hold for a PNG.
+		return out, Permanent(fmt.Errorf("%s image is %dx%d with 16 bits a channel, which decode to 8 bytes a pixel: it counts as %d pixels, more than max_pixels %d",
+			format, cfg.Width, cfg.Height, 2*px, s.maxPixels))
 	}
 	src, _, err := image.Decode(bytes.NewReader(data))
 	if err != nil {

@@ -276,3 +276,24 @@ func BenchmarkStageImage(b *testing.B) {
 		})
 	}
 }
+
+// TestImageResize16BitPNG: a PNG of 16 bits a channel decodes to 8 bytes a
+// pixel, twice what max_pixels is documented to let a worker hold for a
+// PNG, so it counts double: a 7000×7000 one took 470 MB under the default
+// max_pixels, documented as 200 MB.
+func TestImageResize16BitPNG(t *testing.T) {
+	img := image.NewNRGBA64(image.Rect(0, 0, 150, 150)) // 22500 pixels of 8 bytes
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	st := libbStage(t, "image.resize", map[string]any{"width": 10, "max_pixels": 39_999})
+	_, err := libbRun(st, buf.String())
+	if err == nil || !strings.Contains(err.Error(), "16 bits a channel") || !errors.Is(err, stages.ErrPermanent) {
+		t.Fatalf("error %v, want a permanent one about 16 bits a channel", err)
+	}
+	// The same pixels of 8 bits a channel fit.
+	if _, err := libbRun(st, string(imageLibEncode(t, "png", 150, 150))); err != nil {
+		t.Fatal(err)
+	}
+}
