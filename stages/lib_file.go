@@ -183,13 +183,50 @@ func fileErr(err error) error {
 	switch {
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, fs.ErrPermission), errors.Is(err, fs.ErrExist),
 		errors.Is(err, fs.ErrInvalid), errors.Is(err, errPathEscapes()):
-		return Permanent(err)
+		return Permanent(fileErrText(err))
 	case errors.As(err, &errno) && (errno == syscall.ENOTDIR || errno == syscall.EISDIR ||
 		errno == syscall.ENAMETOOLONG || errno == syscall.ELOOP || errno == syscall.EINVAL):
-		return Permanent(err)
+		return Permanent(fileErrText(err))
+	}
+	return fileErrText(err)
+}
+
+// fileErrText rewrites the text of err, keeping what it wraps, for a person
+// rather than for a reader of system calls: os.Root's "openat x: path
+// escapes from parent" becomes "x leads outside dir, ..."; an operation
+// named for its system call (openat, mkdirat, renameat) by its plain name;
+// and the path of a read or a write, which the caller names already, or of
+// file.write's temporary file, is left out.
+func fileErrText(err error) error {
+	var pe *fs.PathError
+	var le *os.LinkError
+	switch {
+	case errors.As(err, &pe):
+		path := pe.Path
+		if strings.HasPrefix(filepath.Base(path), ".flowrun-") {
+			path = filepath.Dir(path) // the temporary file of file.write
+		}
+		switch {
+		case errors.Is(pe.Err, errPathEscapes()):
+			return &fileText{fmt.Sprintf("%s leads outside dir, through .. or a symbolic link", path), err}
+		case pe.Op == "read" || pe.Op == "write" || path != pe.Path:
+			return &fileText{pe.Err.Error(), err}
+		}
+		return &fileText{fmt.Sprintf("%s %s: %v", strings.TrimSuffix(pe.Op, "at"), path, pe.Err), err}
+	case errors.As(err, &le):
+		return &fileText{le.Err.Error(), err} // file.write's rename, whose target the caller names
 	}
 	return err
 }
+
+// fileText is an error with a text of its own, wrapping the original.
+type fileText struct {
+	text string
+	err  error
+}
+
+func (e *fileText) Error() string { return e.text }
+func (e *fileText) Unwrap() error { return e.err }
 
 // errPathEscapes returns os.Root's error for a path that leaves the root;
 // os does not export it, so it is learnt from a root the first time.

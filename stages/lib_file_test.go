@@ -117,7 +117,7 @@ func TestFileRead(t *testing.T) {
 		{name: "over max", with: map[string]any{"max_size": 4}, rec: filepath.Join(dir, "a.txt"), wantErr: "more than max_size 4"},
 		{name: "missing", rec: filepath.Join(dir, "nope.txt"), wantErr: "nope.txt"},
 		{name: "directory", rec: filepath.Join(dir, "sub"), wantErr: "is a directory"},
-		{name: "escapes dir", with: map[string]any{"dir": filepath.Join(dir, "sub")}, rec: "../a.txt", wantErr: "escapes"},
+		{name: "escapes dir", with: map[string]any{"dir": filepath.Join(dir, "sub")}, rec: "../a.txt", wantErr: "leads outside dir"},
 		{name: "empty", rec: " ", wantErr: "names no file"},
 	})
 }
@@ -202,6 +202,38 @@ func TestFileWriteNames(t *testing.T) {
 		}
 		if _, err := os.Stat(filepath.Join(dir, name)); err != nil || len(out) != 1 {
 			t.Errorf("name of %d bytes: %v, emitted %q", n, err, out)
+		}
+	}
+}
+
+// TestFileMessages: the errors of file.read and file.write name the record's
+// path and say what is wrong in words, not in system calls: os.Root said
+// "openat esc: path escapes from parent", and a full disk named
+// file.write's temporary file.
+func TestFileMessages(t *testing.T) {
+	dir := t.TempDir()
+	outside := t.TempDir()
+	os.WriteFile(filepath.Join(outside, "secret"), []byte("s"), 0o644)
+	os.Symlink(filepath.Join(outside, "secret"), filepath.Join(dir, "esc"))
+	os.Symlink(outside, filepath.Join(dir, "lnk"))
+	read := libbStage(t, "file.read", map[string]any{"dir": dir})
+	write := libbStage(t, "file.write", map[string]any{"dir": dir, "name_template": "{{.name}}"})
+	for _, tc := range []struct {
+		st        stages.Stage
+		rec, want string
+	}{
+		{read, "esc", "esc leads outside dir, through .. or a symbolic link"},
+		{read, "lnk/secret", "lnk/secret leads outside dir"},
+		{read, "missing", "open missing: no such file or directory"},
+		{write, `{"name":"lnk/x"}`, "write lnk/x: lnk leads outside dir"},
+		{write, `{"name":"` + strings.Repeat("n", 256) + `"}`, "write " + strings.Repeat("n", 256) + ": file name too long"},
+	} {
+		_, err := libbRun(tc.st, tc.rec)
+		if err == nil || err.Error() != tc.want && !strings.HasPrefix(err.Error(), tc.want) || !errors.Is(err, stages.ErrPermanent) {
+			t.Errorf("%.40s: error %v, want a permanent one starting %q", tc.rec, err, tc.want)
+		}
+		if err != nil && (strings.Contains(err.Error(), "openat") || strings.Contains(err.Error(), ".flowrun-")) {
+			t.Errorf("%.40s: error %q names a system call or the temporary file", tc.rec, err)
 		}
 	}
 }
