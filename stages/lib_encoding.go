@@ -16,6 +16,7 @@ import (
 	"io"
 
 	"github.com/cespare/xxhash/v2"
+	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/gzip"
 )
 
@@ -354,7 +355,7 @@ func (s *gunzipStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]
 		err = s.zr.Reset(&s.src)
 	}
 	if err != nil {
-		return out, Permanent(fmt.Errorf("gunzip: %w", err))
+		return out, Permanent(fmt.Errorf("gunzip: %w", gunzipErr(err, true)))
 	}
 	// A gzip member ends with its length, mod 2^32: a record that tells
 	// the truth is read into one buffer of that size. A record that lies,
@@ -372,7 +373,32 @@ func (s *gunzipStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]
 	case errors.As(err, &tooLarge):
 		return out, Permanent(fmt.Errorf("gunzip: record decompresses to more than max_size (%d bytes)", s.maxSize))
 	case err != nil:
-		return out, Permanent(fmt.Errorf("gunzip: %w", err))
+		return out, Permanent(fmt.Errorf("gunzip: %w", gunzipErr(err, false)))
 	}
 	return append(out, data), nil
+}
+
+// gunzipErr says in words what is wrong with a record that compress/gzip
+// fails on ("EOF", "gzip: invalid header", "flate: corrupt input before
+// offset 13"), keeping the error it wraps; atStart says the error came
+// from reading the first header.
+func gunzipErr(err error, atStart bool) error {
+	var corrupt flate.CorruptInputError
+	var text string
+	switch {
+	case atStart && errors.Is(err, io.EOF):
+		text = "the record is empty, not gzip"
+	case atStart && (errors.Is(err, gzip.ErrHeader) || errors.Is(err, io.ErrUnexpectedEOF)):
+		text = "the record is not gzip (it does not start with a gzip header)"
+	case errors.Is(err, gzip.ErrHeader):
+		// Multistream: another member was expected after the first.
+		text = "the record goes on after a gzip member with bytes that are not gzip"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		text = "the gzip stream is cut short, or followed by bytes that are not gzip"
+	case errors.As(err, &corrupt), errors.Is(err, gzip.ErrChecksum):
+		text = "the gzip stream is corrupt (" + err.Error() + ")"
+	default:
+		return err
+	}
+	return &fileText{text, err}
 }

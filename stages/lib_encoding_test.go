@@ -6,10 +6,13 @@ import (
 	"crypto/md5"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
 	"testing"
+
+	"github.com/flowrun/flowrun/stages"
 )
 
 func TestLibEncodingStages(t *testing.T) {
@@ -89,5 +92,31 @@ func TestLibGunzipMaxSize(t *testing.T) {
 	got, err := libProcess(libNew(t, "gunzip", map[string]any{"max_size": 1000}), nil, z.String())
 	if err != nil || len(got) != 1 || len(got[0]) != 1000 {
 		t.Errorf("1000 bytes with max_size 1000: %d records, %v", len(got), err)
+	}
+}
+
+// TestLibGunzipMessages: a record that is not gzip says how, rather than
+// "gunzip: EOF" for an empty record or "gunzip: gzip: invalid header".
+func TestLibGunzipMessages(t *testing.T) {
+	gz := func(s string) string {
+		var z bytes.Buffer
+		zw := gzip.NewWriter(&z)
+		zw.Write([]byte(s))
+		zw.Close()
+		return z.String()
+	}
+	whole := gz("hello")
+	for _, tc := range []struct{ name, rec, want string }{
+		{"empty", "", "gunzip: the record is empty, not gzip"},
+		{"text", "hello, world", "gunzip: the record is not gzip (it does not start with a gzip header)"},
+		{"cut short", whole[:len(whole)-3], "gunzip: the gzip stream is cut short"},
+		{"a little garbage after", whole + "garbage", "gunzip: the gzip stream is cut short, or followed by bytes that are not gzip"},
+		{"garbage after", whole + "garbage and more garbage", "gunzip: the record goes on after a gzip member with bytes that are not gzip"},
+		{"corrupt", whole[:12] + "\xff\xff\xff" + whole[15:], "gunzip: the gzip stream is corrupt"},
+	} {
+		_, err := libProcess(libNew(t, "gunzip", nil), nil, tc.rec)
+		if err == nil || !strings.HasPrefix(err.Error(), tc.want) || !errors.Is(err, stages.ErrPermanent) {
+			t.Errorf("%s: error %v, want a permanent one starting %q", tc.name, err, tc.want)
+		}
 	}
 }
