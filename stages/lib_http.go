@@ -154,10 +154,20 @@ func (s *httpStage) Process(ctx context.Context, rec []byte, out [][]byte) ([][]
 	if err != nil {
 		return out, Permanent(err)
 	}
+	var timedOut error
 	if s.timeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.timeout)
+		timedOut = fmt.Errorf("%s %s: timeout %v reached", s.method, u.Redacted(), s.timeout)
+		ctx, cancel = context.WithTimeoutCause(ctx, s.timeout, timedOut)
 		defer cancel()
+	}
+	// The request's own timeout is said as the option, not as Go's
+	// "context deadline exceeded"; the error still wraps that.
+	said := func(err error, what string) error {
+		if timedOut != nil && context.Cause(ctx) == timedOut {
+			return &fileText{timedOut.Error() + what, fmt.Errorf("%w: %w", context.DeadlineExceeded, err)}
+		}
+		return err
 	}
 	var body io.Reader
 	if s.method == http.MethodPost {
@@ -181,7 +191,7 @@ func (s *httpStage) Process(ctx context.Context, rec []byte, out [][]byte) ([][]
 		if errors.As(err, &redirect) {
 			return out, Permanent(redirect)
 		}
-		return out, err // the network, or ctx: another attempt may do better
+		return out, said(err, " before a response") // the network, or ctx: another attempt may do better
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 400 {
@@ -192,7 +202,7 @@ func (s *httpStage) Process(ctx context.Context, rec []byte, out [][]byte) ([][]
 	}
 	data, err := readLimited(resp.Body, s.max, resp.ContentLength, &s.spare)
 	if err != nil {
-		return out, fmt.Errorf("%s %s: read body: %w", s.method, u.Redacted(), err)
+		return out, said(fmt.Errorf("%s %s: read body: %w", s.method, u.Redacted(), err), " while reading the body")
 	}
 	if !s.emitJSON {
 		return append(out, data), nil

@@ -124,6 +124,10 @@ func TestHTTPGet(t *testing.T) {
 		if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, stages.ErrPermanent) {
 			t.Fatalf("error %v, want a retryable deadline", err)
 		}
+		// Said as the option, not as Go's "context deadline exceeded".
+		if want := "GET " + srv.URL + "/slow: timeout 50ms reached"; !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("error %q, want one starting %q", err, want)
+		}
 	})
 
 	t.Run("cancelled", func(t *testing.T) {
