@@ -191,6 +191,11 @@ func (s *httpStage) Process(ctx context.Context, rec []byte, out [][]byte) ([][]
 		if errors.As(err, &redirect) {
 			return out, Permanent(redirect)
 		}
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			// Go's `Get "http://…": …`, as this stage's other errors say it.
+			err = fmt.Errorf("%s %s: %w", s.method, u.Redacted(), ue.Err)
+		}
 		return out, said(err, " before a response") // the network, or ctx: another attempt may do better
 	}
 	defer resp.Body.Close()

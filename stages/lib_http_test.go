@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -214,5 +215,21 @@ func TestHTTPErrorDetails(t *testing.T) {
 	}
 	if strings.Count(err.Error(), "\n") > 0 || len(err.Error()) > 400 {
 		t.Errorf("message %q, want one short line", err)
+	}
+}
+
+// TestHTTPNetworkErrorText: a network error reads as the stage's other
+// errors do, "GET URL: why", not as Go's `Get "URL": why`, and stays one
+// that another attempt may cure.
+func TestHTTPNetworkErrorText(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	_, err = libbRun(libbStage(t, "http.get", nil), "http://"+addr+"/x")
+	if want := "GET http://" + addr + "/x: dial tcp " + addr + ": "; err == nil || !strings.HasPrefix(err.Error(), want) || errors.Is(err, stages.ErrPermanent) {
+		t.Errorf("error %v, want a retryable one starting %q", err, want)
 	}
 }
