@@ -32,7 +32,7 @@ func init() {
 			{Name: "on", Type: stages.String, Default: "", Doc: "the record's field to match with key; empty: the same name as key"},
 			{Name: "as", Type: stages.String, Default: "", Doc: "the field that receives the match; empty: field's name"},
 			{Name: "field", Type: stages.String, Default: "", Doc: "add only this field of the matching reference record; empty: all of it"},
-			{Name: "format", Type: stages.String, Default: "", Enum: []string{"", "jsonl", "csv", "tsv", "json"}, Doc: "the file's format; empty: from its extension (.jsonl, .ndjson, .csv, .tsv, .json)"},
+			{Name: "format", Type: stages.String, Default: "auto", Enum: []string{"auto", "jsonl", "csv", "tsv", "json"}, Doc: "the file's format; auto: from its extension (.jsonl, .ndjson, .csv, .tsv, .json)"},
 			{Name: "missing", Type: stages.String, Default: "keep", Enum: []string{"keep", "drop", "error"}, Doc: "a record with no match: pass it on unchanged, drop it, or fail it"},
 			{Name: "max_size", Type: stages.Size, Default: 256 << 20, Doc: "the largest reference file to hold in memory"},
 		},
@@ -51,7 +51,7 @@ func lookupOptions(c stages.Config) (lookupOpts, error) {
 	if !filepath.IsAbs(o.path) {
 		o.path = filepath.Join(c.Dir, o.path)
 	}
-	if o.format == "" {
+	if o.format == "auto" {
 		switch strings.ToLower(filepath.Ext(o.path)) {
 		case ".jsonl", ".ndjson":
 			o.format = "jsonl"

@@ -16,6 +16,7 @@ func TestLookup(t *testing.T) {
 		"users.tsv":   "id\tname\n1\tann\\tthe\\\\first\n2\tbo\n",
 		"users.jsonl": `{"id":1,"name":"ann"}` + "\n\n" + `{"id":"2","name":"bo","tags":[1]}` + "\n",
 		"users.json":  `[{"id":1,"name":"ann"},{"id":2,"name":"bo"}]`,
+		"users.txt":   "id\tname\n1\tann\n",
 	}
 	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
@@ -38,6 +39,8 @@ func TestLookup(t *testing.T) {
 			[]string{`{"uid":1,"x":true,"u":{"id":1,"name":"ann"}}`, `{"uid":"2","u":{"id":"2","name":"bo","tags":[1]}}`}},
 		{"json replaces in place", map[string]any{"file": "users.json", "key": "id", "on": "uid", "field": "name", "as": "x", "missing": "drop"},
 			[]string{`{"uid":1,"x":"ann"}`, `{"uid":"2","x":"bo"}`}},
+		{"format set, not from the extension", map[string]any{"file": "users.txt", "format": "tsv", "key": "id", "on": "uid", "as": "u", "missing": "drop"},
+			[]string{`{"uid":1,"x":true,"u":{"id":"1","name":"ann"}}`}},
 		{"short csv row padded", map[string]any{"file": "users.csv", "key": "id", "field": "team", "missing": "drop"}, nil},
 	}
 	for _, tt := range tests {
