@@ -101,11 +101,14 @@ func execCheck(c Config) error {
 // execCommand is a resolved plugin command: everything needed to start
 // it again and again.
 type execCommand struct {
-	name string // command[0] as the user wrote it, for messages
-	path string // the program that runs
-	args []string
-	dir  string
-	env  []string
+	name string // command[0] as the user wrote it: its argv[0]
+	// label names the plugin in messages: command[0], and the script an
+	// interpreter runs (python3 score.py), which is what the user wrote.
+	label string
+	path  string // the program that runs
+	args  []string
+	dir   string
+	env   []string
 }
 
 // newExecCommand resolves c's program and working directory. It fails on
@@ -141,7 +144,14 @@ func newExecCommand(c Config) (execCommand, error) {
 	for _, k := range keys {
 		env = append(env, k+"="+extra[k])
 	}
-	return execCommand{name: argv[0], path: path, args: argv[1:], dir: dir, env: env}, nil
+	label := argv[0]
+	for _, a := range argv[1:] {
+		if !strings.HasPrefix(a, "-") && execScriptExts[filepath.Ext(a)] {
+			label += " " + a
+			break
+		}
+	}
+	return execCommand{name: argv[0], label: label, path: path, args: argv[1:], dir: dir, env: env}, nil
 }
 
 // execResolve finds the program name: a relative path with a slash
@@ -247,7 +257,7 @@ func (s *execRecordStage) Process(ctx context.Context, rec []byte, out [][]byte)
 	stderr := &execTail{}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	if err := g.start(cmd); err != nil {
-		return out, fmt.Errorf("exec per-record: start %s: %w", s.cmd.name, err)
+		return out, fmt.Errorf("exec per-record: start %s: %w", s.cmd.label, err)
 	}
 	stop := context.AfterFunc(ctx, g.kill)
 	g.awaitExit()
@@ -257,13 +267,13 @@ func (s *execRecordStage) Process(ctx context.Context, rec []byte, out [][]byte)
 	case ctx.Err() != nil && g.wasKilled():
 		cause := context.Cause(ctx)
 		if s.timeout > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return out, fmt.Errorf("exec per-record: %s gave no result within %s (the stage's timeout): killed its process group", s.cmd.name, s.timeout)
+			return out, fmt.Errorf("exec per-record: %s gave no result within %s (the stage's timeout): killed its process group", s.cmd.label, s.timeout)
 		}
-		return out, fmt.Errorf("exec per-record: %s killed: %w", s.cmd.name, cause)
+		return out, fmt.Errorf("exec per-record: %s killed: %w", s.cmd.label, cause)
 	case stdout.over:
-		return out, Permanent(fmt.Errorf("exec per-record: %s wrote more than max_output (%d bytes) for this record: killed it", s.cmd.name, s.maxOutput))
+		return out, Permanent(fmt.Errorf("exec per-record: %s wrote more than max_output (%d bytes) for this record: killed it", s.cmd.label, s.maxOutput))
 	case werr != nil:
-		return out, fmt.Errorf("exec per-record: %s %s%s", s.cmd.name, execStatus(cmd, werr), stderr.suffix())
+		return out, fmt.Errorf("exec per-record: %s %s%s", s.cmd.label, execStatus(cmd, werr), stderr.suffix())
 	}
 	data := stdout.buf
 	for len(data) > 0 {

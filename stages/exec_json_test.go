@@ -41,7 +41,7 @@ func (b *execLogBuf) String() string {
 func execJSON(t *testing.T, timeout time.Duration, mode string, with map[string]any) (stages.Stage, *execLogBuf) {
 	t.Helper()
 	if _, err := exec.LookPath("python3"); err != nil {
-		t.Skip("python3 is not installed")
+		t.Skip("python3 answer.py is not installed")
 	}
 	w := map[string]any{"command": []string{"python3", "-u", "answer.py"}, "protocol": "json", "env": map[string]string{"MODE": mode}}
 	for k, v := range with {
@@ -83,7 +83,7 @@ func TestExecJSON(t *testing.T) {
 		{"fan-out and filter", "fanout", 0, []string{"a,b,c", "", "d"}, [][]string{{"a", "b", "c"}, {}, {"d"}}, nil},
 		{"JSON values as records", "objects", 0, []string{"hey"}, [][]string{{`{"n":3}`, `["hey"]`}}, nil},
 		{"an error for one record", "echo", 0, []string{"a", "bad one", "b"}, [][]string{{"a"}, nil, {"b"}},
-			[]string{"", "python3 failed this record: cannot handle bad one", ""}},
+			[]string{"", "python3 answer.py failed this record: cannot handle bad one", ""}},
 		{"out of order, inflight 4", "reverse", 4, execNumbered(400), execEach(execNumbered(400)), nil},
 		{"out of order, inflight 256", "reverse", 0, execNumbered(1000), execEach(execNumbered(1000)), nil},
 	}
@@ -146,16 +146,16 @@ func TestExecJSONHostile(t *testing.T) {
 		wantErr string // in its error
 		after   []bool // the records after it: true answered, false ErrLost
 	}{
-		{"answers an id it was never sent", "unknown", 1, "python3 answered id 1002, which it was never sent; killed it", []bool{false, false}},
-		{"answers twice", "twice", 2, "python3 answered id 2 twice; killed it", []bool{false}},
-		{"answers an id it answered before", "previous", 1, "python3 answered id 1 twice; killed it", []bool{false, false}},
-		{"prints a line over max_output", "huge", 1, "python3 printed a line longer than max_output (1000 bytes); killed it", []bool{false, false}},
-		{"an id that is not a number", "badid", 1, `python3 printed an answer whose id "one" is not one it was sent`, []bool{false, false}},
-		{"records that are not a list", "malformed", 1, `python3 answered this record with a malformed answer: the answer's "records" is "not a list", not a list`, []bool{true, true}},
+		{"answers an id it was never sent", "unknown", 1, "python3 answer.py answered id 1002, which it was never sent; killed it", []bool{false, false}},
+		{"answers twice", "twice", 2, "python3 answer.py answered id 2 twice; killed it", []bool{false}},
+		{"answers an id it answered before", "previous", 1, "python3 answer.py answered id 1 twice; killed it", []bool{false, false}},
+		{"prints a line over max_output", "huge", 1, "python3 answer.py printed a line longer than max_output (1000 bytes); killed it", []bool{false, false}},
+		{"an id that is not a number", "badid", 1, `python3 answer.py printed an answer whose id "one" is not one it was sent`, []bool{false, false}},
+		{"records that are not a list", "malformed", 1, `python3 answer.py answered this record with a malformed answer: the answer's "records" is "not a list", not a list`, []bool{true, true}},
 		{"never answers one record", "silent", 1, "no answer within 2s for this record", []bool{true, true}},
 		{"logs on and on but never answers", "spam", 1, "no answer within 2s for this record", []bool{false, false}},
-		{"exits 0 mid-stream", "exit0", 1, "python3 exited with status 0 before answering this record", []bool{false, false}},
-		{"crashes", "crash", 1, "python3 exited with exit status 3 before answering this record; stderr: answer.py: cannot handle x", []bool{false, false}},
+		{"exits 0 mid-stream", "exit0", 1, "python3 answer.py exited with status 0 before answering this record", []bool{false, false}},
+		{"crashes", "crash", 1, "python3 answer.py exited with exit status 3 before answering this record; stderr: answer.py: cannot handle x", []bool{false, false}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -29,7 +29,7 @@ var errExecNewline = Permanent(errors.New("exec stream: the record contains a ne
 
 // errExecMoreLines is the one desynchronisation of the line protocol that
 // can be seen: an answer when every line sent has had its answer.
-var errExecMoreLines = errors.New("plugin answered more lines than it was sent (it must print exactly one line per line in)")
+var errExecMoreLines = errors.New("answered more lines than it was sent (it must print exactly one line per line in)")
 
 // errExecLong is the error of a line longer than max_output.
 var errExecLong = errors.New("line too long")
@@ -123,7 +123,7 @@ func (s *execStreamStage) start() (*execProc, error) {
 	if err != nil {
 		inW.Close()
 		outR.Close()
-		return nil, fmt.Errorf("exec stream: start %s: %w", s.cmd.name, err)
+		return nil, fmt.Errorf("exec stream: start %s: %w", s.cmd.label, err)
 	}
 	p.stdin = inW
 	p.w = bufio.NewWriterSize(inW, 64<<10)
@@ -312,7 +312,7 @@ func (s *execStreamStage) batch(ctx context.Context, recs [][]byte, emit func(i 
 		// The plugin broke the protocol while no record was waiting: with
 		// lines, the answers emitted last were likely misattributed.
 		// Failing a record says so; a fresh plugin takes the rest.
-		emit(0, nil, fmt.Errorf("exec stream: %s %w; restarted it", s.cmd.name, fault))
+		emit(0, nil, fmt.Errorf("exec stream: %s %w; restarted it", s.cmd.label, fault))
 		i = 1
 		if len(recs) == 1 {
 			return
@@ -455,9 +455,9 @@ func (s *execStreamStage) answerJSON(ctx context.Context, p *execProc, recs [][]
 		var rerr error
 		switch {
 		case a.bad != nil:
-			rerr = fmt.Errorf("exec stream: %s answered this record with a malformed answer: %w", s.cmd.name, a.bad)
+			rerr = fmt.Errorf("exec stream: %s answered this record with a malformed answer: %w", s.cmd.label, a.bad)
 		case a.err != nil:
-			rerr = fmt.Errorf("exec stream: %s failed this record: %w", s.cmd.name, a.err)
+			rerr = fmt.Errorf("exec stream: %s failed this record: %w", s.cmd.label, a.err)
 		}
 		if j == i {
 			// In its turn, as most answers are: no need to hold it.
@@ -498,7 +498,7 @@ func (s *execStreamStage) failed(ctx context.Context, p *execProc, err error) er
 	switch {
 	case errors.Is(err, errExecLong):
 		p.abandon()
-		return fmt.Errorf("exec stream: %s printed a line longer than max_output (%d bytes); killed it", s.cmd.name, s.maxOutput)
+		return fmt.Errorf("exec stream: %s printed a line longer than max_output (%d bytes); killed it", s.cmd.label, s.maxOutput)
 	case errors.Is(err, errExecStopped) || errors.Is(err, os.ErrDeadlineExceeded) && p.stdout.wasStopped():
 		p.abandon()
 		// The runner's deadline has a cause of its own; ctx.Err tells
@@ -512,12 +512,12 @@ func (s *execStreamStage) failed(ctx context.Context, p *execProc, err error) er
 		return s.stalled()
 	case errors.Is(err, errExecMoreLines):
 		p.abandon()
-		return fmt.Errorf("exec stream: %s %w; killed it", s.cmd.name, err)
+		return fmt.Errorf("exec stream: %s %w; killed it", s.cmd.label, err)
 	case errors.Is(err, io.EOF) || errors.Is(err, os.ErrClosed):
 		return s.died(ctx, p)
 	default: // a breach of the json protocol
 		p.abandon()
-		return fmt.Errorf("exec stream: %s %w; killed it", s.cmd.name, err)
+		return fmt.Errorf("exec stream: %s %w; killed it", s.cmd.label, err)
 	}
 }
 
@@ -526,7 +526,7 @@ func (s *execStreamStage) lost(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("exec stream: %w", context.Cause(ctx))
 	}
-	return fmt.Errorf("exec stream: %w behind a record that %s failed", ErrLost, s.cmd.name)
+	return fmt.Errorf("exec stream: %w behind a record that %s failed", ErrLost, s.cmd.label)
 }
 
 func (s *execStreamStage) stalled() error {
@@ -546,7 +546,7 @@ func (s *execStreamStage) died(ctx context.Context, p *execProc) error {
 	case <-ctx.Done():
 	}
 	p.abandon()
-	return fmt.Errorf("exec stream: %s%s %s before answering this record%s", s.cmd.name, closed, p.status, p.stderr.suffix())
+	return fmt.Errorf("exec stream: %s%s %s before answering this record%s", s.cmd.label, closed, p.status, p.stderr.suffix())
 }
 
 // Close closes the plugin's stdin, which asks it to finish, reads what it
@@ -587,11 +587,11 @@ func (s *execStreamStage) Close() error {
 	case <-p.exited:
 	case <-t.C:
 		p.abandon()
-		return fmt.Errorf("exec stream: %s did not exit within %s of its input closing: killed it", s.cmd.name, execGrace)
+		return fmt.Errorf("exec stream: %s did not exit within %s of its input closing: killed it", s.cmd.label, execGrace)
 	}
 	p.abandon()
 	if p.fault != nil {
-		return fmt.Errorf("exec stream: %s %w", s.cmd.name, p.fault)
+		return fmt.Errorf("exec stream: %s %w", s.cmd.label, p.fault)
 	}
 	// A plugin killed after it answered every record lost nothing; one
 	// that crashes or exits with a failure status says something went
@@ -601,7 +601,7 @@ func (s *execStreamStage) Close() error {
 		return nil // killed from outside; a crash (SIGSEGV, SIGABRT) is not this
 	}
 	if !p.cmd.ProcessState.Success() {
-		return fmt.Errorf("exec stream: %s %s at the end of its input%s", s.cmd.name, p.status, p.stderr.suffix())
+		return fmt.Errorf("exec stream: %s %s at the end of its input%s", s.cmd.label, p.status, p.stderr.suffix())
 	}
 	return nil
 }
