@@ -657,6 +657,7 @@ func TestStopLeavesReadAheadUnread(t *testing.T) {
 	if got := out.String(); got != lines(int(sum.Output.Records), "%d") || sum.Output.Records != sum.Input.Records {
 		t.Errorf("output must be the %d records handed on, in order; got %d", sum.Input.Records, sum.Output.Records)
 	}
+	t.Logf("processed after the stop %d, unread %d", sum.Output.Records, sum.Input.Unread)
 	// Bounded by the queues (2 + the writer's 16 batches) and the worker,
 	// not by the 1024 records a read decodes.
 	if sum.Output.Records > 64 || sum.Input.Unread < 900 {
