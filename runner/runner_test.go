@@ -790,3 +790,42 @@ stages: [{name: fetch, use: http.get, on_error: dead-letter, retry: {attempts: 1
 		t.Errorf("the dead letter's status field is %v: %s", raw["status"], data)
 	}
 }
+
+// TestStopThenResume stops a journaled run at its first write, then
+// resumes it: the records left unread are not marked done, and the
+// resumed output is that of a run never stopped.
+func TestStopThenResume(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	dir := t.TempDir()
+	in, out, journal := filepath.Join(dir, "in.txt"), filepath.Join(dir, "out.txt"), filepath.Join(dir, "j")
+	if err := os.WriteFile(in, []byte(lines(1000, "r%d")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := spec.Parse("t.yaml", []byte("input: {from: "+in+"}\noutput: {to: "+out+"}\nstages: [{use: sleep, buffer: 2, with: {duration: 100us}}, {use: upper}]"), spec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	progress := progressFunc(func(done <-chan struct{}, snap func() runner.Snapshot) {
+		for snap().OutRecords == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		close(stop)
+		<-done
+	})
+	sum, err := runner.Run(context.Background(), p, runner.Options{Journal: journal, Stop: stop, Progress: progress})
+	if err != nil || !sum.Stopped || sum.Input.Unread == 0 {
+		t.Fatalf("err %v stopped %v unread %d", err, sum.Stopped, sum.Input.Unread)
+	}
+	if _, err := runner.Run(context.Background(), p, runner.Options{Journal: journal, Resume: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(out); string(got) != strings.ToUpper(lines(1000, "r%d")) {
+		t.Errorf("resumed output has %d lines, want the 1000 of a run never stopped", strings.Count(string(got), "\n"))
+	}
+}
+
+// progressFunc is a Progress that is a function.
+type progressFunc func(done <-chan struct{}, snapshot func() runner.Snapshot)
+
+func (f progressFunc) Run(done <-chan struct{}, snapshot func() runner.Snapshot) { f(done, snapshot) }
