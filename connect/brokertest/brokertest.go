@@ -289,3 +289,13 @@ func asUser(name, dir string) (*syscall.Credential, error) {
 }
 
 var errNotReady = errors.New("not ready")
+
+// Python is the python3 that Debian's python3-pika and python3-redis
+// install into: /usr/bin/python3 where it exists, since a python3 found
+// first on $PATH (pyenv, a virtualenv) does not see Debian's packages.
+func Python() string {
+	if fileExists("/usr/bin/python3") {
+		return "/usr/bin/python3"
+	}
+	return "python3"
+}

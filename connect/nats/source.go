@@ -165,9 +165,11 @@ func (s *jsSource) Receive(ctx context.Context, buf []connect.Message) ([]connec
 	return buf, nil
 }
 
-// Settle acks, naks or terminates each message, then flushes the
-// connection: when it returns, the server has the acks. During a
-// reconnect the acks wait in the client's buffer, and the flush with them.
+// Settle acks, naks or terminates each message. JetStream acks are
+// published without a reply, as every JetStream client sends them: the
+// client's writer sends them at once, during a reconnect they wait in its
+// buffer, and Close flushes them. Waiting for a round trip here would
+// halve a run held to a small prefetch.
 func (s *jsSource) Settle(ctx context.Context, msgs []connect.Message, o connect.Outcome) error {
 	s.mu.Lock()
 	for _, m := range msgs {
@@ -186,7 +188,7 @@ func (s *jsSource) Settle(ctx context.Context, msgs []connect.Message, o connect
 		}
 	}
 	s.mu.Unlock()
-	return flush(ctx, s.nc, s.p)
+	return nil
 }
 
 // flush waits until the server has seen what was sent, retrying across a

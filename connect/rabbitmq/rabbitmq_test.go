@@ -86,13 +86,13 @@ func TestStartErrors(t *testing.T) {
 // A consumer from another program (pika) reads what the sink published,
 // as persistent messages.
 func TestPikaReadsWhatWasPublished(t *testing.T) {
-	if exec.Command("python3", "-c", "import pika").Run() != nil {
+	if exec.Command(brokertest.Python(), "-c", "import pika").Run() != nil {
 		brokertest.Unavailable(t, "python3-pika", errors.New("python3 cannot import pika"))
 	}
 	srv := brokertest.RabbitMQ(t)
 	ctx := context.Background()
 	connecttest.Publish(t, ctx, srv.URL+"?queue=flowrun-pika", 1, 3)
-	out, err := exec.Command("python3", "testdata/consume.py", srv.URL, "flowrun-pika", "3").CombinedOutput()
+	out, err := exec.Command(brokertest.Python(), "testdata/consume.py", srv.URL, "flowrun-pika", "3").CombinedOutput()
 	if err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}

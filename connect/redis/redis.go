@@ -284,6 +284,11 @@ func (s *listSource) Receive(ctx context.Context, buf []connect.Message) ([]conn
 		return buf, err
 	}
 	defer func() { s.slots.give(n - len(buf)) }()
+	// While the queue has messages, one pipeline of LMOVEs takes what
+	// the slots allow in one round trip; only an empty queue blocks.
+	if buf = s.moveSome(ctx, buf, n); len(buf) > 0 {
+		return buf, nil
+	}
 	b := connect.DefaultBackoff()
 	for {
 		if time.Since(s.lastCheck) > s.ttl {
@@ -304,20 +309,26 @@ func (s *listSource) Receive(ctx context.Context, buf []connect.Message) ([]conn
 			return buf, ctx.Err()
 		}
 	}
-	if n > 1 {
-		cmds, _ := s.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			for range n - 1 {
-				pipe.LMove(ctx, s.list, s.processing, "LEFT", "RIGHT")
-			}
-			return nil
-		})
-		for _, c := range cmds {
-			if v, err := c.(*redis.StringCmd).Result(); err == nil {
-				buf = append(buf, connect.Message{Data: []byte(v), Token: v})
-			}
+	return s.moveSome(ctx, buf, n), nil
+}
+
+// moveSome moves up to n-len(buf) more messages without blocking.
+func (s *listSource) moveSome(ctx context.Context, buf []connect.Message, n int) []connect.Message {
+	if len(buf) >= n {
+		return buf
+	}
+	cmds, _ := s.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for range n - len(buf) {
+			pipe.LMove(ctx, s.list, s.processing, "LEFT", "RIGHT")
+		}
+		return nil
+	})
+	for _, c := range cmds {
+		if v, err := c.(*redis.StringCmd).Result(); err == nil {
+			buf = append(buf, connect.Message{Data: []byte(v), Token: v})
 		}
 	}
-	return buf, nil
+	return buf
 }
 
 func (s *listSource) Settle(ctx context.Context, msgs []connect.Message, o connect.Outcome) error {

@@ -113,14 +113,14 @@ func TestStartErrors(t *testing.T) {
 
 // redis-py reads what the sink wrote, from a list and from a stream.
 func TestRedisPyReadsWhatWasWritten(t *testing.T) {
-	if exec.Command("python3", "-c", "import redis").Run() != nil {
+	if exec.Command(brokertest.Python(), "-c", "import redis").Run() != nil {
 		brokertest.Unavailable(t, "python3-redis", errors.New("python3 cannot import redis"))
 	}
 	srv := brokertest.Redis(t)
 	ctx := context.Background()
 	for _, kind := range []string{"list", "stream"} {
 		connecttest.Publish(t, ctx, srv.URL+"?"+kind+"=py-"+kind, 1, 3)
-		out, err := exec.Command("python3", "testdata/consume.py", srv.URL, kind, "py-"+kind, "3").CombinedOutput()
+		out, err := exec.Command(brokertest.Python(), "testdata/consume.py", srv.URL, kind, "py-"+kind, "3").CombinedOutput()
 		if err != nil {
 			t.Fatalf("%v: %s", err, out)
 		}
