@@ -309,7 +309,8 @@ func (s *listSource) Receive(ctx context.Context, buf []connect.Message) ([]conn
 			return buf, ctx.Err()
 		}
 	}
-	return s.moveSome(ctx, buf, n), nil
+	buf = s.moveSome(ctx, buf, n) // the deferred give counts what buf holds
+	return buf, nil
 }
 
 // moveSome moves up to n-len(buf) more messages without blocking.

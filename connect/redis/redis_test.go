@@ -129,3 +129,36 @@ func TestRedisPyReadsWhatWasWritten(t *testing.T) {
 		}
 	}
 }
+
+// A Receive that blocked on an empty list and then took more than one
+// message holds a slot for each: settling them all must not wait for
+// slots it never had (a miscount here deadlocked a run).
+func TestListSlotsAfterBlocking(t *testing.T) {
+	srv := brokertest.Redis(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	u := srv.URL + "?list=slots-after-blocking"
+	src, _, err := connect.OpenSource(ctx, u+"&prefetch=3", nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	got := make(chan []connect.Message, 1)
+	go func() {
+		ms, _ := src.Receive(ctx, make([]connect.Message, 0, 3))
+		got <- ms
+	}()
+	time.Sleep(100 * time.Millisecond) // let it block on the empty list
+	connecttest.Publish(t, ctx, u, 1, 3)
+	ms := <-got
+	settled := make(chan error, 1)
+	go func() { settled <- src.Settle(ctx, ms, connect.Ack) }()
+	select {
+	case err := <-settled:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		t.Fatalf("Settle of %d messages hangs", len(ms))
+	}
+}
