@@ -2,6 +2,7 @@ package stages
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -26,6 +27,10 @@ func compileExpr(text, option string, opts ...expr.Option) (*vm.Program, error) 
 	opts = append(opts, exprIntFunctions...)
 	prog, err := expr.Compile(text, opts...)
 	if err != nil {
+		var fe *file.Error
+		if errors.As(err, &fe) {
+			fe.Message = exprCompileWords(fe.Message)
+		}
 		return nil, &OptionError{Option: option, Err: err}
 	}
 	node := prog.Node()
@@ -35,6 +40,19 @@ func compileExpr(text, option string, opts ...expr.Option) (*vm.Program, error) 
 		return nil, &OptionError{Option: option, Err: calls.err.Bind(file.NewSource(text))}
 	}
 	return prog, nil
+}
+
+// exprCompileWords rewrites a message of expr-lang's compiler in JSON's
+// terms: "invalid integer literal: strconv.ParseInt: parsing "1234…":
+// value out of range" and "mismatched types []interface {} and
+// []interface {}" are about a number and arrays.
+func exprCompileWords(msg string) string {
+	if _, rest, ok := strings.Cut(msg, "strconv.ParseInt: parsing "); ok {
+		if lit, _, ok := strings.Cut(rest, ": value out of range"); ok {
+			return fmt.Sprintf("integer literal %s is beyond 64 bits, which an expression cannot compute with", strings.Trim(lit, `"`))
+		}
+	}
+	return jsonTypeWords(msg)
 }
 
 // builtinFieldPatch turns a bare identifier named like a builtin into the

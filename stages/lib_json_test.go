@@ -337,3 +337,23 @@ func TestExprIntegerOverflow(t *testing.T) {
 		{name: "filter add", with: map[string]any{"expr": "x + 1 < 0"}, rec: max, wantErr: "beyond 64 bits"},
 	})
 }
+
+// TestExprCompileMessages: an expression refused before the run says why in
+// JSON's terms, not in Go's or strconv's.
+func TestExprCompileMessages(t *testing.T) {
+	for _, tc := range []struct{ expr, want string }{
+		{"x == 12345678901234567890", "integer literal 12345678901234567890 is beyond 64 bits"},
+		{"[1] + [2]", "mismatched types array and array"},
+		{"let f = 1; f()", "number is not callable"},
+	} {
+		_, err := libbNewStage("filter", map[string]any{"expr": tc.expr})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want one containing %q", tc.expr, err, tc.want)
+		}
+		for _, internal := range []string{"strconv", "interface {}", "int is"} {
+			if err != nil && strings.Contains(err.Error(), internal) {
+				t.Errorf("%s: error %q says %q", tc.expr, err, internal)
+			}
+		}
+	}
+}
