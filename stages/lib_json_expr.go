@@ -225,12 +225,65 @@ func exprRunError(prog *vm.Program, env map[string]any, err error) string {
 		}
 	}
 	where := fmt.Sprintf(" (at %d:%d)", fe.Line, fe.Column+1)
+	if m := exprIndexError(finder.found, env, msg); m != "" {
+		return m + where
+	}
 	for _, name := range suspects {
 		if kind := jsonKindOf(env[name]); strings.HasPrefix(msg, "interface conversion: interface {} is ") && kind != "" {
 			return fmt.Sprintf("field %q is %s%s%s", name, kind, neededKind(msg), where)
 		}
 	}
 	return jsonTypeWords(msg) + where
+}
+
+// exprIndexError says what is wrong with an index of the wrong kind, a[“k”]
+// or o[1], which expr-lang reports as "invalid operation: int(string)" or
+// with reflect's "reflect.Value.MapIndex: value of type int is not
+// assignable to type string"; "" when msg is neither.
+func exprIndexError(nodes []ast.Node, env map[string]any, msg string) string {
+	var idx string
+	if t, ok := strings.CutPrefix(msg, "invalid operation: int("); ok {
+		idx = strings.TrimSuffix(t, ")")
+	} else if t, ok := strings.CutPrefix(msg, "reflect.Value.MapIndex: value of type "); ok {
+		idx, _, _ = strings.Cut(t, " ")
+	} else {
+		return ""
+	}
+	kind := jsonKinds[idx]
+	switch kind {
+	case "":
+		kind = "a value of another kind"
+	case "null":
+	case "array", "object", "integer beyond 64 bits":
+		kind = "an " + kind
+	default:
+		kind = "a " + kind
+	}
+	for _, n := range nodes {
+		var of ast.Node
+		switch n := n.(type) {
+		case *ast.MemberNode:
+			of = n.Node
+		case *ast.SliceNode:
+			of = n.Node
+		default:
+			continue
+		}
+		name, ok := fieldRef(of)
+		if !ok {
+			continue
+		}
+		switch env[name].(type) {
+		case map[string]any:
+			return fmt.Sprintf("field %q is an object, whose keys are strings: it cannot be indexed by %s", name, kind)
+		case []any:
+			return fmt.Sprintf("field %q is an array, indexed by numbers: it cannot be indexed by %s", name, kind)
+		}
+	}
+	if strings.HasPrefix(msg, "reflect.") {
+		return "an object's keys are strings: it cannot be indexed by " + kind
+	}
+	return "an array is indexed by numbers: it cannot be indexed by " + kind
 }
 
 // jsonKindOf names the JSON kind of a decoded value, with its article.
@@ -328,13 +381,16 @@ func neededKind(msg string) string {
 }
 
 // goTypeWords matches the Go types in expr-lang's messages.
-var goTypeWords = regexp.MustCompile(`map\[string\]interface \{\}|\[\]interface \{\}|interface \{\}|json\.Number|<nil>|\b(?:float64|int|bool|nil)\b`)
+var goTypeWords = regexp.MustCompile(`map\[string\]interface \{\}|\[\]interface \{\}|interface \{\}|json\.Number|time\.Time|time\.Duration|<nil>|\b(?:float64|int|bool|nil)\b`)
 
 var jsonKinds = map[string]string{
 	"map[string]interface {}": "object",
 	"[]interface {}":          "array",
 	"interface {}":            "value",
 	"json.Number":             "integer beyond 64 bits",
+	"string":                  "string",
+	"time.Time":               "date",
+	"time.Duration":           "duration",
 	"float64":                 "number",
 	"int":                     "number",
 	"bool":                    "boolean",
@@ -344,7 +400,7 @@ var jsonKinds = map[string]string{
 
 // jsonTypeWords rewrites a message from expr-lang in JSON's terms.
 func jsonTypeWords(msg string) string {
-	if strings.Contains(msg, "reflect:") {
+	if strings.Contains(msg, "reflect:") || strings.Contains(msg, "reflect.") {
 		return "a value of the wrong kind (null, or a field that is missing) was used"
 	}
 	msg = strings.ReplaceAll(msg, "interface conversion: interface {} is ", "a value is ")

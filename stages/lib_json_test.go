@@ -357,3 +357,17 @@ func TestExprCompileMessages(t *testing.T) {
 		}
 	}
 }
+
+// TestExprIndexMessages: indexing a value by the wrong kind of key says so
+// in JSON's terms, not with reflect's "reflect.Value.MapIndex: value of
+// type int is not assignable to type string" or "int(string)".
+func TestExprIndexMessages(t *testing.T) {
+	const rec = `{"a":[1,2],"o":{"k":1},"n":null,"s":"x"}`
+	libbRunCases(t, "map", []libbCase{
+		{name: "object by a number", with: map[string]any{"expr": "o[1]"}, rec: rec, wantErr: "field \"o\" is an object, whose keys are strings: it cannot be indexed by a number"},
+		{name: "array by a string", with: map[string]any{"expr": `a["k"]`}, rec: rec, wantErr: "field \"a\" is an array, indexed by numbers: it cannot be indexed by a string"},
+		{name: "array by a name", with: map[string]any{"expr": "a.k"}, rec: rec, wantErr: "field \"a\" is an array, indexed by numbers: it cannot be indexed by a string"},
+		{name: "slice to null", with: map[string]any{"expr": "a[0:n]"}, rec: rec, wantErr: "field \"a\" is an array, indexed by numbers: it cannot be indexed by null"},
+		{name: "a date", with: map[string]any{"expr": `now() + s`}, rec: rec, wantErr: "invalid operation: date + string"},
+	})
+}
