@@ -41,28 +41,6 @@ func newStage(t testing.TB, name string, with map[string]any) stages.Stage {
 	return st
 }
 
-// optionError returns what NewConfig, Check or New report for with.
-func optionError(t testing.TB, name, dir string, with map[string]any) error {
-	t.Helper()
-	spec, ok := stages.Lookup(name)
-	if !ok {
-		t.Fatalf("stage %q is not registered", name)
-	}
-	c, err := stages.NewConfig(spec, name, dir, with)
-	if err == nil && spec.Check != nil {
-		err = spec.Check(c)
-	}
-	if err == nil {
-		var st stages.Stage
-		if st, err = spec.New(c); err == nil {
-			if c, ok := st.(interface{ Close() error }); ok {
-				c.Close()
-			}
-		}
-	}
-	return err
-}
-
 // runStage sends every record through st the way the runner does (the
 // record's buffer is overwritten once Process returns), flushes it, and
 // returns the output, failing t on an error.
