@@ -1,9 +1,11 @@
 package stages
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"reflect"
+	"strconv"
 
 	"github.com/expr-lang/expr"
 	"github.com/expr-lang/expr/ast"
@@ -102,6 +104,16 @@ var exprIntFunctions = []expr.Option{
 		// NaN) is not defined in Go and gives math.MinInt here.
 		if f, ok := p[0].(float64); ok && !(f >= -(1<<63) && f < 1<<63) {
 			return nil, intOverflow("int(%g)", f)
+		}
+		if str, ok := p[0].(string); ok {
+			// expr-lang says "invalid operation: int(abc)".
+			i, err := strconv.Atoi(str)
+			if errors.Is(err, strconv.ErrRange) {
+				return nil, fmt.Errorf("the string %q holds an integer beyond 64 bits", str)
+			} else if err != nil {
+				return nil, fmt.Errorf("the string %q is not an integer", str)
+			}
+			return i, nil
 		}
 		return builtin.Int(p[0]), nil
 	}),

@@ -327,10 +327,12 @@ func TestExprIntegerOverflow(t *testing.T) {
 		{name: "sum with a map", with: map[string]any{"expr": "sum(a, # * 1)"}, rec: max, wantErr: "beyond 64 bits"},
 		{name: "in a closure", with: map[string]any{"expr": "reduce(a, #acc + #)"}, rec: max, wantErr: "beyond 64 bits"},
 		{name: "remainder of a division by zero", with: map[string]any{"expr": "x % (n - n)"}, rec: max, wantErr: "9223372036854775807 % 0: the remainder of a division by zero"},
+		{name: "int of a string", with: map[string]any{"expr": `int("12abc")`}, rec: `{}`, wantErr: `the string "12abc" is not an integer`},
+		{name: "int of a long string", with: map[string]any{"expr": `int("99999999999999999999")`}, rec: `{}`, wantErr: `the string "99999999999999999999" holds an integer beyond 64 bits`},
 		{name: "literals", with: map[string]any{"expr": "9223372036854775807 + 1"}, rec: `{}`, wantErr: "beyond 64 bits"},
 		{name: "int of a float too large", with: map[string]any{"expr": "int(f)"}, rec: max, wantErr: "beyond 64 bits"},
-		{name: "exact at the edge", with: map[string]any{"expr": "[x - 1 + 1, n + 1 - 1, -(n + 1), abs(n + 1), x * 1, sum([x, -1]), int(9.0e18), 2.5 + 1, -1.5, \"a\" + \"b\", x % 10]"},
-			rec: max, want: []string{`[9223372036854775807,-9223372036854775808,9223372036854775807,9223372036854775807,9223372036854775807,9223372036854775806,9000000000000000000,3.5,-1.5,"ab",7]`}},
+		{name: "exact at the edge", with: map[string]any{"expr": "[x - 1 + 1, n + 1 - 1, -(n + 1), abs(n + 1), x * 1, sum([x, -1]), int(9.0e18), int(\"-42\"), 2.5 + 1, -1.5, \"a\" + \"b\", x % 10]"},
+			rec: max, want: []string{`[9223372036854775807,-9223372036854775808,9223372036854775807,9223372036854775807,9223372036854775807,9223372036854775806,9000000000000000000,-42,3.5,-1.5,"ab",7]`}},
 	}
 	libbRunCases(t, "map", cases)
 	libbRunCases(t, "filter", []libbCase{
