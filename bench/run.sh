@@ -169,6 +169,15 @@ row "W7 W1 + 10 pass-through trim stages (vs W1 baseline)" "$N_W1" "${SECS[2]}" 
 r=$(awk -v a="$W7_SECS" -v b="$W1_SECS" 'BEGIN { printf "%.2f", a / b }')
 other "W7 time / W1 time (flowrun, 10 extra trim stages)" "$r" "<= 1.3" "$(check "$r <= 1.3")"
 
+# The cost of --metrics (issue 12): W1 with and without it, alternately.
+# The counters are the runner's own either way; --metrics adds the HTTP
+# server and a collector that reads them only when scraped.
+flow_w1m=("${FLOW[@]}" --metrics 127.0.0.1:0 bench/pipelines/w1.yaml)
+group w1m "$W1" "$RUNS" flow_w1 flow_w1m
+same w1m 0 1
+r=$(awk -v a="${SECS[1]}" -v b="${SECS[0]}" 'BEGIN { printf "%.3f", a / b }')
+other "W1 time with --metrics / without (${SECS[1]}s / ${SECS[0]}s)" "$r" "<= 1.03" "$(check "$r <= 1.03")"
+
 fi
 
 # --- W2 -----------------------------------------------------------------------

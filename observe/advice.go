@@ -12,10 +12,11 @@ import (
 // and how often it was empty: the part of the advice that a counter
 // cannot give, since a queue's length is a level, not a sum.
 type tally struct {
-	samples int
-	full    []int // per stage: its input queue at 90% or more
-	empty   []int // per stage: its input queue empty
-	outFull int   // the output writer's queue
+	samples  int
+	full     []int // per stage: its input queue at 90% or more
+	empty    []int // per stage: its input queue empty
+	outFull  int   // the output writer's queue at 90% or more
+	outEmpty int   // and empty
 }
 
 func (t *tally) add(s runner.Snapshot) {
@@ -39,6 +40,9 @@ func (t *tally) add(s runner.Snapshot) {
 	if isFull(s.OutQueued, s.OutCap) {
 		t.outFull++
 	}
+	if s.OutQueued == 0 {
+		t.outEmpty++
+	}
 }
 
 // queueOf returns the queue that feeds stage i: its own, or for a stage
@@ -48,6 +52,18 @@ func queueOf(s runner.Snapshot, i int) (queued, capacity int) {
 		i--
 	}
 	return s.Stages[i].Queued, s.Stages[i].Cap
+}
+
+// nextEmpty returns the fraction of samples that the queue after stage i
+// (the next stage's own, or the output's) was empty: what comes after it
+// waited for it.
+func (t *tally) nextEmpty(s runner.Snapshot, i int) float64 {
+	for j := i + 1; j < len(s.Stages); j++ {
+		if !s.Stages[j].Fused {
+			return t.frac(t.empty[j])
+		}
+	}
+	return t.frac(t.outEmpty)
 }
 
 func isFull(queued, capacity int) bool { return capacity > 0 && queued*10 >= capacity*9 }
@@ -61,12 +77,14 @@ func (t *tally) frac(n int) float64 {
 
 // Thresholds of the advice. A stage is named only when the measurements
 // leave no doubt: its workers were busy most of the run, records waited
-// for it most of the run, and every other stage was clearly less busy.
+// for it most of the run, and every other stage was clearly less busy
+// (or somewhat less, while the stage after it waited for its records).
 const (
 	minSamples = 10   // fewer: too short to tell (a second at DefaultEvery)
 	busyHigh   = 0.70 // a stage this busy may be the limit
 	fullHigh   = 0.50 // its queue full this much of the run: records waited for it
-	busyMargin = 0.25 // the next busiest stage at least this much less busy
+	busyMargin = 0.25 // the next busiest stage at least this much less busy,
+	starved    = 0.10 // or this much, when the queue after it was mostly empty
 	busyLow    = 0.50 // stages below this are waiting, not working
 )
 
@@ -144,7 +162,8 @@ func advise(s runner.Snapshot, elapsed time.Duration, t *tally, maxWorkers []int
 		return names, idle
 	}
 	full := t.frac(t.full[best])
-	if busy[best] >= busyHigh && full >= fullHigh && busy[best]-second >= busyMargin {
+	margin := busy[best] - second
+	if busy[best] >= busyHigh && full >= fullHigh && (margin >= busyMargin || margin >= starved && t.nextEmpty(s, best) >= fullHigh) {
 		st := s.Stages[best]
 		var b strings.Builder
 		fmt.Fprintf(&b, "bottleneck: %s — workers busy %d%%, queue full %d%% of the run", st.Name, pct(busy[best]), pct(full))

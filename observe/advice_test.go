@@ -123,3 +123,18 @@ func TestAdviceTooShort(t *testing.T) {
 		t.Fatalf("advice %+v for a run of 3 records, want it too short to tell", a)
 	}
 }
+
+// TestAdviceNamesTheStageWithFewestWorkers: stages of one cost with 3, 4
+// and 5 workers; the one with 3 is the limit, and what comes after it
+// waits for its records.
+func TestAdviceNamesTheStageWithFewestWorkers(t *testing.T) {
+	a := runObserved(t, `
+stages:
+  - {name: download, use: sleep, workers: 3, buffer: 16, with: {duration: 2ms}}
+  - {name: resize, use: sleep, workers: 4, buffer: 16, with: {duration: 2ms}}
+  - {name: upload, use: sleep, workers: 5, buffer: 16, with: {duration: 2ms}}
+`, 300)
+	if a.Limit != "download" {
+		t.Fatalf("advice %+v, want it to name download", a)
+	}
+}
