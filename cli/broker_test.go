@@ -83,9 +83,10 @@ func numbered(n int) []string {
 	return s
 }
 
-// drain reads and acks what is in the queue until idle goes by without a
-// message.
-func drain(t *testing.T, url string, idle time.Duration) []string {
+// drain reads and acks what is in the queue: at least atLeast messages
+// (waiting for them up to half a minute, however slow a loaded machine
+// is), then more until idle goes by without one.
+func drain(t *testing.T, url string, atLeast int, idle time.Duration) []string {
 	t.Helper()
 	ctx := context.Background()
 	src, _, err := connect.OpenSource(ctx, url, nil, 256)
@@ -95,12 +96,16 @@ func drain(t *testing.T, url string, idle time.Duration) []string {
 	defer src.Close()
 	var got []string
 	buf := make([]connect.Message, 0, 256)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		rctx, cancel := context.WithTimeout(ctx, idle)
 		ms, err := src.Receive(rctx, buf[:0])
 		cancel()
 		if errors.Is(err, context.DeadlineExceeded) {
-			return got
+			if len(got) >= atLeast || time.Now().After(deadline) {
+				return got
+			}
+			continue
 		}
 		if err != nil {
 			t.Fatal(err)
@@ -137,11 +142,11 @@ func TestBrokerEveryMessageOnce(t *testing.T) {
 		in, out := b.queues(t)
 		publish(t, in.sink, numbered(300))
 		p := pipeline(t, "stages: [{use: upper, workers: 4}]\n")
-		_, errs, code := runCLI(t, "", "run", "-q", "--progress", "none", "--until-idle", "500ms", "-i", in.src, "-o", out.sink, p)
+		_, errs, code := runCLI(t, "", "run", "-q", "--progress", "none", "--until-idle", "2s", "-i", in.src, "-o", out.sink, p)
 		if code != 0 {
 			t.Fatalf("exit %d: %s", code, errs)
 		}
-		got := sorted(drain(t, out.src, 500*time.Millisecond))
+		got := sorted(drain(t, out.src, 300, 300*time.Millisecond))
 		want := numbered(300)
 		for i := range want {
 			want[i] = strings.ToUpper(want[i])
@@ -149,7 +154,7 @@ func TestBrokerEveryMessageOnce(t *testing.T) {
 		if !slices.Equal(got, sorted(want)) {
 			t.Fatalf("output: %d messages, want each of %d once", len(got), len(want))
 		}
-		if left := drain(t, in.src, 300*time.Millisecond+b.redelivery); len(left) > 0 {
+		if left := drain(t, in.src, 0, 300*time.Millisecond+b.redelivery); len(left) > 0 {
 			t.Fatalf("%d messages left in the input, acked too late or not at all: %v", len(left), left[:min(5, len(left))])
 		}
 	})
@@ -166,8 +171,8 @@ func TestBrokerTakeLeavesRest(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("exit %d: %s", code, errs)
 		}
-		taken := drain(t, out.src, 500*time.Millisecond)
-		left := drain(t, in.src, 500*time.Millisecond+b.redelivery)
+		taken := drain(t, out.src, 10, 300*time.Millisecond)
+		left := drain(t, in.src, 40, 300*time.Millisecond+b.redelivery)
 		if len(taken) != 10 || len(left) != 40 {
 			t.Fatalf("took %d and left %d, want 10 and 40", len(taken), len(left))
 		}
@@ -193,8 +198,8 @@ func TestBrokerFailedRunLeavesMessage(t *testing.T) {
 		if code != 1 || !strings.Contains(errs, "json.validate") {
 			t.Fatalf("exit %d, want 1 naming the stage: %s", code, errs)
 		}
-		done := drain(t, out.src, 500*time.Millisecond)
-		left := drain(t, in.src, 500*time.Millisecond+b.redelivery)
+		done := drain(t, out.src, 7, 300*time.Millisecond)
+		left := drain(t, in.src, 13, 300*time.Millisecond+b.redelivery)
 		if !slices.Contains(left, "oops") {
 			t.Fatalf("the failing message is not back in the queue: left %v", left)
 		}
@@ -251,8 +256,10 @@ func TestBrokerKillMidRun(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		for count() < n/4 && cmd.ProcessState == nil {
-			time.Sleep(5 * time.Millisecond)
+		for start := time.Now(); count() < n/4; time.Sleep(5 * time.Millisecond) {
+			if time.Since(start) > time.Minute {
+				t.Fatalf("no output from flowrun: %s", stderr.String())
+			}
 		}
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
@@ -260,7 +267,7 @@ func TestBrokerKillMidRun(t *testing.T) {
 			t.Fatalf("the run was done before the kill: %s", stderr.String())
 		}
 
-		idle := 500*time.Millisecond + 2*b.redelivery
+		idle := 2*time.Second + 2*b.redelivery
 		again := exec.Command(flowrunBin, "run", "-q", "--progress", "none", "--until-idle", idle.String(), "-i", in.src, "-o", out.sink, p)
 		if msg, err := again.CombinedOutput(); err != nil {
 			t.Fatalf("second run: %v: %s", err, msg)
@@ -308,4 +315,80 @@ func TestBrokerStartErrors(t *testing.T) {
 			t.Errorf("-i %s -o %s: exit %d, %q; want 2 and %q", tc.in, tc.out, code, errs, tc.want)
 		}
 	}
+}
+
+// The broker killed and restarted in the middle of a run: flowrun
+// reconnects, its input and its output, and every message comes out (at
+// least once); then a SIGTERM drains and ends the endless run.
+func TestBrokerRestartMidRun(t *testing.T) {
+	forEachBroker(t, func(t *testing.T, b broker) {
+		srv := brokertest.Own(t, b.name)
+		in, out := struct{ src, sink string }{}, struct{ src, sink string }{}
+		in.src, in.sink = b.urls(srv, "restart-in")
+		out.src, out.sink = b.urls(srv, "restart-out")
+		const n = 300
+		publish(t, in.sink, numbered(n))
+		p := pipeline(t, "stages: [{use: sleep, with: {duration: 2ms}, workers: 4}, {use: upper}]\n")
+
+		var mu sync.Mutex
+		seen := map[string]bool{}
+		count := func() int { mu.Lock(); defer mu.Unlock(); return len(seen) }
+		ctx, stop := context.WithCancel(context.Background())
+		defer stop()
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			src, _, err := connect.OpenSource(context.Background(), out.src, nil, 256)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer src.Close()
+			buf := make([]connect.Message, 0, 256)
+			for {
+				ms, err := src.Receive(ctx, buf[:0])
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				for _, m := range ms {
+					seen[string(m.Data)] = true
+				}
+				mu.Unlock()
+				src.Settle(context.Background(), ms, connect.Ack)
+			}
+		}()
+
+		cmd := exec.Command(flowrunBin, "run", "-q", "--progress", "none", "-i", in.src, "-o", out.sink, p)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer cmd.Process.Kill()
+		for start := time.Now(); count() < n/5; time.Sleep(5 * time.Millisecond) {
+			if time.Since(start) > time.Minute {
+				t.Fatalf("no output from flowrun: %s", stderr.String())
+			}
+		}
+		if err := srv.Restart(); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(60 * time.Second)
+		for count() < n && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
+		err := cmd.Wait()
+		stop()
+		wg.Wait()
+		if c := count(); c < n {
+			t.Fatalf("%d of %d messages came out after the restart; flowrun: %v %s", c, n, err, stderr.String())
+		}
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+			t.Errorf("after SIGTERM: %v, want exit 130: %s", err, stderr.String())
+		}
+	})
 }

@@ -16,7 +16,7 @@ func brokerExample(name string) example {
 	var server *brokertest.Server
 	var outURL string
 	var in, want []string
-	ex := example{args: []string{"--until-idle", "1s"}}
+	ex := example{args: []string{"--until-idle", "2s"}}
 	ex.setup = func(t *testing.T) (string, []string) {
 		var env []string
 		var inURL string
@@ -42,7 +42,7 @@ func brokerExample(name string) example {
 		return "", env
 	}
 	ex.check = func(t *testing.T, stdout string) {
-		got := drain(t, outURL, 500*time.Millisecond)
+		got := drain(t, outURL, len(want), 300*time.Millisecond)
 		if !slices.Equal(sorted(got), sorted(want)) {
 			t.Fatalf("%s wrote %q, want %q", name, got, want)
 		}

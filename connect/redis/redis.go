@@ -196,6 +196,13 @@ type listSource struct {
 	slots                  slots
 	lastCheck              time.Time
 
+	// held counts the values handed on and not yet settled. After a
+	// connection error, what the processing list holds beyond them was
+	// moved there by a command whose reply was lost: reclaim puts it back.
+	mu   sync.Mutex
+	held map[string]int
+	lost bool
+
 	stop chan struct{}
 	wg   sync.WaitGroup
 }
@@ -210,6 +217,7 @@ func newListSource(ctx context.Context, c *redis.Client, p *connect.Params, pref
 		beat:       list + ":alive:" + consumer,
 		ttl:        max(p.Duration("claim_after"), 3*heartbeatEvery),
 		slots:      make(slots, prefetch),
+		held:       map[string]int{},
 		stop:       make(chan struct{}),
 	}
 	if err := s.restore(ctx, s.processing); err != nil {
@@ -283,7 +291,17 @@ func (s *listSource) Receive(ctx context.Context, buf []connect.Message) ([]conn
 	if err != nil {
 		return buf, err
 	}
-	defer func() { s.slots.give(n - len(buf)) }()
+	defer func() {
+		s.mu.Lock()
+		for _, m := range buf {
+			s.held[m.Token.(string)]++
+		}
+		s.mu.Unlock()
+		s.slots.give(n - len(buf))
+	}()
+	if s.lost {
+		s.reclaim(ctx)
+	}
 	// While the queue has messages, one pipeline of LMOVEs takes what
 	// the slots allow in one round trip; only an empty queue blocks.
 	if buf = s.moveSome(ctx, buf, n); len(buf) > 0 {
@@ -305,6 +323,7 @@ func (s *listSource) Receive(ctx context.Context, buf []connect.Message) ([]conn
 		if errors.Is(err, redis.Nil) {
 			continue
 		}
+		s.lost = true
 		if !b.Wait(ctx) { // Redis is away: wait for it to come back
 			return buf, ctx.Err()
 		}
@@ -325,11 +344,50 @@ func (s *listSource) moveSome(ctx context.Context, buf []connect.Message, n int)
 		return nil
 	})
 	for _, c := range cmds {
-		if v, err := c.(*redis.StringCmd).Result(); err == nil {
+		v, err := c.(*redis.StringCmd).Result()
+		switch {
+		case err == nil:
 			buf = append(buf, connect.Message{Data: []byte(v), Token: v})
+		case !errors.Is(err, redis.Nil):
+			s.lost = true
 		}
 	}
 	return buf
+}
+
+// reclaim moves back to the head of the queue what the processing list
+// holds beyond the messages handed on: messages a command moved there
+// while its reply was lost to a broken connection. Until it succeeds it
+// is tried again at the next Receive.
+func (s *listSource) reclaim(ctx context.Context) {
+	vals, err := s.c.LRange(ctx, s.processing, 0, -1).Result()
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	count := make(map[string]int, len(s.held))
+	for v, k := range s.held {
+		count[v] = k
+	}
+	s.mu.Unlock()
+	var orphans []string
+	for _, v := range vals {
+		if count[v] > 0 {
+			count[v]--
+		} else {
+			orphans = append(orphans, v)
+		}
+	}
+	_, err = s.c.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i := len(orphans) - 1; i >= 0; i-- { // the oldest ends up first
+			pipe.LRem(ctx, s.processing, -1, orphans[i])
+			pipe.LPush(ctx, s.list, orphans[i])
+		}
+		return nil
+	})
+	if err == nil {
+		s.lost = false
+	}
 }
 
 func (s *listSource) Settle(ctx context.Context, msgs []connect.Message, o connect.Outcome) error {
@@ -349,6 +407,14 @@ func (s *listSource) Settle(ctx context.Context, msgs []connect.Message, o conne
 		})
 		return err
 	})
+	s.mu.Lock()
+	for _, m := range msgs {
+		v := m.Token.(string)
+		if s.held[v]--; s.held[v] <= 0 {
+			delete(s.held, v)
+		}
+	}
+	s.mu.Unlock()
 	s.slots.give(len(msgs))
 	return err
 }
