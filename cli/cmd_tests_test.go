@@ -18,12 +18,12 @@ func TestFlowrunTestExamples(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d\n%s%s", code, out, errs)
 	}
-	for _, name := range []string{"clean", "logs", "jsonl", "csv_to_jsonl", "plugin", "download_resize_upload", "thumbnails"} {
+	for _, name := range []string{"clean", "logs", "jsonl", "csv_to_jsonl", "plugin", "download_resize_upload", "thumbnails", "sales"} {
 		if !regexp.MustCompile(`(?m)^ok  \t\.\./pipelines/` + name + `\.yaml\t\d+ cases?\t`).MatchString(out) {
 			t.Errorf("no ok line for pipelines/%s.yaml:\n%s", name, out)
 		}
 	}
-	if strings.Count(out, "\nok  \t") < 14 {
+	if strings.Count(out, "\nok  \t") < 16 {
 		t.Errorf("fewer cases than the examples hold:\n%s", out)
 	}
 }

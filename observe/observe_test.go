@@ -329,3 +329,27 @@ func TestAdviceOnSIGUSR1(t *testing.T) {
 		t.Errorf("%d records out after the signal, want 20", got)
 	}
 }
+
+// TestMetricsFlagMistakes: a bad address or a linger without --metrics
+// is a usage mistake (exit 2), said before anything runs.
+func TestMetricsFlagMistakes(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	p := filepath.Join(t.TempDir(), "p.yaml")
+	if err := os.WriteFile(p, []byte("stages: [{use: upper}]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--metrics", "127.0.0.1:notaport"}, "flowrun: --metrics 127.0.0.1:notaport: listen tcp"},
+		{[]string{"--metrics-linger", "5s"}, "--metrics-linger needs --metrics ADDR"},
+	} {
+		var out, errb bytes.Buffer
+		argv := append([]string{"flowrun", "run", p, "--progress", "none"}, tt.args...)
+		code := cli.Run(context.Background(), argv, strings.NewReader("a\n"), &out, &errb)
+		if code != 2 || !strings.Contains(errb.String(), tt.want) || out.Len() != 0 {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit 2 and %q", tt.args, code, out.String(), errb.String(), tt.want)
+		}
+	}
+}
