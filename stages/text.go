@@ -7,9 +7,11 @@ import (
 	"math/rand/v2"
 	"regexp"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/text/cases"
 	"golang.org/x/text/language"
+	"golang.org/x/text/transform"
 )
 
 func init() {
@@ -134,14 +136,37 @@ func (s trimStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byt
 // A Caser keeps state, so each worker has its own.
 type upperStage struct{ caser cases.Caser }
 
-func (s *upperStage) Map(rec []byte) []byte { return mapASCII(rec, 'a', 'z', s.caser.Bytes) }
+func (s *upperStage) Map(rec []byte) []byte { return mapASCII(rec, 'a', 'z', s.mapCase) }
 func (s *upperStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
 	return append(out, s.Map(rec)), nil
 }
 
 type lowerStage struct{ caser cases.Caser }
 
-func (s *lowerStage) Map(rec []byte) []byte { return mapASCII(rec, 'A', 'Z', s.caser.Bytes) }
+func (s *upperStage) mapCase(rec []byte) []byte { return mapCase(s.caser, rec) }
+func (s *lowerStage) mapCase(rec []byte) []byte { return mapCase(s.caser, rec) }
+
+// mapCase maps rec in one call of Transform into room enough for the
+// whole result. Caser.Bytes starts with room for len(rec) bytes, and when
+// a mapping grows the text (İ, 2 bytes, lowers to i̇, 3) it runs out and
+// goes on in a second call that has lost the context of the first: a
+// later final Σ then lowers to σ, not ς ("İstanbul ΟΔΟΣ"). No character
+// maps to more than three times its bytes (ΐ: 2 bytes, upper 6).
+func mapCase(c cases.Caser, rec []byte) []byte {
+	for room := 3*len(rec) + utf8.UTFMax; ; room *= 2 {
+		c.Reset()
+		dst := make([]byte, room)
+		n, _, err := c.Transform(dst, rec, true)
+		if err == nil {
+			return dst[:n:n]
+		}
+		if err != transform.ErrShortDst {
+			return c.Bytes(rec)
+		}
+	}
+}
+
+func (s *lowerStage) Map(rec []byte) []byte { return mapASCII(rec, 'A', 'Z', s.mapCase) }
 func (s *lowerStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byte, error) {
 	return append(out, s.Map(rec)), nil
 }
