@@ -19,22 +19,25 @@ import (
 // array of any length is fine; any other jq path reads the whole document
 // (up to max_record_size) and runs gojq on it.
 type jsonDocDecoder struct {
-	r     io.Reader
-	dec   *json.Decoder
-	steps []string // object keys down to the value
-	iter  bool     // the path ends in []: its elements are the records
-	code  *gojq.Code
-	max   int
-	state int // docStart, docIter, docDone
-	obj   bool
-	open  int // the objects descend entered, which finish closes
-	n     int64
-	buf   bytes.Buffer
+	r       io.Reader
+	dec     *json.Decoder
+	steps   []string // object keys down to the value
+	iter    bool     // the path ends in []: its elements are the records
+	code    *gojq.Code
+	results gojq.Iter // of code, once the document is read
+	max     int
+	state   int // docStart, docIter, docQuery, docDone
+	obj     bool
+	open    int // the objects descend entered, which finish closes
+	n       int64
+	buf     bytes.Buffer
+	err     error // select does not compile (a Pipeline not made by spec)
 }
 
 const (
 	docStart = iota
 	docIter
+	docQuery
 	docDone
 )
 
@@ -63,8 +66,13 @@ func newJSONDocDecoder(r io.Reader, sel string, maxRecord int) *jsonDocDecoder {
 		d.dec.UseNumber()
 		return d
 	}
-	q, _ := gojq.Parse(sel) // spec checked it
-	d.code, _ = gojq.Compile(q)
+	q, err := gojq.Parse(sel) // spec checked it
+	if err == nil {
+		d.code, err = gojq.Compile(q)
+	}
+	if err != nil {
+		d.err = fmt.Errorf("select: %w", err)
+	}
 	return d
 }
 
@@ -79,10 +87,16 @@ func (d *jsonDocDecoder) next(max int, out []item) ([]item, error) {
 	switch d.state {
 	case docDone:
 		return out, io.EOF
+	case docQuery:
+		return d.query(max, out)
 	case docStart:
 		d.state = docDone
+		if d.err != nil {
+			return out, d.err
+		}
 		if d.code != nil {
-			return d.query(out)
+			d.state = docQuery
+			return d.query(max, out)
 		}
 		if err := d.descend(); err != nil {
 			if errors.Is(err, errMissing) {
@@ -240,58 +254,47 @@ func (d *jsonDocDecoder) record(raw []byte) item {
 	return it
 }
 
-// query reads the whole document and runs select on it with gojq.
-func (d *jsonDocDecoder) query(out []item) ([]item, error) {
-	data, err := io.ReadAll(io.LimitReader(d.r, int64(d.max)+1))
-	if err != nil {
-		return out, err
+// query reads the whole document and runs select on it with gojq; its
+// results are taken max at a time, as the streaming path's, so that a
+// select that makes many (.[] | range(1e8)) holds few at once.
+func (d *jsonDocDecoder) query(max int, out []item) ([]item, error) {
+	if d.results == nil {
+		data, err := io.ReadAll(io.LimitReader(d.r, int64(d.max)+1))
+		if err != nil {
+			return out, err
+		}
+		if len(data) > d.max {
+			return out, fmt.Errorf("the JSON document is longer than max_record_size (%d bytes), which a select that does not stream (not a path like .items[]) must read whole", d.max)
+		}
+		dec := json.NewDecoder(bytes.NewReader(data))
+		dec.UseNumber()
+		var doc any
+		if err := dec.Decode(&doc); err != nil {
+			return out, fmt.Errorf("the JSON document: %w", err)
+		}
+		// gojq takes json.Numbers as they are: integers past 2^53 stay
+		// exact and 1.50 comes out as 1.50, as on the streaming path (and
+		// in jq 1.7).
+		d.results = d.code.Run(doc)
 	}
-	if len(data) > d.max {
-		return out, fmt.Errorf("the JSON document is longer than max_record_size (%d bytes), which a select that does not stream (not a path like .items[]) must read whole", d.max)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	var doc any
-	if err := dec.Decode(&doc); err != nil {
-		return out, fmt.Errorf("the JSON document: %w", err)
-	}
-	iter := d.code.Run(normalizeNumbers(doc))
-	for {
-		v, ok := iter.Next()
+	for len(out) < max {
+		v, ok := d.results.Next()
 		if !ok {
+			d.state = docDone
 			return out, io.EOF
 		}
 		if err, ok := v.(error); ok {
+			d.state = docDone
 			return out, fmt.Errorf("select: %w", err)
 		}
 		b, err := gojq.Marshal(v)
 		if err != nil {
+			d.state = docDone
 			return out, fmt.Errorf("select: %w", err)
 		}
 		out = append(out, d.record(b))
 	}
-}
-
-// normalizeNumbers turns json.Numbers into the int or float64 that gojq
-// takes.
-func normalizeNumbers(v any) any {
-	switch v := v.(type) {
-	case json.Number:
-		if i, err := v.Int64(); err == nil && int64(int(i)) == i {
-			return int(i)
-		}
-		f, _ := v.Float64()
-		return f
-	case []any:
-		for i := range v {
-			v[i] = normalizeNumbers(v[i])
-		}
-	case map[string]any:
-		for k := range v {
-			v[k] = normalizeNumbers(v[k])
-		}
-	}
-	return v
+	return out, nil
 }
 
 func (d *jsonDocDecoder) syntax(err error) error {

@@ -137,6 +137,20 @@ func TestInputJSONDocument(t *testing.T) {
 	}
 }
 
+// TestInputJSONQueryNumbers checks that a select gojq runs keeps numbers
+// as the document wrote them, as the streaming path does: integers past
+// 2^53 exact (issue 8's rule for jq and map), 1.50 as 1.50.
+func TestInputJSONQueryNumbers(t *testing.T) {
+	doc := `[{"a": 12345678901234567890}, {"a": 1.50}, {"a": 9007199254740993}, {"a": -0}, {"a": 1e400}]`
+	want := "12345678901234567890\n1.50\n9007199254740993\n-0\n1e400\n"
+	for _, sel := range []string{`'.[] | .a'`, `'.[].a'`} {
+		out, _, err := runYAML(t, "input: {format: json, select: "+sel+"}\noutput: {format: jsonl}\nstages: [{use: trim}]\n", doc)
+		if err != nil || out != want {
+			t.Errorf("select %s: %q, %v; want %q", sel, out, err, want)
+		}
+	}
+}
+
 // genTable makes rows of mixed values: numbers, words, empty fields,
 // quotes and the delimiter inside quoted fields; some rows short or long.
 func genTable(n int, sep string, ragged bool) string {

@@ -90,7 +90,13 @@ func (p *parser) selectPath(x field, format string) string {
 		p.errorf(x.key, "select applies to format json (a whole JSON document), not %s", format)
 		return ""
 	}
-	if _, err := gojq.Parse(s); err != nil {
+	q, err := gojq.Parse(s)
+	if err == nil {
+		// Compiling finds what parsing cannot: a function or a variable
+		// that does not exist (.[] | foo).
+		_, err = gojq.Compile(q)
+	}
+	if err != nil {
 		p.errorf(x.val, "select: %v", err)
 		return ""
 	}
