@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/flowrun/flowrun/stages/internal/jsontext"
 	"io"
 	"io/fs"
 	"math/rand/v2"
@@ -77,7 +78,7 @@ func decodeBlob(rec []byte) (fields map[string]any, data []byte, isBlob bool, er
 	err = eachMember(rec, func(key []byte, escaped bool, member, value []byte) {
 		name := string(key)
 		if escaped {
-			name, _ = unquoteKey(key)
+			name, _ = jsontext.UnquoteKey(key)
 		}
 		if name == blobData {
 			encoded = value

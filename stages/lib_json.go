@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/flowrun/flowrun/stages/internal/jsontext"
 	"math"
 	"sort"
 	"strconv"
@@ -142,7 +143,7 @@ func (s jsonValidateStage) Process(_ context.Context, rec []byte, out [][]byte) 
 		return out, Permanent(fmt.Errorf("invalid JSON: %v", err))
 	}
 	if s.object {
-		if i := scanSpace(rec, 0); i == len(rec) || rec[i] != '{' {
+		if i := jsontext.SkipSpace(rec, 0); i == len(rec) || rec[i] != '{' {
 			return out, Permanent(errRecordNotObject)
 		}
 	}
@@ -201,7 +202,7 @@ func (s *jqStage) Process(ctx context.Context, rec []byte, out [][]byte) ([][]by
 	if err := d.Decode(&v); err != nil {
 		return out, Permanent(fmt.Errorf("decode JSON: %w", err))
 	}
-	if off := scanSpace(rec, int(d.InputOffset())); off != len(rec) {
+	if off := jsontext.SkipSpace(rec, int(d.InputOffset())); off != len(rec) {
 		return out, Permanent(fmt.Errorf("decode JSON: data after the value at offset %d", off))
 	}
 	iter := s.code.RunWithContext(ctx, v)
@@ -252,7 +253,7 @@ func exprEnv(rec []byte, env map[string]any, names map[string]bool) error {
 		switch {
 		case escaped:
 			var err error
-			if k, err = unquoteKey(key); err != nil || names != nil && !names[k] {
+			if k, err = jsontext.UnquoteKey(key); err != nil || names != nil && !names[k] {
 				return
 			}
 		case names != nil && !names[string(key)]: // no allocation: the compiler sees the lookup
@@ -446,7 +447,7 @@ func (s *mapStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byt
 		if str, ok := v.(string); ok && s.raw {
 			return append(out, []byte(str)), nil
 		}
-		b, err := encodeJSONValue(nil, v)
+		b, err := jsontext.AppendValue(nil, v)
 		if err != nil {
 			return out, Permanent(fmt.Errorf("map: %w", err))
 		}
@@ -458,7 +459,7 @@ func (s *mapStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byt
 		if err != nil {
 			return out, Permanent(fmt.Errorf("map: field %s: %s", f.name, exprRunError(f.prog, s.env, err)))
 		}
-		if s.vals[i], err = encodeJSONValue(s.vals[i][:0], v); err != nil {
+		if s.vals[i], err = jsontext.AppendValue(s.vals[i][:0], v); err != nil {
 			return out, Permanent(fmt.Errorf("map: field %s: %w", f.name, err))
 		}
 		s.seen[i] = false
@@ -504,7 +505,7 @@ func (s *mapStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]byt
 
 func (s *mapStage) lookup(key []byte, escaped bool) (int, bool) {
 	if escaped {
-		k, err := unquoteKey(key)
+		k, err := jsontext.UnquoteKey(key)
 		if err != nil {
 			return 0, false
 		}
@@ -541,7 +542,7 @@ func (s *pickStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]by
 	err := eachMember(rec, func(key []byte, escaped bool, member, _ []byte) {
 		var named bool
 		if escaped {
-			k, err := unquoteKey(key)
+			k, err := jsontext.UnquoteKey(key)
 			named = err == nil && s.fields[k]
 		} else {
 			named = s.fields[string(key)]
@@ -560,260 +561,19 @@ func (s *pickStage) Process(_ context.Context, rec []byte, out [][]byte) ([][]by
 	return append(out, append(b, '}')), nil
 }
 
-// eachMember calls fn for each member of the JSON object rec, in order:
-// key is the member's name between its quotes (escaped says it holds a
-// backslash escape), member is its text from the key's opening quote to
-// the end of its value, and value is the value's text. The whole record is
-// checked to be well-formed JSON before fn is first called, so that a
-// stage never emits part of a broken record.
+// eachMember is jsontext.EachMember with the stage errors the runner
+// knows: a malformed record cannot be fixed by another attempt.
 func eachMember(rec []byte, fn func(key []byte, escaped bool, member, value []byte)) error {
-	end, err := scanValue(rec, scanSpace(rec, 0), 0)
-	if err == nil && scanSpace(rec, end) != len(rec) {
-		err = &scanError{off: scanSpace(rec, end), msg: "data after the value"}
-	}
-	if err != nil {
-		return Permanent(err)
-	}
-	i := scanSpace(rec, 0)
-	if rec[i] != '{' {
+	err := jsontext.EachMember(rec, fn)
+	if errors.Is(err, jsontext.ErrNotObject) {
 		return Permanent(errRecordNotObject)
 	}
-	i = scanSpace(rec, i+1)
-	for rec[i] != '}' {
-		keyStart := i
-		keyEnd, _ := scanString(rec, i)
-		key := rec[keyStart+1 : keyEnd-1]
-		i = scanSpace(rec, keyEnd)
-		valStart := scanSpace(rec, i+1) // past ':'
-		valEnd, _ := scanValue(rec, valStart, 1)
-		fn(key, bytes.IndexByte(key, '\\') >= 0, rec[keyStart:valEnd], rec[valStart:valEnd])
-		i = scanSpace(rec, valEnd)
-		if rec[i] == ',' {
-			i = scanSpace(rec, i+1)
-		}
-	}
-	return nil
-}
-
-func unquoteKey(key []byte) (string, error) {
-	var k string
-	q := make([]byte, 0, len(key)+2)
-	q = append(append(append(q, '"'), key...), '"')
-	err := json.Unmarshal(q, &k)
-	return k, err
-}
-
-// scanError is a malformed JSON record, with the byte offset where
-// the scanner gave up.
-type scanError struct {
-	off int
-	msg string
-}
-
-func (e *scanError) Error() string {
-	return fmt.Sprintf("invalid JSON at offset %d: %s", e.off, e.msg)
-}
-
-// scanMaxDepth bounds nesting, so a hostile record cannot exhaust the stack.
-const scanMaxDepth = 10000
-
-func scanSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// scanValue checks the JSON value that starts at b[i] and returns the
-// index just past it.
-func scanValue(b []byte, i, depth int) (int, error) {
-	if i >= len(b) {
-		return i, &scanError{off: i, msg: "unexpected end of input"}
-	}
-	switch c := b[i]; {
-	case c == '"':
-		return scanString(b, i)
-	case c == '{' || c == '[':
-		if depth >= scanMaxDepth {
-			return i, &scanError{off: i, msg: "nested too deeply"}
-		}
-		closer := byte('}')
-		if c == '[' {
-			closer = ']'
-		}
-		i = scanSpace(b, i+1)
-		if i < len(b) && b[i] == closer {
-			return i + 1, nil
-		}
-		for {
-			var err error
-			if c == '{' {
-				if i >= len(b) || b[i] != '"' {
-					return i, &scanError{off: i, msg: "expected a field name"}
-				}
-				if i, err = scanString(b, i); err != nil {
-					return i, err
-				}
-				i = scanSpace(b, i)
-				if i >= len(b) || b[i] != ':' {
-					return i, &scanError{off: i, msg: "expected ':' after a field name"}
-				}
-				i = scanSpace(b, i+1)
-			}
-			if i, err = scanValue(b, i, depth+1); err != nil {
-				return i, err
-			}
-			i = scanSpace(b, i)
-			switch {
-			case i < len(b) && b[i] == ',':
-				i = scanSpace(b, i+1)
-			case i < len(b) && b[i] == closer:
-				return i + 1, nil
-			default:
-				return i, &scanError{off: i, msg: fmt.Sprintf("expected ',' or '%c'", closer)}
-			}
-		}
-	case c == '-' || (c >= '0' && c <= '9'):
-		return scanNumber(b, i)
-	case c == 't':
-		return scanLiteral(b, i, "true")
-	case c == 'f':
-		return scanLiteral(b, i, "false")
-	case c == 'n':
-		return scanLiteral(b, i, "null")
-	}
-	return i, &scanError{off: i, msg: fmt.Sprintf("unexpected %q", b[i])}
-}
-
-func scanLiteral(b []byte, i int, lit string) (int, error) {
-	if !bytes.HasPrefix(b[i:], []byte(lit)) {
-		return i, &scanError{off: i, msg: "invalid literal, expected " + lit}
-	}
-	return i + len(lit), nil
-}
-
-func scanString(b []byte, i int) (int, error) {
-	start := i
-	for i++; i < len(b); i++ {
-		switch c := b[i]; {
-		case c == '"':
-			return i + 1, nil
-		case c == '\\':
-			i++
-			if i >= len(b) {
-				break
-			}
-			switch b[i] {
-			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-			case 'u':
-				if i+4 >= len(b) {
-					return i, &scanError{off: i, msg: "short \\u escape"}
-				}
-				for _, h := range b[i+1 : i+5] {
-					if !('0' <= h && h <= '9' || 'a' <= h && h <= 'f' || 'A' <= h && h <= 'F') {
-						return i, &scanError{off: i, msg: "bad \\u escape"}
-					}
-				}
-				i += 4
-			default:
-				return i, &scanError{off: i, msg: fmt.Sprintf("bad escape \\%c", b[i])}
-			}
-		case c < 0x20:
-			return i, &scanError{off: i, msg: "control character in string"}
-		}
-	}
-	return start, &scanError{off: start, msg: "unterminated string"}
-}
-
-func scanNumber(b []byte, i int) (int, error) {
-	start := i
-	digits := func() bool {
-		j := i
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i++
-		}
-		return i > j
-	}
-	if b[i] == '-' {
-		i++
-	}
-	if i < len(b) && b[i] == '0' {
-		i++
-	} else if !digits() {
-		return start, &scanError{off: start, msg: "invalid number"}
-	}
-	if i < len(b) && b[i] == '.' {
-		i++
-		if !digits() {
-			return start, &scanError{off: start, msg: "invalid number"}
-		}
-	}
-	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
-		i++
-		if i < len(b) && (b[i] == '+' || b[i] == '-') {
-			i++
-		}
-		if !digits() {
-			return start, &scanError{off: start, msg: "invalid number"}
-		}
-	}
-	return i, nil
-}
-
-// encodeJSONValue appends v's JSON encoding to b. The common scalar types
-// skip encoding/json's reflection; the rest go through it, without HTML
-// escaping.
-func encodeJSONValue(b []byte, v any) ([]byte, error) {
-	switch v := v.(type) {
-	case nil:
-		return append(b, "null"...), nil
-	case string:
-		return AppendJSONString(b, v), nil
-	case bool:
-		return strconv.AppendBool(b, v), nil
-	case int:
-		return strconv.AppendInt(b, int64(v), 10), nil
-	case int64:
-		return strconv.AppendInt(b, v, 10), nil
-	case float64:
-		return encodeJSONFloat(b, v)
-	case json.Number:
-		return append(b, v...), nil // an integer beyond 64 bits, as it came
-	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return b, err
-	}
-	return append(b, bytes.TrimSuffix(buf.Bytes(), []byte("\n"))...), nil
-}
-
-// encodeJSONFloat formats f as encoding/json does.
-func encodeJSONFloat(b []byte, f float64) ([]byte, error) {
-	if math.IsNaN(f) || math.IsInf(f, 0) {
-		return b, fmt.Errorf("%v has no JSON form", f)
-	}
-	abs := math.Abs(f)
-	format := byte('f')
-	if abs != 0 && (abs < 1e-6 || abs >= 1e21) {
-		format = 'e'
-	}
-	n := len(b)
-	b = strconv.AppendFloat(b, f, format, -1, 64)
-	if format == 'e' {
-		// clean up e-09 to e-9, as encoding/json does
-		if m := len(b) - n; m >= 4 && b[len(b)-4] == 'e' && b[len(b)-3] == '-' && b[len(b)-2] == '0' {
-			b[len(b)-2] = b[len(b)-1]
-			b = b[:len(b)-1]
-		}
-	}
-	return b, nil
+	return Permanent(err)
 }
 
 // isJSONObject reports whether rec, past leading space, opens a JSON object.
 func isJSONObject(rec []byte) bool {
-	i := scanSpace(rec, 0)
+	i := jsontext.SkipSpace(rec, 0)
 	return i < len(rec) && rec[i] == '{'
 }
 

@@ -239,6 +239,8 @@ func AppendValue(b []byte, v any) ([]byte, error) {
 		return strconv.AppendInt(b, v, 10), nil
 	case float64:
 		return AppendFloat(b, v)
+	case json.Number:
+		return append(b, v...), nil // an integer beyond 64 bits, as it came
 	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
