@@ -462,3 +462,30 @@ func TestTerminalPlain(t *testing.T) {
 		})
 	}
 }
+
+// TestTerminalLongStageName: a stage name wider than the terminal is cut,
+// with an ellipsis, and every line still shows its numbers (the names'
+// column was as wide as the longest, and pushed them off every line).
+func TestTerminalLongStageName(t *testing.T) {
+	long := strings.Repeat("very_long_stage_name_", 5)
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", `name: long
+input:  {from: stdin, format: lines}
+output: {to: stdout, format: lines}
+stages:
+  - {name: `+long+`, use: sleep, with: {duration: 1ms}}
+  - {name: upload, use: sleep, with: {duration: 1ms}}
+`)
+	in := writeFile(t, dir, "in.txt", strings.Repeat("x\n", 300))
+	cmd := exec.Command(flowrunBin, "run", "-q", "--progress-every", "20ms", "-i", in, "-o", filepath.Join(dir, "out"), p)
+	term := startOnTerminal(t, cmd, 100, 30, []string{"input", "upload", "output"})
+	if code := term.wait(t, cmd); code != 0 {
+		t.Errorf("exit %d", code)
+	}
+	screen := strings.Join(term.report(t), "\n")
+	for _, want := range []string{`(?m)^input .* 300 rec`, `(?m)^very_long_stage_name_\S*… +300 rec`, `(?m)^upload +300 rec`, `(?m)^output +300 rec`} {
+		if !regexp.MustCompile(want).MatchString(screen) {
+			t.Errorf("no line matches %s:\n%s", want, screen)
+		}
+	}
+}

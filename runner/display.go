@@ -233,7 +233,8 @@ const rateWindow = 5 * time.Second
 // view is what the block remembers between two draws: past counts, for
 // the rates, and where each spinner is.
 type view struct {
-	names   []string // input, the stages, output: padded to one width
+	names   []string // input, the stages, output
+	widest  int      // the widest of names, in cells
 	samples []sample // the last rateWindow of them, oldest first
 	spin    []int
 	last    []int64
@@ -250,21 +251,32 @@ type sample struct {
 
 func newView(s Snapshot) *view {
 	v := &view{}
-	width := len("output")
+	v.names = append(v.names, "input")
 	for _, st := range s.Stages {
-		width = max(width, uniseg.StringWidth(st.Name))
+		v.names = append(v.names, st.Name)
 	}
-	pad := func(name string) string {
-		return name + strings.Repeat(" ", width-uniseg.StringWidth(name))
+	v.names = append(v.names, "output")
+	for _, n := range v.names {
+		v.widest = max(v.widest, uniseg.StringWidth(n))
 	}
-	v.names = append(v.names, pad("input"))
-	for _, st := range s.Stages {
-		v.names = append(v.names, pad(st.Name))
-	}
-	v.names = append(v.names, pad("output"))
 	v.spin = make([]int, len(v.names))
 	v.last = make([]int64, len(v.names))
 	return v
+}
+
+// labels returns the names padded to one width, which takes at most a
+// third of a line width cells wide: a long stage name is cut, with an
+// ellipsis, rather than push the numbers off the line.
+func (v *view) labels(width int) []string {
+	col := min(v.widest, max(len("output"), width/3))
+	labels := make([]string, len(v.names))
+	for i, n := range v.names {
+		if uniseg.StringWidth(n) > col {
+			n = cut(n, col-1) + "…"
+		}
+		labels[i] = n + strings.Repeat(" ", col-uniseg.StringWidth(n))
+	}
+	return labels
 }
 
 func counts(s Snapshot) []int64 {
@@ -321,12 +333,13 @@ func (v *view) render(s Snapshot, width, height int, final bool) []string {
 		return fmt.Sprintf("%8s", human(r)+"/s")
 	}
 
+	names := v.labels(width)
 	var lines []string
 	// The input: a bar of the bytes consumed when the size is known.
 	var in line
-	in.add(v.names[0])
+	in.add(names[0])
 	if s.TotalBytes > 0 {
-		bar := clamp((width-len(v.names[0]))/3, 10, 30)
+		bar := clamp((width-uniseg.StringWidth(names[0]))/3, 10, 30)
 		in.add(inputBar(s.InBytes, s.TotalBytes, bar))
 		in.opt(count(s.InRecords))
 		if s.InErrors > 0 {
@@ -356,7 +369,7 @@ func (v *view) render(s Snapshot, width, height int, final bool) []string {
 	}
 	for i, st := range s.Stages[:stageRows] {
 		var l line
-		l.add(v.names[i+1])
+		l.add(names[i+1])
 		l.add(mark(i + 1))
 		l.add(count(st.In))
 		if st.Errs > 0 {
@@ -376,7 +389,7 @@ func (v *view) render(s Snapshot, width, height int, final bool) []string {
 	}
 
 	var out line
-	out.add(v.names[len(v.names)-1])
+	out.add(names[len(names)-1])
 	out.add(mark(len(now) - 1))
 	out.add(count(s.OutRecords))
 	out.opt(perSecond(len(now) - 1))
