@@ -114,6 +114,9 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		},
 		Flags: []urfave.Flag{
 			&urfave.BoolFlag{Name: "version", Usage: "print the version and exit"},
+			// urfave/cli adds its own only when it has no help command,
+			// and we have one: without it, --help was an unknown flag.
+			urfave.HelpFlag,
 		},
 		Commands: []*urfave.Command{
 			runCommand(stdin, stdout, stderr),
@@ -147,11 +150,23 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		}
 	}
 	err := app.RunContext(ctx, permute(args, app.Commands))
+	if name, ok := strings.CutPrefix(errorText(err), "No help topic for '"); ok {
+		// flowrun -h NAME: urfave/cli's own help, for a name that is no
+		// command; say it as `flowrun help NAME` does.
+		err = unknownCommand(app, strings.TrimSuffix(name, "'"))
+	}
 	code := exitCode(err)
 	if msg := errorMessage(err); msg != "" {
 		fmt.Fprintln(stderr, msg)
 	}
 	return code
+}
+
+func errorText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }
 
 // errShown is a usage mistake whose explanation is already on stderr.
