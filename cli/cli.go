@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+	"syscall"
 
 	urfave "github.com/urfave/cli/v2"
 
@@ -76,9 +77,25 @@ func load(file string, opts spec.Options, stdin io.Reader) (*spec.Pipeline, erro
 	}
 	var pe *fs.PathError
 	if errors.As(err, &pe) {
-		return nil, usageError{err}
+		return nil, usagef("%s", pathProblem(pe, "a pipeline file"))
 	}
 	return p, err
+}
+
+// pathProblem says in words why the file at pe.Path could not be read
+// ("p.yaml: no such file"), not as the system call that failed ("open
+// p.yaml: no such file or directory"). want is what the file should have
+// been, for a directory in its place.
+func pathProblem(pe *fs.PathError, want string) string {
+	switch {
+	case errors.Is(pe.Err, fs.ErrNotExist), errors.Is(pe.Err, syscall.ENOTDIR):
+		return pe.Path + ": no such file"
+	case errors.Is(pe.Err, syscall.EISDIR):
+		return pe.Path + " is a directory, not " + want
+	case errors.Is(pe.Err, fs.ErrPermission):
+		return pe.Path + " cannot be read: permission denied"
+	}
+	return pe.Path + ": " + pe.Err.Error()
 }
 
 // outcome carries a finished run's summary to exitCode.

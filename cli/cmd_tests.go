@@ -157,6 +157,11 @@ func testFiles(args []string) ([]string, error) {
 		return (strings.HasSuffix(name, ".yaml") || strings.HasSuffix(name, ".yml")) && !isTestFile(name)
 	}
 	for _, a := range args {
+		if a == "-" {
+			// Its cases live beside it (NAME_test.yaml, input_file:): a
+			// pipeline on stdin has no beside.
+			return nil, usagef("test reads each pipeline from its FILE, not from stdin (-)")
+		}
 		if dir, ok := strings.CutSuffix(a, "/..."); ok || a == "..." {
 			if a == "..." {
 				dir = "."
@@ -170,18 +175,26 @@ func testFiles(args []string) ([]string, error) {
 				}
 				return nil
 			})
-			if err != nil {
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				return nil, usagef("test %s: %s", a, pathProblem(pe, "a directory"))
+			} else if err != nil {
 				return nil, usagef("test %s: %v", a, err)
 			}
 			continue
 		}
 		fi, err := os.Stat(a)
-		if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			return nil, usagef("test: %s", pathProblem(pe, "a pipeline file"))
+		} else if err != nil {
 			return nil, usagef("test: %v", err)
 		}
 		if fi.IsDir() {
 			entries, err := os.ReadDir(a)
-			if err != nil {
+			if errors.As(err, &pe) {
+				return nil, usagef("test: %s", pathProblem(pe, "a pipeline file"))
+			} else if err != nil {
 				return nil, usagef("test: %v", err)
 			}
 			for _, e := range entries {

@@ -102,3 +102,31 @@ func TestReadmeListsTheCommandLine(t *testing.T) {
 		}
 	}
 }
+
+// TestPipelineFileProblemsInWords: a pipeline file that cannot be read is
+// said in words at its path, not as the system call that failed ("open
+// p.yaml: no such file or directory"), and `flowrun test -` with a file
+// named "-" about is refused rather than a crash reading a nil stdin.
+func TestPipelineFileProblemsInWords(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	dir := t.TempDir()
+	t.Chdir(dir)
+	writeFile(t, dir, "-", "stages: [{use: trim}]\n")
+	tests := []struct {
+		args []string
+		want string // stderr, whole
+	}{
+		{[]string{"run", "nosuch.yaml"}, "flowrun: nosuch.yaml: no such file\n"},
+		{[]string{"validate", "nosuch/p.yaml"}, "flowrun: nosuch/p.yaml: no such file\n"},
+		{[]string{"graph", "."}, "flowrun: . is a directory, not a pipeline file\n"},
+		{[]string{"test", "nosuch.yaml"}, "flowrun: test: nosuch.yaml: no such file\n"},
+		{[]string{"test", "nosuch/..."}, "flowrun: test nosuch/...: nosuch: no such file\n"},
+		{[]string{"test", "-"}, "flowrun: test reads each pipeline from its FILE, not from stdin (-)\n"},
+	}
+	for _, tt := range tests {
+		_, errs, code := runCLI(t, "", tt.args...)
+		if code != 2 || errs != tt.want {
+			t.Errorf("flowrun %s: exit %d, stderr %q; want 2, %q", strings.Join(tt.args, " "), code, errs, tt.want)
+		}
+	}
+}
