@@ -53,7 +53,7 @@ process group.`,
 			&urfave.StringSliceFlag{Name: "set", Usage: "override `KEY=VALUE` of the pipeline, e.g. stages.NAME.workers=4 or stages.NAME.with.pattern=x (repeatable)"},
 			&urfave.StringFlag{Name: "progress", Value: "auto", Usage: "`MODE`: auto | bar | plain | none; auto is a live display on a terminal (records typed there: none), a status line every few seconds otherwise or when CI is set"},
 			&urfave.DurationFlag{Name: "progress-every", Usage: "how often progress is shown, a `DURATION` (150ms for bars and 5s for plain when unset)"},
-			&urfave.StringFlag{Name: "stats", Usage: "write the run's summary as JSON to `FILE`"},
+			&urfave.StringFlag{Name: "stats", Usage: "write the run's summary as JSON to `FILE` (- for stdout, when the records go to a file)"},
 			&urfave.StringFlag{Name: "dead-letter", Usage: "write dead letters to `FILE` instead of the pipeline's dead_letter"},
 			&urfave.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no summary table at the end"},
 			&urfave.StringFlag{Name: "journal", Usage: "record durably in `FILE` how far the output is complete, so that --resume can continue after a crash"},
@@ -103,7 +103,7 @@ process group.`,
 
 func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Reader, stdout, stderr io.Writer) error {
 	p, release, err := prepare(file, paths{
-		input: opts.input, output: opts.output, deadLetter: opts.deadLetter, set: opts.set, noInput: opts.resumeFailed,
+		input: opts.input, output: opts.output, deadLetter: opts.deadLetter, stats: opts.stats, set: opts.set, noInput: opts.resumeFailed,
 	}, stdin)
 	defer release()
 	if err != nil {
@@ -241,7 +241,7 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 		}
 	}
 	if opts.stats != "" {
-		if err := writeStats(opts.stats, sum); err != nil && runErr == nil {
+		if err := writeStats(opts.stats, sum, stdout); err != nil && runErr == nil {
 			runErr = err
 		}
 	}
@@ -285,12 +285,20 @@ var ownProcess bool
 // the run has not returned.
 const hardAbort = 2500 * time.Millisecond
 
-func writeStats(path string, sum *runner.Summary) error {
+// writeStats writes sum as JSON to the file at path, or to stdout for
+// "-" (preflight made sure the records are not there).
+func writeStats(path string, sum *runner.Summary, stdout io.Writer) error {
 	b, err := json.MarshalIndent(sum, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+	b = append(b, '\n')
+	if path == "-" {
+		_, err = stdout.Write(b)
+	} else {
+		err = os.WriteFile(path, b, 0o644)
+	}
+	if err != nil {
 		return fmt.Errorf("--stats: %w", err)
 	}
 	return nil

@@ -20,6 +20,7 @@ import (
 // reads and writes.
 type paths struct {
 	input, output, deadLetter string   // -i, -o, --dead-letter
+	stats                     string   // run's --stats
 	set                       []string // --set
 	noInput                   bool     // the input is not the pipeline's (--resume-failed)
 }
@@ -88,8 +89,27 @@ func preflight(p *spec.Pipeline, o paths) ([]stages.Stage, error) {
 		ps.add(o.place(p.Output.Pos, o.output != "", "-o", "output.to"), "output: "+msg)
 	}
 	if p.DeadLetter != "" {
-		if msg := checkWritable(p.DeadLetter, inputs); msg != "" {
+		msg := checkWritable(p.DeadLetter, inputs)
+		if msg == "" && samePath(p.DeadLetter, p.Output.To) {
+			msg = fmt.Sprintf("%s is also the output: the dead letters would overwrite the records; write them to another file", p.DeadLetter)
+		}
+		if msg != "" {
 			ps.add(o.place(p.DeadLetterPos, o.deadLetter != "", "--dead-letter", "dead_letter"), "dead letter: "+msg)
+		}
+	}
+	if o.stats != "" {
+		var msg string
+		switch {
+		case o.stats == "-" && isStd(p.Output.To):
+			msg = "- is stdout, which carries the records: write the stats to a FILE (or the records with -o)"
+		case o.stats == "-":
+		case samePath(o.stats, p.Output.To), samePath(o.stats, p.DeadLetter):
+			msg = fmt.Sprintf("%s is also the output or the dead-letter file: write the stats to another file", o.stats)
+		default:
+			msg = checkWritable(o.stats, inputs)
+		}
+		if msg != "" {
+			ps.add("flowrun: --stats", msg)
 		}
 	}
 	for _, s := range p.Stages {
@@ -208,6 +228,22 @@ func checkWritable(path string, inputs []string) string {
 		return fmt.Sprintf("cannot create %s: directory %s is not writable", path, dir)
 	}
 	return ""
+}
+
+// samePath says a and b name one file, existing or to be created. Stdin,
+// stdout and broker URLs are no file.
+func samePath(a, b string) bool {
+	if isStd(a) || isStd(b) || connect.Scheme(a) != "" || connect.Scheme(b) != "" {
+		return false
+	}
+	fa, erra := os.Stat(a)
+	fb, errb := os.Stat(b)
+	if erra == nil && errb == nil {
+		return os.SameFile(fa, fb)
+	}
+	absA, erra := filepath.Abs(a)
+	absB, errb := filepath.Abs(b)
+	return erra == nil && errb == nil && absA == absB
 }
 
 // checkURL says what is wrong with a broker URL, connecting to nothing:

@@ -60,6 +60,8 @@ func TestValidateChecksWhatRunChecks(t *testing.T) {
 			"flowrun: -o: output: DIR/in.txt is also the input: writing it would destroy what is being read; write to another file\n"},
 		{"dead letter is the input by another name", "dead_letter: DIR/./in.txt\nstages: [{use: upper, on_error: dead-letter}]\n", []string{"-i", in},
 			"FILE:1:14: dead letter: DIR/./in.txt is the input file DIR/in.txt: writing it would destroy what is being read; write to another file\n"},
+		{"dead letter is the output", "stages: [{use: upper, on_error: dead-letter}]\n", []string{"-i", in, "-o", out, "--dead-letter", "DIR/./out.txt"},
+			"flowrun: --dead-letter: dead letter: DIR/./out.txt is also the output: the dead letters would overwrite the records; write them to another file\n"},
 		{"a stage whose New panics", "stages:\n  - use: clitest.panicky\n", []string{"-i", in},
 			"FILE:2:5: stage \"clitest.panicky\": making the stage panicked (a bug in clitest.panicky): boom\n"},
 		{"every problem at once", "input: {from: nope.txt}\noutput: {to: DIR/no/out.txt}\nstages:\n  - use: wasm\n    with: {module: garbage.wasm}\n  - use: exec\n    with: {command: [flowrun-no-such-program]}\n", nil,
@@ -181,5 +183,38 @@ func TestPreflightDoesNotLoadTwice(t *testing.T) {
 	defer shared.Unlock()
 	if shared.loads != 1 || shared.refs != 0 {
 		t.Errorf("loaded %d times, %d references left; want 1 and 0", shared.loads, shared.refs)
+	}
+}
+
+// TestStatsFileCheckedBeforeTheRun: --stats is checked with the other
+// paths, before any record moves (it was written after the run, which
+// then failed with "open …: no such file or directory"), may not be the
+// output, and - writes the JSON to stdout when the records go elsewhere
+// (it wrote a file named "-").
+func TestStatsFileCheckedBeforeTheRun(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", "stages: [{use: upper}]\n")
+	in := writeFile(t, dir, "in.txt", "a\n")
+	out := filepath.Join(dir, "out.txt")
+	for _, tt := range []struct {
+		stats, output, want string
+	}{
+		{filepath.Join(dir, "no", "s.json"), out, "flowrun: --stats: cannot create DIR/no/s.json: no directory DIR/no\n"},
+		{out, out, "flowrun: --stats: DIR/out.txt is also the output or the dead-letter file: write the stats to another file\n"},
+		{"-", "-", "flowrun: --stats: - is stdout, which carries the records: write the stats to a FILE (or the records with -o)\n"},
+	} {
+		stdout, stderr, code := runCLI(t, "", "run", "-q", "-i", in, "-o", tt.output, "--stats", tt.stats, p)
+		want := strings.ReplaceAll(tt.want, "DIR", dir)
+		if code != 2 || stdout != "" || stderr != want {
+			t.Errorf("--stats %s: exit %d, stdout %q, stderr %q; want exit 2, %q", tt.stats, code, stdout, stderr, want)
+		}
+		if _, err := os.Stat(out); err == nil {
+			t.Errorf("--stats %s: the run started: %s was written", tt.stats, out)
+		}
+	}
+	stdout, stderr, code := runCLI(t, "", "run", "-q", "-i", in, "-o", out, "--stats", "-", p)
+	if code != 0 || !strings.Contains(stdout, `"pipeline"`) || !strings.Contains(stdout, `"records": 1`) {
+		t.Errorf("--stats -: exit %d, stdout %q, stderr %q; want the JSON on stdout", code, stdout, stderr)
 	}
 }
