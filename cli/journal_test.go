@@ -396,3 +396,73 @@ func readString(path string) string {
 	data, _ := os.ReadFile(path)
 	return string(data)
 }
+
+// TestJournalKeepsDeadLetters interrupts a journaled run (a record fails
+// until a flag file exists) after two records were dead-lettered, and
+// resumes: a dead-letter file removed or cut since is refused with exit 2
+// (its records are done: the resume would lose them), and an untouched
+// one resumes to each dead letter once and exit 3, as a run never
+// interrupted ends, though the resumed part dead-lettered nothing.
+func TestJournalKeepsDeadLetters(t *testing.T) {
+	var in strings.Builder
+	for i := 1; i <= 300; i++ {
+		rec := fmt.Sprintf("record %d", i)
+		switch i {
+		case 5, 10:
+			rec += " bad"
+		case 200:
+			rec += " fail"
+		}
+		fmt.Fprintf(&in, "%q\n", rec)
+	}
+	const pipeline = `ordered: true
+stages:
+  - {name: sift, use: jq, on_error: dead-letter, with: {query: 'if test("bad") then error("bad record") else . end'}}
+  - {name: gate, use: exec, with: {command: [sh, -c, 'while read -r l; do case $l in *fail*) [ -e %s ] || exit 1;; esac; printf "%%s\n" "$l"; done']}}
+`
+	tests := []struct {
+		name   string
+		change func(dl string)
+		code   int
+		stderr string
+	}{
+		{"untouched", func(string) {}, 3, "2 records dead-lettered to "},
+		{"removed", func(dl string) { os.Remove(dl) }, 2, "dead-letter file"},
+		{"cut", func(dl string) { os.Truncate(dl, 20) }, 2, "dead-letter file"},
+		{"rewritten", func(dl string) {
+			data, _ := os.ReadFile(dl)
+			data[5] = 'X'
+			os.WriteFile(dl, data, 0o644)
+		}, 2, "dead-letter file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			input := writeFile(t, dir, "in.txt", in.String())
+			p := writeFile(t, dir, "p.yaml", fmt.Sprintf(pipeline, filepath.Join(dir, "flag")))
+			out, journal, dl := filepath.Join(dir, "out.txt"), filepath.Join(dir, "j"), filepath.Join(dir, "dl.jsonl")
+			// Not -q: the line that says why a run exits 3 is shown.
+			args := []string{"run", "--progress", "none", "--journal", journal, "--resume", "-i", input, "-o", out, "--dead-letter", dl, p}
+			if res := relRun(t, nil, nil, args...); res.code != 1 {
+				t.Fatalf("first run: exit %d, want 1; stderr:\n%s", res.code, res.stderr)
+			}
+			tt.change(dl)
+			writeFile(t, dir, "flag", "")
+			res := relRun(t, nil, nil, args...)
+			if res.code != tt.code || !strings.Contains(res.stderr, tt.stderr) {
+				t.Fatalf("resume: exit %d, want %d with %q; stderr:\n%s", res.code, tt.code, tt.stderr, res.stderr)
+			}
+			if tt.code != 3 {
+				return
+			}
+			data, _ := os.ReadFile(dl)
+			if !strings.Contains(string(data), `"seq":5,`) || !strings.Contains(string(data), `"seq":10,`) || strings.Count(string(data), "\n") != 2 {
+				t.Errorf("dead letters after the resume:\n%s", data)
+			}
+			// A resume of the finished run says the same.
+			if res := relRun(t, nil, nil, args...); res.code != 3 || !strings.Contains(res.stderr, tt.stderr) {
+				t.Errorf("resume of the finished run: exit %d; stderr:\n%s", res.code, res.stderr)
+			}
+		})
+	}
+}

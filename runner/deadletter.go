@@ -46,6 +46,7 @@ type deadLetters struct {
 	w    *bufio.Writer
 	name string
 	err  error
+	sum  *dlSum // a journal's, nil without one
 }
 
 func newDeadLetters(w io.Writer, name string) *deadLetters {
@@ -82,6 +83,9 @@ func (d *deadLetters) writeEntry(dl DeadLetter, rec []byte) error {
 	if d.err == nil {
 		d.w.Write(line)
 		d.err = d.w.WriteByte('\n')
+		if d.err == nil && d.sum != nil {
+			d.sum.add(dl.Seq, line)
+		}
 	}
 	if d.err != nil {
 		return fmt.Errorf("write dead letter to %s: %w", d.name, d.err)

@@ -3,6 +3,7 @@ package runner
 import (
 	"bufio"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -46,14 +47,17 @@ import (
 // and of each stage: its use, options, timeout, retries and on_error, not
 // its workers or buffer, which change nothing in the output), the input
 // (each file's size and modification time, and a SHA-256 of the first
-// InputBytes bytes the run read), and the output (its first OutputBytes
-// bytes, by their SHA-256). A mismatch is refused with what changed, never
+// InputBytes bytes the run read), the output (its first OutputBytes
+// bytes, by their SHA-256) and the dead-letter file (its entries of
+// records up to Seq, which are there and nowhere else: their number and a
+// hash of them that their order does not change, since a resume drops the
+// entries after Seq from among them). A mismatch is refused with what changed, never
 // mixed into the output; an output shorter than the journal says is never
 // padded.
 
 // journalVersion is the journal format's version; an older journal does
 // not identify its run and cannot be resumed.
-const journalVersion = 2
+const journalVersion = 3
 
 // JournalEntry is the journal file's content.
 type JournalEntry struct {
@@ -71,6 +75,8 @@ type JournalEntry struct {
 	OutputBytes     int64         `json:"output_bytes"`
 	OutputSHA256    string        `json:"output_sha256"`
 	DeadLetterBytes int64         `json:"dead_letter_bytes"`
+	DeadLettered    int64         `json:"dead_lettered"`   // entries of records up to Seq
+	DeadLetterSum   string        `json:"dead_letter_sum"` // of those entries, see dlSum
 	Done            bool          `json:"done"`
 }
 
@@ -175,6 +181,59 @@ type journal struct {
 	// written (from its first byte: a resume feeds it what it keeps).
 	in      *inputHash
 	outHash hash.Hash
+	dls     *dlSum
+}
+
+// dlSum sums the dead-letter entries of records up to a journal entry's
+// Seq: how many, and the sum of their SHA-256s taken as four 64-bit
+// lanes, which the entries' order does not change. An entry is pending
+// until a journal entry's Seq reaches its record.
+type dlSum struct {
+	mu      sync.Mutex
+	pending []dlMark
+	n       int64
+	lanes   [4]uint64
+}
+
+type dlMark struct {
+	seq uint64
+	sum [32]byte
+}
+
+// add notes an entry (a line without its newline) of record seq.
+func (s *dlSum) add(seq uint64, line []byte) {
+	m := dlMark{seq: seq, sum: sha256.Sum256(line)}
+	s.mu.Lock()
+	s.pending = append(s.pending, m)
+	s.mu.Unlock()
+}
+
+// upTo settles the pending entries of records up to seq and returns the
+// count and sum of every settled one.
+func (s *dlSum) upTo(seq uint64) (int64, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keep := s.pending[:0]
+	for _, m := range s.pending {
+		if m.seq > seq {
+			keep = append(keep, m)
+			continue
+		}
+		s.n++
+		for i := range s.lanes {
+			s.lanes[i] += binary.LittleEndian.Uint64(m.sum[8*i:])
+		}
+	}
+	s.pending = keep
+	return s.n, s.text()
+}
+
+func (s *dlSum) text() string {
+	var b [32]byte
+	for i, l := range s.lanes {
+		binary.LittleEndian.PutUint64(b[8*i:], l)
+	}
+	return hex.EncodeToString(b[:])
 }
 
 // readJournal reads the journal at path; a missing file is a fresh start.
@@ -222,7 +281,68 @@ func (e *JournalEntry) check(want JournalEntry, files []inputFile, out hash.Hash
 	if err := checkInputPrefix(files, e.InputBytes, e.InputSHA256); err != nil {
 		return err
 	}
+	if err := checkDeadLetters(e); err != nil {
+		return err
+	}
 	return checkOutput(e, out)
+}
+
+// eachDeadLetter calls fn with each whole entry (a line with its newline)
+// of the dead-letter file at path and its record's number; a torn last
+// line or one that is not an entry is left out. A missing file has none.
+func eachDeadLetter(path string, fn func(seq uint64, line []byte) error) error {
+	in, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("dead letter: %w", err)
+	}
+	defer in.Close()
+	r := bufio.NewReader(in)
+	for {
+		line, err := r.ReadBytes('\n')
+		if len(line) > 0 && line[len(line)-1] == '\n' {
+			var d DeadLetter
+			if json.Unmarshal(line, &d) == nil {
+				if err := fn(d.Seq, line); err != nil {
+					return err
+				}
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("dead letter %s: %w", path, err)
+		}
+	}
+}
+
+// checkDeadLetters checks that the dead-letter file still holds the
+// entries of records up to Seq that the journal counts: they are there
+// only, and a resume that went on without them would lose them.
+func checkDeadLetters(e *JournalEntry) error {
+	if e.DeadLetter == "" || e.DeadLettered == 0 {
+		return nil
+	}
+	var s dlSum
+	err := eachDeadLetter(e.DeadLetter, func(seq uint64, line []byte) error {
+		if seq <= e.Seq {
+			s.add(seq, line[:len(line)-1])
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if _, statErr := os.Stat(e.DeadLetter); errors.Is(statErr, fs.ErrNotExist) {
+		return fmt.Errorf("the dead-letter file %s was removed since the journal was written (it held %d dead letters of records done)", e.DeadLetter, e.DeadLettered)
+	}
+	if n, sum := s.upTo(e.Seq); n != e.DeadLettered || sum != e.DeadLetterSum {
+		return fmt.Errorf("the dead-letter file %s changed since the journal was written (it holds %d dead letters of records done, not the %d the run wrote, or not the same ones)", e.DeadLetter, n, e.DeadLettered)
+	}
+	return nil
 }
 
 func checkStages(was, now []JournalHash) error {
@@ -343,6 +463,7 @@ func (j *journal) write(seq uint64, outBytes int64, dl *deadLetters, final bool)
 			return fmt.Errorf("journal: %w", err)
 		}
 		j.entry.DeadLetterBytes = fi.Size()
+		j.entry.DeadLettered, j.entry.DeadLetterSum = j.dls.upTo(seq)
 	}
 	j.entry.Seq, j.entry.OutputBytes, j.entry.Done = seq, j.base+outBytes, final
 	j.entry.OutputSHA256 = hex.EncodeToString(j.outHash.Sum(nil))
@@ -398,34 +519,19 @@ func replaceFile(path string, fill func(io.Writer) error) error {
 
 // keepDeadLetters rewrites the dead-letter file with only the entries of
 // records up to seq: the others are retried by the resumed run, and would
-// otherwise appear twice.
-func keepDeadLetters(path string, seq uint64) error {
-	in, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
+// otherwise appear twice. It notes what it keeps in sum.
+func keepDeadLetters(path string, seq uint64, sum *dlSum) error {
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
-	if err != nil {
-		return fmt.Errorf("dead letter: %w", err)
-	}
-	defer in.Close()
 	return replaceFile(path, func(w io.Writer) error {
-		r := bufio.NewReader(in)
-		for {
-			line, err := r.ReadBytes('\n')
-			if len(line) > 0 && line[len(line)-1] == '\n' { // a torn last line is dropped
-				var d DeadLetter
-				if json.Unmarshal(line, &d) == nil && d.Seq <= seq {
-					if _, err := w.Write(line); err != nil {
-						return err
-					}
-				}
-			}
-			if err == io.EOF {
+		return eachDeadLetter(path, func(s uint64, line []byte) error {
+			if s > seq {
 				return nil
 			}
-			if err != nil {
-				return err
-			}
-		}
+			sum.add(s, line[:len(line)-1])
+			_, err := w.Write(line)
+			return err
+		})
 	})
 }

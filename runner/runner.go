@@ -91,6 +91,8 @@ type run struct {
 	ordered bool     // output in input order: the pipeline's, or a journal's
 	jr      *journal // nil without Options.Journal
 	skip    uint64   // input records done before a resume
+	// resumedDead is how many of those were dead-lettered.
+	resumedDead int64
 
 	// failSeq is the input record that failed the run (on_error: fail),
 	// 0 while none has. From then on the input is stopped, records after
@@ -177,8 +179,11 @@ func (r *run) run(ctx context.Context) (err error) {
 		if resumed, err = r.openJournal(files); err != nil {
 			return &SetupError{err}
 		}
-		if resumed != nil && resumed.Done {
-			return nil // the journaled run finished: its output is whole
+		if resumed != nil {
+			r.resumedDead = resumed.DeadLettered
+			if resumed.Done {
+				return nil // the journaled run finished: its output is whole
+			}
 		}
 	}
 
@@ -244,7 +249,7 @@ func (r *run) run(ctx context.Context) (err error) {
 	if p.DeadLetter != "" {
 		mode := truncate
 		if resumed != nil {
-			if err := keepDeadLetters(p.DeadLetter, resumed.Seq); err != nil {
+			if err := keepDeadLetters(p.DeadLetter, resumed.Seq, r.jr.dls); err != nil {
 				dlFile.close()
 				return &SetupError{err}
 			}
@@ -262,6 +267,9 @@ func (r *run) run(ctx context.Context) (err error) {
 			r.jr.dl = f
 		}
 		r.dl = newDeadLetters(f, p.DeadLetter)
+		if r.jr != nil {
+			r.dl.sum = r.jr.dls
+		}
 		defer func() {
 			if ferr := r.dl.flush(); err == nil && ferr != nil {
 				err = ferr
@@ -639,7 +647,7 @@ func (r *run) openJournal(files []inputFile) (*JournalEntry, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.jr = &journal{path: r.opts.Journal, entry: want, in: newInputHash(), outHash: sha256.New()}
+	r.jr = &journal{path: r.opts.Journal, entry: want, in: newInputHash(), outHash: sha256.New(), dls: &dlSum{}}
 	if !r.opts.Resume {
 		return nil, nil
 	}
@@ -665,6 +673,7 @@ func (r *run) summarize(sum *Summary, elapsed time.Duration) {
 		Skipped:      r.input.skipped.Load(),
 		DeadLettered: r.input.dead.Load(),
 		Unread:       max(0, r.input.decoded.Load()-r.input.records.Load()-r.input.resumed.Load()),
+		Resumed:      ResumedStats{Records: int64(r.skip), DeadLettered: r.resumedDead},
 	}
 	sum.Output = OutputStats{Records: r.written.Load()}
 	if r.out != nil { // run has waited for its writer

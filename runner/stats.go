@@ -151,6 +151,17 @@ type InputStats struct {
 	// take, a failure) first: they were not processed, and a journal does
 	// not count them as done.
 	Unread int64 `json:"unread"`
+	// Resumed is what a run resumed from a journal found done before it.
+	Resumed ResumedStats `json:"resumed"`
+}
+
+// ResumedStats counts the input records a resumed run skipped as done by
+// the runs before it, and how many of them those runs dead-lettered (they
+// are in the dead-letter file, and make the run exit 3 as a run never
+// interrupted would).
+type ResumedStats struct {
+	Records      int64 `json:"records"`
+	DeadLettered int64 `json:"dead_lettered"`
 }
 
 // OutputStats counts what the output wrote.
@@ -170,7 +181,7 @@ func (s *Summary) Skipped() int64 {
 
 // DeadLettered is how many records went to the dead-letter file.
 func (s *Summary) DeadLettered() int64 {
-	n := s.Input.DeadLettered
+	n := s.Input.DeadLettered + s.Input.Resumed.DeadLettered
 	for _, st := range s.Stages {
 		n += st.DeadLettered
 	}
