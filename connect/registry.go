@@ -3,6 +3,7 @@ package connect
 import (
 	"context"
 	"fmt"
+	"github.com/flowrun/flowrun/internal/hint"
 	"net/url"
 	"sort"
 	"strconv"
@@ -319,39 +320,7 @@ func Redact(u *url.URL) string {
 
 // Hint returns ` (did you mean "x"?)` for the candidate closest to s, or ""
 // when none is close enough to be a likely typo.
-func Hint(s string, candidates []string) string {
-	best, bestDist := "", -1
-	for _, c := range candidates {
-		d := editDistance(strings.ToLower(s), strings.ToLower(c))
-		if bestDist < 0 || d < bestDist {
-			best, bestDist = c, d
-		}
-	}
-	if bestDist < 0 || bestDist > max(1, len(s)/3) || s == best {
-		return ""
-	}
-	return fmt.Sprintf(" (did you mean %q?)", best)
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
-}
+func Hint(s string, candidates []string) string { return hint.DidYouMean(s, candidates) }
 
 // Open opens raw for input: Parse, then the connector's Source.
 func OpenSource(ctx context.Context, raw string, with map[string]string, workers int) (Source, *Params, error) {

@@ -423,7 +423,7 @@ func (p *parser) mappingQuiet(n *yaml.Node, what string, known []string, quiet f
 // hintOrList suggests the closest of known or, failing that, lists them
 // when they are few enough to read.
 func hintOrList(s string, known []string) string {
-	if h := hint(s, known); h != "" {
+	if h := DidYouMean(s, known); h != "" {
 		return h
 	}
 	if len(known) == 0 || len(known) > 12 {
@@ -520,7 +520,7 @@ func (p *parser) enum(n *yaml.Node, what string, allowed []string) (string, bool
 		return "", false
 	}
 	if !contains(allowed, s) {
-		p.errorf(n, "%s: %q is not one of %s%s", what, s, strings.Join(allowed, ", "), hint(s, allowed))
+		p.errorf(n, "%s: %q is not one of %s%s", what, s, strings.Join(allowed, ", "), DidYouMean(s, allowed))
 		return "", false
 	}
 	return s, true
@@ -632,7 +632,7 @@ func (p *parser) input(n *yaml.Node, in *Input) (deadLetter *yaml.Node) {
 	}
 	if x, ok := f["max_record_size"]; ok {
 		if s, ok := p.scalar(x.val, "max_record_size"); ok {
-			size, err := parseSize(s)
+			size, err := stages.ParseSize(s)
 			if err != nil {
 				p.errorf(x.val, "max_record_size: %v", err)
 			}
@@ -712,7 +712,7 @@ func (p *parser) stage(n *yaml.Node, dir string) (st Stage, nameNode, deadLetter
 		if s, ok := p.nonEmpty(x.val, "use"); ok {
 			st.Use, nameNode = s, x.val
 			if st.Spec, known = stages.Lookup(s); !known {
-				p.errorf(x.val, "unknown stage %q%s", s, hint(s, stages.Names()))
+				p.errorf(x.val, "unknown stage %q%s", s, DidYouMean(s, stages.Names()))
 			}
 		}
 	} else {

@@ -168,7 +168,7 @@ func (p *parser) optionValue(n *yaml.Node, opt stages.Option) (any, bool) {
 		return nil, false
 	}
 	if opt.Type == stages.String && len(opt.Enum) > 0 && !contains(opt.Enum, s) {
-		p.errorf(n, "%s: %q is not one of %s%s", what, s, strings.Join(opt.Enum, ", "), hint(s, opt.Enum))
+		p.errorf(n, "%s: %q is not one of %s%s", what, s, strings.Join(opt.Enum, ", "), DidYouMean(s, opt.Enum))
 		return nil, false
 	}
 	return v, true

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/flowrun/flowrun/internal/hint"
 	"regexp"
 	"strings"
 
@@ -96,33 +97,8 @@ func (v *exprCalls) Visit(n *ast.Node) {
 // nearestName returns the name in names nearest to s when it is near
 // enough to be a typo of it, or "".
 func nearestName(s string, names []string) string {
-	best, bestD := "", 3
-	for _, n := range names {
-		if d := editDistance(strings.ToLower(s), strings.ToLower(n)); d < bestD && d < max(len(s), 2) {
-			best, bestD = n, d
-		}
-	}
+	best, _ := hint.Nearest(s, names)
 	return best
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // exprFields returns the record fields the programs can read, or nil when

@@ -67,7 +67,7 @@ func (t Type) Parse(s string) (any, error) {
 	case Strings:
 		return []string{s}, nil
 	case Size:
-		return parseSize(s)
+		return ParseSize(s)
 	}
 	return nil, fmt.Errorf("a %s has no scalar form", t)
 }
@@ -82,9 +82,10 @@ var sizeUnits = []struct {
 	{"B", 1},
 }
 
-// parseSize reads a Size, as the spec package reads the pipeline's own
-// sizes.
-func parseSize(s string) (int, error) {
+// ParseSize reads a size in bytes: "4096", "64KiB", "16MiB", "1GiB" (or
+// the decimal KB, MB, GB), with an optional space before the unit. It is
+// how a Size option and the pipeline's own sizes (max_record_size) read.
+func ParseSize(s string) (int, error) {
 	num, mult := strings.TrimSpace(s), int64(1)
 	for _, u := range sizeUnits {
 		if strings.HasSuffix(num, u.suffix) {
