@@ -161,6 +161,20 @@ func loadReference(o lookupOpts, name string) (map[string][]byte, error) {
 	if st.Size() > int64(o.maxSize) {
 		return nil, stages.OptionErrorf("file", "%s is %d bytes, more than max_size (%d): lookup holds its reference in memory", name, st.Size(), o.maxSize)
 	}
+	// A file that is not regular (a FIFO, /dev/stdin) has no size to
+	// check first: reading stops one byte past max_size.
+	lr := &io.LimitedReader{R: f, N: int64(o.maxSize) + 1}
+	rows, err := readReference(o, name, lr)
+	if err == nil && lr.N == 0 {
+		return nil, stages.OptionErrorf("file", "%s is more than max_size (%d bytes): lookup holds its reference in memory", name, o.maxSize)
+	}
+	return rows, err
+}
+
+// readReference reads the rows of the reference file, past a UTF-8
+// byte-order mark at its start (spreadsheets write one before a CSV's
+// header, which would hide the key's column).
+func readReference(o lookupOpts, name string, f io.Reader) (map[string][]byte, error) {
 	rows := map[string][]byte{}
 	add := func(where string, rec []byte) error {
 		vals, err := jsontext.Fields(rec, []string{o.key, o.field}, nil)
@@ -184,6 +198,9 @@ func loadReference(o lookupOpts, name string) (map[string][]byte, error) {
 		return nil
 	}
 	r := bufio.NewReaderSize(f, 64<<10)
+	if bom, _ := r.Peek(3); string(bom) == "\ufeff" {
+		r.Discard(3)
+	}
 	switch o.format {
 	case "jsonl":
 		line := 0
@@ -205,14 +222,38 @@ func loadReference(o lookupOpts, name string) (map[string][]byte, error) {
 			}
 		}
 	case "json":
-		var all []json.RawMessage
-		if err := json.NewDecoder(r).Decode(&all); err != nil {
-			return nil, stages.OptionErrorf("file", "%s: want a JSON array of objects: %v", name, err)
+		// Element by element, so that the file is held once, as rows.
+		dec := json.NewDecoder(r)
+		bad := func(err error) error {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return stages.OptionErrorf("file", "%s: at byte %d: %v", name, dec.InputOffset(), err)
 		}
-		for i, rec := range all {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, bad(err)
+		}
+		if t != json.Delim('[') {
+			return nil, stages.OptionErrorf("file", "%s: want a JSON array of objects, not %s", name, jsonKind(t))
+		}
+		for i := 0; dec.More(); i++ {
+			var rec json.RawMessage
+			if err := dec.Decode(&rec); err != nil {
+				return nil, bad(err)
+			}
 			if err := add(fmt.Sprintf("element %d", i), rec); err != nil {
 				return nil, stages.OptionErrorf("file", "%v", err)
 			}
+		}
+		if _, err := dec.Token(); err != nil {
+			return nil, bad(err)
+		}
+		if _, err := dec.Token(); err != io.EOF {
+			if err == nil {
+				err = errors.New("data after the array")
+			}
+			return nil, bad(err)
 		}
 	case "csv", "tsv":
 		next := csvRows(r, o.format == "tsv")
@@ -246,6 +287,25 @@ func loadReference(o lookupOpts, name string) (map[string][]byte, error) {
 		}
 	}
 	return rows, nil
+}
+
+// jsonKind names the kind of value a JSON token starts.
+func jsonKind(t json.Token) string {
+	switch t := t.(type) {
+	case json.Delim:
+		if t == '{' {
+			return "an object"
+		}
+	case string:
+		return "a string"
+	case float64:
+		return "a number"
+	case bool:
+		return "a boolean"
+	case nil:
+		return "null"
+	}
+	return "a value"
 }
 
 // csvRows reads CSV, or TSV with Miller's escapes (\t, \n, \r, \\).

@@ -17,6 +17,8 @@ func TestLookup(t *testing.T) {
 		"users.jsonl": `{"id":1,"name":"ann"}` + "\n\n" + `{"id":"2","name":"bo","tags":[1]}` + "\n",
 		"users.json":  `[{"id":1,"name":"ann"},{"id":2,"name":"bo"}]`,
 		"users.txt":   "id\tname\n1\tann\n",
+		"bom.csv":     "\ufeffid,name\n1,ann\n", // as spreadsheets save it
+		"bom.jsonl":   "\ufeff" + `{"id":1,"name":"ann"}` + "\n",
 	}
 	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
@@ -41,6 +43,10 @@ func TestLookup(t *testing.T) {
 			[]string{`{"uid":1,"x":"ann"}`, `{"uid":"2","x":"bo"}`}},
 		{"format set, not from the extension", map[string]any{"file": "users.txt", "format": "tsv", "key": "id", "on": "uid", "as": "u", "missing": "drop"},
 			[]string{`{"uid":1,"x":true,"u":{"id":"1","name":"ann"}}`}},
+		{"csv with a byte-order mark", map[string]any{"file": "bom.csv", "key": "id", "on": "uid", "field": "name", "missing": "drop"},
+			[]string{`{"uid":1,"x":true,"name":"ann"}`}},
+		{"jsonl with a byte-order mark", map[string]any{"file": "bom.jsonl", "key": "id", "on": "uid", "field": "name", "missing": "drop"},
+			[]string{`{"uid":1,"x":true,"name":"ann"}`}},
 		{"short csv row padded", map[string]any{"file": "users.csv", "key": "id", "field": "team", "missing": "drop"}, nil},
 	}
 	for _, tt := range tests {
@@ -68,6 +74,9 @@ func TestLookupOptions(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "big.jsonl"), []byte(strings.Repeat(`{"id":1}`+"\n", 200000)), 0o644)
 	os.WriteFile(filepath.Join(dir, "bad.jsonl"), []byte(`{"id":1}`+"\n"+`{"name":2}`+"\n"), 0o644)
 	os.WriteFile(filepath.Join(dir, "ref.txt"), nil, 0o644)
+	os.WriteFile(filepath.Join(dir, "object.json"), []byte(`{"id":1}`), 0o644)
+	os.WriteFile(filepath.Join(dir, "cut.json"), []byte(`[{"id":1},`), 0o644)
+	os.WriteFile(filepath.Join(dir, "two.json"), []byte(`[{"id":1}] [`), 0o644)
 	tests := []struct {
 		with string
 		want string
@@ -76,6 +85,9 @@ func TestLookupOptions(t *testing.T) {
 		{`{file: DIR/big.jsonl, key: id, as: u, max_size: 1MiB}`, `/big.jsonl is 1800000 bytes, more than max_size (1048576)`},
 		{`{file: DIR/bad.jsonl, key: id, as: u}`, `/bad.jsonl: line 2: no field "id" (the key)`},
 		{`{file: DIR/ref.txt, key: id, as: u}`, `p.yaml:4:18: option file: cannot tell the format of ` + dir + `/ref.txt from its extension; set format`},
+		{`{file: DIR/object.json, key: id, as: u}`, `/object.json: want a JSON array of objects, not an object`},
+		{`{file: DIR/cut.json, key: id, as: u}`, `/cut.json: at byte 10: unexpected EOF`},
+		{`{file: DIR/two.json, key: id, as: u}`, `/two.json: at byte 12: data after the array`},
 		{`{file: DIR/big.jsonl, key: id}`, `option as: lookup needs as (the field for the match), or field`},
 		{`{file: DIR/big.jsonl, key: id, as: u, missing: skip}`, `option missing: "skip" is not one of keep, drop, error`},
 	}
