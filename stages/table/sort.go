@@ -12,7 +12,6 @@ import (
 	"os"
 	"runtime/debug"
 	"slices"
-	"strconv"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -33,7 +32,7 @@ func init() {
 		MaxWorkers: 1,
 		Options: []stages.Option{
 			{Name: "by", Type: stages.Strings, Default: []string{}, Doc: "the fields to sort JSON object records by, the first first; empty: the whole record"},
-			{Name: "numeric", Type: stages.Bool, Default: false, Doc: "compare as numbers, strings that hold one included; what is not a number comes first, in input order"},
+			{Name: "numeric", Type: stages.Bool, Default: false, Doc: "compare as numbers, exactly whatever their size (as sort -n), strings that hold one included; what is not a number comes first, in input order"},
 			{Name: "reverse", Type: stages.Bool, Default: false, Doc: "largest first; records that compare equal keep their input order"},
 			{Name: "unique", Type: stages.Bool, Default: false, Doc: "keep only the first record of each run of equal keys, like sort -u"},
 			{Name: "max_memory", Type: stages.Size, Default: 256 << 20, Doc: "the memory the records may take before they spill to disk (64MiB, 1GiB)"},
@@ -268,7 +267,7 @@ func (s *sortStage) keyOf(rec []byte) ([]byte, error) {
 	}
 	s.key = s.key[:0]
 	if len(s.by) == 0 {
-		s.key = appendNumberKey(s.key, bytes.TrimSpace(rec))
+		s.key = appendRecordNumberKey(s.key, bytes.TrimSpace(rec))
 		return s.key, nil
 	}
 	var err error
@@ -298,8 +297,14 @@ const (
 
 func (s *sortStage) appendKey(b, v []byte) []byte {
 	if s.numeric {
-		if f, _, _, ok := number(v); ok {
-			return appendFloatKey(append(b, tagNumber), f)
+		text := v
+		if len(v) > 0 && v[0] == '"' {
+			text = bytes.TrimSpace(jsontext.Text(v))
+		}
+		if rank(v) == 3 || rank(v) == 4 {
+			if k, ok := appendNumberKey(append(b, tagNumber), text); ok {
+				return k
+			}
 		}
 		if !isNull(v) {
 			return append(b, tagNaN)
@@ -313,8 +318,8 @@ func (s *sortStage) appendKey(b, v []byte) []byte {
 	case 2:
 		return append(b, tagTrue)
 	case 3:
-		f, _ := strconv.ParseFloat(string(v), 64)
-		return appendFloatKey(append(b, tagNumber), f)
+		k, _ := appendNumberKey(append(b, tagNumber), v) // a JSON number: a decimal
+		return k
 	case 4:
 		return appendText(append(b, tagString), jsontext.Text(v))
 	case 5:
@@ -323,27 +328,13 @@ func (s *sortStage) appendKey(b, v []byte) []byte {
 	return appendText(append(b, tagObject), v)
 }
 
-// appendNumberKey is the key of a whole record with numeric: its number,
-// or, when it is none, a tag that sorts before every number.
-func appendNumberKey(b, text []byte) []byte {
-	f, err := strconv.ParseFloat(string(text), 64)
-	if err != nil || math.IsNaN(f) {
-		return append(b, tagNaN)
+// appendRecordNumberKey is the key of a whole record with numeric: its
+// number, or, when it is none, a tag that sorts before every number.
+func appendRecordNumberKey(b, text []byte) []byte {
+	if k, ok := appendNumberKey(append(b, tagNumber), text); ok {
+		return k
 	}
-	return appendFloatKey(append(b, tagNumber), f)
-}
-
-func appendFloatKey(b []byte, f float64) []byte {
-	if f == 0 {
-		f = 0 // -0 and 0 are one number
-	}
-	bits := math.Float64bits(f)
-	if bits>>63 == 0 {
-		bits ^= 1 << 63
-	} else {
-		bits = ^bits
-	}
-	return binary.BigEndian.AppendUint64(b, bits)
+	return append(b, tagNaN)
 }
 
 func appendText(b, t []byte) []byte {

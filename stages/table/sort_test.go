@@ -112,6 +112,7 @@ func TestSortReference(t *testing.T) {
 		{"reverse unique spilled", `{max_memory: 1MiB, reverse: true, unique: true}`, lines, []string{"sort", "-r", "-u"}},
 		{"numeric stable spilled", `{max_memory: 1MiB, numeric: true}`, nums, []string{"sort", "-s", "-g"}},
 		{"numeric reverse", `{numeric: true, reverse: true}`, nums, []string{"sort", "-s", "-g", "-r"}},
+		{"numeric exact past float64", `{max_memory: 1MiB, numeric: true}`, genBigNumbers(30000, 6), []string{"sort", "-s", "-n"}},
 		{"by fields spilled", `{by: [k, v], max_memory: 1MiB}`, recs, []string{"jq", "-s", "-c", "sort_by(.k, .v)[]"}},
 		{"by fields reverse", `{by: [g, name], reverse: true}`, recs, []string{"jq", "-s", "-c", "to_entries | sort_by(.value.g, .value.name, -.key) | reverse | .[].value"}},
 	}
@@ -149,6 +150,31 @@ func genNumbers(n int, seed uint64) string {
 			fmt.Fprintf(&b, "%d.0\n", v)
 		default:
 			fmt.Fprintf(&b, "%.2f\n", float64(v)+r.Float64())
+		}
+	}
+	return b.String()
+}
+
+// genBigNumbers makes numbers that a float64 cannot tell apart
+// (9007199254740992 and …993, 20-digit integers, long fractions), in the
+// syntax sort -n reads: digits, a minus, a point, leading zeros.
+func genBigNumbers(n int, seed uint64) string {
+	r := rand.New(rand.NewPCG(seed, 5))
+	var b strings.Builder
+	for range n {
+		sign := ""
+		if r.IntN(2) == 0 {
+			sign = "-"
+		}
+		switch r.IntN(4) {
+		case 0:
+			fmt.Fprintf(&b, "%s9007199254740%03d\n", sign, r.IntN(20))
+		case 1:
+			fmt.Fprintf(&b, "%s1234567890123456789%d\n", sign, r.IntN(10))
+		case 2:
+			fmt.Fprintf(&b, "%s0.1000000000000000%03d\n", sign, r.IntN(1000))
+		default:
+			fmt.Fprintf(&b, "%s%s%d.%d\n", sign, strings.Repeat("0", r.IntN(3)), r.IntN(100), r.IntN(100))
 		}
 	}
 	return b.String()
