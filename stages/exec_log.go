@@ -1,6 +1,7 @@
 package stages
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -49,11 +50,24 @@ func newExecLog(w io.Writer, stage string) *execLog {
 func (l *execLog) line(b []byte) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	now := time.Now()
+	l.refill(time.Now())
+	l.show(b)
+}
+
+// refill adds the tokens earned since the last refill. time.Now costs
+// more than the rest of a dropped line (a plugin may write millions of
+// short lines a second to stderr), so it is read once per write, not per
+// line.
+func (l *execLog) refill(now time.Time) {
 	if !l.last.IsZero() {
 		l.tokens = min(execLogBurst, l.tokens+now.Sub(l.last).Seconds()*execLogRate)
 	}
 	l.last = now
+}
+
+// show shows b if a token is left, and counts it as dropped otherwise.
+// l.mu must be held.
+func (l *execLog) show(b []byte) {
 	if l.tokens < 1 {
 		l.dropped++
 		return
@@ -93,7 +107,10 @@ func (l *execLog) write() {
 
 // appendExecLogText appends a log line as text that cannot move the
 // cursor or change a terminal's state: control characters other than tab
-// are written as \xNN, and the line is cut to execLogLineMax bytes.
+// are written as \xNN, as are bytes that are not UTF-8 (a lone 0x9b is
+// CSI to a terminal in 8-bit mode); the C1 controls U+0080 to U+009F,
+// which some terminals obey in UTF-8 too, as \u00NN. The line is cut to
+// execLogLineMax bytes.
 func appendExecLogText(b, line []byte) []byte {
 	const hex = "0123456789abcdef"
 	if len(line) > 0 && line[len(line)-1] == '\r' {
@@ -107,12 +124,27 @@ func appendExecLogText(b, line []byte) []byte {
 		}
 		line = line[:n]
 	}
-	for _, c := range line {
-		if c < 0x20 && c != '\t' || c == 0x7f {
-			b = append(b, '\\', 'x', hex[c>>4], hex[c&0xf])
+	for i := 0; i < len(line); {
+		c := line[i]
+		if c < utf8.RuneSelf {
+			if c < 0x20 && c != '\t' || c == 0x7f {
+				b = append(b, '\\', 'x', hex[c>>4], hex[c&0xf])
+			} else {
+				b = append(b, c)
+			}
+			i++
 			continue
 		}
-		b = append(b, c)
+		r, n := utf8.DecodeRune(line[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			b = append(b, '\\', 'x', hex[c>>4], hex[c&0xf])
+		case r <= 0x9f:
+			b = append(b, '\\', 'u', '0', '0', hex[r>>4], hex[r&0xf])
+		default:
+			b = append(b, line[i:i+n]...)
+		}
+		i += n
 	}
 	if cut {
 		b = append(b, "…"...)
@@ -131,12 +163,22 @@ type execStderr struct {
 func (e *execStderr) Write(p []byte) (int, error) {
 	_, _ = e.execTail.Write(p)
 	n := len(p)
+	l := e.log
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.refill(time.Now())
 	for len(p) > 0 {
-		i := 0
-		for i < len(p) && p[i] != '\n' {
-			i++
+		if l.tokens < 1 {
+			// Every line that ends in p is dropped: count them at once.
+			if k := bytes.LastIndexByte(p, '\n'); k >= 0 {
+				l.dropped += bytes.Count(p[:k+1], []byte{'\n'})
+				e.partial = e.partial[:0]
+				p = p[k+1:]
+				continue
+			}
 		}
-		if i == len(p) {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
 			// Keep no more of a long line than the log shows of it.
 			room := execLogLineMax + utf8.UTFMax + 1 - len(e.partial)
 			e.partial = append(e.partial, p[:min(len(p), max(0, room))]...)
@@ -145,10 +187,10 @@ func (e *execStderr) Write(p []byte) (int, error) {
 		if len(e.partial) > 0 {
 			room := execLogLineMax + utf8.UTFMax + 1 - len(e.partial)
 			e.partial = append(e.partial, p[:min(i, max(0, room))]...)
-			e.log.line(e.partial)
+			l.show(e.partial)
 			e.partial = e.partial[:0]
 		} else {
-			e.log.line(p[:i])
+			l.show(p[:i])
 		}
 		p = p[i+1:]
 	}
