@@ -60,6 +60,7 @@ func parseExecAnswer(line []byte, a *execAnswer) error {
 	if ok := parseExecAnswerFast(line, a); ok {
 		return nil
 	}
+	line = bytes.TrimPrefix(line, execBOM)
 	if i := execSkipSpace(line, 0); i == len(line) || line[i] != '{' {
 		return errExecNotAnswer // a log line of text, the usual kind
 	}
@@ -67,8 +68,13 @@ func parseExecAnswer(line []byte, a *execAnswer) error {
 	return parseExecAnswerJSON(line, a)
 }
 
+// execBOM is a byte order mark, which some runtimes (.NET, PowerShell)
+// print before their first line of UTF-8: it is not part of the answer.
+var execBOM = []byte("\ufeff")
+
 // parseExecAnswerJSON is parseExecAnswer through encoding/json.
 func parseExecAnswerJSON(line []byte, a *execAnswer) error {
+	line = bytes.TrimPrefix(line, execBOM)
 	var m map[string]json.RawMessage
 	if json.Unmarshal(line, &m) != nil {
 		return errExecNotAnswer
@@ -94,8 +100,10 @@ func parseExecAnswerJSON(line []byte, a *execAnswer) error {
 		}
 		a.err = errors.New(msg)
 	case hasRecs:
+		// null decodes as an empty list: a plugin whose score() returned
+		// None would filter out every record, unseen.
 		var recs []json.RawMessage
-		if json.Unmarshal(rawRecs, &recs) != nil {
+		if string(rawRecs) == "null" || json.Unmarshal(rawRecs, &recs) != nil {
 			a.bad = fmt.Errorf(`the answer's "records" is %.40s, not a list`, rawRecs)
 			return nil
 		}
@@ -115,7 +123,7 @@ func parseExecAnswerJSON(line []byte, a *execAnswer) error {
 		}
 	case hasB64:
 		var recs []string
-		if json.Unmarshal(rawB64, &recs) != nil {
+		if string(rawB64) == "null" || json.Unmarshal(rawB64, &recs) != nil {
 			a.bad = fmt.Errorf(`the answer's "records_base64" is %.40s, not a list of strings`, rawB64)
 			return nil
 		}
@@ -137,6 +145,7 @@ func parseExecAnswerJSON(line []byte, a *execAnswer) error {
 // optional white space, whose strings have no escapes, and reports
 // whether line had that shape.
 func parseExecAnswerFast(line []byte, a *execAnswer) bool {
+	line = bytes.TrimPrefix(line, execBOM)
 	i := execSkipSpace(line, 0)
 	const idKey = `"id"`
 	if i >= len(line) || line[i] != '{' {

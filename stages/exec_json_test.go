@@ -252,7 +252,9 @@ func TestExecStreamLog(t *testing.T) {
 	}
 
 	log = &execLogBuf{}
-	lines, err := execTryNewLog(10*time.Second, map[string]any{"command": []string{"sh", "-c", `printf 'oops\033[2J\n' >&2; exec sed -u s/^/x/`}}, log)
+	// ESC, a C1 CSI in UTF-8 and a raw CSI byte (8-bit terminals) are
+	// shown, not obeyed; so is a byte that is not UTF-8. Text stays.
+	lines, err := execTryNewLog(10*time.Second, map[string]any{"command": []string{"sh", "-c", `printf 'oops\033[2J \302\2332J \2332J \377 é\n' >&2; exec sed -u s/^/x/`}}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +264,7 @@ func TestExecStreamLog(t *testing.T) {
 	if err := lines.(io.Closer).Close(); err != nil {
 		t.Fatal(err)
 	}
-	if want := `[plugin] oops\x1b[2J` + "\n"; log.String() != want {
+	if want := `[plugin] oops\x1b[2J \u009b2J \x9b2J \xff é` + "\n"; log.String() != want {
 		t.Errorf("log = %q, want %q", log, want)
 	}
 }
@@ -334,6 +336,10 @@ func TestExecJSONAnswer(t *testing.T) {
 		{`{"id": 10, "records": "x"}`, 10, nil, "not a list", ""},
 		{`{"id": 11, "records_base64": ["!"]}`, 11, nil, "not base64", ""},
 		{`{"id": 12, "error": null}`, 12, nil, "no \"records\"", ""},
+		{`{"id": 13, "records": null}`, 13, nil, "not a list", ""},
+		{`{"id": 14, "records_base64": null}`, 14, nil, "not a list of strings", ""},
+		{"\ufeff{\"id\": 15, \"records\": [\"a\"]}", 15, []string{"a"}, "", ""},
+		{"\ufeff {\"id\": 16, \"records\": [\"\\u00e9\"]}", 16, []string{"é"}, "", ""},
 		{`{"id": 0, "records": []}`, 0, nil, "", "is not one it was sent"},
 		{`{"id": -1, "records": []}`, 0, nil, "", "is not one it was sent"},
 		{`{"id": 1.5, "records": []}`, 0, nil, "", "is not one it was sent"},
