@@ -93,6 +93,7 @@ type execProc struct {
 	credit chan struct{} // a slot per request written and not yet emitted
 	fault  error         // a breach of the protocol seen between batches
 
+	left   chan struct{} // closed when the plugin's own process has exited
 	exited chan struct{}
 	status string // how the process ended; set before exited closes
 }
@@ -101,6 +102,7 @@ func (s *execStreamStage) start() (*execProc, error) {
 	p := &execProc{
 		cmd:    s.cmd.command(),
 		credit: make(chan struct{}, s.inflight),
+		left:   make(chan struct{}),
 		exited: make(chan struct{}),
 	}
 	// Pipes of our own rather than cmd's: cmd.Wait would close stdout
@@ -138,8 +140,24 @@ func (s *execStreamStage) start() (*execProc, error) {
 func (p *execProc) wait() {
 	defer close(p.exited)
 	p.group.awaitExit()
+	// The plugin is gone and its group killed, so its answers are all in
+	// the pipe and read at once. A read that still blocks after execGrace
+	// waits for a process that left the group (setsid) and holds stdout
+	// open: that is the plugin's death, not a stall.
+	p.stdout.cap(time.Now().Add(execGrace))
+	close(p.left)
 	err := p.cmd.Wait()
 	p.status = execStatus(p.cmd, err)
+}
+
+// hasLeft reports whether the plugin's own process has exited, reaped or not.
+func (p *execProc) hasLeft() bool {
+	select {
+	case <-p.left:
+		return true
+	default:
+		return false
+	}
 }
 
 func (p *execProc) hasExited() bool {
@@ -507,6 +525,8 @@ func (s *execStreamStage) failed(ctx context.Context, p *execProc, err error) er
 			return fmt.Errorf("exec stream: %w", context.Cause(ctx))
 		}
 		return s.stalled()
+	case errors.Is(err, os.ErrDeadlineExceeded) && p.hasLeft():
+		return s.died(ctx, p)
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		p.abandon()
 		return s.stalled()
@@ -544,6 +564,9 @@ func (s *execStreamStage) died(ctx context.Context, p *execProc) error {
 	case <-t.C:
 		closed = " closed its stdout and"
 	case <-ctx.Done():
+	}
+	if p.stdout.held() {
+		closed = " left a process outside its group holding its stdout open, and"
 	}
 	p.abandon()
 	return fmt.Errorf("exec stream: %s%s %s before answering this record%s", s.cmd.label, closed, p.status, p.stderr.suffix())
@@ -586,8 +609,11 @@ func (s *execStreamStage) Close() error {
 	select {
 	case <-p.exited:
 	case <-t.C:
-		p.abandon()
-		return fmt.Errorf("exec stream: %s did not exit within %s of its input closing: killed it", s.cmd.label, execGrace)
+		if !p.hasLeft() {
+			p.abandon()
+			return fmt.Errorf("exec stream: %s did not exit within %s of its input closing: killed it", s.cmd.label, execGrace)
+		}
+		<-p.exited // at most execGrace more: cmd.WaitDelay
 	}
 	p.abandon()
 	if p.fault != nil {
@@ -603,6 +629,9 @@ func (s *execStreamStage) Close() error {
 	if !p.cmd.ProcessState.Success() {
 		return fmt.Errorf("exec stream: %s %s at the end of its input%s", s.cmd.label, p.status, p.stderr.suffix())
 	}
+	if p.stdout.held() {
+		return fmt.Errorf("exec stream: %s exited at the end of its input, but left a process outside its group holding its stdout open", s.cmd.label)
+	}
 	return nil
 }
 
@@ -614,9 +643,12 @@ type execStdout struct {
 	timeout time.Duration
 	arm     bool // set the deadline afresh before the next read
 
-	mu      sync.Mutex // orders watch's stop with arming
-	batch   uint64     // the batch whose context may stop reads
-	stopped bool
+	mu       sync.Mutex // orders watch's stop and cap with arming
+	batch    uint64     // the batch whose context may stop reads
+	stopped  bool
+	deadline time.Time // the deadline set; zero for none
+	limit    time.Time // no deadline later than this, once the plugin exited
+	late     bool      // a read ran into a deadline after the plugin exited
 }
 
 func (o *execStdout) Read(b []byte) (int, error) {
@@ -631,10 +663,46 @@ func (o *execStdout) Read(b []byte) (int, error) {
 		if o.timeout > 0 {
 			d = time.Now().Add(o.timeout)
 		}
-		_ = o.f.SetReadDeadline(d)
+		o.set(d)
 		o.mu.Unlock()
 	}
-	return o.f.Read(b)
+	n, err := o.f.Read(b)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		o.mu.Lock()
+		// Once the plugin has exited, its answers are all in the pipe:
+		// a read that blocks waits for a process that left its group.
+		o.late = !o.limit.IsZero() && !o.stopped
+		o.mu.Unlock()
+	}
+	return n, err
+}
+
+// set sets the read deadline d, or limit if that is sooner. o.mu must be
+// held.
+func (o *execStdout) set(d time.Time) {
+	if !o.limit.IsZero() && (d.IsZero() || d.After(o.limit)) {
+		d = o.limit
+	}
+	o.deadline = d
+	_ = o.f.SetReadDeadline(d)
+}
+
+// cap bounds the read deadline by d from now on: the plugin has exited.
+func (o *execStdout) cap(d time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.limit = d
+	if !o.stopped && (o.deadline.IsZero() || o.deadline.After(d)) {
+		o.set(d)
+	}
+}
+
+// held reports whether a read ran into a deadline after the plugin
+// exited: a process it left holds its stdout open.
+func (o *execStdout) held() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.late
 }
 
 // answered restarts the timeout: an answer came.
@@ -658,7 +726,8 @@ func (o *execStdout) watch(ctx context.Context) func() bool {
 		defer o.mu.Unlock()
 		if o.batch == b {
 			o.stopped = true
-			_ = o.f.SetReadDeadline(time.Unix(1, 0))
+			o.deadline = time.Unix(1, 0)
+			_ = o.f.SetReadDeadline(o.deadline)
 		}
 	})
 }
@@ -676,7 +745,7 @@ func (o *execStdout) until(d time.Time) {
 	o.batch++
 	o.stopped = false
 	o.arm = false
-	_ = o.f.SetReadDeadline(d)
+	o.set(d)
 }
 
 // readable reports, without blocking, whether a read would not block:

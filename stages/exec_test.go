@@ -530,6 +530,51 @@ func TestExecStreamTwoLines(t *testing.T) {
 
 // TestExecStreamClose checks that Close leaves no process behind, whether
 // the plugin exits when its input closes or must be killed.
+// TestExecStreamEscapedChild checks that a plugin whose child left its
+// process group (setsid) and holds its stdout open is reported for what it
+// did, and soon, rather than as a stall at the stage's timeout: when it
+// dies before answering, and when it exits at the end of its input.
+func TestExecStreamEscapedChild(t *testing.T) {
+	// The child writes its pid once it has left the group, and the plugin
+	// waits for that, so that killing the group cannot catch it first.
+	const escape = `setsid sh -c 'echo $$ >"$PIDFILE"; exec sleep 30' 2>/dev/null & while [ ! -s "$PIDFILE" ]; do sleep 0.01; done`
+	tests := []struct {
+		name    string
+		script  string
+		recs    []string
+		wantErr string // of the last record, or else of Close
+	}{
+		{"dies", `read l; echo "x$l"; ` + escape + `; read l; exit 3`, []string{"a", "b"},
+			"left a process outside its group holding its stdout open, and exited with exit status 3 before answering this record"},
+		{"exits at end of input", escape + `; exec sed -u s/^/x/`, []string{"a"},
+			"exited at the end of its input, but left a process outside its group holding its stdout open"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			execNoLeak(t)
+			pidfile := filepath.Join(t.TempDir(), "pid")
+			// The old code waited out the timeout, then called it a stall.
+			st := execNew(t, time.Minute, map[string]any{"command": []string{"sh", "-c", tt.script}, "env": map[string]string{"PIDFILE": pidfile}})
+			t.Cleanup(func() {
+				pid := execPid(t, pidfile)
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+				execGone(t, pid)
+			})
+			got, errs := execBatch(t, context.Background(), st, tt.recs, nil)
+			if got[0] != "xa" || errs[0] != nil {
+				t.Fatalf("got %q, %v", got, errs)
+			}
+			err := errs[len(errs)-1]
+			if len(tt.recs) == 1 {
+				err = st.(io.Closer).Close()
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("got %v, want %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
 func TestExecStreamClose(t *testing.T) {
 	tests := []struct {
 		name    string
