@@ -829,3 +829,77 @@ func TestStopThenResume(t *testing.T) {
 type progressFunc func(done <-chan struct{}, snapshot func() runner.Snapshot)
 
 func (f progressFunc) Run(done <-chan struct{}, snapshot func() runner.Snapshot) { f(done, snapshot) }
+
+// TestFailureFlushesHoldingStages fails a record before a stage that holds
+// records (count, batch, runnertest.hold): the stage emits what it holds
+// of the records before the failing one, as at the end of input, and
+// nothing of it is dropped as if it came after the failure.
+func TestFailureFlushesHoldingStages(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	in := func(n, bad int) string {
+		var b strings.Builder
+		for i := 1; i <= n; i++ {
+			if i == bad {
+				b.WriteString("\"fail\"\n")
+				continue
+			}
+			fmt.Fprintf(&b, "%d\n", i)
+		}
+		return b.String()
+	}
+	joined := func(n, size int, sep, open, close string) string {
+		var b strings.Builder
+		for i := 1; i <= n; i += size {
+			var g []string
+			for j := i; j < i+size && j <= n; j++ {
+				g = append(g, fmt.Sprint(j))
+			}
+			b.WriteString(open + strings.Join(g, sep) + close + "\n")
+		}
+		return b.String()
+	}
+	for _, ordered := range []bool{true, false} {
+		for _, bad := range []int{2, 1000, 2000} {
+			tests := []struct{ name, stage, want string }{
+				{"count", "{use: count}", fmt.Sprintf("%d\n", bad-1)},
+				{"batch", "{use: batch, with: {size: 7, max_wait: 0s}}", joined(bad-1, 7, ",", "[", "]")},
+				{"hold", "{use: runnertest.hold, with: {n: 7}}", joined(bad-1, 7, "+", "", "")},
+			}
+			for _, tt := range tests {
+				t.Run(fmt.Sprintf("%s ordered=%v record %d of 2000", tt.name, ordered, bad), func(t *testing.T) {
+					yaml := fmt.Sprintf("ordered: %v\nstages: [{use: jq, workers: 4, with: {query: 'if . == \"fail\" then error(\"bad\") else . end'}}, %s]", ordered, tt.stage)
+					out, _, err := runYAML(t, yaml, in(2000, bad))
+					if err == nil || !strings.Contains(err.Error(), fmt.Sprint(bad)) {
+						t.Fatalf("err = %v, want the failure of record %d", err, bad)
+					}
+					if !ordered && tt.name != "count" {
+						// Unordered: every record before the failing one is
+						// there, in groups of any order and make-up.
+						want := map[string]bool{}
+						for i := 1; i < bad; i++ {
+							want[fmt.Sprint(i)] = true
+						}
+						for _, f := range strings.FieldsFunc(out, func(r rune) bool { return strings.ContainsRune("[],+\n", r) }) {
+							delete(want, f)
+						}
+						if len(want) > 0 {
+							t.Fatalf("%d records before the failing one are missing from the output", len(want))
+						}
+						return
+					}
+					if !ordered { // count: at least the records before it
+						var c int
+						fmt.Sscan(out, &c)
+						if c < bad-1 {
+							t.Fatalf("count %q, want at least %d", out, bad-1)
+						}
+						return
+					}
+					if out != tt.want {
+						t.Fatalf("output:\n%.200s\nwant:\n%.200s", out, tt.want)
+					}
+				})
+			}
+		}
+	}
+}

@@ -279,7 +279,15 @@ func (w *worker) processHolding(b batch) error {
 			}
 		}
 	}
-	w.maxHi = max(w.maxHi, b.hi)
+	hi := b.hi
+	if f := w.r.failSeq.Load(); f != 0 && hi >= f {
+		// Cut at the record that failed the run: the batch claims only
+		// the records before it, so that what the stage holds of them
+		// comes out at the end as at the end of input, not numbered as
+		// if after the failure and dropped.
+		hi = f - 1
+	}
+	w.maxHi = max(w.maxHi, hi)
 	return nil
 }
 
@@ -288,15 +296,25 @@ func (w *worker) processHolding(b batch) error {
 // several input records, so no cut inside the batch would claim a range
 // exactly, and split never cuts between records of one number. The batch
 // travels whole, and the journal only ever sees its end.
+//
+// In an unordered run that a record failed, what a stage held is finished
+// work of any input records: it goes out numbered just before the failing
+// record, claiming none (as emitPiece's pieces), so that nothing after it
+// drops it as if it came after the failure.
 func (w *worker) emitHeld(out []record, hi uint64) error {
+	lo := w.fwdLo
+	if f := w.r.failSeq.Load(); f != 0 && hi >= f && !w.st.sequence {
+		hi, lo = f-1, f
+	} else {
+		w.fwdLo = hi + 1
+	}
 	for i := range out {
 		out[i].seq = hi
 	}
-	nb := batch{lo: w.fwdLo, hi: hi, recs: out}
+	nb := batch{lo: lo, hi: hi, recs: out}
 	if w.part > 0 { // the last piece of a Drainer's
 		nb.part = w.part + 1
 	}
-	w.fwdLo = hi + 1
 	if st := w.st; st.window != nil {
 		nb.sem, nb.tokens = st.window, min(nb.size(), st.windowSize)
 		if err := st.window.Acquire(w.ctx, nb.tokens); err != nil {
