@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"math/big"
 	"regexp"
 	"slices"
 	"strconv"
@@ -21,7 +22,8 @@ func init() {
 			"(sorted by name), in order of first appearance: at end of input, or every N records or DURATION for endless sources. " +
 			"Functions: count(), count(x), sum(x), avg(x), min(x), max(x), first(x), last(x), distinct(x), collect(x); x is a field " +
 			"or an expr-lang expression over the fields, like max(len(name)). Null and missing values are skipped but by first, " +
-			"last and collect; sum and avg take numbers and numeric strings; min and max order values as jq does.",
+			"last and collect; sum and avg take numbers and numeric strings (integers are summed exactly, past 64 bits too; a float " +
+			"sum past float64's range fails its record); min and max order values as jq does, numbers exactly.",
 		Batch:      true,
 		MaxWorkers: 1,
 		Options: []stages.Option{
@@ -69,9 +71,10 @@ type acc struct {
 	n     int64 // values taken
 	isum  int64
 	fsum  float64
-	float bool   // the sum left int64 (a fraction, or an overflow)
-	val   []byte // min, max, first, last: the value's text
-	list  []byte // distinct, collect: "[v,v,..." so far
+	float bool     // the sum is a float64: a value had a fraction or an exponent
+	big   *big.Int // the sum of integers, once it left int64's range
+	val   []byte   // min, max, first, last: the value's text
+	list  []byte   // distinct, collect: "[v,v,..." so far
 	seen  map[string]struct{}
 }
 
@@ -96,14 +99,14 @@ type aggregateStage struct {
 	taken  int       // records taken since the last emission
 	opened time.Time // when the window opened (its first record)
 
-	vals   [][]byte
-	key    []byte
-	tmp    []byte
-	args   [][]byte // per compute: its value for the record at hand
-	bufs   [][]byte // per compute: the text of an expression's value
-	nums   []float64
-	ints   []int64
-	isInts []bool
+	vals  [][]byte
+	key   []byte
+	tmp   []byte
+	args  [][]byte // per compute: its value for the record at hand
+	bufs  [][]byte // per compute: the text of an expression's value
+	nums  []float64
+	ints  []int64
+	kinds []int // of number
 }
 
 func newAggregate(c stages.Config) (*aggregateStage, error) {
@@ -164,7 +167,7 @@ func newAggregate(c stages.Config) (*aggregateStage, error) {
 	}
 	n := len(s.computes)
 	s.args, s.bufs = make([][]byte, n), make([][]byte, n)
-	s.nums, s.ints, s.isInts = make([]float64, n), make([]int64, n), make([]bool, n)
+	s.nums, s.ints, s.kinds = make([]float64, n), make([]int64, n), make([]int, n)
 	return s, nil
 }
 
@@ -227,9 +230,11 @@ func (s *aggregateStage) Process(_ context.Context, rec []byte, out [][]byte) ([
 			s.args[i] = s.vals[cp.at]
 		}
 		if (cp.fn == fnSum || cp.fn == fnAvg) && !isNull(s.args[i]) {
-			var ok bool
-			if s.nums[i], s.ints[i], s.isInts[i], ok = number(s.args[i]); !ok {
+			switch s.kinds[i], s.nums[i], s.ints[i], _ = number(s.args[i]); s.kinds[i] {
+			case notNumber:
 				return out, stages.Permanent(fmt.Errorf("%s: %s(%s) is %s, not a number", cp.name, fnNames[cp.fn], cp.arg.text, excerpt(s.args[i])))
+			case outOfRange:
+				return out, stages.Permanent(fmt.Errorf("%s: %s(%s) is %s, beyond the range of a 64-bit float", cp.name, fnNames[cp.fn], cp.arg.text, excerpt(s.args[i])))
 			}
 		}
 	}
@@ -286,6 +291,11 @@ func (s *aggregateStage) fold(g *group) error {
 				return stages.Permanent(fmt.Errorf("%s: %s(%s) would hold more than max_values (%d) values in group {%s}", cp.name, fnNames[cp.fn], cp.arg.text, s.maxValues, g.by))
 			}
 		}
+		if (cp.fn == fnSum || cp.fn == fnAvg) && !isNull(v) && (a.float || s.kinds[i] == floatNum) {
+			if math.IsInf(a.floatSum()+s.nums[i], 0) {
+				return stages.Permanent(fmt.Errorf("%s: %s(%s) would pass the range of a 64-bit float with %s in group {%s}", cp.name, fnNames[cp.fn], cp.arg.text, excerpt(v), g.by))
+			}
+		}
 	}
 	for i := range s.computes {
 		cp, a, v := &s.computes[i], &g.accs[i], s.args[i]
@@ -299,16 +309,25 @@ func (s *aggregateStage) fold(g *group) error {
 				continue
 			}
 			a.n++
-			if !a.float && s.isInts[i] {
+			switch {
+			case a.float:
+				a.fsum += s.nums[i]
+			case s.kinds[i] == floatNum:
+				a.fsum, a.float = a.floatSum()+s.nums[i], true
+				a.big = nil
+			case s.kinds[i] == smallInt && a.big == nil:
 				if sum, overflow := addInt(a.isum, s.ints[i]); !overflow {
 					a.isum = sum
 					continue
 				}
+				a.big = new(big.Int).SetInt64(a.isum)
+				a.big.Add(a.big, big.NewInt(s.ints[i]))
+			default: // exact past int64
+				if a.big == nil {
+					a.big = new(big.Int).SetInt64(a.isum)
+				}
+				a.big.Add(a.big, s.bigValue(i))
 			}
-			if !a.float {
-				a.float, a.fsum = true, float64(a.isum)
-			}
-			a.fsum += s.nums[i]
 		case fnMin, fnMax:
 			if isNull(v) {
 				continue
@@ -365,6 +384,28 @@ func appendItem(list, v []byte) []byte {
 	return append(list, v...)
 }
 
+// floatSum is the sum so far as a float64.
+func (a *acc) floatSum() float64 {
+	switch {
+	case a.float:
+		return a.fsum
+	case a.big != nil:
+		f, _ := new(big.Float).SetInt(a.big).Float64()
+		return f
+	}
+	return float64(a.isum)
+}
+
+// bigValue is the integer argument of compute i as a big.Int.
+func (s *aggregateStage) bigValue(i int) *big.Int {
+	if s.kinds[i] == smallInt {
+		return big.NewInt(s.ints[i])
+	}
+	_, _, _, text := number(s.args[i])
+	n, _ := new(big.Int).SetString(string(text), 10) // number checked its digits
+	return n
+}
+
 func addInt(a, b int64) (int64, bool) {
 	c := a + b
 	return c, (c > a) != (b > 0)
@@ -413,18 +454,22 @@ func (s *aggregateStage) result(b []byte, cp *compute, a *acc) []byte {
 	case fnCount:
 		return strconv.AppendInt(b, a.n, 10)
 	case fnSum:
-		if !a.float {
-			return strconv.AppendInt(b, a.isum, 10)
+		switch {
+		case a.float:
+			return appendFloat(b, a.fsum)
+		case a.big != nil:
+			return a.big.Append(b, 10)
 		}
-		return appendFloat(b, a.fsum)
+		return strconv.AppendInt(b, a.isum, 10)
 	case fnAvg:
 		if a.n == 0 {
 			return append(b, "null"...)
 		}
-		if !a.float {
-			return appendFloat(b, float64(a.isum)/float64(a.n))
+		if a.big != nil {
+			q, _ := new(big.Float).Quo(new(big.Float).SetInt(a.big), new(big.Float).SetInt64(a.n)).Float64()
+			return appendFloat(b, q)
 		}
-		return appendFloat(b, a.fsum/float64(a.n))
+		return appendFloat(b, a.floatSum()/float64(a.n))
 	case fnMin, fnMax, fnFirst, fnLast:
 		if a.val == nil {
 			return append(b, "null"...)

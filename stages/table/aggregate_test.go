@@ -38,6 +38,9 @@ func TestAggregate(t *testing.T) {
 		{"min max exact past float64", map[string]any{"compute": map[string]string{"lo": "min(v)", "hi": "max(v)"}},
 			[]string{`{"v":9007199254740993}`, `{"v":9007199254740992}`, `{"v":-12345678901234567890}`, `{"v":-12345678901234567891}`, `{"v":1e400}`, `{"v":2e400}`},
 			[]string{`{"hi":2e400,"lo":-12345678901234567891}`}},
+		{"sum exact past int64", map[string]any{"by": []string{"k"}, "compute": map[string]string{"s": "sum(v)"}},
+			[]string{`{"k":1,"v":9223372036854775807}`, `{"k":1,"v":1}`, `{"k":1,"v":-1}`, `{"k":2,"v":12345678901234567890}`, `{"k":2,"v":"1"}`, `{"k":3,"v":-9223372036854775808}`, `{"k":3,"v":-1}`},
+			[]string{`{"k":1,"s":9223372036854775807}`, `{"k":2,"s":12345678901234567891}`, `{"k":3,"s":-9223372036854775809}`}},
 		{"expressions", map[string]any{"by": []string{"k"}, "compute": map[string]string{"longest": "max(len(name))", "up": "first(upper(name))"}}, recs,
 			[]string{`{"k":"a","longest":6,"up":"ANN"}`, `{"k":"b","longest":2,"up":"BO"}`, `{"k":null,"longest":3,"up":"DEE"}`}},
 		{"first last distinct collect", map[string]any{"by": []string{"k"}, "compute": map[string]string{"f": "first(v)", "l": "last(v)", "d": "distinct(name)", "all": "collect(v)"}}, recs,
@@ -73,6 +76,7 @@ func TestAggregateBadRecords(t *testing.T) {
 		{map[string]any{"compute": map[string]string{"s": "sum(v)"}}, `{"v":"abc"}`, `s: sum(v) is "abc", not a number`},
 		{map[string]any{"compute": map[string]string{"s": "sum(v)"}}, `{"v":[1]}`, `not a number`},
 		{map[string]any{"compute": map[string]string{"s": "max(v / 0 + x)"}}, `{"v":1,"x":"a"}`, `v / 0 + x`},
+		{map[string]any{"compute": map[string]string{"s": "sum(v)"}}, `{"v":1e400}`, `s: sum(v) is 1e400, beyond the range of a 64-bit float`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.rec, func(t *testing.T) {
@@ -89,6 +93,18 @@ func TestAggregateBadRecords(t *testing.T) {
 	}
 	if got := runStage(t, st, `{"v":1}`); !reflect.DeepEqual(got, []string{`{"n":1,"s":1}`}) {
 		t.Errorf("after a failed record: %q", got)
+	}
+	// A sum that would overflow float64 fails its record, not the sum
+	// (which was written as null).
+	st = newStage(t, "aggregate", map[string]any{"compute": map[string]string{"s": "sum(v)"}})
+	if err := processErr(st, `{"v":1e308}`); err != nil {
+		t.Fatal(err)
+	}
+	if err := processErr(st, `{"v":1e308}`); err == nil || !strings.Contains(err.Error(), "would pass the range of a 64-bit float") {
+		t.Errorf("sum past float64: %v", err)
+	}
+	if got := flushAll(t, st); !reflect.DeepEqual(got, []string{`{"s":1e+308}`}) {
+		t.Errorf("after the sum past float64: %q", got)
 	}
 	st = newStage(t, "aggregate", map[string]any{"by": []string{"k"}, "max_groups": 2})
 	runStage(t, st) // flush nothing

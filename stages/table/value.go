@@ -3,6 +3,7 @@ package table
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"math"
 	"strconv"
 
@@ -56,27 +57,42 @@ func compareValues(a, b []byte) int {
 	return bytes.Compare(a, b)
 }
 
+// The kinds of number sum and avg take.
+const (
+	notNumber = iota
+	smallInt  // an integer int64 holds
+	bigInt    // an integer past int64, kept exact in a big.Int
+	floatNum  // any other number: a fraction, an exponent
+	outOfRange
+)
+
 // number reads v as a number: a JSON number, or a string holding one (CSV
-// fields are strings). isInt says it is a whole number that int64 holds
-// exactly, in i.
-func number(v []byte) (f float64, i int64, isInt, ok bool) {
+// fields are strings). It returns its kind, its value as a float64 and,
+// for a smallInt, as an int64; text is the number's text (for a bigInt).
+func number(v []byte) (kind int, f float64, i int64, text []byte) {
 	if len(v) == 0 {
-		return 0, 0, false, false
+		return notNumber, 0, 0, nil
 	}
 	s := v
 	if v[0] == '"' {
 		s = bytes.TrimSpace(jsontext.Text(v))
 	} else if rank(v) != 3 {
-		return 0, 0, false, false
+		return notNumber, 0, 0, nil
 	}
-	if n, err := strconv.ParseInt(string(s), 10, 64); err == nil {
-		return float64(n), n, true, true
+	n, err := strconv.ParseInt(string(s), 10, 64)
+	if err == nil {
+		return smallInt, float64(n), n, s
 	}
-	f, err := strconv.ParseFloat(string(s), 64)
-	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-		return 0, 0, false, false
+	f, ferr := strconv.ParseFloat(string(s), 64)
+	switch {
+	case errors.Is(err, strconv.ErrRange):
+		return bigInt, f, 0, s // only digits and a sign: ParseInt said so
+	case math.IsInf(f, 0) && ferr != nil:
+		return outOfRange, 0, 0, s
+	case ferr != nil || math.IsNaN(f) || math.IsInf(f, 0):
+		return notNumber, 0, 0, nil
 	}
-	return f, 0, false, true
+	return floatNum, f, 0, s
 }
 
 // canonical appends v's text for keying: a string's escapes are decoded
