@@ -651,6 +651,9 @@ func TestRelNoStartTouchesNothing(t *testing.T) {
 		{"-i X -o X", "stages: [{use: upper}]\n", []string{"-o", in}, in, "is also the input"},
 		{"-o a symlink to the input", "stages: [{use: upper}]\n", []string{"-o", filepath.Join(dir, "link.txt")}, in, "is the input file"},
 		{"a glob that includes the output", "stages: [{use: upper}]\n", []string{"-i", filepath.Join(dir, "*.txt"), "-o", in}, in, "the input"},
+		{"journal in a missing directory", "stages: [{use: upper}]\n", []string{"--journal", filepath.Join(dir, "no", "j")}, "", "journal"},
+		{"journal that is the input", "stages: [{use: upper}]\n", []string{"--journal", in, "-o", filepath.Join(dir, "o2.txt")}, in, "is also the input"},
+		{"journal that is the output", "stages: [{use: upper}]\n", []string{"--journal", filepath.Join(dir, "out.txt")}, "", "is also the output"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -300,6 +300,24 @@ func (r *run) checkFiles(files []inputFile) (writable, error) {
 			return writable{}, err
 		}
 	}
+	if j := r.opts.Journal; j != "" {
+		// The journal replaces itself through a new file beside it: its
+		// directory must take one, and it must be no file the run reads
+		// or writes, which it would replace.
+		if err := same("journal", j); err != nil {
+			return writable{}, err
+		}
+		for _, o := range [...]struct{ what, path string }{{"output", r.p.Output.To}, {"dead_letter", r.p.DeadLetter}} {
+			if o.path != "" && !isStd(o.path) && sameFile(j, o.path) {
+				return writable{}, fmt.Errorf("journal %s is also the %s: each needs a file of its own", j, o.what)
+			}
+		}
+		w, err := probeWritable(j)
+		if err != nil {
+			return writable{}, fmt.Errorf("journal: %w", err)
+		}
+		w.close()
+	}
 	if isStd(r.p.Output.To) || r.snk != nil {
 		return writable{}, nil
 	}
@@ -308,6 +326,19 @@ func (r *run) checkFiles(files []inputFile) (writable, error) {
 		return writable{}, fmt.Errorf("output: %w", err)
 	}
 	return w, nil
+}
+
+// sameFile says whether paths a and b name one file: the same file if
+// both exist, else the same absolute path.
+func sameFile(a, b string) bool {
+	fa, errA := os.Stat(a)
+	fb, errB := os.Stat(b)
+	if errA == nil && errB == nil {
+		return os.SameFile(fa, fb)
+	}
+	x, errX := filepath.Abs(a)
+	y, errY := filepath.Abs(b)
+	return errX == nil && errY == nil && x == y
 }
 
 func (r *run) openOutput(resumed *JournalEntry, w writable) (io.Writer, string, func() error, error) {
