@@ -392,3 +392,24 @@ func TestBrokerRestartMidRun(t *testing.T) {
 		}
 	})
 }
+
+// --until-idle counts only a wait with nothing in flight: a broker hands
+// over no more than the prefetch unacked, so while a slow stage (or a
+// slow confirm, on a loaded machine) holds them no message comes, and
+// the queue is not drained for that.
+func TestBrokerUntilIdleWaitsForInFlight(t *testing.T) {
+	forEachBroker(t, func(t *testing.T, b broker) {
+		in, out := b.queues(t)
+		publish(t, in.sink, numbered(2))
+		p := pipeline(t, "stages: [{use: sleep, with: {duration: 1500ms}}]\n")
+		_, errs, code := runCLI(t, "", "run", "-q", "--progress", "none", "--until-idle", "1s", "-i", in.src+"&prefetch=1", "-o", out.sink, p)
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errs)
+		}
+		got := drain(t, out.src, 0, 300*time.Millisecond)
+		left := drain(t, in.src, 0, 300*time.Millisecond+b.redelivery)
+		if !slices.Equal(sorted(got), numbered(2)) || len(left) > 0 {
+			t.Fatalf("the run ended with %d done and %d left in the queue, want 2 and 0", len(got), len(left))
+		}
+	})
+}

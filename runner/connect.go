@@ -51,10 +51,23 @@ type acks struct {
 	// stopSeq is the record a stage stopped the input at (take's last),
 	// 0 while none did.
 	stopSeq atomic.Uint64
+	// settled is when messages were last acked (UnixNano): the broker
+	// hands over the next ones only after that.
+	settled atomic.Int64
 }
 
 func newAcks(src connect.Source, r *run) *acks {
 	return &acks{src: src, r: r, msgs: map[uint64]connect.Message{}}
+}
+
+// busy reports whether the broker may be holding messages back for this
+// consumer: some are received and not yet settled (the prefetch is full),
+// or the last were acked less than idle ago.
+func (a *acks) busy(idle time.Duration) bool {
+	a.mu.Lock()
+	n := len(a.msgs)
+	a.mu.Unlock()
+	return n > 0 || time.Since(time.Unix(0, a.settled.Load())) < idle
 }
 
 func (a *acks) add(seq uint64, m connect.Message) {
@@ -129,6 +142,7 @@ func (a *acks) settle(ctx context.Context) error {
 	if err := a.src.Settle(ctx, list, connect.Ack); err != nil {
 		return fmt.Errorf("input: %w", err)
 	}
+	a.settled.Store(time.Now().UnixNano())
 	return nil
 }
 
@@ -157,8 +171,11 @@ func (a *acks) finish() error {
 }
 
 // readSource feeds q0 from a broker: each message is a record. With
-// Options.UntilIdle, a wait that long for a message is the end of input;
-// without, only a stop ends it.
+// Options.UntilIdle, a wait that long for a message, with none in flight
+// and none acked meanwhile, is the end of input (a broker hands over no
+// more than the prefetch unacked, so a wait while the stages or the
+// output hold them says nothing about the queue); without, only a stop
+// ends it.
 func (r *run) readSource(readCtx, ctx context.Context, q0 chan<- batch) error {
 	buf := make([]connect.Message, 0, maxBatch)
 	var seq uint64
@@ -176,6 +193,8 @@ func (r *run) readSource(readCtx, ctx context.Context, q0 chan<- batch) error {
 				return ctx.Err()
 			case readCtx.Err() != nil:
 				return nil // stopped
+			case idle > 0 && errors.Is(err, context.DeadlineExceeded) && r.acks.busy(idle):
+				continue // the prefetch is held: wait for its acks
 			case idle > 0 && errors.Is(err, context.DeadlineExceeded):
 				return nil // idle: the queue is drained
 			}
