@@ -459,7 +459,12 @@ func (r *run) retryFrom(f *os.File) error {
 // pipeline is ordered. It writes when the buffer is full or when no batch
 // is waiting, so a lone record is never held back for company.
 func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
+	// unclaimed: the output ends with pieces of a stages.Drainer that
+	// claim no input record yet (a sort's merge), so it is not "exactly
+	// the records up to ro.next-1" and no journal entry may say so.
+	unclaimed := false
 	emit := func(b batch) error {
+		unclaimed = b.part != 0 && b.hi+1 == b.lo
 		recs := b.recs
 		if f := r.failSeq.Load(); f != 0 {
 			recs = before(recs, f)
@@ -503,7 +508,7 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 				if err := r.acks.settle(ctx); err != nil {
 					return err
 				}
-				if r.jr != nil {
+				if r.jr != nil && !unclaimed {
 					done, final := ro.next-1, !r.stopped.Load()
 					if f := r.failSeq.Load(); f != 0 {
 						done, final = min(done, f-1), false
@@ -528,7 +533,7 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 				if err := r.acks.settle(ctx); err != nil {
 					return err
 				}
-				if r.jr != nil && r.failSeq.Load() == 0 {
+				if r.jr != nil && r.failSeq.Load() == 0 && !unclaimed {
 					// A batch boundary with the buffer written: the output
 					// is exactly the records up to ro.next-1.
 					if err := r.jr.write(ro.next-1, s.bytes, r.dl, false); err != nil {

@@ -430,3 +430,50 @@ func spilled(pid int, dir string) int {
 	}
 	return n
 }
+
+// TestSortJournalKilledInMerge kills a journaled sort with SIGKILL while
+// it writes its merge (each record slowed by a sleep after it) and
+// resumes: the output must be sort(1)'s. The merge's pieces claim no
+// input record until the last, so no journal entry may count their bytes
+// (one did: the resumed run sorted the whole input again after them).
+func TestSortJournalKilledInMerge(t *testing.T) {
+	dir := t.TempDir()
+	in, out, jnl := filepath.Join(dir, "in.txt"), filepath.Join(dir, "out.txt"), filepath.Join(dir, "j.jnl")
+	lines := genLines(6000, 8)
+	os.WriteFile(in, []byte(lines), 0o644)
+	p := filepath.Join(dir, "p.yaml")
+	os.WriteFile(p, []byte("input: {format: lines}\noutput: {format: lines}\nstages:\n  - use: sort\n  - use: sleep\n    with: {duration: 300us}\n"), 0o644)
+	args := []string{"run", "-q", "--progress", "none", "-i", in, "-o", out, "--journal", jnl, p}
+	cmd := exec.Command(flowrunBinary(t), args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Kill once the merge has written some records and the journal has
+	// had time for an entry (every 200ms), well before the end.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st, err := os.Stat(out)
+		if err == nil && st.Size() > int64(len(lines)/10) {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatal("no output in 20s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	cmd.Process.Kill()
+	cmd.Wait()
+	if st, _ := os.Stat(out); st.Size() >= int64(len(lines)) {
+		t.Skip("the run finished before the kill")
+	}
+	resume := exec.Command(flowrunBinary(t), append(args, "--resume")...)
+	if msg, err := resume.CombinedOutput(); err != nil {
+		t.Fatalf("resume: %v\n%s", err, msg)
+	}
+	got, _ := os.ReadFile(out)
+	if want := tool(t, lines, "sort"); string(got) != want {
+		t.Errorf("resumed after a kill in the merge: %s", firstDiff(string(got), want))
+	}
+}
