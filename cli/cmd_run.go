@@ -102,6 +102,13 @@ process group.`,
 }
 
 func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Reader, stdout, stderr io.Writer) error {
+	// Signals are flowrun's from the start: one that comes while the
+	// pipeline is read and its stages made waits here, and stops the run
+	// as soon as it starts (exit 130), rather than kill flowrun by the
+	// signal's default action (143, which a resume loop takes for a kill).
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	p, release, err := prepare(file, paths{
 		input: opts.input, output: opts.output, deadLetter: opts.deadLetter, stats: opts.stats, set: opts.set, noInput: opts.resumeFailed,
 	}, stdin)
@@ -133,9 +140,6 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 	abortCtx, abort := context.WithCancel(ctx)
 	defer abort()
 	stop := make(chan struct{})
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
 	// A closed stdout must surface as EPIPE from Write, which the runner
 	// turns into a quiet end, rather than kill the process mid-drain.
 	// Notify (unlike Ignore) is not inherited by plugin processes.

@@ -967,3 +967,48 @@ func TestLongLineMemory(t *testing.T) {
 		t.Errorf("a line past max_record_size (%d MiB) took %d MiB more than a run without it", limit>>20, (peak-base)>>20)
 	}
 }
+
+// TestRelSignalWhileStarting sends SIGTERM while flowrun is still reading
+// its pipeline (from stdin, held open): the signal is flowrun's from the
+// start, so the run, once it can start, stops at once and exits 130; it
+// is not killed by the signal's default action (exit 143, which a resume
+// loop takes for a kill and retries).
+func TestRelSignalWhileStarting(t *testing.T) {
+	dir := t.TempDir()
+	in := writeFile(t, dir, "in.txt", "a\nb\n")
+	cmd := exec.Command(flowrunBin, "run", "-q", "--progress", "none", "-i", in, "-o", filepath.Join(dir, "out.txt"), "-")
+	pipeline, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until a thread of it blocks reading fd 0 (read is syscall 0 on
+	// amd64 and 63 on arm64): it is in main, reading the pipeline.
+	reading := func() bool {
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/syscall", cmd.Process.Pid))
+		for _, task := range tasks {
+			data, _ := os.ReadFile(task)
+			if f := strings.Fields(string(data)); len(f) > 1 && (f[0] == "0" || f[0] == "63") && f[1] == "0x0" {
+				return true
+			}
+		}
+		return false
+	}
+	for i := 0; !reading(); i++ {
+		if i == 1000 {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Skip("cannot see flowrun block reading its stdin in /proc")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	pipeline.Write([]byte("stages: [{use: upper}]\n"))
+	pipeline.Close()
+	err = cmd.Wait()
+	if code := cmd.ProcessState.ExitCode(); code != 130 {
+		t.Fatalf("exit %d (%v), want 130", code, err)
+	}
+}
