@@ -975,7 +975,9 @@ func TestLongLineMemory(t *testing.T) {
 // loop takes for a kill and retries).
 func TestRelSignalWhileStarting(t *testing.T) {
 	dir := t.TempDir()
-	in := writeFile(t, dir, "in.txt", "a\nb\n")
+	// A run that takes a minute unless it is stopped: the signal, taken
+	// in while it starts, has to stop it.
+	in := writeFile(t, dir, "in.txt", strings.Repeat("a\n", 600))
 	cmd := exec.Command(flowrunBin, "run", "-q", "--progress", "none", "-i", in, "-o", filepath.Join(dir, "out.txt"), "-")
 	pipeline, err := cmd.StdinPipe()
 	if err != nil {
@@ -1005,7 +1007,7 @@ func TestRelSignalWhileStarting(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	cmd.Process.Signal(syscall.SIGTERM)
-	pipeline.Write([]byte("stages: [{use: upper}]\n"))
+	pipeline.Write([]byte("stages: [{use: sleep, with: {duration: 100ms}}]\n"))
 	pipeline.Close()
 	err = cmd.Wait()
 	if code := cmd.ProcessState.ExitCode(); code != 130 {
