@@ -417,9 +417,9 @@ func inputBar(consumed, total int64, width int) string {
 
 // remaining estimates the time left from the bytes consumed so far and
 // the time they took: what was done, not a guess of what is to come. The
-// input counts bytes consumed a chunk of records at a time, so the rate is
+// input counts bytes consumed a batch of records at a time, so the rate is
 // taken at the moment the count last moved and the time since is taken
-// off: between two chunks the ETA counts down rather than climbs.
+// off: between two batches the ETA counts down rather than climbs.
 func (v *view) remaining(s Snapshot, final bool) (string, bool) {
 	if s.InBytes != v.bytes {
 		v.bytes, v.bytesAt = s.InBytes, s.Elapsed

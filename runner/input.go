@@ -560,6 +560,15 @@ func (r *run) deliver(stop, ctx context.Context, c chunk, q0 chan<- batch) error
 	lo := max(c.lo, r.skip+1)
 	r.input.resumed.Add(int64(lo - c.lo))
 	items := c.items[lo-c.lo:]
+	// The decoders know the input's offset only at the chunk's end; within
+	// it, consumed moves with the records handed on, in proportion, so that
+	// a chunk of a small file does not hold the display at 0%.
+	from, total := r.consumed.Load(), int64(len(c.items))
+	handed := int64(lo - c.lo)
+	advance := func(n int64) {
+		handed += n
+		r.consumed.Store(from + (c.pos-from)*handed/total)
+	}
 	for len(items) > 0 {
 		// A batch enters at one stage: a re-run of dead letters cuts the
 		// chunk where the stage changes.
@@ -567,7 +576,7 @@ func (r *run) deliver(stop, ctx context.Context, c chunk, q0 chan<- batch) error
 		for n < len(items) && items[n].from == items[0].from {
 			n++
 		}
-		if err := r.deliverRun(stop, ctx, lo, items[:n], q0); err != nil {
+		if err := r.deliverRun(stop, ctx, lo, items[:n], q0, advance); err != nil {
 			return err
 		}
 		lo += uint64(n)
@@ -581,7 +590,7 @@ func (r *run) deliver(stop, ctx context.Context, c chunk, q0 chan<- batch) error
 // deliverRun sends items, numbered from lo and entering at one stage. An
 // item that fails the run (on_error: fail) ends the input: the records
 // before it go on, whatever stop says.
-func (r *run) deliverRun(stop, ctx context.Context, lo uint64, items []item, q0 chan<- batch) error {
+func (r *run) deliverRun(stop, ctx context.Context, lo uint64, items []item, q0 chan<- batch, advance func(n int64)) error {
 	b := batch{lo: lo, hi: lo + uint64(len(items)) - 1, recs: getRecords(), from: items[0].from}
 	var failed error
 	for i, it := range items {
@@ -613,6 +622,7 @@ func (r *run) deliverRun(stop, ctx context.Context, lo uint64, items []item, q0 
 		select {
 		case q0 <- p:
 			r.input.records.Add(p.size())
+			advance(p.size())
 			return true
 		case <-ctx.Done():
 			p.release()

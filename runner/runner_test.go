@@ -903,3 +903,59 @@ func TestFailureFlushesHoldingStages(t *testing.T) {
 		}
 	}
 }
+
+// TestInputBytesFollowRecords checks that the bytes the input reports as
+// consumed (the display's percentage) move with the records handed on, not
+// once per chunk of 1024: with a slow first stage, a small file used to
+// show 0% until its first 1024 records were all in.
+func TestInputBytesFollowRecords(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	path := filepath.Join(t.TempDir(), "in.txt")
+	if err := os.WriteFile(path, []byte(lines(2000, "%04d")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := spec.Parse("t.yaml", []byte("input: {from: "+path+"}\nstages: [{use: sleep, buffer: 2, with: {duration: 1ms}}]"), spec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var snap func() runner.Snapshot
+	watching := make(chan struct{})
+	done := make(chan struct{})
+	var moved, wrong int
+	var wrongAt runner.Snapshot
+	go func() {
+		defer close(done)
+		<-watching
+		for {
+			s := snap()
+			if s.InRecords > 0 && s.InRecords < 1000 {
+				if s.InBytes > 0 {
+					moved++
+				}
+				// Each record is 5 bytes ("0001\n"): what is consumed is no
+				// more than the records handed on span.
+				if s.InBytes > 5*s.InRecords {
+					wrong, wrongAt = wrong+1, s
+				}
+			}
+			if s.InRecords >= 1000 {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	_, err = runner.Run(context.Background(), p, runner.Options{Stdout: io.Discard, Watch: func(f func() runner.Snapshot) {
+		snap = f
+		close(watching)
+	}})
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	if moved == 0 {
+		t.Errorf("the input's bytes stayed at 0 while its first 1000 records were handed on")
+	}
+	if wrong > 0 {
+		t.Errorf("%d samples said more bytes consumed than the records handed on span, e.g. %d bytes for %d records", wrong, wrongAt.InBytes, wrongAt.InRecords)
+	}
+}
