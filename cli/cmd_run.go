@@ -85,6 +85,10 @@ process group.`,
 			if opts.every < 0 {
 				return usagef("--progress-every %v: must not be negative", opts.every)
 			}
+			if opts.every > 0 && opts.every < minEvery {
+				// 1ns wrote a million status lines a second.
+				return usagef("--progress-every %v: at least %v", opts.every, minEvery)
+			}
 			if opts.resumeFailed && opts.journal != "" {
 				return usagef("--resume-failed and --journal do not go together")
 			}
@@ -284,6 +288,9 @@ func records(n int64) string {
 // program's: only then may it become a subreaper, kill its children and
 // exit on a second signal when a run does not return.
 var ownProcess bool
+
+// minEvery is the shortest --progress-every: no one reads faster.
+const minEvery = 10 * time.Millisecond
 
 // hardAbort is how long after the second signal the process exits even if
 // the run has not returned.

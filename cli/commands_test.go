@@ -39,6 +39,7 @@ func TestCommandsBehaveLikeTheirPeers(t *testing.T) {
 		{"validate's help has only its own", []string{"help", "validate"}, 0, "   2    it is not", "", "130"},
 		{"stages' help has only its own", []string{"stages", "--help"}, 0, "   2    a NAME that is no stage", "", "   3 "},
 		{"graph's help has only its own", []string{"help", "graph"}, 0, "   0    graph printed", "", "   1 "},
+		{"--progress-every below 10ms", []string{"run", "--progress-every", "1ns", "p.yaml"}, 2, "", "flowrun: --progress-every 1ns: at least 10ms", ""},
 		{"stages NAME suggests a near name", []string{"stages", "uppr"}, 2, "", `no stage "uppr" (did you mean "upper"?)`, ""},
 	}
 	// Every command has a help with its exit statuses, by either road.
