@@ -32,7 +32,7 @@ func (p *parser) applySets(root *yaml.Node) {
 			continue
 		}
 		m, keys := root, strings.Split(path, ".")
-		if path == "stages" {
+		if _, isStage := byName[strings.TrimPrefix(path, "stages.")]; path == "stages" || keys[0] == "stages" && isStage {
 			p.errorAt(at, "%s: want stages.NAME.KEY=VALUE: a --set changes one value of one stage", s)
 			continue
 		}

@@ -83,13 +83,29 @@ func (p *parser) with(stageNode *yaml.Node, with field, st *Stage, dir string) {
 		var oe *stages.OptionError
 		if errors.As(err, &oe) {
 			if n, ok := nodes[oe.Option]; ok {
-				blame = n
+				blame = entry(n, oe.Err)
 			}
 			p.errorf(blame, "%v", oe)
 			return
 		}
 		p.errorf(blame, "stage %s: %v", st.Name, err)
 	}
+}
+
+// entry is the entry of the mapping option n that err is about, when err
+// starts with its key ("y: unknown function f"), else n: an entry set by
+// --set stages.m.with.fields.y=… is blamed at that --set, not at the
+// file's fields:.
+func entry(n *yaml.Node, err error) *yaml.Node {
+	if n.Kind != yaml.MappingNode {
+		return n
+	}
+	for j := 0; j+1 < len(n.Content); j += 2 {
+		if strings.HasPrefix(err.Error(), n.Content[j].Value+": ") {
+			return n.Content[j+1]
+		}
+	}
+	return n
 }
 
 // check runs spec.Check. A panic in it is a bug in the stage, but the
