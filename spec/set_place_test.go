@@ -39,7 +39,7 @@ func TestSetErrorsAtTheirPlace(t *testing.T) {
 		{"an entry set by --set", file, []string{"stages.m.with.fields.y=bad"},
 			"--set stages.m.with.fields.y=bad: option fields: y: cannot compile \"bad\"\n"},
 		{"an entry of the file", "stages:\n  - name: m\n    use: spectest.fields\n    with:\n      fields: {a: good, b: bad}\n", []string{"stages.m.with.fields.y=good"},
-			"p.yaml:5:28: option fields: b: cannot compile \"bad\"\n"},
+			"p.yaml:5:15: option fields: b: cannot compile \"bad\"\n"},
 		{"a whole stage", file, []string{"stages.m=1"},
 			"--set stages.m=1: want stages.NAME.KEY=VALUE: a --set changes one value of one stage\n"},
 	}

@@ -83,7 +83,7 @@ func (p *parser) with(stageNode *yaml.Node, with field, st *Stage, dir string) {
 		var oe *stages.OptionError
 		if errors.As(err, &oe) {
 			if n, ok := nodes[oe.Option]; ok {
-				blame = entry(n, oe.Err)
+				blame = p.entry(n, oe.Err)
 			}
 			p.errorf(blame, "%v", oe)
 			return
@@ -92,16 +92,16 @@ func (p *parser) with(stageNode *yaml.Node, with field, st *Stage, dir string) {
 	}
 }
 
-// entry is the entry of the mapping option n that err is about, when err
-// starts with its key ("y: unknown function f"), else n: an entry set by
-// --set stages.m.with.fields.y=… is blamed at that --set, not at the
-// file's fields:.
-func entry(n *yaml.Node, err error) *yaml.Node {
+// entry is the entry of the mapping option n that err is about, when
+// err starts with its key ("y: unknown function f") and a --set put it
+// there, else n: an entry set by --set stages.m.with.fields.y=… is blamed
+// at that --set, not at the file's fields:.
+func (p *parser) entry(n *yaml.Node, err error) *yaml.Node {
 	if n.Kind != yaml.MappingNode {
 		return n
 	}
 	for j := 0; j+1 < len(n.Content); j += 2 {
-		if strings.HasPrefix(err.Error(), n.Content[j].Value+": ") {
+		if _, set := p.setNodes[n.Content[j+1]]; set && strings.HasPrefix(err.Error(), n.Content[j].Value+": ") {
 			return n.Content[j+1]
 		}
 	}
