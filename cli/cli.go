@@ -126,8 +126,8 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		HideVersion:           true, // ours, with the VCS revision
 		CustomAppHelpTemplate: urfave.AppHelpTemplate + "\n" + exitStatusHelp,
 		ExitErrHandler:        func(*urfave.Context, error) {}, // exit codes are ours
-		OnUsageError: func(_ *urfave.Context, err error, _ bool) error {
-			return usageError{err}
+		OnUsageError: func(c *urfave.Context, err error, _ bool) error {
+			return usageError{flagProblem(c, err)}
 		},
 		Flags: []urfave.Flag{
 			&urfave.BoolFlag{Name: "version", Usage: "print the version and exit"},
@@ -184,6 +184,41 @@ func errorText(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// flagProblem says a mistake with a flag as a person wrote it, --stat
+// rather than Go's "flag provided but not defined: -stat", with the
+// flag meant when one is near.
+func flagProblem(c *urfave.Context, err error) error {
+	flags, who, help := c.App.Flags, "", "flowrun help"
+	if c.Command != nil && c.Command.Name != "" && c.Command.Name != c.App.Name {
+		flags, who, help = c.Command.Flags, c.Command.Name+" has ", "flowrun help "+c.Command.Name
+	}
+	dashes := func(n string) string {
+		if len(n) == 1 {
+			return "-" + n
+		}
+		return "--" + n
+	}
+	if name, ok := strings.CutPrefix(err.Error(), "flag provided but not defined: -"); ok {
+		var names []string
+		for _, f := range flags {
+			for _, n := range f.Names() {
+				if len(n) > 1 {
+					names = append(names, n)
+				}
+			}
+		}
+		hint := spec.DidYouMean(name, names)
+		if h, ok := strings.CutPrefix(hint, " (did you mean \""); ok {
+			hint = " (did you mean " + dashes(strings.TrimSuffix(h, "\"?)")) + "?)"
+		}
+		return fmt.Errorf("%sno flag %s%s; `%s` lists them", who, dashes(name), hint, help)
+	}
+	if name, ok := strings.CutPrefix(err.Error(), "flag needs an argument: -"); ok {
+		return fmt.Errorf("%s needs a value", dashes(name))
+	}
+	return err
 }
 
 // errShown is a usage mistake whose explanation is already on stderr.

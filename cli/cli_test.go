@@ -93,7 +93,7 @@ func TestExitCodes(t *testing.T) {
 		{"validate bad", "", []string{"validate", bad}, 2, "", bad + ":3:14: "},
 		{"missing file", "", []string{"run", filepath.Join(dir, "nope.yaml")}, 2, "", "nope.yaml"},
 		{"no file", "", []string{"run"}, 2, "", "run takes one pipeline FILE"},
-		{"unknown flag", "", []string{"run", "--frobnicate", good}, 2, "", "flag provided but not defined"},
+		{"unknown flag", "", []string{"run", "--frobnicate", good}, 2, "", "flowrun: run has no flag --frobnicate; `flowrun help run` lists them\n"},
 		{"bad --set", "", []string{"run", "--set", "stages.trim.workers=many", good}, 2, "", `--set stages.trim.workers=many: workers: "many" is not a whole number`},
 		{"--set", "x\n", []string{"run", "-q", "--set", "stages.upper.workers=3", good}, 0, "X\n", ""},
 		{"--set reaches a mapping option's entry", `{"a":1}` + "\n", []string{"run", "-q", "--set", "stages.map.with.fields.b=a+1", writeFile(t, dir, "map.yaml", "stages: [{use: map, with: {fields: {c: a}}}]\n")}, 0, `{"a":1,"b":2,"c":1}` + "\n", ""},

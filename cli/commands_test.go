@@ -40,6 +40,9 @@ func TestCommandsBehaveLikeTheirPeers(t *testing.T) {
 		{"stages' help has only its own", []string{"stages", "--help"}, 0, "   2    a NAME that is no stage", "", "   3 "},
 		{"graph's help has only its own", []string{"help", "graph"}, 0, "   0    graph printed", "", "   1 "},
 		{"--progress-every below 10ms", []string{"run", "--progress-every", "1ns", "p.yaml"}, 2, "", "flowrun: --progress-every 1ns: at least 10ms", ""},
+		{"a flag near one of the command's", []string{"run", "--stat", "s.json", "p.yaml"}, 2, "", "flowrun: run has no flag --stat (did you mean --stats?); `flowrun help run` lists them\n", ""},
+		{"a flag near one of flowrun's", []string{"--verison"}, 2, "", "flowrun: no flag --verison (did you mean --version?); `flowrun help` lists them\n", ""},
+		{"a flag without its value", []string{"run", "-i"}, 2, "", "flowrun: -i needs a value\n", ""},
 		{"stages NAME suggests a near name", []string{"stages", "uppr"}, 2, "", `no stage "uppr" (did you mean "upper"?)`, ""},
 	}
 	// Every command has a help with its exit statuses, by either road.
