@@ -11,10 +11,13 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/big"
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -43,6 +46,7 @@ every pipeline in it, DIR/... every pipeline under it. Each case:
    expect_dead: [{stage: NAME, record: ...}], the records dead-lettered
    expect_exit: the exit code flowrun run would give (default 0, or 3
                 with expect_dead)
+   timeout:     how long the case may run before it fails (default 1m)
 
 JSON records compare by value, others byte for byte; a pipeline with
 ordered: false compares its records as a multiset. One line per case,
@@ -70,14 +74,19 @@ type testCase struct {
 	ExpectDead []deadExpect
 	HasDead    bool
 	ExpectExit *int
+	Timeout    time.Duration
 }
+
+// defaultCaseTimeout bounds a case that says no timeout:, so that a
+// pipeline that never ends fails its case instead of hanging the run.
+const defaultCaseTimeout = time.Minute
 
 type deadExpect struct {
 	Stage  string
 	Record *yaml.Node
 }
 
-var caseKeys = []string{"name", "input", "input_file", "set", "env", "expect", "expect_file", "expect_dead", "expect_exit"}
+var caseKeys = []string{"name", "input", "input_file", "set", "env", "expect", "expect_file", "expect_dead", "expect_exit", "timeout"}
 
 // runTests runs the cases of every pipeline that args name.
 func runTests(ctx context.Context, args []string, w io.Writer) error {
@@ -303,7 +312,7 @@ func fileExists(path string) bool {
 // parseCase reads one case, with every mistake at its place.
 func parseCase(file string, n *yaml.Node) (testCase, spec.Errors) {
 	pos := func(n *yaml.Node) spec.Pos { return spec.Pos{File: file, Line: n.Line, Col: n.Column} }
-	tc := testCase{Pos: pos(n)}
+	tc := testCase{Pos: pos(n), Timeout: defaultCaseTimeout}
 	var errs spec.Errors
 	bad := func(n *yaml.Node, format string, args ...any) {
 		errs = append(errs, spec.Error{Pos: pos(n), Msg: fmt.Sprintf(format, args...)})
@@ -381,6 +390,13 @@ func parseCase(file string, n *yaml.Node) (testCase, spec.Errors) {
 				continue
 			}
 			tc.ExpectExit = &code
+		case "timeout":
+			d, err := time.ParseDuration(v.Value)
+			if err != nil || d <= 0 || v.Kind != yaml.ScalarNode {
+				bad(v, "timeout must be a duration, like 30s")
+				continue
+			}
+			tc.Timeout = d
 		default:
 			bad(k, "unknown key %q in a test case (one of: %s)", k.Value, strings.Join(caseKeys, ", "))
 		}
@@ -441,7 +457,12 @@ func runCase(ctx context.Context, file string, tc testCase) (problem string, err
 	if p.DeadLetter != "" {
 		p.DeadLetter = filepath.Join(tmp, "dead.jsonl")
 	}
-	sum, runErr := runner.Run(ctx, p, runner.Options{Stdin: strings.NewReader(""), Stdout: io.Discard})
+	caseCtx, cancel := context.WithTimeout(ctx, tc.Timeout)
+	defer cancel()
+	sum, runErr := runner.Run(caseCtx, p, runner.Options{Stdin: strings.NewReader(""), Stdout: io.Discard})
+	if ctx.Err() == nil && errors.Is(caseCtx.Err(), context.DeadlineExceeded) {
+		return fmt.Sprintf("did not end within %v (the case's timeout:)", tc.Timeout), nil
+	}
 	code := exitCode(&outcome{sum: sum, err: runErr})
 
 	var problems []string
@@ -518,15 +539,58 @@ func recordText(n *yaml.Node, format string) (string, error) {
 	if n.Kind == yaml.ScalarNode {
 		return n.Value, nil
 	}
-	var v any
-	if err := n.Decode(&v); err != nil {
-		return "", err
-	}
 	if format != "jsonl" {
 		return "", fmt.Errorf("line %d: a %s record is a line of text, not a mapping or list", n.Line, format)
 	}
+	v, err := nodeJSON(n)
+	if err != nil {
+		return "", err
+	}
 	b, err := json.Marshal(v)
 	return string(b), err
+}
+
+// jsonNumber is the syntax of a JSON number.
+var jsonNumber = regexp.MustCompile(`^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?$`)
+
+// nodeJSON is a YAML value as JSON would hold it, its numbers as written
+// (a YAML decoder would round an integer past 64 bits to a float).
+func nodeJSON(n *yaml.Node) (any, error) {
+	switch n.Kind {
+	case yaml.DocumentNode:
+		if len(n.Content) == 1 {
+			return nodeJSON(n.Content[0])
+		}
+	case yaml.AliasNode:
+		return nodeJSON(n.Alias)
+	case yaml.SequenceNode:
+		l := make([]any, 0, len(n.Content))
+		for _, c := range n.Content {
+			v, err := nodeJSON(c)
+			if err != nil {
+				return nil, err
+			}
+			l = append(l, v)
+		}
+		return l, nil
+	case yaml.MappingNode:
+		m := make(map[string]any, len(n.Content)/2)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			v, err := nodeJSON(n.Content[i+1])
+			if err != nil {
+				return nil, err
+			}
+			m[n.Content[i].Value] = v
+		}
+		return m, nil
+	case yaml.ScalarNode:
+		if t := n.ShortTag(); (t == "!!int" || t == "!!float") && jsonNumber.MatchString(n.Value) {
+			return json.Number(n.Value), nil
+		}
+	}
+	var v any
+	err := n.Decode(&v)
+	return v, err
 }
 
 func splitRecords(b []byte) []string {
@@ -565,12 +629,40 @@ func canonical(s string, asJSON bool) string {
 	if !asJSON {
 		return s
 	}
+	d := json.NewDecoder(strings.NewReader(s))
+	d.UseNumber()
 	var v any
-	if json.Unmarshal([]byte(s), &v) != nil {
+	if d.Decode(&v) != nil || d.More() {
 		return s
 	}
-	b, _ := json.Marshal(v)
+	b, _ := json.Marshal(exactNumbers(v))
 	return string(b)
+}
+
+// exactNumbers writes each number of v one way per value: an integer
+// (1, 1.0, 1e0) in full, digit for digit however long, any other number
+// as the shortest text of its float64.
+func exactNumbers(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		for k, e := range v {
+			v[k] = exactNumbers(e)
+		}
+	case []any:
+		for i, e := range v {
+			v[i] = exactNumbers(e)
+		}
+	case json.Number:
+		f, err := strconv.ParseFloat(string(v), 64)
+		if err != nil { // beyond float64's range: compare as written
+			return v
+		}
+		if r, ok := new(big.Rat).SetString(string(v)); ok && r.IsInt() {
+			return json.Number(r.Num().String())
+		}
+		return json.Number(strconv.FormatFloat(f, 'g', -1, 64))
+	}
+	return v
 }
 
 // diff is a line diff of a and b (longest common subsequence), with

@@ -157,3 +157,98 @@ func TestRunIgnoresTests(t *testing.T) {
 		t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errs)
 	}
 }
+
+// TestFlowrunTestNumbers: JSON numbers compare by value, exactly: 1 and
+// 1.0 and 1e0 are one number, but two integers past float64's 2^53 that
+// differ in their last digit are two, in expect: and in expect_file.
+func TestFlowrunTestNumbers(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "big.out", "{\"n\":9007199254740992}\n")
+	p := writeFile(t, dir, "nums.yaml", `name: nums
+input: {format: jsonl}
+output: {format: jsonl}
+ordered: true
+stages: [{use: pick, with: {fields: [n]}}]
+tests:
+  - name: one is one
+    input: ['{"n": 1}', '{"n": 2.50}']
+    expect: ['{"n": 1.0}', {n: 2.5}]
+  - name: the exponent is the same number
+    input: ['{"n": 100}']
+    expect: ['{"n": 1e2}']
+  - name: big integers differ in expect
+    input: ['{"n": 9007199254740993}']
+    expect: [{n: 9007199254740992}]
+  - name: big integers differ in expect_file
+    input: ['{"n": 9007199254740993}']
+    expect_file: big.out
+  - name: big integers past int64 differ
+    input: ['{"n": 123456789012345678901234567891}']
+    expect: ['{"n": 123456789012345678901234567890}']
+`)
+	out, _, code := runCLI(t, "", "test", p)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1:\n%s", code, out)
+	}
+	for _, name := range []string{"one is one", "the exponent is the same number"} {
+		if !strings.Contains(out, "ok  \t"+p+"/"+name+" (") {
+			t.Errorf("case %q did not pass:\n%s", name, out)
+		}
+	}
+	for _, want := range []string{
+		"+ {\"n\":9007199254740993}",
+		"+ {\"n\":123456789012345678901234567891}",
+		"FAIL\t" + p + "\t3 of 5 cases failed",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestFlowrunTestTimeout: a case whose pipeline never ends fails after
+// its timeout: (a minute unless it says), and the next case still runs.
+func TestFlowrunTestTimeout(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	p := writeFile(t, t.TempDir(), "stuck.yaml", `name: stuck
+stages: [{name: wait, use: sleep, with: {duration: 1h}}]
+tests:
+  - name: never ends
+    timeout: 200ms
+    input: [a]
+    expect: [a]
+  - name: a bad timeout
+    timeout: soon
+    input: [a]
+    expect: [a]
+`)
+	out, _, code := runCLI(t, "", "test", p)
+	if code != 2 || !strings.Contains(out, p+`:9:14: timeout must be a duration, like 30s`) {
+		t.Fatalf("exit %d, want 2 and the bad timeout's place:\n%s", code, out)
+	}
+	p = writeFile(t, t.TempDir(), "stuck.yaml", `name: stuck
+stages: [{name: wait, use: sleep, with: {duration: 1h}}]
+tests:
+  - name: never ends
+    timeout: 200ms
+    input: [a]
+    expect: [a]
+  - name: ends
+    set: {stages.wait.with.duration: 1ms}
+    input: [a]
+    expect: [a]
+`)
+	out, _, code = runCLI(t, "", "test", p)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1:\n%s", code, out)
+	}
+	for _, want := range []string{
+		"FAIL\t" + p + "/never ends (",
+		p + ":4:5: did not end within 200ms (the case's timeout:)",
+		"ok  \t" + p + "/ends (",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
