@@ -46,10 +46,14 @@ every pipeline in it, DIR/... every pipeline under it. Each case:
    expect_dead: [{stage: NAME, record: ...}], the records dead-lettered
    expect_exit: the exit code flowrun run would give (default 0, or 3
                 with expect_dead)
+   ordered:     compare in order (true) or as a multiset (false); by
+                default in order when the pipeline is ordered or ends in
+                a sort
    timeout:     how long the case may run before it fails (default 1m)
 
 JSON records compare by value, others byte for byte; a pipeline with
-ordered: false compares its records as a multiset. One line per case,
+ordered: false compares its records as a multiset, unless its last stage
+is a sort, whose order is the output's. One line per case,
 ok or FAIL, and for a failure the case's file:line and a diff.`,
 		Action: func(c *urfave.Context) error {
 			if c.NArg() == 0 {
@@ -75,6 +79,7 @@ type testCase struct {
 	HasDead    bool
 	ExpectExit *int
 	Timeout    time.Duration
+	Ordered    *bool // nil: as the pipeline puts its records out
 }
 
 // defaultCaseTimeout bounds a case that says no timeout:, so that a
@@ -86,7 +91,7 @@ type deadExpect struct {
 	Record *yaml.Node
 }
 
-var caseKeys = []string{"name", "input", "input_file", "set", "env", "expect", "expect_file", "expect_dead", "expect_exit", "timeout"}
+var caseKeys = []string{"name", "input", "input_file", "set", "env", "expect", "expect_file", "expect_dead", "expect_exit", "ordered", "timeout"}
 
 // runTests runs the cases of every pipeline that args name.
 func runTests(ctx context.Context, args []string, w io.Writer) error {
@@ -390,6 +395,13 @@ func parseCase(file string, n *yaml.Node) (testCase, spec.Errors) {
 				continue
 			}
 			tc.ExpectExit = &code
+		case "ordered":
+			var o bool
+			if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!bool" || v.Decode(&o) != nil {
+				bad(v, "ordered must be true or false")
+				continue
+			}
+			tc.Ordered = &o
 		case "timeout":
 			d, err := time.ParseDuration(v.Value)
 			if err != nil || d <= 0 || v.Kind != yaml.ScalarNode {
@@ -501,7 +513,7 @@ func runCase(ctx context.Context, file string, tc testCase) (problem string, err
 				expect = append(expect, rec)
 			}
 		}
-		if d := compareRecords(expect, splitRecords(got), p.Output.Format == "jsonl", !p.Ordered); d != "" {
+		if d := compareRecords(expect, splitRecords(got), p.Output.Format == "jsonl", !inOrder(p, tc)); d != "" {
 			problems = append(problems, "output differs (-expected +received):\n"+d)
 		}
 	}
@@ -531,6 +543,16 @@ func runCase(ctx context.Context, file string, tc testCase) (problem string, err
 		}
 	}
 	return strings.Join(problems, "\n"), nil
+}
+
+// inOrder says whether a case compares its records in order: as it says,
+// or when the pipeline keeps the input's order or ends in a sort (whose
+// one worker emits the sorted records in order, whatever ordered says).
+func inOrder(p *spec.Pipeline, tc testCase) bool {
+	if tc.Ordered != nil {
+		return *tc.Ordered
+	}
+	return p.Ordered || len(p.Stages) > 0 && p.Stages[len(p.Stages)-1].Use == "sort"
 }
 
 // recordText is a record as the case writes it: a scalar's text, and for

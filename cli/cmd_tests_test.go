@@ -1,6 +1,7 @@
 package cli_test
 
 import (
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -246,6 +247,56 @@ tests:
 		"FAIL\t" + p + "/never ends (",
 		p + ":4:5: did not end within 200ms (the case's timeout:)",
 		"ok  \t" + p + "/ends (",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestFlowrunTestSortEndingInOrder: a pipeline that ends in a sort puts
+// its records out in the sort's order even with ordered: false, so its
+// cases compare in order; a case's ordered: says otherwise either way.
+func TestFlowrunTestSortEndingInOrder(t *testing.T) {
+	p := writeFile(t, t.TempDir(), "ranked.yaml", `name: ranked
+input: {format: jsonl}
+output: {format: jsonl}
+stages:
+  - {name: rank, use: sort, with: {by: [n], numeric: true}}
+tests:
+  - name: in the sort's order
+    input: [{n: 2}, {n: 1}]
+    expect: [{n: 1}, {n: 2}]
+  - name: the wrong order is a failure
+    input: [{n: 2}, {n: 1}]
+    expect: [{n: 2}, {n: 1}]
+  - name: a case may ask for a multiset
+    ordered: false
+    input: [{n: 2}, {n: 1}]
+    expect: [{n: 2}, {n: 1}]
+  - name: ordered must be true or false
+    ordered: sometimes
+    input: [a]
+    expect: [a]
+`)
+	out, _, code := runCLI(t, "", "test", p)
+	if code != 2 || !strings.Contains(out, p+":18:14: ordered must be true or false") {
+		t.Fatalf("exit %d, want 2 and the bad ordered's place:\n%s", code, out)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := strings.Split(string(b), "  - name: ordered must")[0]
+	p = writeFile(t, filepath.Dir(p), "ranked.yaml", src)
+	out, _, code = runCLI(t, "", "test", p)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1:\n%s", code, out)
+	}
+	for _, want := range []string{
+		"ok  \t" + p + "/in the sort's order (",
+		"FAIL\t" + p + "/the wrong order is a failure (",
+		"ok  \t" + p + "/a case may ask for a multiset (",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
