@@ -163,3 +163,74 @@ stages:
 		t.Fatalf("exit %d; stderr:\n%s", code, lr.stderr)
 	}
 }
+
+// fits is run in the page: it writes the widest numbers a long run
+// shows into every box, marks each stage the bottleneck (a thicker
+// border), and returns each number that then sticks out of its box.
+const fits = `(() => {
+  const wide = {io: "12,345,678 / 12,345,678", errors: "1,234,567 (2,345,678 retried)", lat: "20.4ms / 77.6ms",
+                queue: "1,024 / 1,024", busy: "128 / 128", records: "12,345,678", rate: "123,456/s"};
+  const out = [];
+  document.querySelectorAll(".box").forEach((b) => {
+    if (b.dataset.stage) b.classList.add("hot");
+    b.querySelectorAll("td.v").forEach((v) => { if (wide[v.dataset.k]) v.textContent = wide[v.dataset.k]; });
+  });
+  document.querySelectorAll(".box").forEach((b) => {
+    const inner = b.getBoundingClientRect().right - parseFloat(getComputedStyle(b).borderRightWidth);
+    b.querySelectorAll("td.v").forEach((v) => {
+      if (v.getBoundingClientRect().right > inner + 0.5) out.push((b.dataset.stage || b.id) + " " + v.dataset.k + " " + v.textContent);
+    });
+  });
+  return out;
+})()`
+
+// TestPageNumbersFitTheirBoxes: the numbers of a long run (millions of
+// records, errors with retries, the bottleneck's thicker border) stay
+// inside their boxes, and a long stage name is cut with its whole
+// text in its title.
+func TestPageNumbersFitTheirBoxes(t *testing.T) {
+	bin := chromium(t)
+	defer goleak.VerifyNone(t)
+	long := "resize_the_images_to_thumbnails_and_previews"
+	lr := startLive(t, "name: wide\nstages:\n  - {name: fetch, use: upper}\n  - {name: "+long+", use: upper}\n", "--metrics-linger", "1m")
+	lr.feed(t, 0, 10)
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(bin), chromedp.NoSandbox, chromedp.Headless,
+		chromedp.Flag("disable-gpu", true), chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.WindowSize(1280, 560), chromedp.UserDataDir(t.TempDir()))
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelAlloc()
+	ctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.Navigate("http://"+lr.addr+"/")); err != nil {
+		t.Fatalf("open the page: %v", err)
+	}
+	waitFor(t, "the page to show 10 records out", func() bool {
+		out, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector('#output [data-k="records"]').textContent`))
+		return err == nil && out == "10"
+	})
+	// One evaluation writes and measures, between two polls of the page.
+	out, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](fits))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) > 0 {
+		t.Errorf("numbers outside their box: %q", out)
+	}
+	title, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector('[data-stage="`+long+`"] .name').title`))
+	if err != nil || title != long {
+		t.Errorf("the long name's title is %q (%v), want %q", title, err, long)
+	}
+	cancel()
+	cancelAlloc()
+	lr.stdin.Close()
+	waitFor(t, "the run to end", func() bool {
+		var v struct{ Running bool }
+		return json.Unmarshal(get(t, "http://"+lr.addr+"/api/snapshot"), &v) == nil && !v.Running
+	})
+	lr.cancel() // ends the linger
+	if code := lr.wait(t); code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, lr.stderr)
+	}
+}
