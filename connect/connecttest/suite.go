@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -264,6 +265,23 @@ func brokerRestart(t *testing.T, b Broker) {
 		}
 		if err := src.Settle(ctx, ms, connect.Ack); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// StartErrors opens each case's URL as a source ({url, want}) and checks
+// that it fails at once with a *connect.Error whose message holds want:
+// the broker, and why.
+func StartErrors(t *testing.T, cases [][2]string) {
+	t.Helper()
+	for _, tc := range cases {
+		url, want := tc[0], tc[1]
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, _, err := connect.OpenSource(ctx, url, nil, 1)
+		cancel()
+		var ce *connect.Error
+		if !errors.As(err, &ce) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: got %v, want a *connect.Error with %q", url, err, want)
 		}
 	}
 }

@@ -2,9 +2,7 @@ package nats_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -85,16 +83,8 @@ func TestCoreSubject(t *testing.T) {
 func TestStartErrors(t *testing.T) {
 	srv := brokertest.NATSEmbedded(t)
 	port, _ := brokertest.FreePort()
-	for _, tc := range []struct{ url, want string }{
+	connecttest.StartErrors(t, [][2]string{
 		{fmt.Sprintf("nats://127.0.0.1:%d?stream=s", port), fmt.Sprintf("nats nats://127.0.0.1:%d: cannot connect: no server answers", port)},
 		{srv.URL + "?stream=flowrun-missing&create=false", `stream "flowrun-missing": no such stream`},
-	} {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, _, err := connect.OpenSource(ctx, tc.url, nil, 1)
-		cancel()
-		var ce *connect.Error
-		if !errors.As(err, &ce) || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s: got %v, want a *connect.Error with %q", tc.url, err, tc.want)
-		}
-	}
+	})
 }

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/flowrun/flowrun/connect"
 	"github.com/flowrun/flowrun/connect/brokertest"
@@ -68,19 +67,11 @@ func TestStartErrors(t *testing.T) {
 	srv := brokertest.RabbitMQ(t)
 	port, _ := brokertest.FreePort()
 	bad := strings.Replace(srv.URL, "guest:guest", "guest:wrong", 1)
-	for _, tc := range []struct{ url, want string }{
+	connecttest.StartErrors(t, [][2]string{
 		{fmt.Sprintf("amqp://guest:guest@127.0.0.1:%d/?queue=q", port), fmt.Sprintf("rabbitmq amqp://guest:xxxxx@127.0.0.1:%d/: cannot connect: connection refused", port)},
 		{bad + "?queue=q", fmt.Sprintf("rabbitmq amqp://guest:xxxxx@127.0.0.1:%d/: username or password refused", srv.Port)},
 		{srv.URL + "?queue=flowrun-missing&declare=false", `queue "flowrun-missing": not_found - no queue 'flowrun-missing' in vhost '/'`},
-	} {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, _, err := connect.OpenSource(ctx, tc.url, nil, 1)
-		cancel()
-		var ce *connect.Error
-		if !errors.As(err, &ce) || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s: got %v, want a *connect.Error with %q", tc.url, err, tc.want)
-		}
-	}
+	})
 }
 
 // A consumer from another program (pika) reads what the sink published,

@@ -96,19 +96,11 @@ func TestStartErrors(t *testing.T) {
 		t.Fatalf("%v: %s", err, out)
 	}
 	port, _ := brokertest.FreePort()
-	for _, tc := range []struct{ url, want string }{
+	connecttest.StartErrors(t, [][2]string{
 		{fmt.Sprintf("redis://127.0.0.1:%d/0?list=q", port), fmt.Sprintf("redis redis://127.0.0.1:%d/0: cannot connect: connection refused", port)},
 		{strings.Replace(srv.URL, "redis://", "redis://:secret@", 1) + "?list=q", "password refused"},
 		{srv.URL + "?list=q", "password refused"},
-	} {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, _, err := connect.OpenSource(ctx, tc.url, nil, 1)
-		cancel()
-		var ce *connect.Error
-		if !errors.As(err, &ce) || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s: got %v, want a *connect.Error with %q", tc.url, err, tc.want)
-		}
-	}
+	})
 }
 
 // redis-py reads what the sink wrote, from a list and from a stream.
