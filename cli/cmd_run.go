@@ -136,6 +136,7 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 		return err
 	}
 	progress := shown.progress
+	width := terminalWidth(stderr)              // of the summary's terminal, before stderr is wrapped
 	stdout, stderr = shown.stdout, shown.stderr // records and messages above a live display
 
 	// The first signal stops the input and lets the run drain; the second
@@ -240,12 +241,12 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 	}
 	var setup *runner.SetupError
 	if !opts.quiet && !errors.As(runErr, &setup) { // a run that never started has nothing to sum up
-		sum.WriteTable(stderr)
+		sum.WriteTableWidth(stderr, width)
 		if sum.Input.Unread > 0 {
 			fmt.Fprintf(stderr, "%d records read from the input were left unprocessed\n", sum.Input.Unread)
 		}
 		if a := watch.o.Advice(); a.Conclusive {
-			fmt.Fprintln(stderr, a.Line)
+			fmt.Fprintln(stderr, runner.WrapWords(a.Line, width))
 		}
 	}
 	if opts.stats != "" {

@@ -61,6 +61,19 @@ func chooseProgress(mode string, every time.Duration, readsStdin bool, stdin io.
 	return s, nil
 }
 
+// terminalWidth is the width of the terminal w is, 0 when it is none.
+func terminalWidth(w any) int {
+	f, ok := w.(*os.File)
+	if !ok {
+		return 0
+	}
+	width, _, err := term.GetSize(int(f.Fd()))
+	if err != nil {
+		return 0
+	}
+	return width
+}
+
 func isTerminal(w any) bool {
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))

@@ -300,6 +300,15 @@ func TestTerminalDisplay(t *testing.T) {
 					t.Errorf("the final block has no %s line with %d rec:\n%s", n, tt.records, final)
 				}
 			}
+			// The summary fits the terminal: a wrapped row cannot be read.
+			raw := escapes.ReplaceAllString(term.raw.String(), "")
+			if i := strings.LastIndex(raw, "\nstage "); i >= 0 {
+				for _, line := range strings.Split(strings.TrimRight(raw[i+1:], "\r\n"), "\n") {
+					if w := uniseg.StringWidth(strings.TrimRight(line, "\r")); w >= tt.cols {
+						t.Errorf("a summary line %d wide on a terminal %d wide: %q", w, tt.cols, line)
+					}
+				}
+			}
 			display := final // the bars, above the summary and the bottleneck advice
 			if i := strings.Index(final, "\nstage "); i >= 0 {
 				display = final[:i]

@@ -3,9 +3,11 @@ package runner
 import (
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
+
+	"github.com/rivo/uniseg"
 )
 
 // Progress shows a run's progress while it runs. Run calls snapshot as
@@ -121,27 +123,148 @@ func plainLine(s Snapshot) string {
 
 // WriteTable writes the summary as a table, one row per stage, between
 // a row for the input and one for the output.
-func (s *Summary) WriteTable(w io.Writer) error {
-	var table strings.Builder
-	tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "stage\tworkers\tin\tout\terrors\tretries\tskipped\tdead\tbusy\tp50\tp99\n")
-	fmt.Fprintf(tw, "(input)\t\t\t%d\t%d\t\t%d\t%d\t\t\t\n", s.Input.Records, s.Input.Errors, s.Input.Skipped, s.Input.DeadLettered)
+func (s *Summary) WriteTable(w io.Writer) error { return s.WriteTableWidth(w, 0) }
+
+// summaryColumns are the table's columns; drop is the order in which a
+// table too wide for its terminal leaves them out (0: always kept).
+var summaryColumns = []struct {
+	name string
+	drop int
+}{
+	{"stage", 0}, {"workers", 6}, {"in", 0}, {"out", 0},
+	{"errors", 0}, {"retries", 0}, {"skipped", 0}, {"dead", 0},
+	{"busy", 5}, {"p50", 4}, {"p99", 3},
+}
+
+// counters are the columns of things that went wrong: left out first
+// when the terminal is narrow and all of them are 0 (a line says so).
+var summaryCounters = []int{4, 5, 6, 7}
+
+// WriteTableWidth is WriteTable for a terminal width columns wide (0:
+// unbounded). A table wider than that leaves out, in turn, the error
+// counters that are all 0 (saying so), then p99, p50, busy and workers
+// (saying where to find them), so that a row is never wrapped across two
+// lines: a wrapped table cannot be read.
+func (s *Summary) WriteTableWidth(w io.Writer, width int) error {
+	rows := [][]string{make([]string, len(summaryColumns))}
+	for i, c := range summaryColumns {
+		rows[0][i] = c.name
+	}
+	n := func(v int64) string { return strconv.FormatInt(v, 10) }
+	rows = append(rows, []string{"(input)", "", "", n(s.Input.Records), n(s.Input.Errors), "", n(s.Input.Skipped), n(s.Input.DeadLettered), "", "", ""})
 	for _, st := range s.Stages {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", st.Name, st.Workers, st.In, st.Out,
-			st.Errors, st.Retries, st.Skipped, st.DeadLettered,
-			short(time.Duration(st.Busy)), short(time.Duration(st.P50)), short(time.Duration(st.P99)))
+		rows = append(rows, []string{st.Name, strconv.Itoa(st.Workers), n(st.In), n(st.Out),
+			n(st.Errors), n(st.Retries), n(st.Skipped), n(st.DeadLettered),
+			short(time.Duration(st.Busy)), short(time.Duration(st.P50)), short(time.Duration(st.P99))})
 	}
-	fmt.Fprintf(tw, "(output)\t\t%d\t\t\t\t\t\t\t\t\n", s.Output.Records)
-	if err := tw.Flush(); err != nil {
-		return err
+	rows = append(rows, []string{"(output)", "", n(s.Output.Records), "", "", "", "", "", "", "", ""})
+
+	keep := make([]bool, len(summaryColumns))
+	for i := range keep {
+		keep[i] = true
 	}
-	for _, line := range strings.SplitAfter(table.String(), "\n") {
-		if line != "" {
-			io.WriteString(w, strings.TrimRight(line, " \n")+"\n") // empty cells pad the row's end
+	var notes []string
+	if width > 0 && tableWidth(rows, keep) > width {
+		zero := true
+		for _, c := range summaryCounters {
+			for _, r := range rows[1:] {
+				zero = zero && (r[c] == "" || r[c] == "0")
+			}
 		}
+		if zero {
+			for _, c := range summaryCounters {
+				keep[c] = false
+			}
+			notes = append(notes, "no errors, retries, skips or dead letters")
+		}
+		var left []string
+		for d := 3; d <= 6 && tableWidth(rows, keep) > width; d++ {
+			for i, c := range summaryColumns {
+				if c.drop == d {
+					keep[i] = false
+					left = append([]string{c.name}, left...)
+				}
+			}
+		}
+		if len(left) > 0 {
+			notes = append(notes, strings.Join(left, ", ")+" left out to fit; --stats FILE has them")
+		}
+	}
+	widths := columnWidths(rows, keep)
+	var b strings.Builder
+	for _, r := range rows {
+		b.Reset()
+		for i, cell := range r {
+			if !keep[i] {
+				continue
+			}
+			b.WriteString(cell)
+			b.WriteString(strings.Repeat(" ", widths[i]-uniseg.StringWidth(cell)+2))
+		}
+		io.WriteString(w, strings.TrimRight(b.String(), " ")+"\n") // empty cells pad the row's end
+	}
+	for _, note := range notes {
+		fmt.Fprintln(w, WrapWords(note, width))
 	}
 	_, err := fmt.Fprintf(w, "%d records in %s\n", s.Input.Records, short(time.Duration(s.Elapsed)))
 	return err
+}
+
+// WrapWords breaks prose into lines narrower than width (0: as it is) at
+// spaces, so that the terminal does not break it inside a word.
+func WrapWords(s string, width int) string {
+	if width <= 1 || uniseg.StringWidth(s) < width {
+		return s
+	}
+	var b strings.Builder
+	line := 0
+	for i, word := range strings.Fields(s) {
+		w := uniseg.StringWidth(word)
+		switch {
+		case i == 0:
+		case line+1+w < width:
+			b.WriteByte(' ')
+			line++
+		default:
+			b.WriteByte('\n')
+			line = 0
+		}
+		b.WriteString(word)
+		line += w
+	}
+	return b.String()
+}
+
+// columnWidths is the widest cell of each kept column, in terminal cells.
+func columnWidths(rows [][]string, keep []bool) []int {
+	widths := make([]int, len(keep))
+	for _, r := range rows {
+		for i, cell := range r {
+			if keep[i] {
+				widths[i] = max(widths[i], uniseg.StringWidth(cell))
+			}
+		}
+	}
+	return widths
+}
+
+// tableWidth is the width of the widest row with only the kept columns.
+func tableWidth(rows [][]string, keep []bool) int {
+	widths := columnWidths(rows, keep)
+	most := 0
+	for _, r := range rows {
+		wide, last := 0, 0
+		for i := range r {
+			if keep[i] {
+				wide += widths[i] + 2
+				if r[i] != "" {
+					last = wide - widths[i] - 2 + uniseg.StringWidth(r[i])
+				}
+			}
+		}
+		most = max(most, last)
+	}
+	return most
 }
 
 // short rounds d to three significant digits.
