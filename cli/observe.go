@@ -38,7 +38,7 @@ func startObserver(p *spec.Pipeline, opts runOptions, stderr io.Writer) (*watchi
 			return nil, usageError{err}
 		}
 		w.srv = srv
-		fmt.Fprintf(stderr, "flowrun: metrics at http://%s/metrics, live page at http://%s/\n", srv.Addr(), srv.Addr())
+		fmt.Fprintf(stderr, "flowrun: metrics at %smetrics, live page at %s\n", srv.URL(), srv.URL())
 	}
 	go func() {
 		for {
@@ -63,7 +63,7 @@ func (w *watching) close(ctx context.Context, stop <-chan struct{}, stderr io.Wr
 		return
 	}
 	if w.linger > 0 {
-		fmt.Fprintf(stderr, "flowrun: serving the final metrics at http://%s/ for %v (--metrics-linger)\n", w.srv.Addr(), w.linger)
+		fmt.Fprintf(stderr, "flowrun: serving the final metrics at %s for %v (--metrics-linger)\n", w.srv.URL(), w.linger)
 		t := time.NewTimer(w.linger)
 		select {
 		case <-t.C:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -136,5 +137,24 @@ stages:
 `, 300)
 	if a.Limit != "download" {
 		t.Fatalf("advice %+v, want it to name download", a)
+	}
+}
+
+// TestServerURL checks that the address printed for a person opens in a
+// browser: a server on every interface is at localhost, not at [::].
+func TestServerURL(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	p := &spec.Pipeline{Name: "p"}
+	for addr, want := range map[string]string{":0": `^http://localhost:\d+/$`, "127.0.0.1:0": `^http://127\.0\.0\.1:\d+/$`, "0.0.0.0:0": `^http://localhost:\d+/$`} {
+		srv, err := observe.New(p, observe.BuildInfo{}).Listen(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := srv.URL(); !regexp.MustCompile(want).MatchString(got) {
+			t.Errorf("Listen(%q).URL() = %q, want %s", addr, got, want)
+		}
+		if err := srv.Close(); err != nil {
+			t.Error(err)
+		}
 	}
 }

@@ -155,6 +155,20 @@ func (o *Observer) Listen(addr string) (*Server, error) {
 // Addr is the address the server listens on.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
+// URL is the server's root as a person can open it: a server listening on
+// every interface (":9090", "0.0.0.0:9090") is at localhost on this
+// machine; http://[::]:9090/ is not an address a browser opens.
+func (s *Server) URL() string {
+	host, port, err := net.SplitHostPort(s.Addr())
+	if err != nil {
+		return "http://" + s.Addr() + "/"
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = "localhost"
+	}
+	return "http://" + net.JoinHostPort(host, port) + "/"
+}
+
 // Close stops the server, giving requests in progress a moment to end,
 // and returns once its goroutines have.
 func (s *Server) Close() error {
