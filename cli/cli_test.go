@@ -342,21 +342,65 @@ func TestSigintDrains(t *testing.T) {
 	}
 }
 
+// TestSecondSignalAborts checks that a second signal ends a run whose
+// stage is stuck. Each signal is sent once flowrun has shown it is ready
+// for it (the record is in the stage; the first signal was taken), not
+// after a fixed sleep that a loaded machine outlasts.
 func TestSecondSignalAborts(t *testing.T) {
 	dir := t.TempDir()
-	p := writeFile(t, dir, "p.yaml", "stages: [{use: sleep, with: {duration: 1h}}]\n")
-	cmd, stdin, _, stderr := startFlowrun(t, "run", "--progress", "none", p)
+	started := filepath.Join(dir, "started")
+	p := writeFile(t, dir, "p.yaml", fmt.Sprintf("stages: [{use: exec, with: {command: [sh, -c, 'echo > %s; exec sleep 3600']}}]\n", started))
+	cmd := exec.Command(flowrunBin, "run", "--progress", "none", p)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer stdin.Close()
+	errPipe, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	hung := time.AfterFunc(60*time.Second, func() { cmd.Process.Kill() }) // then lines ends, and the exit code says so
+	defer hung.Stop()
+	lines := make(chan string, 100)
+	var stderr strings.Builder // read after lines is closed
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(errPipe)
+		for sc.Scan() {
+			stderr.WriteString(sc.Text() + "\n")
+			lines <- sc.Text()
+		}
+	}()
 	fmt.Fprintln(stdin, "x")
-	time.Sleep(200 * time.Millisecond)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(started); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the record never reached the stage")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	cmd.Process.Signal(syscall.SIGTERM)
-	time.Sleep(100 * time.Millisecond)
+	for line := range lines {
+		if strings.Contains(line, "stopping: draining") {
+			break
+		}
+	}
 	cmd.Process.Signal(syscall.SIGINT)
+	for range lines {
+	}
 	if code := exitOf(t, cmd); code != 130 {
-		t.Errorf("exit %d, want 130; stderr:\n%s", code, stderr)
+		t.Errorf("exit %d, want 130; stderr:\n%s", code, stderr.String())
 	}
 	if !strings.Contains(stderr.String(), "aborting") {
-		t.Errorf("stderr:\n%s", stderr)
+		t.Errorf("stderr:\n%s", stderr.String())
 	}
 }
 
