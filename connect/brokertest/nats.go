@@ -1,10 +1,14 @@
 package brokertest
 
 import (
+	"bufio"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -13,7 +17,15 @@ import (
 
 // StartNATS starts Debian's nats-server with JetStream on a free loopback
 // port, its store in a temporary directory.
-func StartNATS() (*Server, error) {
+func StartNATS() (*Server, error) { return StartNATSWith() }
+
+// StartNATSWith starts Debian's nats-server as StartNATS does, with more
+// command-line arguments: credentials (--user, --auth), TLS (--tls
+// --tlscert …), a config file (-c; use Dir/store for its store_dir).
+// With credentials nobody can ask JetStream whether it is ready without
+// them, so a server given arguments is ready once it greets a client: it
+// listens only after JetStream has recovered its store.
+func StartNATSWith(args ...string) (*Server, error) {
 	path, err := find("nats-server")
 	if err != nil {
 		return nil, err
@@ -22,12 +34,16 @@ func StartNATS() (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	ready := func() error { return natsReady(s.URL) }
+	if len(args) > 0 {
+		ready = func() error { return natsGreets(s.Port) }
+	}
 	s.start = func(s *Server) error {
-		args := []string{"-a", "127.0.0.1", "-p", strconv.Itoa(s.Port), "-js", "-sd", filepath.Join(s.Dir, "store")}
-		if err := s.run(path, args, []string{"PATH=/usr/bin:/bin"}, nil); err != nil {
+		all := append([]string{"-a", "127.0.0.1", "-p", strconv.Itoa(s.Port), "-js", "-sd", filepath.Join(s.Dir, "store")}, args...)
+		if err := s.run(path, all, []string{"PATH=/usr/bin:/bin"}, nil); err != nil {
 			return err
 		}
-		err := s.waitFor(20*time.Second, func() error { return natsReady(s.URL) })
+		err := s.waitFor(20*time.Second, ready)
 		if err != nil {
 			s.killProcess()
 		}
@@ -39,6 +55,18 @@ func StartNATS() (*Server, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// OwnNATSWith starts Debian's nats-server with args for one test (see
+// StartNATSWith), stopped in the test's cleanup.
+func OwnNATSWith(t testing.TB, args ...string) *Server {
+	t.Helper()
+	s, err := StartNATSWith(args...)
+	if err != nil {
+		Unavailable(t, "nats", err)
+	}
+	t.Cleanup(s.Stop)
+	return s
 }
 
 // StartNATSEmbedded runs a NATS server with JetStream in this process.
@@ -100,4 +128,22 @@ func natsReady(url string) error {
 	defer nc.Close()
 	_, err = nc.Request("$JS.API.INFO", nil, time.Second)
 	return err
+}
+
+// natsGreets reports whether a NATS server on port sends its INFO line.
+func natsGreets(port int) error {
+	c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(line, "INFO ") {
+		return fmt.Errorf("not a NATS greeting: %q", line)
+	}
+	return nil
 }
