@@ -35,19 +35,25 @@ const settleTimeout = 5 * time.Second
 // it made of input records lo..hi is written and flushed (or confirmed
 // by an output broker), and the dead letters among them are flushed,
 // settles them: one Settle per flush, so that the source can batch its
-// acks. A record at or after the one that failed the run, or after the
-// one a take stopped at, is never acked: Close hands it back to the
-// queue.
+// acks. A message a record made of it was dead-lettered from is settled
+// as Reject, not Ack: the source hands it to its broker's own
+// dead-letter place where it has one (a RabbitMQ queue's dead-letter
+// exchange, a JetStream Term), while the dead-letter file keeps why. A
+// record at or after the one that failed the run, or after the one a
+// take stopped at, is never acked: Close hands it back to the queue.
 type acks struct {
 	src connect.Source
 	r   *run
 
 	mu   sync.Mutex
 	msgs map[uint64]connect.Message // received, not yet settled
+	// dead are the received records that a record made of was written
+	// to the dead-letter file.
+	dead map[uint64]bool
 	// ranges are input records whose results the writer has emitted,
 	// to be settled at its next flush.
-	ranges [][2]uint64
-	list   []connect.Message
+	ranges       [][2]uint64
+	list, reject []connect.Message
 	// stopSeq is the record a stage stopped the input at (take's last),
 	// 0 while none did.
 	stopSeq atomic.Uint64
@@ -57,7 +63,18 @@ type acks struct {
 }
 
 func newAcks(src connect.Source, r *run) *acks {
-	return &acks{src: src, r: r, msgs: map[uint64]connect.Message{}}
+	return &acks{src: src, r: r, msgs: map[uint64]connect.Message{}, dead: map[uint64]bool{}}
+}
+
+// deadLettered notes that a record made of input record seq went to the
+// dead-letter file: its message is to be rejected, not acked.
+func (a *acks) deadLettered(seq uint64) {
+	if a == nil {
+		return
+	}
+	a.mu.Lock()
+	a.dead[seq] = true
+	a.mu.Unlock()
 }
 
 // busy reports whether the broker may be holding messages back for this
@@ -121,26 +138,38 @@ func (a *acks) settle(ctx context.Context) error {
 	}
 	fail, stop := a.r.failSeq.Load(), a.stopSeq.Load()
 	a.mu.Lock()
-	a.list = a.list[:0]
+	a.list, a.reject = a.list[:0], a.reject[:0]
 	for _, rg := range a.ranges {
 		for seq := rg[0]; seq <= rg[1]; seq++ {
 			if fail != 0 && seq >= fail || stop != 0 && seq > stop {
 				continue // not done: back to the queue at Close
 			}
 			if m, ok := a.msgs[seq]; ok {
-				a.list = append(a.list, m)
+				if a.dead[seq] {
+					a.reject = append(a.reject, m)
+					delete(a.dead, seq)
+				} else {
+					a.list = append(a.list, m)
+				}
 				delete(a.msgs, seq)
 			}
 		}
 	}
 	a.ranges = a.ranges[:0]
-	list := a.list
+	list, reject := a.list, a.reject
 	a.mu.Unlock()
-	if len(list) == 0 {
+	if len(list) == 0 && len(reject) == 0 {
 		return nil
 	}
-	if err := a.src.Settle(ctx, list, connect.Ack); err != nil {
-		return fmt.Errorf("input: %w", err)
+	if len(list) > 0 {
+		if err := a.src.Settle(ctx, list, connect.Ack); err != nil {
+			return fmt.Errorf("input: %w", err)
+		}
+	}
+	if len(reject) > 0 {
+		if err := a.src.Settle(ctx, reject, connect.Reject); err != nil {
+			return fmt.Errorf("input: %w", err)
+		}
 	}
 	a.settled.Store(time.Now().UnixNano())
 	return nil

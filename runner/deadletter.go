@@ -47,6 +47,7 @@ type deadLetters struct {
 	name string
 	err  error
 	sum  *dlSum // a journal's, nil without one
+	acks *acks  // a broker input's, told of each record dead-lettered
 }
 
 func newDeadLetters(w io.Writer, name string) *deadLetters {
@@ -86,6 +87,9 @@ func (d *deadLetters) writeEntry(dl DeadLetter, rec []byte) error {
 		if d.err == nil && d.sum != nil {
 			d.sum.add(dl.Seq, line)
 		}
+	}
+	if d.err == nil {
+		d.acks.deadLettered(dl.Seq)
 	}
 	if d.err != nil {
 		return fmt.Errorf("write dead letter to %s: %w", d.name, d.err)

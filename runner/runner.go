@@ -267,6 +267,7 @@ func (r *run) run(ctx context.Context) (err error) {
 			r.jr.dl = f
 		}
 		r.dl = newDeadLetters(f, p.DeadLetter)
+		r.dl.acks = r.acks
 		if r.jr != nil {
 			r.dl.sum = r.jr.dls
 		}

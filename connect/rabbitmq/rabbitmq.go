@@ -29,6 +29,8 @@ func init() {
 			{Name: "declare", Type: connect.Bool, Default: "true", Use: connect.Both, Doc: "Declare the queue durable if it is missing; false: it must exist."},
 			{Name: "exchange", Type: connect.String, Use: connect.Out, Doc: "Publish to this exchange (which must exist) instead of a queue."},
 			{Name: "routing_key", Type: connect.String, Use: connect.Out, Doc: "The routing key for exchange."},
+			{Name: "dead_letter_queue", Type: connect.String, Use: connect.Both, Doc: "Declare this durable queue, and the queue with it as its dead-letter queue (x-dead-letter-exchange \"\", x-dead-letter-routing-key NAME): a message a stage dead-letters lands there, with its x-death header."},
+			{Name: "dead_letter_exchange", Type: connect.String, Use: connect.Both, Doc: "Declare the queue with this existing x-dead-letter-exchange: a message a stage dead-letters is routed there by its routing key."},
 			{Name: "envelope", Type: connect.Bool, Default: "false", Use: connect.Both, Doc: "Records are JSON {body, message_id, correlation_id, routing_key}, not the bare body."},
 		},
 		Check:  check,
@@ -48,6 +50,12 @@ func check(p *connect.Params, d connect.Direction) error {
 		return opt("queue", "output needs a queue, or an exchange and routing_key")
 	case d == connect.Out && p.String("queue") != "" && p.String("exchange") != "":
 		return opt("exchange", "give a queue or an exchange, not both")
+	case p.Has("dead_letter_queue") && p.Has("dead_letter_exchange"):
+		return opt("dead_letter_exchange", "give a dead_letter_queue or a dead_letter_exchange, not both")
+	case (p.Has("dead_letter_queue") || p.Has("dead_letter_exchange")) && !p.Bool("declare"):
+		return opt("declare", "a dead-letter queue or exchange is set when the queue is declared; with declare=false, give the queue its x-dead-letter-exchange by a policy")
+	case p.Has("dead_letter_queue") && p.String("dead_letter_queue") == p.String("queue"):
+		return opt("dead_letter_queue", "must be another queue than the one consumed")
 	}
 	return nil
 }
@@ -85,16 +93,38 @@ func reason(err error) string {
 }
 
 // declare makes sure the queue is there: declared durable, or only
-// checked when declare is false.
+// checked when declare is false. With a dead_letter_queue or a
+// dead_letter_exchange it is declared with that as its
+// x-dead-letter-exchange (and the dead-letter queue with it), the same
+// from a flowrun that writes the queue and one that reads it: RabbitMQ
+// refuses to declare a queue again with other arguments.
 func declare(ch *amqp.Channel, p *connect.Params, queue string) error {
-	var err error
-	if p.Bool("declare") {
-		_, err = ch.QueueDeclare(queue, true, false, false, false, nil)
-	} else {
-		_, err = ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	fail := func(queue string, err error) error {
+		r := reason(err)
+		var ae *amqp.Error
+		if errors.As(err, &ae) && ae.Code == amqp.PreconditionFailed {
+			r += " (a queue's arguments cannot change: delete the queue, or give it its dead-letter exchange by a policy and use declare=false)"
+		}
+		return &connect.Error{Broker: p.Broker(), Reason: fmt.Sprintf("queue %q: %s", queue, r), Err: err}
 	}
-	if err != nil {
-		return &connect.Error{Broker: p.Broker(), Reason: fmt.Sprintf("queue %q: %s", queue, reason(err)), Err: err}
+	if !p.Bool("declare") {
+		if _, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil); err != nil {
+			return fail(queue, err)
+		}
+		return nil
+	}
+	var args amqp.Table
+	if dlq := p.String("dead_letter_queue"); dlq != "" {
+		if _, err := ch.QueueDeclare(dlq, true, false, false, false, nil); err != nil {
+			return fail(dlq, err)
+		}
+		args = amqp.Table{"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq}
+	}
+	if p.Has("dead_letter_exchange") {
+		args = amqp.Table{"x-dead-letter-exchange": p.String("dead_letter_exchange")}
+	}
+	if _, err := ch.QueueDeclare(queue, true, false, false, false, args); err != nil {
+		return fail(queue, err)
 	}
 	return nil
 }
@@ -266,6 +296,10 @@ func (s *source) Settle(ctx context.Context, msgs []connect.Message, o connect.O
 			}
 		}
 	} else {
+		// A Reject is a nack without requeue: RabbitMQ routes it to the
+		// queue's dead-letter exchange when it has one (by argument or
+		// policy), with an x-death header saying why, and drops it
+		// otherwise, as an ack would.
 		for _, t := range tags {
 			if err == nil {
 				err = s.ch.Nack(t, false, o == connect.Requeue)

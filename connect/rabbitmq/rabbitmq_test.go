@@ -67,10 +67,12 @@ func TestStartErrors(t *testing.T) {
 	srv := brokertest.RabbitMQ(t)
 	port, _ := brokertest.FreePort()
 	bad := strings.Replace(srv.URL, "guest:guest", "guest:wrong", 1)
+	connecttest.Publish(t, context.Background(), srv.URL+"?queue=flowrun-no-dlx", 1, 1)
 	connecttest.StartErrors(t, [][2]string{
 		{fmt.Sprintf("amqp://guest:guest@127.0.0.1:%d/?queue=q", port), fmt.Sprintf("rabbitmq amqp://guest:xxxxx@127.0.0.1:%d/: cannot connect: connection refused", port)},
 		{bad + "?queue=q", fmt.Sprintf("rabbitmq amqp://guest:xxxxx@127.0.0.1:%d/: username or password refused", srv.Port)},
 		{srv.URL + "?queue=flowrun-missing&declare=false", `queue "flowrun-missing": not_found - no queue 'flowrun-missing' in vhost '/'`},
+		{srv.URL + "?queue=flowrun-no-dlx&dead_letter_queue=flowrun-no-dlx.dead", `queue "flowrun-no-dlx": precondition_failed - inequivalent arg 'x-dead-letter-exchange' for queue 'flowrun-no-dlx' in vhost '/': received the value '' of type 'longstr' but current is none (a queue's arguments cannot change: delete the queue, or give it its dead-letter exchange by a policy and use declare=false)`},
 	})
 }
 
