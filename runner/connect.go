@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -60,6 +61,46 @@ type acks struct {
 	// settled is when messages were last acked (UnixNano): the broker
 	// hands over the next ones only after that.
 	settled atomic.Int64
+	// out is the output file, fsynced before the messages behind what
+	// was written to it are settled: flushed is not durable, a power cut
+	// would lose it after the broker forgot the messages. nil when the
+	// output is not a regular file (a pipe, a terminal, a broker).
+	out       *os.File
+	outSynced int64 // r.out.bytes at the last fsync
+}
+
+// regularFile returns w when it is a regular file, which fsync makes
+// durable, and nil otherwise (a pipe, a terminal: nothing to sync).
+func regularFile(w any) *os.File {
+	f, ok := w.(*os.File)
+	if !ok {
+		return nil
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	return f
+}
+
+// syncFile is (*os.File).Sync; a test sees through it when files are
+// made durable.
+var syncFile = (*os.File).Sync
+
+// sync makes what the writer wrote and what went to the dead-letter
+// file durable: one fsync of each that changed since the last, per
+// settle batch.
+func (a *acks) sync() error {
+	if err := a.r.dl.sync(); err != nil {
+		return err
+	}
+	if a.out == nil || a.r.out == nil || a.r.out.bytes == a.outSynced {
+		return nil
+	}
+	if err := syncFile(a.out); err != nil {
+		return fmt.Errorf("output: %w", err)
+	}
+	a.outSynced = a.r.out.bytes
+	return nil
 }
 
 func newAcks(src connect.Source, r *run) *acks {
@@ -128,7 +169,8 @@ func (a *acks) emitted(lo, hi uint64) {
 	a.mu.Unlock()
 }
 
-// settle acks what was emitted, now that it is durable.
+// settle acks what was emitted, once it is durable: the dead letters
+// among it are flushed and fsynced, and so is the output file.
 func (a *acks) settle(ctx context.Context) error {
 	if a == nil {
 		return nil
@@ -160,6 +202,9 @@ func (a *acks) settle(ctx context.Context) error {
 	a.mu.Unlock()
 	if len(list) == 0 && len(reject) == 0 {
 		return nil
+	}
+	if err := a.sync(); err != nil {
+		return err // not settled: back to the queue at Close
 	}
 	if len(list) > 0 {
 		if err := a.src.Settle(ctx, list, connect.Ack); err != nil {

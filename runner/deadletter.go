@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"unicode/utf8"
 )
@@ -48,6 +49,10 @@ type deadLetters struct {
 	err  error
 	sum  *dlSum // a journal's, nil without one
 	acks *acks  // a broker input's, told of each record dead-lettered
+	// file, for a broker input, is fsynced by sync before the messages
+	// dead-lettered are settled; unsynced says it has lines since.
+	file     *os.File
+	unsynced bool
 }
 
 func newDeadLetters(w io.Writer, name string) *deadLetters {
@@ -89,6 +94,7 @@ func (d *deadLetters) writeEntry(dl DeadLetter, rec []byte) error {
 		}
 	}
 	if d.err == nil {
+		d.unsynced = true
 		d.acks.deadLettered(dl.Seq)
 	}
 	if d.err != nil {
@@ -108,6 +114,26 @@ func (d *deadLetters) flush() error {
 	}
 	if d.err != nil {
 		return fmt.Errorf("write dead letter to %s: %w", d.name, d.err)
+	}
+	return nil
+}
+
+// sync flushes and, when there is a file to and lines since the last
+// time, fsyncs it.
+func (d *deadLetters) sync() error {
+	if d == nil {
+		return nil
+	}
+	if err := d.flush(); err != nil || d.file == nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.unsynced {
+		if err := syncFile(d.file); err != nil {
+			return fmt.Errorf("write dead letter to %s: %w", d.name, err)
+		}
+		d.unsynced = false
 	}
 	return nil
 }

@@ -267,7 +267,9 @@ func (r *run) run(ctx context.Context) (err error) {
 			r.jr.dl = f
 		}
 		r.dl = newDeadLetters(f, p.DeadLetter)
-		r.dl.acks = r.acks
+		if r.acks != nil {
+			r.dl.acks, r.dl.file = r.acks, regularFile(f)
+		}
 		if r.jr != nil {
 			r.dl.sum = r.jr.dls
 		}
@@ -281,6 +283,9 @@ func (r *run) run(ctx context.Context) (err error) {
 		}()
 	}
 
+	if r.acks != nil && r.snk == nil {
+		r.acks.out = regularFile(out)
+	}
 	if r.opts.Watch != nil {
 		r.opts.Watch(r.snapshot)
 	}
