@@ -142,6 +142,7 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			connectorsCommand(stdout),
 			graphCommand(stdin, stdout),
 			testCommand(stdout),
+			brokerCommand(stdout, stderr),
 			versionCommand(stdout),
 			helpCommand(stdout),
 		},

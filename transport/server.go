@@ -9,7 +9,9 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -274,12 +276,23 @@ func (l *serverLog) Warnf(format string, v ...any) {
 func (l *serverLog) Errorf(format string, v ...any) {
 	l.line("error: "+format, v...)
 }
+
+// Fatalf hands the error to StartEmbedded, which returns it: it is not
+// logged as well.
 func (l *serverLog) Fatalf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	if strings.HasPrefix(format, "Error listening on port") && len(v) == 2 {
+		if err, ok := v[1].(error); ok {
+			msg = "cannot listen: " + err.Error()
+			if errors.Is(err, syscall.EADDRINUSE) {
+				msg = "the address is in use (by another broker?)"
+			}
+		}
+	}
 	select {
-	case l.fatal <- fmt.Sprintf(format, v...):
+	case l.fatal <- msg:
 	default:
 	}
-	l.line("fatal: "+format, v...)
 }
 
 func (l *serverLog) line(format string, v ...any) {

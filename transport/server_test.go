@@ -111,7 +111,7 @@ func TestEmbeddedAddressInUse(t *testing.T) {
 	}
 	defer l.Close()
 	_, err = transport.StartEmbedded(context.Background(), transport.EmbeddedOptions{Listen: l.Addr().String()})
-	if err == nil || !strings.Contains(err.Error(), "address already in use") || !strings.Contains(err.Error(), l.Addr().String()) {
+	if err == nil || !strings.Contains(err.Error(), "the address is in use") || !strings.Contains(err.Error(), l.Addr().String()) {
 		t.Errorf("StartEmbedded on a port in use: %v; want it to say the address is in use", err)
 	}
 }
