@@ -92,6 +92,17 @@ stages:
     workers: 2
 `
 
+// benchJSONL passes JSON records through unchanged: what it costs is the
+// JSONL reader and writer, which check that every record is JSON.
+const benchJSONL = `
+name: jsonl
+input:  {format: jsonl}
+output: {format: jsonl}
+ordered: true
+stages:
+  - use: trim
+`
+
 // benchRun runs the pipeline in yaml over data once per iteration and
 // reports records/s and ns/record, records being the input's lines.
 func benchRun(b *testing.B, yaml string, data []byte) {
@@ -141,6 +152,12 @@ func BenchmarkW2(b *testing.B) {
 	benchRun(b, benchW2, benchJSON(20000))
 }
 
+// BenchmarkJSONL is W2's records through a stage that changes nothing,
+// JSONL in and out: the runner's JSON input and output path alone.
+func BenchmarkJSONL(b *testing.B) {
+	benchRun(b, benchJSONL, benchJSON(20000))
+}
+
 // TestBenchPipelines checks that the benchmarked pipelines do the work
 // they are named for, so that a fast benchmark is not a broken one.
 func TestBenchPipelines(t *testing.T) {
@@ -167,6 +184,12 @@ func TestBenchPipelines(t *testing.T) {
 			want := `{"id":2,"name":"name-2","score":74.5,"tags":["a","b"],"active":true,"name_upper":"NAME-2"}` + "\n"
 			if out != want {
 				return fmt.Errorf("output %q, want %q", out, want)
+			}
+			return nil
+		}},
+		{"jsonl", benchJSONL, benchJSON(300), func(out string) error {
+			if want := string(benchJSON(300)); out != want {
+				return fmt.Errorf("output differs from input: %d bytes, want %d", len(out), len(want))
 			}
 			return nil
 		}},

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/flowrun/flowrun/internal/jsontext"
 	"github.com/flowrun/flowrun/spec"
 	"github.com/flowrun/flowrun/stages"
 )
@@ -338,7 +339,7 @@ func (d *jsonlDecoder) next(max int, out []item) ([]item, error) {
 				if len(bytes.TrimSpace(it.data)) == 0 {
 					continue
 				}
-				if !json.Valid(it.data) {
+				if !jsontext.Valid(it.data) {
 					it.err = fmt.Errorf("line %d: not valid JSON", it.line)
 				}
 			}
@@ -493,7 +494,7 @@ func (d *deadLetterDecoder) item(line []byte) item {
 	switch {
 	case len(it.data) > d.max:
 		it.err = fmt.Errorf("dead letter line %d: record longer than max_record_size (%d bytes)", d.line, d.max)
-	case d.format == "jsonl" && !json.Valid(it.data):
+	case d.format == "jsonl" && !jsontext.Valid(it.data):
 		it.err = fmt.Errorf("dead letter line %d: not valid JSON", d.line)
 	case d.format == "csv":
 		it.err = fmt.Errorf("dead letter line %d: a CSV row that failed to decode cannot be decoded without its file", d.line)

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/flowrun/flowrun/internal/jsontext"
 	"github.com/flowrun/flowrun/stages"
 )
 
@@ -58,7 +59,7 @@ func newSink(w io.Writer, name, format string) *sink {
 func (s *sink) add(rec []byte) error {
 	switch s.format {
 	case "jsonl":
-		if json.Valid(rec) {
+		if jsontext.Valid(rec) {
 			s.buf = append(s.buf, rec...)
 		} else {
 			s.buf = stages.AppendJSONString(s.buf, rec)

@@ -1,6 +1,6 @@
 package stages
 
-import "github.com/flowrun/flowrun/stages/internal/jsontext"
+import "github.com/flowrun/flowrun/internal/jsontext"
 
 // AppendJSONString appends s as a JSON string, for stages (and the runner)
 // that write JSON without encoding/json's reflection. Unlike encoding/json

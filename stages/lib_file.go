@@ -7,7 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/flowrun/flowrun/stages/internal/jsontext"
+	"github.com/flowrun/flowrun/internal/jsontext"
 	"io"
 	"io/fs"
 	"math/rand/v2"

@@ -6,7 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/flowrun/flowrun/stages/internal/jsontext"
+	"github.com/flowrun/flowrun/internal/jsontext"
 	"math"
 	"sort"
 	"strconv"

@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flowrun/flowrun/internal/jsontext"
 	"github.com/flowrun/flowrun/stages"
-	"github.com/flowrun/flowrun/stages/internal/jsontext"
 )
 
 func init() {

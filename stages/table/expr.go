@@ -9,8 +9,8 @@ import (
 	"github.com/expr-lang/expr/ast"
 	"github.com/expr-lang/expr/vm"
 
+	"github.com/flowrun/flowrun/internal/jsontext"
 	"github.com/flowrun/flowrun/stages"
-	"github.com/flowrun/flowrun/stages/internal/jsontext"
 )
 
 // identifier matches an expression that is just a field's name, which is

@@ -14,8 +14,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/flowrun/flowrun/internal/jsontext"
 	"github.com/flowrun/flowrun/stages"
-	"github.com/flowrun/flowrun/stages/internal/jsontext"
 )
 
 func init() {

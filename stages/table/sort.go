@@ -16,8 +16,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/flowrun/flowrun/internal/jsontext"
 	"github.com/flowrun/flowrun/stages"
-	"github.com/flowrun/flowrun/stages/internal/jsontext"
 )
 
 func init() {

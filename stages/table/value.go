@@ -7,7 +7,7 @@ import (
 	"math"
 	"strconv"
 
-	"github.com/flowrun/flowrun/stages/internal/jsontext"
+	"github.com/flowrun/flowrun/internal/jsontext"
 )
 
 // The values aggregate and sort work on are JSON texts, well-formed (the

@@ -1,7 +1,9 @@
 // Package jsontext scans and writes JSON text without encoding/json's
-// reflection, for the stage families that read fields out of JSON object
-// records and splice new ones in. It checks what it scans (a stage never
-// emits part of a broken record) and knows nothing of stages.
+// reflection: for the stage families that read fields out of JSON object
+// records and splice new ones in, and for the JSONL codec and the output
+// writer, which check every record (Valid). It checks what it scans (a
+// stage never emits part of a broken record) and knows nothing of stages,
+// connectors or the runner.
 //
 // The scanner began as a copy of the one in package stages (lib_json.go),
 // which the stages there still use until they move into families of their
@@ -29,12 +31,12 @@ var ErrNotObject = errors.New("record is not a JSON object")
 // checked to be well-formed JSON before fn is first called, so that a
 // stage never emits part of a broken record.
 func EachMember(rec []byte, fn func(key []byte, escaped bool, member, value []byte)) error {
-	end, err := ScanValue(rec, SkipSpace(rec, 0), 0)
-	if err == nil && SkipSpace(rec, end) != len(rec) {
-		err = &SyntaxError{Off: SkipSpace(rec, end), Msg: "data after the value"}
+	end, code := scanValue(rec, SkipSpace(rec, 0), 0)
+	if code == 0 && SkipSpace(rec, end) != len(rec) {
+		end, code = SkipSpace(rec, end), errAfter
 	}
-	if err != nil {
-		return err
+	if code != 0 {
+		return code.at(rec, end)
 	}
 	i := SkipSpace(rec, 0)
 	if rec[i] != '{' {
@@ -47,7 +49,7 @@ func EachMember(rec []byte, fn func(key []byte, escaped bool, member, value []by
 		key := rec[keyStart+1 : keyEnd-1]
 		i = SkipSpace(rec, keyEnd)
 		valStart := SkipSpace(rec, i+1) // past ':'
-		valEnd, _ := ScanValue(rec, valStart, 1)
+		valEnd, _ := scanValue(rec, valStart, 1)
 		fn(key, bytes.IndexByte(key, '\\') >= 0, rec[keyStart:valEnd], rec[valStart:valEnd])
 		i = SkipSpace(rec, valEnd)
 		if rec[i] == ',' {
@@ -55,6 +57,16 @@ func EachMember(rec []byte, fn func(key []byte, escaped bool, member, value []by
 		}
 	}
 	return nil
+}
+
+// Valid says whether rec is one well-formed JSON value, with white space
+// around it or not: what encoding/json.Valid says (FuzzValid holds them
+// to it), about six times as fast, and without allocating when rec is
+// not JSON (the output of a lines input written as JSONL is checked
+// record by record, and fails every time).
+func Valid(rec []byte) bool {
+	end, code := scanValue(rec, SkipSpace(rec, 0), 0)
+	return code == 0 && SkipSpace(rec, end) == len(rec)
 }
 
 func UnquoteKey(key []byte) (string, error) {
@@ -76,6 +88,73 @@ func (e *SyntaxError) Error() string {
 	return fmt.Sprintf("invalid JSON at offset %d: %s", e.Off, e.Msg)
 }
 
+// errCode is why a scan stopped, 0 when it did not: the scanner returns
+// codes rather than errors so that Valid never builds a message. at makes
+// the SyntaxError.
+type errCode uint8
+
+const (
+	errEOF errCode = iota + 1
+	errDepth
+	errFieldName
+	errColon
+	errCommaBrace
+	errCommaBracket
+	errUnexpected
+	errTrue
+	errFalse
+	errNull
+	errShortU
+	errBadU
+	errBadEscape
+	errControl
+	errUnterminated
+	errNumber
+	errAfter
+)
+
+// at is the error of code at b[off].
+func (code errCode) at(b []byte, off int) *SyntaxError {
+	var msg string
+	switch code {
+	case errEOF:
+		msg = "unexpected end of input"
+	case errDepth:
+		msg = "nested too deeply"
+	case errFieldName:
+		msg = "expected a field name"
+	case errColon:
+		msg = "expected ':' after a field name"
+	case errCommaBrace:
+		msg = "expected ',' or '}'"
+	case errCommaBracket:
+		msg = "expected ',' or ']'"
+	case errUnexpected:
+		msg = fmt.Sprintf("unexpected %q", b[off])
+	case errTrue:
+		msg = "invalid literal, expected true"
+	case errFalse:
+		msg = "invalid literal, expected false"
+	case errNull:
+		msg = "invalid literal, expected null"
+	case errShortU:
+		msg = "short \\u escape"
+	case errBadU:
+		msg = "bad \\u escape"
+	case errBadEscape:
+		msg = fmt.Sprintf("bad escape \\%c", b[off])
+	case errControl:
+		msg = "control character in string"
+	case errUnterminated:
+		msg = "unterminated string"
+	case errNumber:
+		msg = "invalid number"
+	case errAfter:
+		msg = "data after the value"
+	}
+	return &SyntaxError{Off: off, Msg: msg}
+}
+
 // scanMaxDepth bounds nesting, so a hostile record cannot exhaust the stack.
 const scanMaxDepth = 10000
 
@@ -89,77 +168,86 @@ func SkipSpace(b []byte, i int) int {
 // ScanValue checks the JSON value that starts at b[i] and returns the
 // index just past it.
 func ScanValue(b []byte, i, depth int) (int, error) {
+	end, code := scanValue(b, i, depth)
+	if code != 0 {
+		return end, code.at(b, end)
+	}
+	return end, nil
+}
+
+// scanValue is ScanValue; on an error, the index is where it stopped.
+func scanValue(b []byte, i, depth int) (int, errCode) {
 	if i >= len(b) {
-		return i, &SyntaxError{Off: i, Msg: "unexpected end of input"}
+		return i, errEOF
 	}
 	switch c := b[i]; {
 	case c == '"':
 		return scanString(b, i)
 	case c == '{' || c == '[':
 		if depth >= scanMaxDepth {
-			return i, &SyntaxError{Off: i, Msg: "nested too deeply"}
+			return i, errDepth
 		}
-		closer := byte('}')
+		closer, errClose := byte('}'), errCommaBrace
 		if c == '[' {
-			closer = ']'
+			closer, errClose = ']', errCommaBracket
 		}
 		i = SkipSpace(b, i+1)
 		if i < len(b) && b[i] == closer {
-			return i + 1, nil
+			return i + 1, 0
 		}
 		for {
-			var err error
+			var code errCode
 			if c == '{' {
 				if i >= len(b) || b[i] != '"' {
-					return i, &SyntaxError{Off: i, Msg: "expected a field name"}
+					return i, errFieldName
 				}
-				if i, err = scanString(b, i); err != nil {
-					return i, err
+				if i, code = scanString(b, i); code != 0 {
+					return i, code
 				}
 				i = SkipSpace(b, i)
 				if i >= len(b) || b[i] != ':' {
-					return i, &SyntaxError{Off: i, Msg: "expected ':' after a field name"}
+					return i, errColon
 				}
 				i = SkipSpace(b, i+1)
 			}
-			if i, err = ScanValue(b, i, depth+1); err != nil {
-				return i, err
+			if i, code = scanValue(b, i, depth+1); code != 0 {
+				return i, code
 			}
 			i = SkipSpace(b, i)
 			switch {
 			case i < len(b) && b[i] == ',':
 				i = SkipSpace(b, i+1)
 			case i < len(b) && b[i] == closer:
-				return i + 1, nil
+				return i + 1, 0
 			default:
-				return i, &SyntaxError{Off: i, Msg: fmt.Sprintf("expected ',' or '%c'", closer)}
+				return i, errClose
 			}
 		}
 	case c == '-' || (c >= '0' && c <= '9'):
 		return scanNumber(b, i)
 	case c == 't':
-		return scanLiteral(b, i, "true")
+		return scanLiteral(b, i, "true", errTrue)
 	case c == 'f':
-		return scanLiteral(b, i, "false")
+		return scanLiteral(b, i, "false", errFalse)
 	case c == 'n':
-		return scanLiteral(b, i, "null")
+		return scanLiteral(b, i, "null", errNull)
 	}
-	return i, &SyntaxError{Off: i, Msg: fmt.Sprintf("unexpected %q", b[i])}
+	return i, errUnexpected
 }
 
-func scanLiteral(b []byte, i int, lit string) (int, error) {
-	if !bytes.HasPrefix(b[i:], []byte(lit)) {
-		return i, &SyntaxError{Off: i, Msg: "invalid literal, expected " + lit}
+func scanLiteral(b []byte, i int, lit string, code errCode) (int, errCode) {
+	if len(b)-i < len(lit) || string(b[i:i+len(lit)]) != lit {
+		return i, code
 	}
-	return i + len(lit), nil
+	return i + len(lit), 0
 }
 
-func scanString(b []byte, i int) (int, error) {
+func scanString(b []byte, i int) (int, errCode) {
 	start := i
 	for i++; i < len(b); i++ {
 		switch c := b[i]; {
 		case c == '"':
-			return i + 1, nil
+			return i + 1, 0
 		case c == '\\':
 			i++
 			if i >= len(b) {
@@ -169,25 +257,25 @@ func scanString(b []byte, i int) (int, error) {
 			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
 			case 'u':
 				if i+4 >= len(b) {
-					return i, &SyntaxError{Off: i, Msg: "short \\u escape"}
+					return i, errShortU
 				}
 				for _, h := range b[i+1 : i+5] {
 					if !('0' <= h && h <= '9' || 'a' <= h && h <= 'f' || 'A' <= h && h <= 'F') {
-						return i, &SyntaxError{Off: i, Msg: "bad \\u escape"}
+						return i, errBadU
 					}
 				}
 				i += 4
 			default:
-				return i, &SyntaxError{Off: i, Msg: fmt.Sprintf("bad escape \\%c", b[i])}
+				return i, errBadEscape
 			}
 		case c < 0x20:
-			return i, &SyntaxError{Off: i, Msg: "control character in string"}
+			return i, errControl
 		}
 	}
-	return start, &SyntaxError{Off: start, Msg: "unterminated string"}
+	return start, errUnterminated
 }
 
-func scanNumber(b []byte, i int) (int, error) {
+func scanNumber(b []byte, i int) (int, errCode) {
 	start := i
 	digits := func() bool {
 		j := i
@@ -202,12 +290,12 @@ func scanNumber(b []byte, i int) (int, error) {
 	if i < len(b) && b[i] == '0' {
 		i++
 	} else if !digits() {
-		return start, &SyntaxError{Off: start, Msg: "invalid number"}
+		return start, errNumber
 	}
 	if i < len(b) && b[i] == '.' {
 		i++
 		if !digits() {
-			return start, &SyntaxError{Off: start, Msg: "invalid number"}
+			return start, errNumber
 		}
 	}
 	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
@@ -216,10 +304,10 @@ func scanNumber(b []byte, i int) (int, error) {
 			i++
 		}
 		if !digits() {
-			return start, &SyntaxError{Off: start, Msg: "invalid number"}
+			return start, errNumber
 		}
 	}
-	return i, nil
+	return i, 0
 }
 
 // AppendValue appends v's JSON encoding to b. The common scalar types
