@@ -137,6 +137,7 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		},
 		Commands: []*urfave.Command{
 			runCommand(stdin, stdout, stderr),
+			workerCommand(stdin, stderr),
 			validateCommand(stdin, stdout),
 			stagesCommand(stdout),
 			connectorsCommand(stdout),

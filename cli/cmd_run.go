@@ -34,6 +34,7 @@ type runOptions struct {
 	untilIdle                 time.Duration
 	metrics                   string
 	metricsLinger             time.Duration
+	brokerOptions
 }
 
 func runCommand(stdin io.Reader, stdout, stderr io.Writer) *urfave.Command {
@@ -62,6 +63,11 @@ process group.`,
 			&urfave.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics at http://`ADDR`/metrics and a live page of the run at http://ADDR/ (e.g. 127.0.0.1:9100, :0 for any free port)"},
 			&urfave.DurationFlag{Name: "metrics-linger", Usage: "with --metrics, keep serving the final numbers for this `DURATION` after the run ends, for a last scrape"},
 			&urfave.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the run to `FILE` (for go tool pprof)"},
+			&urfave.StringFlag{Name: "broker", Usage: "put the queue of each stage that can run elsewhere in NATS JetStream at `URL` (nats://host:4222), for `flowrun worker` processes on any machine; embedded: a NATS server in this process"},
+			&urfave.BoolFlag{Name: "no-local-workers", Usage: "with --broker: work no stage here, only through workers that joined"},
+			&urfave.StringFlag{Name: "run-id", Usage: "with --broker: the run's `ID` on the broker (its stream's name); default: a new one"},
+			&urfave.DurationFlag{Name: "ack-wait", Usage: "with --broker: how long a worker may hold a piece of a stage's input without a word before the broker gives it to another (`DURATION`, default 30s)"},
+			&urfave.IntFlag{Name: "max-deliver", Usage: "with --broker: deliveries of a piece before its records fail as their stage's on_error says (`N`, default 5)"},
 			&urfave.DurationFlag{Name: "until-idle", Usage: "with a broker input: end after a `DURATION` without a message (drain a queue); without it, a broker input ends on a signal"},
 		},
 		Action: func(c *urfave.Context) error {
@@ -75,6 +81,16 @@ process group.`,
 				journal: c.String("journal"), resume: c.Bool("resume"), resumeFailed: c.Bool("resume-failed"),
 				untilIdle: c.Duration("until-idle"),
 				metrics:   c.String("metrics"), metricsLinger: c.Duration("metrics-linger"),
+				brokerOptions: brokerOptions{
+					broker: c.String("broker"), noLocalWorkers: c.Bool("no-local-workers"), runID: c.String("run-id"),
+					ackWait: c.Duration("ack-wait"), maxDeliver: c.Int("max-deliver"),
+				},
+			}
+			if opts.broker == "" && (opts.noLocalWorkers || opts.runID != "" || opts.ackWait != 0 || opts.maxDeliver != 0) {
+				return usagef("--no-local-workers, --run-id, --ack-wait and --max-deliver need --broker")
+			}
+			if opts.ackWait < 0 || opts.maxDeliver < 0 {
+				return usagef("--ack-wait and --max-deliver must not be negative")
 			}
 			if opts.untilIdle < 0 {
 				return usagef("--until-idle %v: must not be negative", opts.untilIdle)
@@ -224,12 +240,21 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 		return err
 	}
 	defer watch.close(abortCtx, stop, stderr)
-	sum, runErr := runner.Run(abortCtx, p, runner.Options{
+	ropts := runner.Options{
 		Stdin: stdin, Stdout: stdout, Stderr: stderr, Stop: stop, Progress: progress,
 		Journal: opts.journal, Resume: opts.resume, RetryDeadLetters: retry,
 		UntilIdle: opts.untilIdle,
 		Watch:     watch.o.Watch,
-	})
+	}
+	if opts.broker != "" {
+		b, run, err := brokerRun(abortCtx, p, opts.brokerOptions, stderr)
+		if err != nil {
+			return err
+		}
+		defer closeRun(run, b, stderr)
+		ropts.Remote = run
+	}
+	sum, runErr := runner.Run(abortCtx, p, ropts)
 	watch.o.Finish()
 	if retry != "" {
 		if runErr == nil && !sum.Stopped {

@@ -53,6 +53,9 @@ type deadLetters struct {
 	// dead-lettered are settled; unsynced says it has lines since.
 	file     *os.File
 	unsynced bool
+	// collect, when set, takes the dead letters instead of a file: a
+	// remote worker's, which sends them to the run to write.
+	collect func(dl DeadLetter, rec []byte)
 }
 
 func newDeadLetters(w io.Writer, name string) *deadLetters {
@@ -74,6 +77,10 @@ func (d *deadLetters) write(stage string, seq uint64, attempts int, rec []byte, 
 func (d *deadLetters) writeEntry(dl DeadLetter, rec []byte) error {
 	if d == nil {
 		return fmt.Errorf("no dead_letter file is set")
+	}
+	if d.collect != nil {
+		d.collect(dl, rec)
+		return nil
 	}
 	if utf8.Valid(rec) {
 		dl.Record = string(rec)

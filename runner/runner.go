@@ -63,6 +63,10 @@ type Options struct {
 	// long without a message (draining a queue in a batch job); 0: a
 	// broker input ends only on Stop.
 	UntilIdle time.Duration
+
+	// Remote, when set, runs the stages it may (IsRemote) through a
+	// broker's queues, on workers anywhere; nil runs every stage here.
+	Remote Remote
 }
 
 // run is the state of one Run.
@@ -196,6 +200,9 @@ func (r *run) run(ctx context.Context) (err error) {
 		return err
 	}
 	defer r.closeUnstarted()
+	if err := r.openRemote(ctx); err != nil {
+		return err
+	}
 	// Brokers are connected before any file is touched: a bad URL, a
 	// refused password or a broker that is not there is exit 2.
 	if brokerIn {
@@ -331,6 +338,18 @@ func (r *run) run(ctx context.Context) (err error) {
 		seg := r.stages[i : i+1]
 		for i++; i < len(r.stages) && r.stages[i].fused; i++ {
 			seg = r.stages[seg[0].index : i+1]
+		}
+		if st := seg[0]; st.queue != nil {
+			g.Go(func() error {
+				err := r.remote(gctx, st)
+				if err != nil {
+					fail(err) // before its queue closes, as a worker's
+				} else {
+					close(st.out)
+				}
+				return err
+			})
+			continue
 		}
 		var wg sync.WaitGroup
 		for k := range seg[0].made {
@@ -512,6 +531,17 @@ func (r *run) build() error {
 	for i, s := range p.Stages {
 		st := &stageRun{cfg: s, index: i, take: batchFor(s.Spec.Batched(s.Config), s.Workers)}
 		r.stages = append(r.stages, st)
+		if r.opts.Remote != nil && IsRemote(s) {
+			// Its workers are elsewhere: here it is a queue to the
+			// broker and one back.
+			st.remote = true
+			st.in = make(chan batch, max(1, s.Buffer/st.take))
+			if i > 0 {
+				r.stages[i-1].out = st.in
+			}
+			window += int64(s.Buffer + s.Workers*st.take)
+			continue
+		}
 		cfg := s.Config
 		if cfg.Log == nil && r.opts.Stderr != nil {
 			cfg.Log = r.opts.Stderr // a plugin's log goes where messages go: above a live display
@@ -614,7 +644,8 @@ func batchFor(batched bool, workers int) int {
 // stages then cost ten function calls per record, not ten hops
 // (BenchmarkPassThrough).
 func fusable(a, b *stageRun) bool {
-	return a.cfg.Spec.Batched(a.cfg.Config) && b.cfg.Spec.Batched(b.cfg.Config) && a.take == b.take &&
+	return !a.remote && !b.remote &&
+		a.cfg.Spec.Batched(a.cfg.Config) && b.cfg.Spec.Batched(b.cfg.Config) && a.take == b.take &&
 		a.cfg.Workers == b.cfg.Workers && !a.holds && !b.holds &&
 		a.cfg.Timeout == 0 && b.cfg.Timeout == 0 &&
 		!b.sequence // it puts its input back in order, in a loop of its own
@@ -692,6 +723,7 @@ func (r *run) summarize(sum *Summary, elapsed time.Duration) {
 			Name: st.cfg.Name, Use: st.cfg.Use, Workers: st.cfg.Workers,
 			In: c.in.Load(), Out: c.out.Load(), Errors: c.errors.Load(), Retries: c.retries.Load(),
 			Skipped: c.skipped.Load(), DeadLettered: c.dead.Load(),
+			Remote: st.queue != nil, Redelivered: c.redelivered.Load(),
 			Busy: Duration(c.busyNanos.Load()), P50: Duration(p50), P99: Duration(p99),
 		})
 	}

@@ -11,6 +11,7 @@ import (
 // batch, not per record; the progress display reads them.
 type counters struct {
 	in, out, errors, retries, skipped, dead atomic.Int64
+	redelivered                             atomic.Int64 // by the broker, of a remote stage's pieces
 	busyNanos                               atomic.Int64
 	busy                                    atomic.Int32 // workers inside Process now
 
@@ -113,18 +114,23 @@ func (l Latencies) Cumulative(bounds []time.Duration) (counts []uint64, total ui
 
 // StageStats is one stage's summary.
 type StageStats struct {
-	Name         string   `json:"name"`
-	Use          string   `json:"use"`
-	Workers      int      `json:"workers"`
-	In           int64    `json:"in"`
-	Out          int64    `json:"out"`
-	Errors       int64    `json:"errors"`  // failed attempts, retried or not
-	Retries      int64    `json:"retries"` // attempts after the first
-	Skipped      int64    `json:"skipped"`
-	DeadLettered int64    `json:"dead_lettered"`
-	Busy         Duration `json:"busy_seconds"` // summed over workers
-	P50          Duration `json:"p50_seconds"`  // per record
-	P99          Duration `json:"p99_seconds"`
+	Name         string `json:"name"`
+	Use          string `json:"use"`
+	Workers      int    `json:"workers"`
+	In           int64  `json:"in"`
+	Out          int64  `json:"out"`
+	Errors       int64  `json:"errors"`  // failed attempts, retried or not
+	Retries      int64  `json:"retries"` // attempts after the first
+	Skipped      int64  `json:"skipped"`
+	DeadLettered int64  `json:"dead_lettered"`
+	// Remote says the stage ran on workers through the broker;
+	// Redelivered counts the pieces of its input the broker delivered
+	// again (a worker died or outlived the ack wait).
+	Remote      bool     `json:"remote,omitempty"`
+	Redelivered int64    `json:"redelivered,omitempty"`
+	Busy        Duration `json:"busy_seconds"` // summed over workers
+	P50         Duration `json:"p50_seconds"`  // per record
+	P99         Duration `json:"p99_seconds"`
 }
 
 // Summary is what a run did, as `--stats` writes it.

@@ -34,6 +34,10 @@ type stageRun struct {
 	windowSize int64
 	made       []stages.Stage
 	c          counters
+	// remote says the stage runs on workers through Options.Remote, whose
+	// queue is queue; its Stages are made there, not here.
+	remote bool
+	queue  StageQueue
 	// calls are the workers' calls under the stage's timeout, for the
 	// watchdog that finds a stage ignoring it (one per worker; nil
 	// without a timeout).

@@ -30,7 +30,7 @@ func ExampleParse_set() {
 	// Output:
 	// flowchart LR
 	//     in[/"stdin (lines)"/]
-	//     s1["shout (upper) x4 workers, buffer 256"]
+	//     s1["shout (upper) x4 workers, buffer 256, remote"]
 	//     out[/"stdout (lines)"/]
 	//     in --> s1
 	//     s1 --> out

@@ -6,8 +6,10 @@ import (
 )
 
 // Mermaid renders the pipeline's stage graph as a Mermaid flowchart: the
-// input, each stage labelled with its workers and buffer, the output, and
-// a dashed edge to the dead-letter file from each stage that sends there.
+// input, each stage labelled with its workers and buffer and where it runs
+// under --broker ("remote": on workers anywhere; "run process": it holds
+// records across calls or must see every record), the output, and a
+// dashed edge to the dead-letter file from each stage that sends there.
 func Mermaid(p *Pipeline) string {
 	q := func(s string) string { return `"` + strings.ReplaceAll(s, `"`, "#quot;") + `"` }
 	var b strings.Builder
@@ -69,7 +71,11 @@ func stageLabel(st Stage) string {
 	if st.Workers == 1 {
 		workers = "worker"
 	}
-	return fmt.Sprintf("%s (%s) x%d %s, buffer %d", st.Name, st.Use, st.Workers, workers, st.Buffer)
+	where := "remote"
+	if st.Spec.IsLocal(st.Config) {
+		where = "run process"
+	}
+	return fmt.Sprintf("%s (%s) x%d %s, buffer %d, %s", st.Name, st.Use, st.Workers, workers, st.Buffer, where)
 }
 
 // deadLetterSources returns the graph ids of the nodes whose failed

@@ -2,6 +2,7 @@ package spec_test
 
 import (
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/flowrun/flowrun/spec"
@@ -37,7 +38,7 @@ func TestGraphQuoting(t *testing.T) {
     rankdir=LR;
     node [shape=box];
     in [label="in \"1\".txt (lines)", shape=parallelogram];
-    s1 [label="s (upper) x2 workers, buffer 8"];
+    s1 [label="s (upper) x2 workers, buffer 8, remote"];
     out [label="stdout (lines)", shape=parallelogram];
     in -> s1;
     s1 -> out;
@@ -48,12 +49,39 @@ func TestGraphQuoting(t *testing.T) {
 	}
 	wantMermaid := `flowchart LR
     in[/"in #quot;1#quot;.txt (lines)"/]
-    s1["s (upper) x2 workers, buffer 8"]
+    s1["s (upper) x2 workers, buffer 8, remote"]
     out[/"stdout (lines)"/]
     in --> s1
     s1 --> out
 `
 	if got := spec.Mermaid(p); got != wantMermaid {
 		t.Errorf("Mermaid:\n%s\nwant:\n%s", got, wantMermaid)
+	}
+}
+
+// TestGraphWhereStagesRun: the graph says which stages run on workers
+// under --broker and which in the run process, from the stage registry.
+func TestGraphWhereStagesRun(t *testing.T) {
+	p, err := spec.Parse("p.yaml", []byte(`stages:
+  - use: upper
+  - use: dedupe
+  - {name: any, use: sample, with: {rate: 0.5}}
+  - {name: seeded, use: sample, with: {rate: 0.5, seed: 1}}
+  - {use: batch}
+`), spec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := spec.Mermaid(p)
+	for _, want := range []string{
+		`"upper (upper) x1 worker, buffer 256, remote"`,
+		`"dedupe (dedupe) x1 worker, buffer 256, run process"`,
+		`"any (sample) x1 worker, buffer 256, remote"`,
+		`"seeded (sample) x1 worker, buffer 256, run process"`,
+		`"batch (batch) x1 worker, buffer 256, run process"`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("graph lacks %s:\n%s", want, got)
+		}
 	}
 }

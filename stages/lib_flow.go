@@ -22,6 +22,7 @@ func init() {
 			"distinct keys seen; it remembers their 64-bit hashes in 16 to 24 bytes each, and is exact but for a hash collision (odds about window²/2^65).",
 		Batch:      true,
 		MaxWorkers: 1,
+		Local:      true,
 		Options: []Option{
 			{Name: "key", Type: String, Default: "", Doc: "a top-level field of JSON object records to compare by; empty: the whole record"},
 			{Name: "window", Type: Int, Default: 100000, Doc: "how many distinct keys to remember"},
@@ -34,6 +35,7 @@ func init() {
 		Doc:        "Passes the first n records on, then stops the input: the records still in flight are dropped.",
 		Batch:      true,
 		MaxWorkers: 1,
+		Local:      true,
 		Options: []Option{
 			{Name: "n", Type: Int, Required: true, Doc: "how many records to pass"},
 		},
@@ -45,6 +47,9 @@ func init() {
 		Doc: "Keeps each record with probability rate; with seed the choice is repeatable (each worker draws " +
 			"the same sequence, so one worker gives the same output every run).",
 		Batch: true,
+		// With a seed, one sequence of draws decides which records go: it
+		// must see them all, in the run process.
+		LocalIf: func(c Config) bool { return c.Has("seed") },
 		Options: []Option{
 			{Name: "rate", Type: Float, Required: true, Doc: "the probability to keep a record, more than 0 and at most 1"},
 			{Name: "seed", Type: Int, Doc: "the seed of the random sequence; unset: a new one every run"},
@@ -58,6 +63,7 @@ func init() {
 			"other as a JSON string; a partial batch goes out after max_wait without input and at end of input.",
 		Batch:      true,
 		MaxWorkers: 1,
+		Local:      true,
 		Options: []Option{
 			{Name: "size", Type: Int, Default: 100, Doc: "records per batch"},
 			{Name: "max_wait", Type: Duration, Default: time.Second, Doc: "emit a partial batch after this long without a record; 0: only at end of input"},
@@ -83,6 +89,7 @@ func init() {
 		Doc: "Passes records on at most per_second a second on average, in bursts of at most burst; it waits, " +
 			"and has one worker so that the limit holds for the whole stage.",
 		MaxWorkers: 1,
+		Local:      true,
 		Options: []Option{
 			{Name: "per_second", Type: Float, Required: true, Doc: "records a second, on average (0.5: one every 2s)"},
 			{Name: "burst", Type: Int, Default: 1, Doc: "how many records may pass at once after a quiet spell"},
@@ -96,6 +103,7 @@ func init() {
 			"total every that many records.",
 		Batch:      true,
 		MaxWorkers: 1,
+		Local:      true,
 		Options: []Option{
 			{Name: "every", Type: Int, Default: 0, Doc: "emit the running total every this many records; 0: only at the end"},
 		},

@@ -139,6 +139,14 @@ type Spec struct {
 	// see every record (count, dedupe, take) says 1.
 	MaxWorkers int
 
+	// Local says the stage holds records across calls or must see every
+	// record (batch, count, dedupe, take, aggregate, sort): with --broker
+	// it runs in the run process, never on a worker elsewhere. LocalIf,
+	// when set, decides it for one configuration (sample with a seed).
+	// A stage with MaxWorkers 1 is local whatever these say.
+	Local   bool
+	LocalIf func(Config) bool
+
 	// DefaultTimeout is the stage's timeout per record when the pipeline
 	// sets none: a plugin that stops answering is then reported as
 	// stalled instead of hanging the run without a word.
@@ -288,4 +296,11 @@ func (s *Spec) Batched(c Config) bool {
 		return s.BatchIf(c)
 	}
 	return s.Batch
+}
+
+// IsLocal says whether the stage must run in the run process, for the
+// configuration c (see Spec.Local): otherwise --broker may run it on
+// workers anywhere.
+func (s *Spec) IsLocal(c Config) bool {
+	return s.Local || s.MaxWorkers == 1 || s.LocalIf != nil && s.LocalIf(c)
 }

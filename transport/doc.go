@@ -1,12 +1,80 @@
 // Package transport carries a pipeline's stage queues over NATS JetStream,
 // so that the stages of one run can be worked by `flowrun worker`
-// processes on many machines.
-//
-// This file's neighbours: server.go runs a NATS server with JetStream in
-// the process (`--broker embedded`, `flowrun broker`); dial.go connects to
-// a broker, with its credentials and TLS, and says in plain words why it
-// could not.
+// processes on many machines (`flowrun run --broker`).
 //
 // It is not for a pipeline's input and output on a broker (that is
-// connect/nats) nor for running the stages themselves (runner).
+// connect/nats), nor for running stages (runner does, here and on the
+// workers: runner.Processor), nor for ordering, dead letters or counts
+// (the run process keeps all of those).
+//
+// server.go runs a NATS server with JetStream in the process
+// (`--broker embedded`, `flowrun broker`); dial.go connects to a broker,
+// with its credentials and TLS, and says in plain words why it could not.
+//
+// # Shape: a hub
+//
+// The run process stays the hub of the run. For each stage that can run
+// elsewhere (runner.IsRemote: not one that holds records across calls or
+// must see them all, which the stage registry says with Spec.Local), it
+// publishes the stage's input, in pieces of up to 1024 records (the
+// runner's batches, cut under the broker's message size), to the subject
+// <prefix>.in.<stage>, and takes the results from <prefix>.out.<stage>.
+// A remote stage is thus a drop-in for a local segment of the runner
+// (runner.Remote): the reorder window, a failure's cut, take, the stages
+// that hold records, dead letters, stats and progress all stay where they
+// were. A chain (workers publishing into the next stage's subject) would
+// save a hop per stage, but the run could then no longer account for
+// every record at one place; batching makes the hop cheap instead.
+//
+// One stream per run, FLOWRUN_<pipeline>_<run id>, with work-queue
+// retention: a piece is removed once acked. Each remote stage has one
+// durable pull consumer (in_<n>_<stage>) shared by every worker of the
+// stage anywhere: fair dispatch across machines. The run has its own
+// durable consumer of each stage's results (out_<n>_<stage>).
+//
+// # Workers
+//
+// A worker has a slot per worker of each stage it works (a runner.Processor
+// with its own Stage). It pulls only as many pieces as it has idle slots
+// (FetchNoWait sized to them, or a Fetch of one when the queue was empty),
+// never more: a busy worker's pre-buffered pieces would pass their ack
+// wait and be worked again elsewhere (the known nats.go pitfall). While a
+// piece is in a slot it sends InProgress every third of the ack wait. It
+// publishes the results, in parts under the broker's message size,
+// asynchronously, waits for JetStream's acks of every part, and only then
+// acks the piece. A worker that dies leaves its pieces unacked: JetStream
+// delivers them again after the ack wait. A piece delivered for the
+// MaxDeliver-th time is not worked again (it killed or stalled every
+// worker that took it): its records fail as their stage's on_error says
+// (dead-lettered by the run, skipped, or failing the run), and it is
+// Termed.
+//
+// # Origin and duplicates
+//
+// Every message carries its origin in headers: Flowrun-Run (the run id),
+// Flowrun-Stage, Flowrun-Piece (its number in the stage's input),
+// Flowrun-Seq (the input records it holds, lo-hi; each record's own number
+// is in the body), Flowrun-Part (k/n of a piece's results) and
+// Flowrun-Attempt (the delivery they answer). Nats-Msg-Id is made of the
+// run, the consumer, the piece and the part, so a piece or a result
+// published again (a retry, a worker that died between publishing and
+// acking) is kept once by JetStream; the run also drops results of a piece
+// it already has.
+//
+// # Accounting and the end of a run
+//
+// The run process knows every piece it sent and waits for the results of
+// each: every input record comes back as output, filtered (no output),
+// skipped or dead-lettered, or fails the run. When the input has ended
+// and every piece is answered, the run is complete; it then marks its
+// entry in the runs bucket (a KV bucket, flowrun_runs) done and deletes
+// its stream, which tells workers the run is over.
+//
+// # Versions
+//
+// A run's entry in flowrun_runs (and its stream's metadata) holds
+// flowrun's version and a hash of the resolved pipeline's stages
+// (pipelineHash: names, uses, options, timeouts, retries, on_error;
+// workers and buffers excepted). A worker of another version or of a
+// different pipeline refuses the run and says why.
 package transport

@@ -26,6 +26,7 @@ func init() {
 			"sum past float64's range fails its record); min and max order values as jq does, numbers exactly.",
 		Batch:      true,
 		MaxWorkers: 1,
+		Local:      true,
 		Options: []stages.Option{
 			{Name: "by", Type: stages.Strings, Default: []string{}, Doc: "the fields to group by (a missing one is null); empty: one group of every record"},
 			{Name: "compute", Type: stages.StringMap, Default: map[string]string{}, Doc: "output field to function, like {n: count(), total: sum(price)}; empty: the by fields alone, one record per group"},

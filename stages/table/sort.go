@@ -30,6 +30,7 @@ func init() {
 			"memory limit near max_memory unless GOMEMLIMIT is set.",
 		Batch:      true,
 		MaxWorkers: 1,
+		Local:      true,
 		Options: []stages.Option{
 			{Name: "by", Type: stages.Strings, Default: []string{}, Doc: "the fields to sort JSON object records by, the first first; empty: the whole record"},
 			{Name: "numeric", Type: stages.Bool, Default: false, Doc: "compare as numbers, exactly whatever their size (as sort -n), strings that hold one included; what is not a number comes first, in input order"},

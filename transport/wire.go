@@ -1,0 +1,236 @@
+package transport
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/flowrun/flowrun/runner"
+)
+
+// The headers of every message on a run's stream: where its records come
+// from. A piece's records carry their own input numbers in the body; the
+// headers say the range, so that a message can be traced without
+// decoding it.
+const (
+	hdrRun     = "Flowrun-Run"     // the run id
+	hdrStage   = "Flowrun-Stage"   // the stage's name
+	hdrPiece   = "Flowrun-Piece"   // the piece's number in the stage's input, from 1
+	hdrSeq     = "Flowrun-Seq"     // the input records it holds: "lo-hi"
+	hdrPart    = "Flowrun-Part"    // results: part k of n of a piece's results, "k/n"
+	hdrAttempt = "Flowrun-Attempt" // results: the delivery of the piece they answer, from 1
+)
+
+// appendRecords encodes recs: their count, then each one's input number
+// (as the difference from the one before) and its bytes.
+func appendRecords(b []byte, recs []runner.Record) []byte {
+	b = binary.AppendUvarint(b, uint64(len(recs)))
+	var prev uint64
+	for _, r := range recs {
+		b = binary.AppendVarint(b, int64(r.Seq-prev))
+		prev = r.Seq
+		b = binary.AppendUvarint(b, uint64(len(r.Data)))
+		b = append(b, r.Data...)
+	}
+	return b
+}
+
+var errCorrupt = errors.New("a message that is not flowrun's (or of another flowrun version)")
+
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) uvarint() uint64 {
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err = errCorrupt
+		r.b = nil
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) varint() int64 {
+	v, n := binary.Varint(r.b)
+	if n <= 0 {
+		r.err = errCorrupt
+		r.b = nil
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) bytes() []byte {
+	n := r.uvarint()
+	if n > uint64(len(r.b)) {
+		r.err = errCorrupt
+		r.b = nil
+		return nil
+	}
+	v := r.b[:n:n]
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) records() []runner.Record {
+	n := r.uvarint()
+	if n > uint64(len(r.b)) {
+		r.err = errCorrupt
+		return nil
+	}
+	recs := make([]runner.Record, n)
+	var prev uint64
+	for i := range recs {
+		prev += uint64(r.varint())
+		recs[i] = runner.Record{Seq: prev, Data: r.bytes()}
+	}
+	if r.err != nil {
+		return nil
+	}
+	return recs
+}
+
+// decodeWork reads a piece's records.
+func decodeWork(data []byte) ([]runner.Record, error) {
+	r := reader{b: data}
+	recs := r.records()
+	return recs, r.err
+}
+
+// appendDone encodes one part of a piece's results: its records, and, in
+// the last part, the counts, the dead letters and the failure.
+func appendDone(b []byte, recs []runner.Record, d *runner.Done) []byte {
+	b = appendRecords(b, recs)
+	if d == nil {
+		return append(b, 0)
+	}
+	b = append(b, 1)
+	c := d.Counts
+	for _, v := range []int64{c.In, c.Out, c.Errors, c.Retries, c.Skipped, c.Dead, int64(c.Busy), c.Redelivered} {
+		b = binary.AppendVarint(b, v)
+	}
+	b = binary.AppendUvarint(b, uint64(len(d.Dead)))
+	for _, dl := range d.Dead {
+		j, _ := json.Marshal(dl.Letter)
+		b = binary.AppendUvarint(b, uint64(len(j)))
+		b = append(b, j...)
+		b = binary.AppendUvarint(b, uint64(len(dl.Data)))
+		b = append(b, dl.Data...)
+	}
+	if f := d.Fail; f != nil {
+		b = append(b, 1)
+		b = binary.AppendUvarint(b, f.Seq)
+		b = binary.AppendUvarint(b, uint64(f.Attempts))
+		for _, s := range [][]byte{[]byte(f.Stage), []byte(f.Err.Error()), f.Record} {
+			b = binary.AppendUvarint(b, uint64(len(s)))
+			b = append(b, s...)
+		}
+	} else {
+		b = append(b, 0)
+	}
+	return b
+}
+
+// decodeDone reads one part of a piece's results into d: its records
+// appended, the rest set when it is the last part.
+func decodeDone(data []byte, d *runner.Done) error {
+	r := reader{b: data}
+	d.Recs = append(d.Recs, r.records()...)
+	if r.err != nil {
+		return r.err
+	}
+	if len(r.b) == 0 {
+		return errCorrupt
+	}
+	last := r.b[0] == 1
+	r.b = r.b[1:]
+	if !last {
+		return nil
+	}
+	var v [8]int64
+	for i := range v {
+		v[i] = r.varint()
+	}
+	d.Counts = runner.Counts{In: v[0], Out: v[1], Errors: v[2], Retries: v[3], Skipped: v[4], Dead: v[5], Busy: time.Duration(v[6]), Redelivered: v[7]}
+	n := r.uvarint()
+	if n > uint64(len(r.b)) {
+		return errCorrupt
+	}
+	for range n {
+		var dl runner.Dead
+		if err := json.Unmarshal(r.bytes(), &dl.Letter); err != nil && r.err == nil {
+			r.err = errCorrupt
+		}
+		dl.Data = r.bytes()
+		d.Dead = append(d.Dead, dl)
+	}
+	if r.err != nil || len(r.b) == 0 {
+		return errCorrupt
+	}
+	failed := r.b[0] == 1
+	r.b = r.b[1:]
+	if failed {
+		f := &runner.RecordError{Seq: r.uvarint(), Attempts: int(r.uvarint())}
+		f.Stage = string(r.bytes())
+		f.Err = errors.New(string(r.bytes()))
+		f.Record = r.bytes()
+		d.Fail = f
+	}
+	return r.err
+}
+
+// seqRange is the Flowrun-Seq of recs.
+func seqRange(recs []runner.Record) string {
+	if len(recs) == 0 {
+		return ""
+	}
+	return strconv.FormatUint(recs[0].Seq, 10) + "-" + strconv.FormatUint(recs[len(recs)-1].Seq, 10)
+}
+
+// part reads a Flowrun-Part header: k of n.
+func part(h nats.Header) (k, n int, err error) {
+	ks, ns, ok := strings.Cut(h.Get(hdrPart), "/")
+	if k, err = strconv.Atoi(ks); err == nil && ok {
+		n, err = strconv.Atoi(ns)
+	}
+	if err != nil || !ok || k < 1 || k > n {
+		return 0, 0, fmt.Errorf("%w: Flowrun-Part %q", errCorrupt, h.Get(hdrPart))
+	}
+	return k, n, nil
+}
+
+// piece reads a Flowrun-Piece header.
+func piece(h nats.Header) (uint64, error) {
+	n, err := strconv.ParseUint(h.Get(hdrPiece), 10, 64)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("%w: Flowrun-Piece %q", errCorrupt, h.Get(hdrPiece))
+	}
+	return n, nil
+}
+
+// splitRecords cuts recs into parts of at most limit bytes as encoded
+// (at least one record each), never between records of one input record
+// when it can help it.
+func splitRecords(recs []runner.Record, limit int) [][]runner.Record {
+	var parts [][]runner.Record
+	start, size := 0, 0
+	for i, r := range recs {
+		n := len(r.Data) + 2*binary.MaxVarintLen64
+		if i > start && size+n > limit {
+			parts = append(parts, recs[start:i])
+			start, size = i, 0
+		}
+		size += n
+	}
+	return append(parts, recs[start:])
+}

@@ -1,0 +1,422 @@
+package transport
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flowrun/flowrun/runner"
+	"github.com/flowrun/flowrun/spec"
+)
+
+// WorkerOptions say which stages a worker works and for which flowrun.
+type WorkerOptions struct {
+	// Stages are the names of the stages to work; empty: every stage of
+	// the pipeline that runs on workers.
+	Stages []string
+	// Version is flowrun's version: a run of another is refused.
+	Version string
+	// Log receives a line when the worker joins, leaves or refuses a
+	// run; nil: nowhere.
+	Log io.Writer
+
+	quiet bool // a run's local workers: the run says what they do
+}
+
+// Worker works the remote stages of a pipeline for every run of it on the
+// broker: the way a Celery worker takes tasks, it pulls pieces of a
+// stage's input from the stage's shared consumer, at most as many as it
+// has idle slots (a slot is one of the stage's workers, with its own
+// Stage), and acks a piece only once the broker has acked its results.
+type Worker struct {
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	p     *spec.Pipeline
+	opts  WorkerOptions
+	hash  string
+	slots map[string]chan *slot // per stage, the idle slots
+	all   []*slot
+}
+
+// slot is one worker of a stage: a Processor, used by one piece at a time.
+type slot struct {
+	stage spec.Stage
+	proc  *runner.Processor
+}
+
+// NewWorker makes the Stages of the stages it works for p (each stage's
+// workers of them) before it joins any run, so that a missing plugin is
+// said at once.
+func NewWorker(nc *nats.Conn, p *spec.Pipeline, o WorkerOptions) (*Worker, error) {
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4*inFlight))
+	if err != nil {
+		return nil, err
+	}
+	w := &Worker{nc: nc, js: js, p: p, opts: o, hash: pipelineHash(p), slots: map[string]chan *slot{}}
+	remote := remoteStages(p)
+	var names []string
+	for _, s := range remote {
+		names = append(names, s.Name)
+	}
+	for _, name := range o.Stages {
+		if !slices.Contains(names, name) {
+			w.Close()
+			for _, s := range p.Stages {
+				if s.Name == name {
+					return nil, fmt.Errorf("--stages: stage %q (%s) runs in the run process (it holds records across calls or must see every record), not on workers; the stages workers run: %s", name, s.Use, strings.Join(names, ", "))
+				}
+			}
+			return nil, fmt.Errorf("--stages: the pipeline has no stage %q; the stages workers run: %s", name, strings.Join(names, ", "))
+		}
+	}
+	for _, s := range remote {
+		if len(o.Stages) > 0 && !slices.Contains(o.Stages, s.Name) {
+			continue
+		}
+		free := make(chan *slot, s.Workers)
+		for range s.Workers {
+			proc, err := runner.NewProcessor(s, o.Log)
+			if err != nil {
+				w.Close()
+				return nil, err
+			}
+			sl := &slot{stage: s, proc: proc}
+			w.all = append(w.all, sl)
+			free <- sl
+		}
+		w.slots[s.Name] = free
+	}
+	if len(w.slots) == 0 {
+		w.Close()
+		return nil, fmt.Errorf("pipeline %q has no stage that runs on workers: each holds records across calls or must see every record, and runs in the run process", p.Name)
+	}
+	return w, nil
+}
+
+// Close releases the Stages (plugin processes).
+func (w *Worker) Close() error {
+	var err error
+	for _, s := range w.all {
+		if cerr := s.proc.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}
+	w.all = nil
+	return err
+}
+
+func (w *Worker) logf(format string, args ...any) {
+	if w.opts.Log != nil && !w.opts.quiet {
+		fmt.Fprintf(w.opts.Log, "flowrun worker: "+format+"\n", args...)
+	}
+}
+
+// Serve works every run of the pipeline on the broker, the ones active
+// now and the ones that start later, until ctx is done. A run of another
+// flowrun or of a different pipeline is refused, with a line in the log
+// and a note in the run's entry for the run to show.
+func (w *Worker) Serve(ctx context.Context) error {
+	kv, err := runsKV(ctx, w.js)
+	if err != nil {
+		return fmt.Errorf("broker %s: runs bucket: %w", w.nc.ConnectedUrlRedacted(), err)
+	}
+	watch, err := kv.Watch(ctx, token(w.p.Name)+".*")
+	if err != nil {
+		return fmt.Errorf("broker %s: watch runs: %w", w.nc.ConnectedUrlRedacted(), err)
+	}
+	defer watch.Stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	joined := map[string]context.CancelFunc{}
+	defer func() {
+		for _, stop := range joined {
+			stop()
+		}
+	}()
+	refused := map[string]bool{}
+	for {
+		var e jetstream.KeyValueEntry
+		select {
+		case <-ctx.Done():
+			return nil
+		case e = <-watch.Updates():
+		}
+		if e == nil {
+			continue // the end of the runs there were
+		}
+		key := e.Key()
+		var info RunInfo
+		if e.Operation() != jetstream.KeyValuePut || json.Unmarshal(e.Value(), &info) != nil || info.State != stateActive {
+			if stop, ok := joined[key]; ok {
+				stop()
+				delete(joined, key)
+				w.logf("run %s is over", strings.TrimPrefix(key, token(w.p.Name)+"."))
+			}
+			continue
+		}
+		if _, ok := joined[key]; ok || refused[key] {
+			continue
+		}
+		if why := compatible(info, w.opts.Version, w.hash); why != "" {
+			refused[key] = true
+			w.logf("refusing run %s of pipeline %q (from %s): %s", info.Run, info.Pipeline, info.Host, why)
+			continue
+		}
+		rctx, stop := context.WithCancel(ctx)
+		joined[key] = stop
+		w.logf("joined run %s of pipeline %q (from %s): stages %s", info.Run, info.Pipeline, info.Host, strings.Join(w.stageNames(info), ", "))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.serveRun(rctx, info)
+		}()
+	}
+}
+
+// stageNames are the stages of info this worker works.
+func (w *Worker) stageNames(info RunInfo) []string {
+	var names []string
+	for _, s := range info.Stages {
+		if w.slots[s.Name] != nil {
+			names = append(names, s.Name)
+		}
+	}
+	return names
+}
+
+// serveRun works the stages of one run until ctx is done or the run's
+// stream is gone.
+func (w *Worker) serveRun(ctx context.Context, info RunInfo) {
+	var wg sync.WaitGroup
+	for _, s := range info.Stages {
+		free := w.slots[s.Name]
+		if free == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.serveStage(ctx, info, s, free)
+		}()
+	}
+	wg.Wait()
+}
+
+// idleWait is how long one pull waits for a piece when the queue was
+// empty; a pull of a queue with pieces in it returns at once.
+const idleWait = time.Second
+
+// serveStage pulls pieces of one stage's input while it has idle slots:
+// never more than it can start at once, so that no piece waits here
+// while its ack wait runs out (pre-buffered pieces of a busy worker
+// would be redelivered elsewhere and done twice).
+func (w *Worker) serveStage(ctx context.Context, info RunInfo, s StageInfo, free chan *slot) {
+	var cons jetstream.Consumer
+	for cons == nil {
+		c, err := w.js.Consumer(ctx, info.Stream, s.Consumer)
+		if err == nil {
+			cons = c
+			break
+		}
+		if ctx.Err() != nil || errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return
+		}
+		if !sleepCtx(ctx, idleWait) {
+			return
+		}
+	}
+	var busy sync.WaitGroup
+	defer busy.Wait()
+	idle := true
+	for ctx.Err() == nil {
+		var slots []*slot
+		select {
+		case sl := <-free:
+			slots = append(slots, sl)
+		case <-ctx.Done():
+			return
+		}
+		var batch jetstream.MessageBatch
+		var err error
+		cancel := func() {}
+		if idle {
+			// One piece, waiting for it: the next pull takes as many as
+			// there are idle slots then.
+			var fctx context.Context
+			fctx, cancel = context.WithTimeout(ctx, idleWait)
+			batch, err = cons.Fetch(1, jetstream.FetchContext(fctx))
+		} else {
+		more:
+			for {
+				select {
+				case sl := <-free:
+					slots = append(slots, sl)
+				default:
+					break more
+				}
+			}
+			batch, err = cons.FetchNoWait(len(slots))
+		}
+		got := 0
+		if err == nil {
+			for m := range batch.Messages() {
+				sl := slots[got]
+				got++
+				busy.Add(1)
+				go func() {
+					defer busy.Done()
+					w.handle(ctx, info, s, sl, m)
+					free <- sl
+				}()
+			}
+			err = batch.Error()
+		}
+		cancel()
+		for _, sl := range slots[got:] {
+			free <- sl
+		}
+		idle = got == 0
+		switch {
+		case err == nil, errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded), errors.Is(err, jetstream.ErrNoMessages):
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, jetstream.ErrStreamNotFound), errors.Is(err, jetstream.ErrConsumerDeleted):
+			return // the run is over
+		default:
+			if !sleepCtx(ctx, idleWait/4) { // the broker is away: pull again
+				return
+			}
+		}
+	}
+}
+
+// handle works one piece: it runs the records through the slot's Stage,
+// publishes the results (in parts under the broker's message size), and
+// acks the piece once the broker acked every part. A piece delivered for
+// the last time (MaxDeliver) is not run again: the workers it was given
+// to died or stalled on it each time, so its records fail as the stage's
+// on_error says, and it is Termed.
+func (w *Worker) handle(ctx context.Context, info RunInfo, s StageInfo, sl *slot, m jetstream.Msg) {
+	meta, err := m.Metadata()
+	n, perr := piece(m.Headers())
+	recs, derr := decodeWork(m.Data())
+	if err != nil || perr != nil || derr != nil {
+		m.Term() // not flowrun's: no one can work it
+		return
+	}
+	delivered := int64(meta.NumDelivered)
+	var d runner.Done
+	last := info.MaxDeliver > 0 && delivered >= int64(info.MaxDeliver)
+	if last {
+		d, err = sl.proc.Fail(ctx, recs, int(delivered-1), fmt.Errorf("delivered %d times without an answer: the worker that took it died or outlived the ack wait of %v each time", delivered-1, info.AckWait))
+	} else {
+		stop := make(chan struct{})
+		var ticking sync.WaitGroup
+		ticking.Add(1)
+		go func() {
+			defer ticking.Done()
+			progress(m, info.AckWait, stop)
+		}()
+		d, err = sl.proc.Process(ctx, recs)
+		close(stop)
+		ticking.Wait()
+	}
+	if err != nil { // the worker is stopping: the piece goes to another
+		m.Nak()
+		return
+	}
+	d.Counts.Redelivered = delivered - 1
+	if err := w.publish(ctx, info, s, n, delivered, &d); err != nil {
+		m.Nak()
+		return
+	}
+	if last {
+		m.Term()
+		return
+	}
+	m.Ack()
+}
+
+// progress tells the broker that a piece is still being worked, a few
+// times per ack wait, until stop closes.
+func progress(m jetstream.Msg, ackWait time.Duration, stop <-chan struct{}) {
+	every := max(ackWait/3, 10*time.Millisecond)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			m.InProgress()
+		case <-stop:
+			return
+		}
+	}
+}
+
+// publish sends a piece's results and waits for the broker's acks. Their
+// ids are the piece's and the part's, so that the results of a piece
+// worked twice (a worker that died after publishing, before acking) are
+// kept once.
+func (w *Worker) publish(ctx context.Context, info RunInfo, s StageInfo, n uint64, delivered int64, d *runner.Done) error {
+	limit := int(w.nc.MaxPayload()) * 3 / 4
+	parts := splitRecords(d.Recs, limit)
+	futures := make([]jetstream.PubAckFuture, 0, len(parts))
+	for k, recs := range parts {
+		msg := nats.NewMsg(s.Out)
+		msg.Header.Set(hdrRun, info.Run)
+		msg.Header.Set(hdrStage, s.Name)
+		msg.Header.Set(hdrPiece, strconv.FormatUint(n, 10))
+		msg.Header.Set(hdrPart, strconv.Itoa(k+1)+"/"+strconv.Itoa(len(parts)))
+		msg.Header.Set(hdrAttempt, strconv.FormatInt(delivered, 10))
+		msg.Header.Set(hdrSeq, seqRange(recs))
+		var whole *runner.Done
+		if k == len(parts)-1 {
+			whole = d
+		}
+		msg.Data = appendDone(make([]byte, 0, 64+len(recs)*8), recs, whole)
+		id := info.Run + "." + s.Results + "." + strconv.FormatUint(n, 10) + "." + strconv.Itoa(k+1)
+		f, err := w.js.PublishMsgAsync(msg, jetstream.WithMsgID(id))
+		if err != nil {
+			return err
+		}
+		futures = append(futures, f)
+	}
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return err
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	return nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// Host names this process for a run's log: host:pid.
+func Host() string {
+	h, _ := os.Hostname()
+	return h + ":" + strconv.Itoa(os.Getpid())
+}
