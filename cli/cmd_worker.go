@@ -80,5 +80,3 @@ func runWorker(ctx context.Context, file, url string, names, set []string, stdin
 	}
 	return nil
 }
-
-
