@@ -64,7 +64,7 @@ func runWorker(ctx context.Context, file, url string, names, set []string, stdin
 	if err != nil {
 		return err
 	}
-	b, err := dialBroker(ctx, url)
+	b, err := dialBroker(ctx, url, stderr)
 	if err != nil {
 		return err
 	}
@@ -74,7 +74,7 @@ func runWorker(ctx context.Context, file, url string, names, set []string, stdin
 		return usagef("%v", err)
 	}
 	defer w.Close()
-	fmt.Fprintf(stderr, "flowrun worker: %s on %s, waiting for runs of pipeline %q\n", transport.Host(), redactURL(url), p.Name)
+	fmt.Fprintf(stderr, "flowrun worker: %s, waiting for runs of pipeline %q\n", transport.Host(), p.Name)
 	if err := w.Serve(ctx); err != nil {
 		return fmt.Errorf("%w", err)
 	}

@@ -4,12 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/flowrun/flowrun/runner"
@@ -30,44 +27,27 @@ type brokerOptions struct {
 // server when it is embedded.
 type broker struct {
 	nc    *nats.Conn
-	embed *server.Server
-	dir   string
+	embed *transport.Server
 }
 
 // dialBroker connects to the broker the --broker value names; "embedded"
 // starts one in the process, on loopback, with its store in a temporary
 // directory. A broker that cannot be reached is a usage mistake (exit 2)
 // that names it and says why.
-func dialBroker(ctx context.Context, url string) (*broker, error) {
+func dialBroker(ctx context.Context, url string, log io.Writer) (*broker, error) {
 	b := &broker{}
 	if url == "embedded" {
-		dir, err := os.MkdirTemp("", "flowrun-broker-")
+		s, err := transport.StartEmbedded(ctx, transport.EmbeddedOptions{Log: log})
 		if err != nil {
 			return nil, usagef("--broker embedded: %v", err)
 		}
-		b.dir = dir
-		ns, err := server.NewServer(&server.Options{
-			Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
-			StoreDir: filepath.Join(dir, "store"), NoLog: true, NoSigs: true,
-		})
-		if err != nil {
-			b.close()
-			return nil, usagef("--broker embedded: %v", err)
-		}
-		go ns.Start()
-		if !ns.ReadyForConnections(10 * time.Second) {
-			ns.Shutdown()
-			b.close()
-			return nil, usagef("--broker embedded: the server did not start within 10s")
-		}
-		b.embed = ns
-		url = ns.ClientURL()
+		b.embed = s
+		url = s.URL()
 	}
-	nc, err := nats.Connect(url, nats.Name("flowrun "+transport.Host()), nats.Timeout(3*time.Second),
-		nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
+	nc, err := transport.Dial(ctx, url, transport.DialOptions{Name: "flowrun " + transport.Host(), Log: log})
 	if err != nil {
 		b.close()
-		return nil, usagef("--broker %s: %v", redactURL(url), err)
+		return nil, usagef("%v", err)
 	}
 	b.nc = nc
 	return b, nil
@@ -79,27 +59,13 @@ func (b *broker) close() {
 	}
 	if b.embed != nil {
 		b.embed.Shutdown()
-		b.embed.WaitForShutdown()
 	}
-	if b.dir != "" {
-		os.RemoveAll(b.dir)
-	}
-}
-
-// redactURL masks a password in a broker URL for a message.
-func redactURL(u string) string {
-	at := strings.LastIndex(u, "@")
-	scheme := strings.Index(u, "://")
-	if at < 0 || scheme < 0 || at < scheme {
-		return u
-	}
-	return u[:scheme+3] + "***" + u[at:]
 }
 
 // brokerRun prepares the run of p on the broker; the caller closes it
 // after the run.
 func brokerRun(ctx context.Context, p *spec.Pipeline, o brokerOptions, stderr io.Writer) (*broker, *transport.Run, error) {
-	b, err := dialBroker(ctx, o.broker)
+	b, err := dialBroker(ctx, o.broker, stderr)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -109,7 +75,7 @@ func brokerRun(ctx context.Context, p *spec.Pipeline, o brokerOptions, stderr io
 	})
 	if err != nil {
 		b.close()
-		return nil, nil, usagef("--broker %s: %v", redactURL(o.broker), err)
+		return nil, nil, usagef("--broker: %v", err)
 	}
 	return b, run, nil
 }
