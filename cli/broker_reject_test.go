@@ -171,3 +171,53 @@ func TestBrokerDeadLetterRedis(t *testing.T) {
 		}
 	}
 }
+
+// input.with and output.with give the connector's options, over the
+// URL's query; -i of the same connector keeps them but for what its own
+// query says, and -i of another connector drops them.
+func TestBrokerWithOptions(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	b := brokers[0]
+	srv := b.server(t)
+	in, out := b.queues(t)
+	inQ := in.src[strings.Index(in.src, "queue=")+len("queue="):]
+	outQ := out.src[strings.Index(out.src, "queue=")+len("queue="):]
+	publish(t, in.sink, numbered(5))
+	p := pipeline(t, fmt.Sprintf("input:\n  from: '%s?queue=%s-not'\n  with: {queue: %s, prefetch: 2}\n"+
+		"output:\n  to: '%s?queue=%s-not'\n  with: {queue: %s}\nstages: [{use: upper}]\n", srv.URL, inQ, inQ, srv.URL, outQ, outQ))
+	_, errs, code := runCLI(t, "", "run", "-q", "--progress", "none", "--until-idle", "1s", p)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	if got := sorted(drain(t, out.src, 5, 300*time.Millisecond)); !slices.Equal(got, []string{"M1", "M2", "M3", "M4", "M5"}) {
+		t.Fatalf("output.with's queue got %v, want M1..M5", got)
+	}
+
+	// -i names another queue on the same broker: with: keeps prefetch
+	// but not its queue; the flag's query wins.
+	publish(t, srv.URL+"?queue="+inQ+"-flag", []string{"f1"})
+	_, errs, code = runCLI(t, "", "run", "-q", "--progress", "none", "--until-idle", "1s", "-i", srv.URL+"?queue="+inQ+"-flag", p)
+	if code != 0 {
+		t.Fatalf("-i: exit %d: %s", code, errs)
+	}
+	if got := drain(t, out.src, 1, 300*time.Millisecond); !slices.Equal(got, []string{"F1"}) {
+		t.Fatalf("-i: output got %v, want F1", got)
+	}
+
+	// with: prefetch is the file's for RabbitMQ; a -i of Redis drops it
+	// rather than refuse a redis option it does not have.
+	_, errs, code = runCLI(t, "", "validate", "-i", brokers[1].server(t).URL+"?list=x", p)
+	if code != 0 {
+		t.Fatalf("-i redis: exit %d: %s", code, errs)
+	}
+	// A -i of the same connector without a queue takes with:'s.
+	_, errs, code = runCLI(t, "", "validate", "-i", srv.URL, p)
+	if code != 0 {
+		t.Fatalf("-i without a queue keeps with:'s queue: exit %d: %s", code, errs)
+	}
+	for _, q := range []string{inQ + "-not", outQ + "-not"} {
+		if left := drain(t, srv.URL+"?queue="+q, 0, 200*time.Millisecond); len(left) > 0 {
+			t.Fatalf("the URL's queue %s was used: %v", q, left)
+		}
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,9 +40,11 @@ func prepare(file string, f paths, stdin io.Reader) (p *spec.Pipeline, release f
 		return nil, release, err
 	}
 	if f.input != "" {
+		p.Input.With = overrideWith(p.Input.From, f.input, p.Input.With)
 		p.Input.From = f.input
 	}
 	if f.output != "" {
+		p.Output.With = overrideWith(p.Output.To, f.output, p.Output.With)
 		p.Output.To = f.output
 	}
 	if file == "-" && isStd(p.Input.From) && !f.noInput {
@@ -81,11 +85,11 @@ func preflight(p *spec.Pipeline, o paths) ([]stages.Stage, error) {
 	var inputs []string
 	if !o.noInput {
 		var msg string
-		if inputs, msg = checkInput(p.Input.From); msg != "" {
+		if inputs, msg = checkInput(p.Input.From, p.Input.With); msg != "" {
 			ps.add(o.place(p.Input.Pos, o.input != "", "-i", "input.from"), "input: "+msg)
 		}
 	}
-	if msg := checkWritable(p.Output.To, inputs); msg != "" {
+	if msg := checkOutput(p.Output.To, p.Output.With, inputs); msg != "" {
 		ps.add(o.place(p.Output.Pos, o.output != "", "-o", "output.to"), "output: "+msg)
 	}
 	if p.DeadLetter != "" {
@@ -149,12 +153,12 @@ func (o paths) place(pos spec.Pos, byFlag bool, flag, key string) string {
 
 // checkInput says what is wrong with reading from, or "", and returns the
 // files it names.
-func checkInput(from string) ([]string, string) {
+func checkInput(from string, with map[string]string) ([]string, string) {
 	if isStd(from) {
 		return nil, ""
 	}
 	if connect.Scheme(from) != "" {
-		return nil, checkURL(from, connect.In)
+		return nil, checkURL(from, with, connect.In)
 	}
 	paths := []string{from}
 	if strings.ContainsAny(from, "*?[") {
@@ -192,7 +196,7 @@ func checkWritable(path string, inputs []string) string {
 		return ""
 	}
 	if connect.Scheme(path) != "" {
-		return checkURL(path, connect.Out)
+		return checkURL(path, nil, connect.Out)
 	}
 	fi, err := os.Stat(path)
 	switch {
@@ -246,10 +250,44 @@ func samePath(a, b string) bool {
 	return erra == nil && errb == nil && absA == absB
 }
 
-// checkURL says what is wrong with a broker URL, connecting to nothing:
-// its connector's spec checks it.
-func checkURL(raw string, d connect.Direction) string {
-	if _, err := connect.Parse(raw, nil, d); err != nil {
+// checkOutput is checkWritable for the output, whose broker URL comes
+// with its output.with.
+func checkOutput(to string, with map[string]string, inputs []string) string {
+	if connect.Scheme(to) != "" {
+		return checkURL(to, with, connect.Out)
+	}
+	return checkWritable(to, inputs)
+}
+
+// overrideWith returns the input.with or output.with that holds when -i
+// or -o replaces the file's URL: kept when the flag names the same
+// connector, less the options the flag's own query gives (the command
+// line wins over the file), and dropped when it names another connector
+// or a file, whose options they are not.
+func overrideWith(file, flag string, with map[string]string) map[string]string {
+	if len(with) == 0 {
+		return with
+	}
+	a, okA := connect.Lookup(connect.Scheme(file))
+	b, okB := connect.Lookup(connect.Scheme(flag))
+	if !okA || !okB || a != b {
+		return nil
+	}
+	u, err := url.Parse(flag)
+	if err != nil {
+		return with // the URL's check says what is wrong with it
+	}
+	kept := maps.Clone(with)
+	for k := range u.Query() {
+		delete(kept, k)
+	}
+	return kept
+}
+
+// checkURL says what is wrong with a broker URL and its options,
+// connecting to nothing: its connector's spec checks them.
+func checkURL(raw string, with map[string]string, d connect.Direction) string {
+	if _, err := connect.Parse(raw, with, d); err != nil {
 		return err.Error()
 	}
 	return ""

@@ -228,6 +228,12 @@ func Parse(raw string, with map[string]string, d Direction) (*Params, error) {
 	return p, nil
 }
 
+// Check says what is wrong with v as the option's value, or nil.
+func (o Option) Check(v string) error {
+	_, err := parseValue(o, v)
+	return err
+}
+
 func parseValue(o Option, v string) (any, error) {
 	switch o.Type {
 	case Int:

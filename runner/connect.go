@@ -395,7 +395,7 @@ func (r *run) openSource(ctx context.Context, from string) error {
 	for _, s := range r.p.Stages {
 		workers += s.Workers
 	}
-	src, _, err := connect.OpenSource(ctx, from, nil, workers)
+	src, _, err := connect.OpenSource(ctx, from, r.p.Input.With, workers)
 	if err != nil {
 		return &SetupError{fmt.Errorf("input: %w", err)}
 	}

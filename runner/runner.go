@@ -216,7 +216,7 @@ func (r *run) run(ctx context.Context) (err error) {
 		}()
 	}
 	if IsBroker(p.Output.To) {
-		snk, _, err := connect.OpenSink(ctx, p.Output.To, nil)
+		snk, _, err := connect.OpenSink(ctx, p.Output.To, p.Output.With)
 		if err != nil {
 			return &SetupError{fmt.Errorf("output: %w", err)}
 		}

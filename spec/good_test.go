@@ -269,3 +269,18 @@ func TestManyStages(t *testing.T) {
 	specEqual(t, "last workers", p.Stages[9999].Workers, 3)
 	specEqual(t, "last pattern", p.Stages[9999].Config.String("pattern"), "x9999")
 }
+
+// input.with and output.with are a broker connector's options, kept as
+// written (with ${VAR} expanded) for the connector, which lets them
+// override the URL's query.
+func TestConnectorWith(t *testing.T) {
+	yaml := "input:\n  from: amqp://localhost/?queue=jobs&prefetch=2\n  with: {prefetch: 16, declare: '${DECLARE:-false}'}\n" +
+		"output: {to: 'redis://localhost/0?list=done', with: {push: lpush}}\nstages: [{use: upper}]\n"
+	p, err := spec.Parse("p.yaml", []byte(yaml), spec.Options{Env: func(string) (string, bool) { return "", false }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	specEqual(t, "Input.With", p.Input.With, map[string]string{"prefetch": "16", "declare": "false"})
+	specEqual(t, "Input.WithPos[prefetch]", p.Input.WithPos["prefetch"], spec.Pos{File: "p.yaml", Line: 3, Col: 10})
+	specEqual(t, "Output.With", p.Output.With, map[string]string{"push": "lpush"})
+}

@@ -15,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/flowrun/flowrun/connect"
 	"github.com/flowrun/flowrun/stages"
 )
 
@@ -530,8 +531,8 @@ var (
 	// tests holds the pipeline's test cases, for `flowrun test`; a run
 	// ignores it.
 	topKeys    = []string{"name", "input", "output", "ordered", "reorder_window", "dead_letter", "stages", "tests"}
-	inputKeys  = []string{"from", "format", "max_record_size", "on_error", "csv", "select"}
-	outputKeys = []string{"to", "format", "csv"}
+	inputKeys  = []string{"from", "format", "max_record_size", "on_error", "csv", "select", "with"}
+	outputKeys = []string{"to", "format", "csv", "with"}
 	stageKeys  = []string{"name", "use", "workers", "buffer", "timeout", "retry", "on_error", "with"}
 	retryKeys  = []string{"attempts", "backoff", "max_backoff"}
 )
@@ -645,6 +646,9 @@ func (p *parser) input(n *yaml.Node, in *Input) (deadLetter *yaml.Node) {
 	if x, ok := f["select"]; ok {
 		in.Select = p.selectPath(x, in.Format)
 	}
+	if x, ok := f["with"]; ok {
+		in.With, in.WithPos = p.connectorWith(x, in.From, "input", connect.In)
+	}
 	if x, ok := f["on_error"]; ok {
 		if s, ok := p.enum(x.val, "on_error", OnErrors); ok {
 			in.OnError = OnError(s)
@@ -671,6 +675,72 @@ func (p *parser) output(n *yaml.Node, out *Output) {
 	if x, ok := f["csv"]; ok {
 		out.CSV = p.table(x, "output.csv", out.Format, false)
 	}
+	if x, ok := f["with"]; ok {
+		out.With, out.WithPos = p.connectorWith(x, out.To, "output", connect.Out)
+	}
+}
+
+// connectorWith reads input.with or output.with, the options of the
+// connector that url (from: or to:) names, and checks them against its
+// spec in the registry: a key it does not know, or a value of the wrong
+// type, is blamed where it is written. What is wrong with the URL itself
+// is left to the run's check of it, which also sees -i and -o.
+func (p *parser) connectorWith(x field, url, what string, d connect.Direction) (map[string]string, map[string]Pos) {
+	f, ok := p.mapping(x.val, what+".with", nil)
+	if !ok || len(f) == 0 {
+		return nil, nil
+	}
+	sp, known := connect.Lookup(connect.Scheme(url))
+	if !known {
+		p.errorf(x.key, "%s.with sets a connector's options, and %s is not a broker URL (amqp://, nats://, redis://: `flowrun connectors` lists them)", what, url)
+		return nil, nil
+	}
+	with := make(map[string]string, len(f))
+	pos := make(map[string]Pos, len(f))
+	keys := map[string]field{}
+	for k, kv := range f {
+		v, ok := p.scalar(kv.val, what+".with."+k)
+		if !ok {
+			continue
+		}
+		with[k], pos[k], keys[k] = v, p.pos(kv.key), kv
+	}
+	names := make([]string, len(sp.Options))
+	for i, o := range sp.Options {
+		names[i] = o.Name
+	}
+	// Each option alone first, so that every mistake is reported, each
+	// at its key or its value.
+	bad := false
+	for k, kv := range keys {
+		o, ok := sp.Option(k)
+		switch {
+		case !ok:
+			p.errorf(kv.key, "%s.with: %s has no option %q%s", what, sp.Name, k, hintOrList(k, names))
+		case o.Use&d == 0:
+			p.errorf(kv.key, "%s.with: %s option %q applies to %s only", what, sp.Name, k, o.Use)
+		default:
+			if err := o.Check(with[k]); err != nil {
+				p.errorf(kv.val, "%s.with: %s option %q: %v", what, sp.Name, k, err)
+				break
+			}
+			continue
+		}
+		bad = true
+	}
+	if bad {
+		return nil, nil
+	}
+	// Then together with the URL: options that depend on each other.
+	if _, err := connect.Parse(url, with, d); err != nil {
+		var oe *connect.OptionError
+		if errors.As(err, &oe) && oe.Option != "" {
+			if kv, ok := keys[oe.Option]; ok {
+				p.errorf(kv.key, "%s.with: %s", what, err)
+			}
+		}
+	}
+	return with, pos
 }
 
 var stageName = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)

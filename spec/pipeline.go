@@ -51,6 +51,11 @@ type Input struct {
 	Select        string // for json: the jq path of the values that are the records; "" is "."
 	OnError       OnError
 	Pos           Pos // where from: is; zero when the file has none
+	// With are the options of a broker input's connector (input.with),
+	// checked against its registry spec; they override from:'s query.
+	// WithPos says where each key is.
+	With    map[string]string
+	WithPos map[string]Pos
 }
 
 // Output says where records go.
@@ -59,6 +64,10 @@ type Output struct {
 	Format string // lines | jsonl | csv | tsv
 	CSV    Table  // the csv or tsv dialect (output.csv)
 	Pos    Pos    // where to: is; zero when the file has none
+	// With are the options of a broker output's connector (output.with),
+	// like Input.With.
+	With    map[string]string
+	WithPos map[string]Pos
 }
 
 // Stage is one stage of a pipeline, its options checked against its Spec.

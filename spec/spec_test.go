@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	_ "github.com/flowrun/flowrun/connect/all" // input.with and output.with are checked against the connectors' specs
 	"github.com/flowrun/flowrun/spec"
 	"github.com/flowrun/flowrun/stages"
 )
