@@ -309,12 +309,21 @@ func (d *lineDecoder) head() []byte {
 }
 
 // item makes a record of a whole line, or an error if it is too long.
+// It is small enough to be inlined in next's loop, which costs a third
+// less per line for it (BenchmarkW1); the rare error is tooLongItem's.
 func (d *lineDecoder) item(rec []byte) item {
 	if len(rec) > d.max {
-		n := min(len(rec), 64) // enough to recognise it in a dead letter
-		return item{data: rec[:n:n], line: d.line, err: d.tooLong(), truncated: true}
+		return d.tooLongItem(rec)
 	}
 	return item{data: rec[:len(rec):len(rec)], line: d.line}
+}
+
+// tooLongItem is item's rare case, kept out of line so that item inlines.
+//
+//go:noinline
+func (d *lineDecoder) tooLongItem(rec []byte) item {
+	n := min(len(rec), 64) // enough to recognise it in a dead letter
+	return item{data: rec[:n:n], line: d.line, err: d.tooLong(), truncated: true}
 }
 
 func (d *lineDecoder) tooLong() error {

@@ -34,6 +34,7 @@ type sink struct {
 	w        io.Writer
 	name     string // for messages: "stdout" or the path
 	format   string
+	lines    bool // format lines: records go out as they are, with no switch on format per record
 	buf      []byte
 	header   []string        // csv: the columns, from the first record
 	columns  map[string]bool // the header's names
@@ -48,6 +49,7 @@ type sink struct {
 
 func newSink(w io.Writer, name, format string) *sink {
 	s := &sink{w: w, name: name, format: format, buf: make([]byte, 0, flushAt+4096)}
+	s.lines = format != "jsonl" && format != "csv" && format != "tsv"
 	if format == "csv" {
 		s.csvW = csv.NewWriter(&s.csvBuf)
 	}
@@ -57,6 +59,12 @@ func newSink(w io.Writer, name, format string) *sink {
 // add formats one record into the buffer. An error is about the record,
 // not the output: it cannot be written in the output's format.
 func (s *sink) add(rec []byte) error {
+	if s.lines {
+		s.buf = append(s.buf, rec...)
+		s.buf = append(s.buf, '\n')
+		s.n++
+		return nil
+	}
 	switch s.format {
 	case "jsonl":
 		if jsontext.Valid(rec) {
