@@ -75,8 +75,9 @@ type Dead struct {
 type Counts struct {
 	In, Out, Errors, Retries, Skipped, Dead int64
 	Busy                                    time.Duration
-	// Redelivered is how many times the Work was delivered before the
-	// delivery whose results these are.
+	// Redelivered is 1 when these results answer a delivery of the Work
+	// after its first (a worker died or outlived its ack wait), else 0.
+	// It counts also for results that came second.
 	Redelivered int64
 }
 
@@ -240,6 +241,7 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 			delete(waiting, d.N)
 			mu.Unlock()
 			if !ok { // a second delivery of results already taken
+				st.c.redelivered.Add(d.Counts.Redelivered)
 				if d.Ack != nil {
 					d.Ack()
 				}

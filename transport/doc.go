@@ -56,10 +56,13 @@
 // Flowrun-Seq (the input records it holds, lo-hi; each record's own number
 // is in the body), Flowrun-Part (k/n of a piece's results) and
 // Flowrun-Attempt (the delivery they answer). Nats-Msg-Id is made of the
-// run, the consumer, the piece and the part, so a piece or a result
-// published again (a retry, a worker that died between publishing and
-// acking) is kept once by JetStream; the run also drops results of a piece
-// it already has.
+// run, the consumer, the piece and, for results, the part and the
+// delivery, so a piece or a result published again (a publish retried
+// after a lost ack, a run or a worker that reconnected) is kept once by
+// JetStream. The results of two deliveries of one piece (a worker that
+// died between publishing and acking, or outlived its ack wait) both
+// reach the run: it takes the first, acks the other and counts the
+// redelivery; the parts of one delivery are never mixed with another's.
 //
 // # Accounting and the end of a run
 //

@@ -143,3 +143,14 @@ func compatible(info RunInfo, version, hash string) string {
 	}
 	return ""
 }
+
+// Presence is a worker's entry under its run's key in the runs bucket
+// (<run key>.w.<host>): it joined, with which stages, or it refused.
+type Presence struct {
+	Host    string   `json:"host"`
+	Version string   `json:"version"`
+	Stages  []string `json:"stages,omitempty"`
+	Refused string   `json:"refused,omitempty"` // why it will not work for the run
+}
+
+func presenceKey(info RunInfo) string { return info.key() + ".w." + token(Host()) }

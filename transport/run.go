@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -67,6 +68,7 @@ type Run struct {
 	queues []*stageQueue
 	local  *Worker
 	stop   context.CancelFunc
+	watch  jetstream.KeyWatcher // the workers' presence
 	done   sync.WaitGroup
 }
 
@@ -148,7 +150,7 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 			return nil, fail("consume "+s.Results, err)
 		}
 		q := &stageQueue{run: r, info: s, results: it, sem: make(chan struct{}, inFlight),
-			maxBytes: int(max) * 3 / 4, outstanding: map[uint64]bool{}, partial: map[uint64]*assembly{},
+			maxBytes: int(max) * 3 / 4, outstanding: map[uint64]bool{}, partial: map[attempt]*assembly{},
 			futures: make(chan sent, 4*inFlight), checked: make(chan struct{})}
 		go q.check()
 		r.mu.Lock()
@@ -158,6 +160,18 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 	}
 	if r.kv, err = runsKV(ctx, r.js); err != nil {
 		return nil, fail("runs bucket", err)
+	}
+	if r.opts.Log != nil {
+		watch, err := r.kv.Watch(ctx, r.info.key()+".w.*")
+		if err != nil {
+			return nil, fail("runs bucket", err)
+		}
+		r.watch = watch
+		r.done.Add(1)
+		go func() {
+			defer r.done.Done()
+			r.workers(watch)
+		}()
 	}
 	if err := r.put(ctx); err != nil {
 		return nil, fail("runs bucket", err)
@@ -176,6 +190,24 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 		}()
 	}
 	return queues, nil
+}
+
+// workers says in the log which workers joined the run or refused it.
+func (r *Run) workers(watch jetstream.KeyWatcher) {
+	for e := range watch.Updates() {
+		if e == nil || e.Operation() != jetstream.KeyValuePut {
+			continue
+		}
+		var p Presence
+		if json.Unmarshal(e.Value(), &p) != nil {
+			continue
+		}
+		if p.Refused != "" {
+			fmt.Fprintf(r.opts.Log, "flowrun: worker %s refused run %s: %s\n", p.Host, r.opts.RunID, p.Refused)
+		} else {
+			fmt.Fprintf(r.opts.Log, "flowrun: worker %s joined run %s: stages %s\n", p.Host, r.opts.RunID, strings.Join(p.Stages, ", "))
+		}
+	}
 }
 
 // runsKV opens the runs bucket, creating it if it is missing.
@@ -207,7 +239,12 @@ func (r *Run) put(ctx context.Context) error {
 func (r *Run) Close(ctx context.Context) error {
 	if r.stop != nil {
 		r.stop()
-		r.done.Wait()
+	}
+	if r.watch != nil {
+		r.watch.Stop()
+	}
+	r.done.Wait()
+	if r.local != nil {
 		r.local.Close()
 	}
 	r.mu.Lock()
@@ -222,6 +259,16 @@ func (r *Run) Close(ctx context.Context) error {
 	}
 	r.info.State = stateDone
 	err := r.put(ctx)
+	if err == nil {
+		// The entry goes, and the workers' under it: a worker that starts
+		// later has nothing to look at.
+		if keys, kerr := r.kv.ListKeysFiltered(ctx, r.info.key()+".w.*"); kerr == nil {
+			for k := range keys.Keys() {
+				r.kv.Purge(ctx, k)
+			}
+		}
+		err = r.kv.Purge(ctx, r.info.key())
+	}
 	if derr := r.js.DeleteStream(ctx, r.info.Stream); err == nil && derr != nil && !errors.Is(derr, jetstream.ErrStreamNotFound) {
 		err = derr
 	}
@@ -241,9 +288,9 @@ type stageQueue struct {
 	maxBytes int
 
 	mu          sync.Mutex
-	outstanding map[uint64]bool      // pieces sent and not yet answered
-	partial     map[uint64]*assembly // results in several parts, as they come
-	err         error                // a publish that failed for good
+	outstanding map[uint64]bool       // pieces sent and not yet answered
+	partial     map[attempt]*assembly // results in several parts, as they come
+	err         error                 // a publish that failed for good
 
 	futures   chan sent
 	checked   chan struct{}
@@ -255,6 +302,14 @@ type sent struct {
 	msg *nats.Msg
 	id  string
 	f   jetstream.PubAckFuture
+}
+
+// attempt is one delivery of a piece: the parts of its results belong
+// together (another delivery's may differ, for a stage that draws at
+// random).
+type attempt struct {
+	n         uint64
+	delivered int64
 }
 
 // assembly gathers the parts of one piece's results.
@@ -381,11 +436,13 @@ func (q *stageQueue) Next(ctx context.Context) (runner.Done, error) {
 			m.Term()
 			continue
 		}
+		delivered, _ := strconv.ParseInt(m.Headers().Get(hdrAttempt), 10, 64)
+		at := attempt{n, delivered}
 		q.mu.Lock()
-		a := q.partial[n]
+		a := q.partial[at]
 		if a == nil {
 			a = &assembly{n: parts, parts: map[int][]runner.Record{}}
-			q.partial[n] = a
+			q.partial[at] = a
 		}
 		_, dup := a.parts[k]
 		q.mu.Unlock()
@@ -407,10 +464,17 @@ func (q *stageQueue) Next(ctx context.Context) (runner.Done, error) {
 			continue
 		}
 		q.mu.Lock()
-		delete(q.partial, n)
+		delete(q.partial, at)
 		q.mu.Unlock()
 		d := a.d
 		d.N = n
+		// One delivery after the first, whether its results are taken or
+		// come second; a worker that died on a piece counts when the
+		// next one answers it.
+		d.Counts.Redelivered = 0
+		if delivered > 1 {
+			d.Counts.Redelivered = 1
+		}
 		if a.n > 1 {
 			d.Recs = nil
 			for k := 1; k <= a.n; k++ {

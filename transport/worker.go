@@ -147,10 +147,17 @@ func (w *Worker) Serve(ctx context.Context) error {
 	refused := map[string]bool{}
 	for {
 		var e jetstream.KeyValueEntry
+		var ok bool
 		select {
 		case <-ctx.Done():
 			return nil
-		case e = <-watch.Updates():
+		case e, ok = <-watch.Updates():
+		}
+		if !ok {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("broker %s: the watch of runs ended", w.nc.ConnectedUrlRedacted())
 		}
 		if e == nil {
 			continue // the end of the runs there were
@@ -171,17 +178,27 @@ func (w *Worker) Serve(ctx context.Context) error {
 		if why := compatible(info, w.opts.Version, w.hash); why != "" {
 			refused[key] = true
 			w.logf("refusing run %s of pipeline %q (from %s): %s", info.Run, info.Pipeline, info.Host, why)
+			w.announce(ctx, kv, info, Presence{Refused: why})
 			continue
 		}
 		rctx, stop := context.WithCancel(ctx)
 		joined[key] = stop
-		w.logf("joined run %s of pipeline %q (from %s): stages %s", info.Run, info.Pipeline, info.Host, strings.Join(w.stageNames(info), ", "))
+		names := w.stageNames(info)
+		w.logf("joined run %s of pipeline %q (from %s): stages %s", info.Run, info.Pipeline, info.Host, strings.Join(names, ", "))
+		w.announce(ctx, kv, info, Presence{Stages: names})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			w.serveRun(rctx, info)
 		}()
 	}
+}
+
+// announce tells the run that this worker joined it or refused it.
+func (w *Worker) announce(ctx context.Context, kv jetstream.KeyValue, info RunInfo, p Presence) {
+	p.Host, p.Version = Host(), w.opts.Version
+	b, _ := json.Marshal(p)
+	kv.Put(ctx, presenceKey(info), b)
 }
 
 // stageNames are the stages of info this worker works.
@@ -336,7 +353,6 @@ func (w *Worker) handle(ctx context.Context, info RunInfo, s StageInfo, sl *slot
 		m.Nak()
 		return
 	}
-	d.Counts.Redelivered = delivered - 1
 	if err := w.publish(ctx, info, s, n, delivered, &d); err != nil {
 		m.Nak()
 		return
@@ -385,7 +401,10 @@ func (w *Worker) publish(ctx context.Context, info RunInfo, s StageInfo, n uint6
 			whole = d
 		}
 		msg.Data = appendDone(make([]byte, 0, 64+len(recs)*8), recs, whole)
-		id := info.Run + "." + s.Results + "." + strconv.FormatUint(n, 10) + "." + strconv.Itoa(k+1)
+		// The id is the delivery's too: the results of a piece worked
+		// again reach the run, which takes the first and counts the
+		// redelivery of the other.
+		id := info.Run + "." + s.Results + "." + strconv.FormatUint(n, 10) + "." + strconv.Itoa(k+1) + "." + strconv.FormatInt(delivered, 10)
 		f, err := w.js.PublishMsgAsync(msg, jetstream.WithMsgID(id))
 		if err != nil {
 			return err

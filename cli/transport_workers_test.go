@@ -1,0 +1,261 @@
+package cli_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+
+	"github.com/flowrun/flowrun/transport"
+)
+
+// embeddedBroker starts a NATS server with JetStream in the test's
+// process, stopped at the test's end.
+func embeddedBroker(t *testing.T) string {
+	t.Helper()
+	s, err := transport.StartEmbedded(context.Background(), transport.EmbeddedOptions{StoreDir: filepath.Join(t.TempDir(), "store")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Shutdown)
+	return s.URL()
+}
+
+// workerProcess is a `flowrun worker` running.
+type workerProcess struct {
+	cmd    *exec.Cmd
+	stderr *lockedBuffer
+	done   chan struct{}
+}
+
+func startWorker(t *testing.T, args ...string) *workerProcess {
+	t.Helper()
+	w := &workerProcess{stderr: &lockedBuffer{}, done: make(chan struct{})}
+	w.cmd = exec.Command(flowrunBin, append([]string{"worker"}, args...)...)
+	w.cmd.Stderr = w.stderr
+	if err := w.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { w.cmd.Wait(); close(w.done) }()
+	t.Cleanup(func() {
+		w.cmd.Process.Kill()
+		<-w.done
+	})
+	// Joined the broker: it says so once it watches for runs.
+	w.waitFor(t, "waiting for runs")
+	return w
+}
+
+// waitFor waits until the worker's stderr holds s, for at most a minute.
+func (w *workerProcess) waitFor(t *testing.T, s string) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); !strings.Contains(w.stderr.String(), s); {
+		select {
+		case <-w.done:
+			t.Fatalf("worker exited (%v) before saying %q:\n%s", w.cmd.ProcessState, s, w.stderr)
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("worker did not say %q within a minute:\n%s", s, w.stderr)
+		}
+	}
+}
+
+// stop ends the worker with SIGTERM and returns its exit code.
+func (w *workerProcess) stop(t *testing.T) int {
+	t.Helper()
+	w.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-w.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("worker did not stop within 30s of SIGTERM:\n%s", w.stderr)
+	}
+	return w.cmd.ProcessState.ExitCode()
+}
+
+func rLines(n int) string {
+	var b strings.Builder
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&b, "r%d\n", i)
+	}
+	return b.String()
+}
+
+// TestBrokerWorkerProcesses: with --no-local-workers, only flowrun worker
+// processes work the stages: one works only the slow stage (--stages),
+// another every stage with more workers (--set). The output is the
+// input's, each record once, and the counts in --stats are exact.
+func TestBrokerWorkerProcesses(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) }) // after the broker's and the processes' cleanups
+	url := embeddedBroker(t)
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", `name: scale
+stages:
+  - name: slow
+    use: sleep
+    with: {duration: 1ms}
+    workers: 3
+  - name: keep
+    use: grep
+    with: {pattern: '7', invert: true}
+  - use: upper
+  - use: count
+    with: {every: 1000000}
+`)
+	const n = 3000
+	in := writeFile(t, dir, "in.txt", rLines(n))
+	w1 := startWorker(t, p, "--broker", url, "--stages", "slow")
+	w2 := startWorker(t, p, "--broker", url, "--set", "stages.slow.workers=2")
+	out, stats := filepath.Join(dir, "out.txt"), filepath.Join(dir, "stats.json")
+	run := exec.Command(flowrunBin, "run", "--progress", "none", "-q", "--broker", url, "--no-local-workers", "-i", in, "-o", out, "--stats", stats, p)
+	var runErr lockedBuffer
+	run.Stderr = &runErr
+	if err := run.Run(); err != nil {
+		t.Fatalf("run: %v\n%s\nworker 1:\n%s\nworker 2:\n%s", err, &runErr, w1.stderr, w2.stderr)
+	}
+	want := 0
+	for i := 1; i <= n; i++ {
+		if !strings.Contains(strconv.Itoa(i), "7") {
+			want++
+		}
+	}
+	got, _ := os.ReadFile(out)
+	if string(got) != strconv.Itoa(want)+"\n" {
+		t.Errorf("output %q, want the count %d", got, want)
+	}
+	var s brokerStats
+	b, _ := os.ReadFile(stats)
+	if err := json.Unmarshal(b, &s); err != nil {
+		t.Fatal(err)
+	}
+	wantStages := []struct {
+		name    string
+		in, out int64
+		remote  bool
+	}{{"slow", n, n, true}, {"keep", n, int64(want), true}, {"upper", int64(want), int64(want), true}, {"count", int64(want), 1, false}}
+	for i, w := range wantStages {
+		st := s.Stages[i]
+		if st.Name != w.name || st.In != w.in || st.Out != w.out || st.Remote != w.remote {
+			t.Errorf("stage %d: %+v, want %+v", i, st, w)
+		}
+	}
+	for _, w := range []*workerProcess{w1, w2} {
+		w.waitFor(t, "is over")
+	}
+	if !strings.Contains(w1.stderr.String(), "stages slow\n") || !strings.Contains(w2.stderr.String(), "stages slow, keep, upper\n") {
+		t.Errorf("the workers' stages:\n%s\n%s", w1.stderr, w2.stderr)
+	}
+	for i, w := range []*workerProcess{w1, w2} {
+		if code := w.stop(t); code != 0 {
+			t.Errorf("worker %d: exit %d after SIGTERM:\n%s", i+1, code, w.stderr)
+		}
+	}
+	// Each worker joined the run, and the run heard of both.
+	if c := strings.Count(runErr.String(), "joined run"); c != 2 {
+		t.Errorf("the run saw %d workers join, want 2:\n%s", c, &runErr)
+	}
+}
+
+// TestBrokerWorkerKilled: a worker killed with SIGKILL while it holds
+// pieces of a stage's input leaves them unacked; after the ack wait the
+// broker delivers them to another worker, and the output is still each
+// record exactly once, the redeliveries counted.
+func TestBrokerWorkerKilled(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) }) // after the broker's and the processes' cleanups
+	url := embeddedBroker(t)
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", `name: killed
+stages:
+  - name: slow
+    use: sleep
+    with: {duration: 20ms}
+    workers: 4
+  - use: upper
+`)
+	const n = 200
+	in := writeFile(t, dir, "in.txt", rLines(n))
+	out, stats := filepath.Join(dir, "out.txt"), filepath.Join(dir, "stats.json")
+	run := exec.Command(flowrunBin, "run", "--progress", "none", "-q", "--broker", url, "--no-local-workers", "--run-id", "k1",
+		"--ack-wait", "1s", "-i", in, "-o", out, "--stats", stats, p)
+	var runErr lockedBuffer
+	run.Stderr = &runErr
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	runDone := make(chan error, 1)
+	go func() { runDone <- run.Wait() }()
+	t.Cleanup(func() {
+		run.Process.Kill()
+		<-runDone
+	})
+
+	doomed := startWorker(t, p, "--broker", url)
+	doomed.waitFor(t, "joined run k1")
+	// It holds pieces of slow when the consumer says some are unacked.
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	for deadline := time.Now().Add(time.Minute); ; {
+		c, err := js.Consumer(context.Background(), "FLOWRUN_killed_k1", "in_1_slow")
+		if err == nil {
+			if info, err := c.Info(context.Background()); err == nil && info.NumAckPending > 0 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the worker took no piece within a minute:\n%s", doomed.stderr)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	doomed.cmd.Process.Kill()
+	<-doomed.done
+
+	rescuer := startWorker(t, p, "--broker", url)
+	select {
+	case err := <-runDone:
+		runDone <- err
+		if err != nil {
+			t.Fatalf("run: %v\n%s", err, &runErr)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("the run did not end within 2 minutes:\n%s\nworker:\n%s", &runErr, rescuer.stderr)
+	}
+	got, _ := os.ReadFile(out)
+	var want []string
+	for i := 1; i <= n; i++ {
+		want = append(want, "R"+strconv.Itoa(i))
+	}
+	lines := strings.Fields(string(got))
+	slices.Sort(lines)
+	slices.Sort(want)
+	if !slices.Equal(lines, want) {
+		t.Errorf("output: %d records, want each of %d once", len(lines), n)
+	}
+	var s brokerStats
+	b, _ := os.ReadFile(stats)
+	if err := json.Unmarshal(b, &s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Stages[0].In != n || s.Stages[0].Out != n || s.Output.Records != n {
+		t.Errorf("counts: %+v, output %d; want %d in and out", s.Stages[0], s.Output.Records, n)
+	}
+	if s.Stages[0].Redelivered == 0 {
+		t.Errorf("no redelivery counted: %+v", s.Stages[0])
+	}
+	rescuer.stop(t)
+}

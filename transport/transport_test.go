@@ -1,0 +1,149 @@
+package transport_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/flowrun/flowrun/runner"
+	"github.com/flowrun/flowrun/spec"
+	_ "github.com/flowrun/flowrun/stages/all"
+	"github.com/flowrun/flowrun/transport"
+)
+
+func pipeline(t *testing.T, yaml string) *spec.Pipeline {
+	t.Helper()
+	p, err := spec.Parse("p.yaml", []byte(yaml), spec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func waitFor(t *testing.T, buf *syncBuffer, s string) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); !strings.Contains(buf.String(), s); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q within a minute:\n%s", s, buf)
+		}
+	}
+}
+
+// TestWorkerRefuses: a worker of another flowrun version, or of a
+// pipeline whose stages differ, does not work for a run, and both it and
+// the run say why; a worker that differs only in workers joins.
+func TestWorkerRefuses(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	srv, err := transport.StartEmbedded(context.Background(), transport.EmbeddedOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	nc, err := transport.Dial(context.Background(), srv.URL(), transport.DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	const yaml = "name: v\nstages:\n  - use: grep\n    with: {pattern: a}\n"
+	p := pipeline(t, yaml)
+	var runLog syncBuffer
+	run, err := transport.NewRun(nc, p, transport.RunOptions{RunID: "r1", Version: "1.0", Log: &runLog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := run.Open(ctx, p.Stages); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, yaml, version, says string
+	}{
+		{"another version", yaml, "2.0", "the run is flowrun 1.0 and this worker flowrun 2.0"},
+		{"another pipeline", strings.Replace(yaml, "pattern: a", "pattern: b", 1), "1.0", "the run's pipeline differs from this worker's"},
+		{"more workers", yaml + "    workers: 5\n", "1.0", "joined run r1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var log syncBuffer
+			w, err := transport.NewWorker(nc, pipeline(t, tt.yaml), transport.WorkerOptions{Version: tt.version, Log: &log})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			wctx, stop := context.WithCancel(ctx)
+			done := make(chan error)
+			go func() { done <- w.Serve(wctx) }()
+			waitFor(t, &log, tt.says)
+			if tt.says != "joined run r1" {
+				waitFor(t, &runLog, "refused run r1: "+tt.says)
+			}
+			stop()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	if err := run.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSlowRecordsKeepTheirWorker: records that take several ack waits
+// each are not delivered again to the other worker, which has idle slots
+// to take them (each worker says InProgress and pulls no more than it can
+// start), and the run counts no redelivery.
+func TestSlowRecordsKeepTheirWorker(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	srv, err := transport.StartEmbedded(context.Background(), transport.EmbeddedOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	nc, err := transport.Dial(context.Background(), srv.URL(), transport.DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in.txt")
+	os.WriteFile(in, []byte("a\nb\nc\nd\ne\nf\n"), 0o644)
+	yaml := "name: slow\ninput: {from: " + in + "}\noutput: {to: " + filepath.Join(dir, "out.txt") + "}\nstages:\n  - use: sleep\n    with: {duration: 400ms}\n    workers: 2\n"
+	p := pipeline(t, yaml)
+	run, err := transport.NewRun(nc, p, transport.RunOptions{AckWait: 100 * time.Millisecond, MaxDeliver: 2, LocalWorkers: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := transport.NewWorker(nc, pipeline(t, strings.Replace(yaml, "workers: 2", "workers: 6", 1)), transport.WorkerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	wctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- other.Serve(wctx) }()
+	sum, err := runner.Run(context.Background(), p, runner.Options{Remote: run})
+	stop()
+	if serr := <-served; err == nil {
+		err = serr
+	}
+	if cerr := run.Close(context.Background()); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := sum.Stages[0]
+	if !st.Remote || st.In != 6 || st.Out != 6 || st.Redelivered != 0 || st.Errors != 0 {
+		t.Errorf("stage %+v: want 6 in and out through the broker, no redelivery", st)
+	}
+	out, _ := os.ReadFile(filepath.Join(dir, "out.txt"))
+	if len(strings.Fields(string(out))) != 6 {
+		t.Errorf("output %q", out)
+	}
+}
