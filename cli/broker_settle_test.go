@@ -221,3 +221,55 @@ func TestBrokerWithOptions(t *testing.T) {
 		}
 	}
 }
+
+// A record at work longer than ack_wait is kept with InProgress: with
+// ack_wait 1s and a stage that takes 2.5s a record, JetStream
+// redelivers nothing, and every message comes out once. The output is a
+// file, which de-duplicates nothing (a JetStream output would drop a
+// redelivered message's result by its Nats-Msg-Id).
+func TestBrokerNATSInProgress(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	b := brokers[2]
+	srv := b.server(t)
+	in, _ := b.queues(t)
+	stream := in.src[strings.Index(in.src, "stream=")+len("stream=") : strings.Index(in.src, "&")]
+	publish(t, in.sink, numbered(4))
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", "stages: [{use: sleep, workers: 2, with: {duration: 2500ms}}]\n")
+	out := filepath.Join(dir, "out.txt")
+	src := srv.URL + "?stream=" + stream + "&ack_wait=1s"
+	_, errs, code := runCLI(t, "", "run", "-q", "--progress", "none", "--until-idle", "1s", "-i", src, "-o", out, p)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sorted(strings.Fields(string(data))); !slices.Equal(got, numbered(4)) {
+		t.Fatalf("output %v, want each of m1..m4 once: a record past ack_wait was redelivered", got)
+	}
+	nc, err := nats.Connect(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cons, err := js.Consumer(ctx, stream, "flowrun")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NumAckPending != 0 || info.AckFloor.Stream != 4 || info.Delivered.Stream != 4 || info.Delivered.Consumer != 4 {
+		t.Fatalf("consumer: %d unacked, ack floor %d, delivered %d (stream) %d (consumer); want 0, 4, 4, 4: deliveries beyond the stream's are redeliveries",
+			info.NumAckPending, info.AckFloor.Stream, info.Delivered.Stream, info.Delivered.Consumer)
+	}
+}
