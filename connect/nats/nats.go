@@ -23,7 +23,7 @@ func init() {
 		URL:     "nats://[user:pass@]host:4222?stream=S&consumer=C",
 		Doc: "JetStream: a durable pull consumer with explicit acks (at least once), publishing with PubAcks and " +
 			"Nats-Msg-Id from the record's origin, so a re-publish after a crash is dropped as a duplicate. " +
-			"With only subject=: core NATS, at most once.",
+			"A message a stage dead-letters is Termed: never redelivered. With only subject=: core NATS, at most once.",
 		Options: []connect.Option{
 			{Name: "stream", Type: connect.String, Use: connect.Both, Doc: "The JetStream stream; without it, core NATS on subject."},
 			{Name: "subject", Type: connect.String, Use: connect.Both, Doc: "Output: the subject to publish on. Input: the consumer's filter, or the core NATS subject."},
@@ -31,6 +31,7 @@ func init() {
 			{Name: "prefetch", Type: connect.Int, Use: connect.In, Doc: "The consumer's MaxAckPending; default: the stages' workers in total."},
 			{Name: "ack_wait", Type: connect.Duration, Default: "30s", Use: connect.In, Doc: "Redelivery after this long without an ack; a record still at work is kept with InProgress."},
 			{Name: "create", Type: connect.Bool, Default: "true", Use: connect.Both, Doc: "Create the stream if it is missing, on subject (or STREAM.>)."},
+			{Name: "envelope", Type: connect.Bool, Default: "false", Use: connect.Both, Doc: "Records are JSON {body, subject, stream, sequence, message_id (Nats-Msg-Id), headers, redelivered}, not the bare body; on output body, message_id and headers are taken."},
 		},
 		Check:  check,
 		Source: openSource,
@@ -69,6 +70,39 @@ func dial(p *connect.Params) (*nats.Conn, error) {
 		return nil, &connect.Error{Broker: p.Broker(), Reason: reason(err), Err: err}
 	}
 	return nc, nil
+}
+
+// envelope returns a message's envelope record: its subject, its
+// headers (the first value of each) and its Nats-Msg-Id.
+func envelope(m *nats.Msg) connect.Envelope {
+	e := connect.Envelope{Subject: m.Subject, MessageID: m.Header.Get(jetstream.MsgIDHeader)}
+	for k, vs := range m.Header {
+		if k == jetstream.MsgIDHeader || len(vs) == 0 {
+			continue
+		}
+		if e.Headers == nil {
+			e.Headers = map[string]string{}
+		}
+		e.Headers[k] = vs[0]
+	}
+	return e
+}
+
+// unwrap reads an envelope record for publishing: the body, the id to
+// publish it with (the envelope's message_id, or id) and its headers.
+func unwrap(rec []byte, id string) ([]byte, string, nats.Header) {
+	e, body := connect.Unwrap(rec)
+	if e.MessageID != "" {
+		id = e.MessageID
+	}
+	var h nats.Header
+	for k, v := range e.Headers {
+		if h == nil {
+			h = nats.Header{}
+		}
+		h.Set(k, v)
+	}
+	return body, id, h
 }
 
 func reason(err error) string {

@@ -21,6 +21,7 @@ type jsSink struct {
 	nc      *nats.Conn
 	js      jetstream.JetStream
 	subject string
+	wrap    bool // envelope
 	mu      sync.Mutex
 	pending []inFlight
 }
@@ -36,7 +37,7 @@ func openSink(ctx context.Context, p *connect.Params) (connect.Sink, error) {
 		return nil, err
 	}
 	if p.String("stream") == "" {
-		return &coreSink{p: p, nc: nc, subject: p.String("subject")}, nil
+		return &coreSink{p: p, nc: nc, subject: p.String("subject"), wrap: p.Bool("envelope")}, nil
 	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(5*time.Second), jetstream.WithPublishAsyncMaxPending(4096))
 	if err == nil {
@@ -49,13 +50,19 @@ func openSink(ctx context.Context, p *connect.Params) (connect.Sink, error) {
 		}
 		return nil, &connect.Error{Broker: p.Broker(), Reason: reason(err), Err: err}
 	}
-	return &jsSink{p: p, nc: nc, js: js, subject: p.String("subject")}, nil
+	return &jsSink{p: p, nc: nc, js: js, subject: p.String("subject"), wrap: p.Bool("envelope")}, nil
 }
 
 func (s *jsSink) publish(m connect.Message) jetstream.PubAckFuture {
 	msg := &nats.Msg{Subject: s.subject, Data: m.Data}
+	if h, ok := m.Token.(nats.Header); ok { // an envelope's, from Write
+		msg.Header = h
+	}
 	if m.ID != "" {
-		msg.Header = nats.Header{jetstream.MsgIDHeader: []string{m.ID}}
+		if msg.Header == nil {
+			msg.Header = nats.Header{}
+		}
+		msg.Header.Set(jetstream.MsgIDHeader, m.ID)
 	}
 	f, err := s.js.PublishMsgAsync(msg)
 	if err != nil {
@@ -68,6 +75,10 @@ func (s *jsSink) Write(ctx context.Context, msgs []connect.Message) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, m := range msgs {
+		if s.wrap {
+			body, id, h := unwrap(m.Data, m.ID)
+			m = connect.Message{Data: body, ID: id, Token: h}
+		}
 		s.pending = append(s.pending, inFlight{msg: m, f: s.publish(m)})
 	}
 	return nil
@@ -118,11 +129,27 @@ type coreSink struct {
 	p       *connect.Params
 	nc      *nats.Conn
 	subject string
+	wrap    bool // envelope
 }
 
 func (s *coreSink) Write(ctx context.Context, msgs []connect.Message) error {
 	for _, m := range msgs {
-		if err := s.nc.Publish(s.subject, m.Data); err != nil {
+		var err error
+		if s.wrap {
+			msg := &nats.Msg{Subject: s.subject}
+			var id string
+			msg.Data, id, msg.Header = unwrap(m.Data, "")
+			if id != "" {
+				if msg.Header == nil {
+					msg.Header = nats.Header{}
+				}
+				msg.Header.Set(jetstream.MsgIDHeader, id)
+			}
+			err = s.nc.PublishMsg(msg)
+		} else {
+			err = s.nc.Publish(s.subject, m.Data)
+		}
+		if err != nil {
 			return fmt.Errorf("%s: %s", s.p.Broker(), reason(err))
 		}
 	}

@@ -26,6 +26,7 @@ type jsSource struct {
 	stop    chan struct{}
 	wg      sync.WaitGroup
 	ackWait time.Duration
+	wrap    bool // envelope
 
 	mu  sync.Mutex
 	out map[jetstream.Msg]time.Time // handed on, not settled: since when
@@ -77,7 +78,7 @@ func newJSSource(ctx context.Context, nc *nats.Conn, p *connect.Params) (*jsSour
 		return nil, &connect.Error{Broker: p.Broker(), Reason: reason(err), Err: err}
 	}
 	s := &jsSource{p: p, nc: nc, it: it, msgs: make(chan jetstream.Msg, prefetch), stop: make(chan struct{}),
-		ackWait: p.Duration("ack_wait"), out: map[jetstream.Msg]time.Time{}}
+		ackWait: p.Duration("ack_wait"), wrap: p.Bool("envelope"), out: map[jetstream.Msg]time.Time{}}
 	s.wg.Add(2)
 	go s.pump()
 	go s.keepAlive()
@@ -128,10 +129,19 @@ func (s *jsSource) keepAlive() {
 
 func (s *jsSource) message(m jetstream.Msg) connect.Message {
 	id := ""
-	if md, err := m.Metadata(); err == nil {
+	md, err := m.Metadata()
+	if err == nil {
 		id = fmt.Sprintf("%s:%d", md.Stream, md.Sequence.Stream)
 	}
-	return connect.Message{Data: m.Data(), ID: id, Token: m}
+	data := m.Data()
+	if s.wrap {
+		e := envelope(&nats.Msg{Subject: m.Subject(), Header: m.Headers()})
+		if md != nil {
+			e.Stream, e.Sequence, e.Redelivered = md.Stream, md.Sequence.Stream, md.NumDelivered > 1
+		}
+		data = e.Wrap(data)
+	}
+	return connect.Message{Data: data, ID: id, Token: m}
 }
 
 func (s *jsSource) Receive(ctx context.Context, buf []connect.Message) ([]connect.Message, error) {
@@ -236,10 +246,18 @@ type coreSource struct {
 	nc   *nats.Conn
 	sub  *nats.Subscription
 	msgs chan *nats.Msg
+	wrap bool // envelope
+}
+
+func (s *coreSource) message(m *nats.Msg) connect.Message {
+	if s.wrap {
+		return connect.Message{Data: envelope(m).Wrap(m.Data)}
+	}
+	return connect.Message{Data: m.Data}
 }
 
 func newCoreSource(nc *nats.Conn, p *connect.Params) (*coreSource, error) {
-	s := &coreSource{p: p, nc: nc, msgs: make(chan *nats.Msg, 4096)}
+	s := &coreSource{p: p, nc: nc, msgs: make(chan *nats.Msg, 4096), wrap: p.Bool("envelope")}
 	sub, err := nc.ChanSubscribe(p.String("subject"), s.msgs)
 	if err == nil {
 		err = nc.Flush()
@@ -256,14 +274,14 @@ func (s *coreSource) Receive(ctx context.Context, buf []connect.Message) ([]conn
 	buf = buf[:0]
 	select {
 	case m := <-s.msgs:
-		buf = append(buf, connect.Message{Data: m.Data})
+		buf = append(buf, s.message(m))
 	case <-ctx.Done():
 		return buf, ctx.Err()
 	}
 	for len(buf) < cap(buf) {
 		select {
 		case m := <-s.msgs:
-			buf = append(buf, connect.Message{Data: m.Data})
+			buf = append(buf, s.message(m))
 			continue
 		default:
 		}

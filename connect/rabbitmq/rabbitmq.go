@@ -22,7 +22,7 @@ func init() {
 		Schemes: []string{"amqp", "amqps"},
 		URL:     "amqp://user:pass@host:5672/vhost?queue=NAME",
 		Doc: "Consumes a queue with manual acks (a message is acked once what was made from it is durable); " +
-			"publishes persistent messages with publisher confirms. At least once.",
+			"publishes persistent messages with publisher confirms. At least once. A message a stage dead-letters is nacked without requeue, into the queue's dead-letter exchange if it has one.",
 		Options: []connect.Option{
 			{Name: "queue", Type: connect.String, Use: connect.Both, Doc: "The queue to consume, or to publish to through the default exchange."},
 			{Name: "prefetch", Type: connect.Int, Use: connect.In, Doc: "Unacked messages the broker hands over at once; default: the stages' workers in total."},
@@ -31,7 +31,7 @@ func init() {
 			{Name: "routing_key", Type: connect.String, Use: connect.Out, Doc: "The routing key for exchange."},
 			{Name: "dead_letter_queue", Type: connect.String, Use: connect.Both, Doc: "Declare this durable queue, and the queue with it as its dead-letter queue (x-dead-letter-exchange \"\", x-dead-letter-routing-key NAME): a message a stage dead-letters lands there, with its x-death header."},
 			{Name: "dead_letter_exchange", Type: connect.String, Use: connect.Both, Doc: "Declare the queue with this existing x-dead-letter-exchange: a message a stage dead-letters is routed there by its routing key."},
-			{Name: "envelope", Type: connect.Bool, Default: "false", Use: connect.Both, Doc: "Records are JSON {body, message_id, correlation_id, routing_key}, not the bare body."},
+			{Name: "envelope", Type: connect.Bool, Default: "false", Use: connect.Both, Doc: "Records are JSON {body, message_id, correlation_id, routing_key, headers, redelivered}, not the bare body; on output body, message_id, correlation_id, headers and (with exchange) routing_key are taken."},
 		},
 		Check:  check,
 		Source: openSource,
@@ -266,9 +266,27 @@ func (s *source) Receive(ctx context.Context, buf []connect.Message) ([]connect.
 func (s *source) message(m amqp.Delivery, gen uint64) connect.Message {
 	data := m.Body
 	if s.envelope {
-		data = connect.Envelope{MessageID: m.MessageId, CorrelationID: m.CorrelationId, RoutingKey: m.RoutingKey}.Wrap(m.Body)
+		data = connect.Envelope{MessageID: m.MessageId, CorrelationID: m.CorrelationId, RoutingKey: m.RoutingKey,
+			Headers: headers(m.Headers), Redelivered: m.Redelivered}.Wrap(m.Body)
 	}
 	return connect.Message{Data: data, ID: m.MessageId, Token: token{gen: gen, tag: m.DeliveryTag}}
+}
+
+// headers returns an AMQP message's headers that have a text, number or
+// boolean value, as text; nil for none. Tables and arrays (x-death) are
+// left out: an envelope's headers are flat.
+func headers(t amqp.Table) map[string]string {
+	var h map[string]string
+	for k, v := range t {
+		switch v.(type) {
+		case string, bool, int8, int16, int32, int64, uint8, uint16, uint32, float32, float64:
+			if h == nil {
+				h = map[string]string{}
+			}
+			h[k] = fmt.Sprint(v)
+		}
+	}
+	return h
 }
 
 func (s *source) Settle(ctx context.Context, msgs []connect.Message, o connect.Outcome) error {

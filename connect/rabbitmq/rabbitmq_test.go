@@ -39,7 +39,7 @@ func TestEnvelope(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sink.Close()
-	rec := `{"body":"hello","message_id":"m-1","correlation_id":"c-9"}`
+	rec := `{"body":"hello","message_id":"m-1","correlation_id":"c-9","headers":{"trace":"t-1"}}`
 	if err := sink.Write(ctx, []connect.Message{{Data: []byte(rec)}}); err != nil {
 		t.Fatal(err)
 	}
@@ -52,11 +52,19 @@ func TestEnvelope(t *testing.T) {
 	}
 	defer src.Close()
 	got := connecttest.Take(t, ctx, src, 1)
-	want := `{"body":"hello","message_id":"m-1","correlation_id":"c-9","routing_key":"flowrun-envelope"}`
+	want := `{"body":"hello","message_id":"m-1","correlation_id":"c-9","routing_key":"flowrun-envelope","headers":{"trace":"t-1"}}`
 	if string(got[0].Data) != want {
 		t.Fatalf("got %s\nwant %s", got[0].Data, want)
 	}
-	if err := src.Settle(ctx, got, connect.Ack); err != nil {
+	if err := src.Settle(ctx, got, connect.Requeue); err != nil {
+		t.Fatal(err)
+	}
+	again := connecttest.Take(t, ctx, src, 1)
+	want = `{"body":"hello","message_id":"m-1","correlation_id":"c-9","routing_key":"flowrun-envelope","headers":{"trace":"t-1"},"redelivered":true}`
+	if string(again[0].Data) != want {
+		t.Fatalf("redelivered: got %s\nwant %s", again[0].Data, want)
+	}
+	if err := src.Settle(ctx, again, connect.Ack); err != nil {
 		t.Fatal(err)
 	}
 }

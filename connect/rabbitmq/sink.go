@@ -77,6 +77,12 @@ func (s *sink) publish(ctx context.Context, m connect.Message) (*amqp.DeferredCo
 	if s.envelope {
 		e, body := connect.Unwrap(m.Data)
 		pub.Body, pub.CorrelationId = body, e.CorrelationID
+		if len(e.Headers) > 0 {
+			pub.Headers = make(amqp.Table, len(e.Headers))
+			for k, v := range e.Headers {
+				pub.Headers[k] = v
+			}
+		}
 		if e.MessageID != "" {
 			pub.MessageId = e.MessageID
 		}

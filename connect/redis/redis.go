@@ -32,7 +32,7 @@ func init() {
 		Schemes: []string{"redis", "rediss"},
 		URL:     "redis://[:pass@]host:6379/0?list=NAME",
 		Doc: "A reliable list (BLMOVE to a processing list, LREM on ack, a dead consumer's list moved back) or a stream " +
-			"with a consumer group (XREADGROUP, XACK, XAUTOCLAIM); as output RPUSH/LPUSH or XADD, durable once Redis replied. At least once.",
+			"with a consumer group (XREADGROUP, XACK, XAUTOCLAIM); as output RPUSH/LPUSH or XADD, durable once Redis replied. At least once. Redis has no dead-letter place: a message a stage dead-letters is removed like an acked one, once the dead-letter file holds it.",
 		Options: []connect.Option{
 			{Name: "list", Type: connect.String, Use: connect.Both, Doc: "The list: consumed from its head (as BLPOP), written at its tail."},
 			{Name: "stream", Type: connect.String, Use: connect.Both, Doc: "The stream, instead of a list."},
@@ -43,6 +43,7 @@ func init() {
 			{Name: "field", Type: connect.String, Default: "data", Use: connect.Both, Doc: "The stream entry's field that holds the record."},
 			{Name: "push", Type: connect.String, Default: "rpush", Enum: []string{"rpush", "lpush"}, Use: connect.Out, Doc: "How to add to the list."},
 			{Name: "maxlen", Type: connect.Int, Use: connect.Out, Doc: "Trim the stream to about this many entries (XADD MAXLEN ~)."},
+			{Name: "envelope", Type: connect.Bool, Default: "false", Use: connect.Both, Doc: "Records are JSON {body, list} or {body, stream, entry_id}, not the bare value; on output the body is taken."},
 		},
 		Check:  check,
 		Source: openSource,
@@ -195,6 +196,7 @@ type listSource struct {
 	ttl                    time.Duration
 	slots                  slots
 	lastCheck              time.Time
+	wrap                   bool // envelope
 
 	// held counts the values handed on and not yet settled. After a
 	// connection error, what the processing list holds beyond them was
@@ -217,6 +219,7 @@ func newListSource(ctx context.Context, c *redis.Client, p *connect.Params, pref
 		beat:       list + ":alive:" + consumer,
 		ttl:        max(p.Duration("claim_after"), 3*heartbeatEvery),
 		slots:      make(slots, prefetch),
+		wrap:       p.Bool("envelope"),
 		held:       map[string]int{},
 		stop:       make(chan struct{}),
 	}
@@ -314,7 +317,7 @@ func (s *listSource) Receive(ctx context.Context, buf []connect.Message) ([]conn
 		}
 		v, err := s.c.BLMove(ctx, s.list, s.processing, "LEFT", "RIGHT", blockFor).Result()
 		if err == nil {
-			buf = append(buf, connect.Message{Data: []byte(v), Token: v})
+			buf = append(buf, s.message(v))
 			break
 		}
 		if ctx.Err() != nil {
@@ -332,6 +335,15 @@ func (s *listSource) Receive(ctx context.Context, buf []connect.Message) ([]conn
 	return buf, nil
 }
 
+// message is value v of the list as a record; its token is v, which
+// LREM removes.
+func (s *listSource) message(v string) connect.Message {
+	if s.wrap {
+		return connect.Message{Data: connect.Envelope{List: s.list}.Wrap([]byte(v)), Token: v}
+	}
+	return connect.Message{Data: []byte(v), Token: v}
+}
+
 // moveSome moves up to n-len(buf) more messages without blocking.
 func (s *listSource) moveSome(ctx context.Context, buf []connect.Message, n int) []connect.Message {
 	if len(buf) >= n {
@@ -347,7 +359,7 @@ func (s *listSource) moveSome(ctx context.Context, buf []connect.Message, n int)
 		v, err := c.(*redis.StringCmd).Result()
 		switch {
 		case err == nil:
-			buf = append(buf, connect.Message{Data: []byte(v), Token: v})
+			buf = append(buf, s.message(v))
 		case !errors.Is(err, redis.Nil):
 			s.lost = true
 		}

@@ -22,6 +22,7 @@ type sink struct {
 	field   string
 	lpush   bool
 	maxlen  int64
+	wrap    bool // envelope
 	mu      sync.Mutex
 	pending []connect.Message
 }
@@ -35,13 +36,20 @@ func openSink(ctx context.Context, p *connect.Params) (connect.Sink, error) {
 		return nil, err
 	}
 	return &sink{c: c, p: p, list: p.String("list"), stream: p.String("stream"), field: p.String("field"),
-		lpush: p.String("push") == "lpush", maxlen: int64(p.Int("maxlen"))}, nil
+		lpush: p.String("push") == "lpush", maxlen: int64(p.Int("maxlen")), wrap: p.Bool("envelope")}, nil
 }
 
 func (s *sink) Write(ctx context.Context, msgs []connect.Message) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.pending = append(s.pending, msgs...)
+	if s.wrap {
+		for _, m := range msgs {
+			_, body := connect.Unwrap(m.Data)
+			s.pending = append(s.pending, connect.Message{Data: body, ID: m.ID})
+		}
+	} else {
+		s.pending = append(s.pending, msgs...)
+	}
 	if len(s.pending) >= flushAt {
 		return s.send(ctx)
 	}

@@ -27,13 +27,14 @@ type streamSource struct {
 	pendingDone             bool   // this consumer's own pending entries read
 	pendingFrom             string // where reading them goes on
 	lastClaim               time.Time
+	wrap                    bool // envelope
 }
 
 func newStreamSource(ctx context.Context, c *redis.Client, p *connect.Params, prefetch int) (*streamSource, error) {
 	s := &streamSource{
 		c: c, p: p, stream: p.String("stream"), group: p.String("group"), consumer: consumer(p),
 		field: p.String("field"), claimAfter: p.Duration("claim_after"), slots: make(slots, prefetch),
-		pendingFrom: "0",
+		pendingFrom: "0", wrap: p.Bool("envelope"),
 	}
 	err := c.XGroupCreateMkStream(ctx, s.stream, s.group, "0").Err()
 	if err != nil && !strings.Contains(err.Error(), "BUSYGROUP") {
@@ -48,6 +49,9 @@ func (s *streamSource) message(m redis.XMessage) connect.Message {
 		data = []byte(v)
 	} else {
 		data, _ = json.Marshal(m.Values) // an entry written by another program
+	}
+	if s.wrap {
+		data = connect.Envelope{Stream: s.stream, EntryID: m.ID}.Wrap(data)
 	}
 	return connect.Message{Data: data, ID: m.ID, Token: m.ID}
 }
