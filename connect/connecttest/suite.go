@@ -39,6 +39,7 @@ func name(t *testing.T) string {
 func Run(t *testing.T, b Broker) {
 	t.Run("EveryMessageOnce", func(t *testing.T) { everyMessageOnce(t, b) })
 	t.Run("UnsettledReturn", func(t *testing.T) { unsettledReturn(t, b) })
+	t.Run("RejectedGone", func(t *testing.T) { rejectedGone(t, b) })
 	t.Run("BrokerRestart", func(t *testing.T) { brokerRestart(t, b) })
 }
 
@@ -144,6 +145,30 @@ func everyMessageOnce(t *testing.T, b Broker) {
 			t.Fatal(err)
 		}
 	}
+	if err := src.Close(); err != nil {
+		t.Fatal(err)
+	}
+	src = open(t, ctx, in)
+	defer src.Close()
+	Nothing(t, src)
+}
+
+// rejectedGone: a message settled as Reject (dead-lettered) is not
+// redelivered, here or after a restart: it went to the broker's
+// dead-letter place, or was dropped where there is none.
+func rejectedGone(t *testing.T, b Broker) {
+	ctx := timeout(t)
+	in, out := b.URLs(b.Shared(t), name(t))
+	Publish(t, ctx, out, 1, 6)
+	src := open(t, ctx, in)
+	got := Take(t, ctx, src, 6)
+	if err := src.Settle(ctx, []connect.Message{got[1], got[4]}, connect.Reject); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Settle(ctx, []connect.Message{got[0], got[2], got[3], got[5]}, connect.Ack); err != nil {
+		t.Fatal(err)
+	}
+	Nothing(t, src)
 	if err := src.Close(); err != nil {
 		t.Fatal(err)
 	}
