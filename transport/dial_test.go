@@ -21,7 +21,7 @@ import (
 	"github.com/flowrun/flowrun/transport"
 )
 
-func TestMain(m *testing.M) { brokertest.Main(m) }
+func TestMain(m *testing.M) { brokertest.Main(m, removeBin) }
 
 // guard is what a test broker asks of its clients.
 type guard struct {

@@ -27,11 +27,15 @@ import (
 )
 
 // Main runs the package's tests, then stops every server they started,
-// checks that no goroutine was left behind (a connector's, a client's,
-// an embedded server's), and exits.
-func Main(m *testing.M) {
+// runs after (the package's own cleanup: a binary it built), checks that
+// no goroutine was left behind (a connector's, a client's, an embedded
+// server's), and exits.
+func Main(m *testing.M, after ...func()) {
 	code := m.Run()
 	StopAll()
+	for _, f := range after {
+		f()
+	}
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
 			fmt.Fprintf(os.Stderr, "goroutines left behind: %v\n", err)
