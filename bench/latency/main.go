@@ -20,6 +20,7 @@ import (
 
 func main() {
 	n := flag.Int("n", 20, "how many lines to time")
+	warmup := flag.Int("warmup", 0, "lines sent and answered first, untimed (a run on a broker waits for a worker to join)")
 	gap := flag.Duration("gap", 20*time.Millisecond, "the pause between lines, so that each one travels alone")
 	limit := flag.Duration("timeout", 5*time.Second, "the longest to wait for one answer")
 	flag.Parse()
@@ -27,7 +28,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: latency [-n N] -- COMMAND [ARG...]")
 		os.Exit(2)
 	}
-	lat, err := measure(flag.Args(), *n, *gap, *limit)
+	lat, err := measure(flag.Args(), *n, *warmup, *gap, *limit)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "latency:", err)
 		os.Exit(1)
@@ -38,7 +39,8 @@ func main() {
 }
 
 // measure returns the time from writing each line to reading its answer.
-func measure(args []string, n int, gap, limit time.Duration) ([]time.Duration, error) {
+// The first warmup lines are not timed.
+func measure(args []string, n, warmup int, gap, limit time.Duration) ([]time.Duration, error) {
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
@@ -65,7 +67,7 @@ func measure(args []string, n int, gap, limit time.Duration) ([]time.Duration, e
 	}()
 	var lat []time.Duration
 	var werr error
-	for i := range n {
+	for i := range warmup + n {
 		began := time.Now()
 		if _, err := fmt.Fprintf(stdin, "  rec-%06d latency probe  \n", i); err != nil {
 			werr = err
@@ -82,7 +84,9 @@ func measure(args []string, n int, gap, limit time.Duration) ([]time.Duration, e
 		if werr != nil {
 			break
 		}
-		lat = append(lat, time.Since(began))
+		if i >= warmup {
+			lat = append(lat, time.Since(began))
+		}
 		time.Sleep(gap)
 	}
 	stdin.Close()

@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# bench/scaleout.sh measures flowrun across processes (issue 11): a
+# `flowrun broker` on loopback, `flowrun worker` processes, and
+# `flowrun run --broker URL --no-local-workers`, beside the in-memory run
+# of the same pipeline, alternately, RUNS rounds, and prints a Markdown
+# table of medians and ratios with the load average.
+#
+#   bench/scaleout.sh            # a few minutes
+#   QUICK=1 bench/scaleout.sh    # smaller sizes, about a minute
+#   RUNS=5 bench/scaleout.sh     # more rounds (default 3)
+#
+# Everything runs on one machine: "2 worker processes" share its cores
+# with the broker and the run, so the I/O-bound speed-ups say what a
+# second machine would give, and the CPU-bound one what a second core does.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+QUICK=${QUICK:-0}
+RUNS=${RUNS:-3}
+log() { printf '%s\n' "$*" >&2; }
+DIR=${BENCH_DIR:-${TMPDIR:-/tmp}/flowrun-bench-scaleout}
+BIN=$DIR/bin
+OUT=$DIR/out
+mkdir -p "$BIN" "$OUT"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+log "load average at the start: $LOAD_START"
+
+if [[ $QUICK == 1 ]]; then
+	N_CHEAP=200000 N_IO=2000 N_CPU=600 N_MEM_SMALL=20000 N_MEM_LARGE=200000
+else
+	N_CHEAP=1000000 N_IO=4000 N_CPU=1500 N_MEM_SMALL=100000 N_MEM_LARGE=1000000
+fi
+
+log "building into $BIN"
+go build -o "$BIN/flowrun" .
+for b in gen timeit latency; do
+	go build -o "$BIN/$b" "./bench/$b"
+done
+
+# data KIND N prints the path of N generated records, made once.
+data() {
+	local f="$DIR/$1-$2.txt"
+	if [[ ! -s $f ]]; then
+		"$BIN/gen" -kind "$1" -n "$2" -seed 1 >"$f.tmp"
+		mv "$f.tmp" "$f"
+	fi
+	printf '%s\n' "$f"
+}
+
+# --- the broker and the workers ----------------------------------------------
+
+WORKERS=()
+BROKER_PID=
+cleanup() {
+	stop_workers
+	if [[ -n $BROKER_PID ]]; then
+		kill -TERM "$BROKER_PID" 2>/dev/null || true
+		wait "$BROKER_PID" 2>/dev/null || true
+	fi
+}
+trap cleanup EXIT
+
+rm -rf "$DIR/store"
+"$BIN/flowrun" broker --listen 127.0.0.1:0 --store "$DIR/store" >"$DIR/broker.url" 2>"$DIR/broker.log" &
+BROKER_PID=$!
+for _ in $(seq 100); do
+	[[ -s $DIR/broker.url ]] && break
+	sleep 0.1
+done
+URL=$(head -1 "$DIR/broker.url")
+[[ -n $URL ]] || { log "flowrun broker did not start: $(cat "$DIR/broker.log")"; exit 1; }
+log "broker at $URL"
+
+# workers K PIPELINE [ARG...] starts K worker processes of PIPELINE and
+# waits until each is waiting for runs.
+workers() {
+	local k=$1 p=$2 i
+	shift 2
+	for ((i = 0; i < k; i++)); do
+		local errf="$DIR/worker.$i.log"
+		: >"$errf"
+		"$BIN/flowrun" worker "$p" --broker "$URL" "$@" 2>"$errf" &
+		WORKERS+=($!)
+		for _ in $(seq 100); do
+			grep -q "waiting for runs" "$errf" && break
+			sleep 0.05
+		done
+	done
+}
+
+stop_workers() {
+	local pid
+	for pid in "${WORKERS[@]}"; do
+		kill -TERM "$pid" 2>/dev/null || true
+	done
+	for pid in "${WORKERS[@]}"; do
+		wait "$pid" 2>/dev/null || true
+	done
+	WORKERS=()
+}
+
+# hwm PID prints a process's peak resident set (KiB).
+hwm() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status"; }
+
+# --- measuring -------------------------------------------------------------
+
+FLOW=("$BIN/flowrun" run --progress none -q)
+BROKER=(--broker "$URL" --no-local-workers)
+
+median() {
+	sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# timed NAME IN CMD... runs CMD once with stdin from IN, stdout to
+# $OUT/NAME, and prints its wall seconds.
+timed() {
+	local name=$1 in=$2
+	shift 2
+	local res
+	res=$("$BIN/timeit" -in "$in" -out "$OUT/$name" -- "$@")
+	printf '%s\n' "${res% *}"
+}
+
+same() {
+	if ! cmp -s "$OUT/$1" "$OUT/$2"; then
+		log "outputs $1 and $2 differ (see $OUT)"
+		exit 1
+	fi
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", n / s }'; }
+meets() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == ">=") ? v >= t : v < t; print ok ? "yes" : "no" }'; }
+
+ROWS=()
+row() { ROWS+=("| $1 | $2 | $3 | $4 | $5 |"); }
+
+# --- cheap stages: records/s through the broker, 1 worker -----------------------
+
+CHEAP=$(data lines "$N_CHEAP")
+W1=bench/pipelines/w1.yaml
+declare -a t_mem t_brk t_emb
+workers 1 "$W1"
+for ((r = 0; r < RUNS; r++)); do
+	t_mem+=("$(timed cheap.mem "$CHEAP" "${FLOW[@]}" "$W1")")
+	t_brk+=("$(timed cheap.brk "$CHEAP" "${FLOW[@]}" "${BROKER[@]}" "$W1")")
+	t_emb+=("$(timed cheap.emb "$CHEAP" "${FLOW[@]}" --broker embedded "$W1")")
+done
+stop_workers
+same cheap.mem cheap.brk
+same cheap.mem cheap.emb
+m_mem=$(printf '%s\n' "${t_mem[@]}" | median)
+m_brk=$(printf '%s\n' "${t_brk[@]}" | median)
+m_emb=$(printf '%s\n' "${t_emb[@]}" | median)
+r_brk=$(rate "$N_CHEAP" "$m_brk")
+row "W1 (trim, upper, grep), $N_CHEAP lines: in memory" "$m_mem s" "$(rate "$N_CHEAP" "$m_mem") rec/s" "" ""
+row "the same through \`flowrun broker\`, 1 worker process" "$m_brk s" "$r_brk rec/s" ">= 100000 rec/s" "$(meets "$r_brk" ">=" 100000)"
+row "the same with \`--broker embedded\` (one process, local workers)" "$m_emb s" "$(rate "$N_CHEAP" "$m_emb") rec/s" "" ""
+
+# --- I/O-bound: overhead against in memory, and 1, 2, 3 workers -----------------
+
+IO=$DIR/io-$N_IO.txt
+seq 1 "$N_IO" >"$IO"
+IOP=bench/pipelines/scaleout-io.yaml
+declare -a t_iom t_io1 t_io2 t_io3
+for k in 1 2 3; do
+	workers "$k" "$IOP"
+	for ((r = 0; r < RUNS; r++)); do
+		[[ $k == 1 ]] && t_iom+=("$(timed io.mem "$IO" "${FLOW[@]}" "$IOP")")
+		v=$(timed "io.$k" "$IO" "${FLOW[@]}" "${BROKER[@]}" "$IOP")
+		case $k in 1) t_io1+=("$v") ;; 2) t_io2+=("$v") ;; 3) t_io3+=("$v") ;; esac
+	done
+	stop_workers
+	same io.mem "io.$k"
+done
+m_iom=$(printf '%s\n' "${t_iom[@]}" | median)
+m_io1=$(printf '%s\n' "${t_io1[@]}" | median)
+m_io2=$(printf '%s\n' "${t_io2[@]}" | median)
+m_io3=$(printf '%s\n' "${t_io3[@]}" | median)
+over=$(awk -v b="$m_io1" -v m="$m_iom" 'BEGIN { printf "%.1f", (b / m - 1) * 100 }')
+row "sleep 5ms, 8 workers, $N_IO records: in memory" "$m_iom s" "" "" ""
+row "the same through the broker, 1 worker process: overhead" "$m_io1 s" "$over %" "< 5 %" "$(meets "$over" "<" 5)"
+s2=$(ratio "$m_io1" "$m_io2")
+s3=$(ratio "$m_io1" "$m_io3")
+row "the same, 2 worker processes: speed-up over 1" "$m_io2 s" "${s2}x" ">= 1.8x" "$(meets "$s2" ">=" 1.8)"
+row "the same, 3 worker processes: speed-up over 1" "$m_io3 s" "${s3}x" ">= 2.6x" "$(meets "$s3" ">=" 2.6)"
+
+# --- CPU-bound: 1 and 2 worker processes of 1 worker each ------------------------
+
+CPU=$DIR/cpu-$N_CPU.txt
+seq 1 "$N_CPU" >"$CPU"
+W6=bench/pipelines/w6.yaml
+declare -a t_c1 t_c2
+for k in 1 2; do
+	workers "$k" "$W6"
+	for ((r = 0; r < RUNS; r++)); do
+		v=$(timed "cpu.$k" "$CPU" "${FLOW[@]}" "${BROKER[@]}" "$W6")
+		case $k in 1) t_c1+=("$v") ;; 2) t_c2+=("$v") ;; esac
+	done
+	stop_workers
+done
+same cpu.1 cpu.2
+m_c1=$(printf '%s\n' "${t_c1[@]}" | median)
+m_c2=$(printf '%s\n' "${t_c2[@]}" | median)
+sc=$(ratio "$m_c1" "$m_c2")
+row "sha256 x1000 (W6), $N_CPU records, 1 worker process of 1 worker" "$m_c1 s" "" "" ""
+row "the same, 2 worker processes: speed-up over 1 (2 cores)" "$m_c2 s" "${sc}x" ">= 1.7x" "$(meets "$sc" ">=" 1.7)"
+
+# --- latency: one record through two stages, pipe open ----------------------------
+
+LAT=bench/pipelines/scaleout-latency.yaml
+workers 1 "$LAT"
+read -r l50 l90 lmax < <("$BIN/latency" -n 40 -warmup 3 -- "${FLOW[@]}" "${BROKER[@]}" "$LAT")
+stop_workers
+row "one line through trim and upper on a worker, pipe open: median (p90, max) of 40" "$l50 ms" "($l90, $lmax ms)" "< 5 ms" "$(meets "$l50" "<" 5)"
+
+# --- worker memory against the length of the queue ---------------------------------
+
+# The run fills the stream up to its window before the worker joins; the
+# worker's peak RSS after a short and a ten times longer input.
+declare -a mem
+for n in "$N_MEM_SMALL" "$N_MEM_LARGE"; do
+	in=$(data lines "$n")
+	"${FLOW[@]}" "${BROKER[@]}" "$W1" <"$in" >"$OUT/mem.$n" &
+	runpid=$!
+	sleep 1
+	workers 1 "$W1"
+	wait "$runpid"
+	mem+=("$(hwm "${WORKERS[0]}")")
+	stop_workers
+done
+mr=$(ratio "${mem[1]}" "${mem[0]}")
+row "worker peak RSS, W1 on $N_MEM_SMALL lines queued" "$((mem[0] / 1024)) MiB" "" "" ""
+row "the same on $N_MEM_LARGE lines queued: ratio" "$((mem[1] / 1024)) MiB" "${mr}x" "< 1.2x" "$(meets "$mr" "<" 1.2)"
+
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+echo
+echo "Through \`flowrun broker\` on 127.0.0.1, $(nproc) cores, medians of $RUNS rounds (QUICK=$QUICK); load average $LOAD_START at the start, $LOAD_END at the end."
+echo
+echo "| measurement | time | result | target | met? |"
+echo "|---|---:|---:|---|---|"
+printf '%s\n' "${ROWS[@]}"
