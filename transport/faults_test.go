@@ -265,6 +265,9 @@ func TestScaleOutWorkerKilledRepeatedly(t *testing.T) {
 		redelivered += sg.Redelivered
 	}
 	t.Logf("%d workers killed, %d pieces redelivered", kills, redelivered)
+	if redelivered == 0 {
+		t.Error("no piece counted as redelivered in --stats, though workers died holding pieces")
+	}
 	for _, w := range workers {
 		w.stop(t)
 	}
@@ -293,6 +296,7 @@ func TestScaleOutBrokerRestarted(t *testing.T) {
 				}
 			}
 			s.check(t, run, want)
+			t.Logf("broker killed and restarted %d times mid-run", restarts)
 			if restarts == 0 {
 				t.Error("the run ended before the broker could be killed")
 			}
@@ -344,22 +348,25 @@ func TestScaleOutTwoPipelines(t *testing.T) {
 // TestScaleOutSlowStageKeptInProgress: records that each take longer
 // than the ack wait are kept by their worker with InProgress, not
 // delivered again: the stage ran once per record, counted by the plugin
-// itself in a file.
+// itself in a file as it starts (a second run of a record would end after
+// the run did, its results dropped). Fewer records than slots, and a
+// second worker, leave idle slots that would take a piece delivered
+// again: without InProgress the 3 records ran 10 times.
 func TestScaleOutSlowStageKeptInProgress(t *testing.T) {
 	b := startTestBroker(t, "flowrun-broker")
 	dir := t.TempDir()
 	ran := filepath.Join(dir, "ran")
-	s := newScaleRun(t, "slow", 4, fmt.Sprintf(`ordered: true
+	s := newScaleRun(t, "slow", 3, fmt.Sprintf(`ordered: true
 stages:
   - name: slow
     use: exec
     workers: 4
     timeout: 1m
-    with: {command: [sh, -c, "sleep 2.5; echo ran >> %s; cat"], mode: per-record}
+    with: {command: [sh, -c, "echo ran >> %s; sleep 2.5; cat"], mode: per-record}
 `, ran))
 	want := s.expected(t)
 	os.Remove(ran)
-	w := s.startWorker(t, b.url)
+	w1, w2 := s.startWorker(t, b.url), s.startWorker(t, b.url)
 	run := s.startRun(t, b.url, "--ack-wait", "1s")
 	st := s.check(t, run, want)
 	b2, _ := os.ReadFile(ran)
@@ -371,7 +378,8 @@ stages:
 			t.Errorf("stage %s: %d redelivered; want none", sg.Name, sg.Redelivered)
 		}
 	}
-	w.stop(t)
+	w1.stop(t)
+	w2.stop(t)
 }
 
 // waitForStream waits until the broker has a stream of the pipeline's
