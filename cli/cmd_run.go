@@ -246,15 +246,21 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 		UntilIdle: opts.untilIdle,
 		Watch:     watch.o.Watch,
 	}
+	var sum *runner.Summary
+	var runErr error
 	if opts.broker != "" {
-		b, run, err := brokerRun(abortCtx, p, opts.brokerOptions, stderr)
+		b, run, err := brokerRun(abortCtx, p, opts.brokerOptions, opts.journal, opts.resume, stderr)
 		if err != nil {
 			return err
 		}
-		defer closeRun(run, b, stderr)
+		// A journaled run that did not finish leaves its stream for
+		// --resume to continue from.
+		var finished bool
+		defer func() { closeRun(run, b, opts.journal != "" && !finished, stderr) }()
+		defer func() { finished = runErr == nil && sum != nil && !sum.Stopped }()
 		ropts.Remote = run
 	}
-	sum, runErr := runner.Run(abortCtx, p, ropts)
+	sum, runErr = runner.Run(abortCtx, p, ropts)
 	watch.o.Finish()
 	if retry != "" {
 		if runErr == nil && !sum.Stopped {

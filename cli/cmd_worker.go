@@ -64,7 +64,7 @@ func runWorker(ctx context.Context, file, url string, names, set []string, stdin
 	if err != nil {
 		return err
 	}
-	b, err := dialBroker(ctx, url, stderr)
+	b, err := dialBroker(ctx, url, "", stderr)
 	if err != nil {
 		return err
 	}

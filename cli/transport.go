@@ -2,8 +2,12 @@ package cli
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -28,16 +32,17 @@ type brokerOptions struct {
 type broker struct {
 	nc    *nats.Conn
 	embed *transport.Server
+	store string // the embedded server's own store, kept for --resume
 }
 
 // dialBroker connects to the broker the --broker value names; "embedded"
-// starts one in the process, on loopback, with its store in a temporary
-// directory. A broker that cannot be reached is a usage mistake (exit 2)
+// starts one in the process, on loopback, with its store in store (""
+// a temporary directory). A broker that cannot be reached is a usage mistake (exit 2)
 // that names it and says why.
-func dialBroker(ctx context.Context, url string, log io.Writer) (*broker, error) {
+func dialBroker(ctx context.Context, url, store string, log io.Writer) (*broker, error) {
 	b := &broker{}
 	if url == "embedded" {
-		s, err := transport.StartEmbedded(ctx, transport.EmbeddedOptions{Log: log})
+		s, err := transport.StartEmbedded(ctx, transport.EmbeddedOptions{Log: log, StoreDir: store})
 		if err != nil {
 			return nil, usagef("--broker embedded: %v", err)
 		}
@@ -64,14 +69,29 @@ func (b *broker) close() {
 
 // brokerRun prepares the run of p on the broker; the caller closes it
 // after the run.
-func brokerRun(ctx context.Context, p *spec.Pipeline, o brokerOptions, stderr io.Writer) (*broker, *transport.Run, error) {
-	b, err := dialBroker(ctx, o.broker, stderr)
+func brokerRun(ctx context.Context, p *spec.Pipeline, o brokerOptions, journal string, resume bool, stderr io.Writer) (*broker, *transport.Run, error) {
+	store := ""
+	if journal != "" {
+		store = journal + ".broker" // the queues outlive the process, for --resume
+	}
+	b, err := dialBroker(ctx, o.broker, store, stderr)
 	if err != nil {
 		return nil, nil, err
 	}
+	if b.embed != nil {
+		b.store = store
+	}
+	id, fresh := o.runID, false
+	if id == "" && journal != "" {
+		// A journaled run's id comes from its journal, so that --resume
+		// finds the stream the run left; a start afresh replaces it.
+		abs, _ := filepath.Abs(journal)
+		sum := sha256.Sum256([]byte(abs))
+		id, fresh = "j"+hex.EncodeToString(sum[:6]), !resume
+	}
 	run, err := transport.NewRun(b.nc, p, transport.RunOptions{
-		RunID: o.runID, Version: transportVersion(), AckWait: o.ackWait, MaxDeliver: o.maxDeliver,
-		LocalWorkers: !o.noLocalWorkers, Log: stderr,
+		RunID: id, Version: transportVersion(), AckWait: o.ackWait, MaxDeliver: o.maxDeliver,
+		LocalWorkers: !o.noLocalWorkers, Log: stderr, Resume: resume, Fresh: fresh,
 	})
 	if err != nil {
 		b.close()
@@ -89,11 +109,18 @@ func transportVersion() string {
 
 var _ runner.Remote = (*transport.Run)(nil)
 
-func closeRun(run *transport.Run, b *broker, stderr io.Writer) {
+func closeRun(run *transport.Run, b *broker, keep bool, stderr io.Writer) {
+	if keep {
+		run.KeepStream()
+		fmt.Fprintf(stderr, "flowrun: run %s stays on the broker (stream %s) for --resume\n", run.ID(), run.Stream())
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := run.Close(ctx); err != nil {
 		fmt.Fprintf(stderr, "flowrun: %v\n", err)
 	}
 	b.close()
+	if !keep && b.store != "" {
+		os.RemoveAll(b.store) // the run is over: nothing to resume
+	}
 }

@@ -259,3 +259,92 @@ stages:
 	}
 	rescuer.stop(t)
 }
+
+// TestBrokerRunResumed: the run process is killed with SIGKILL while its
+// pieces wait in the stream (no worker yet); --resume with the same
+// journal (hence the same run id) takes up the stream: the pieces queued
+// are not sent again, so each record is worked exactly once (a plugin
+// logs every call), and the output is whole and in order.
+func TestBrokerRunResumed(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	url := embeddedBroker(t)
+	dir := t.TempDir()
+	calls := filepath.Join(dir, "calls.log")
+	p := writeFile(t, dir, "p.yaml", `name: resumed
+stages:
+  - name: work
+    use: exec
+    with: {command: [sh, -c, 'tee -a `+calls+`'], mode: per-record}
+    workers: 3
+  - use: upper
+`)
+	const n = 300
+	in := writeFile(t, dir, "in.txt", rLines(n))
+	out, journal := filepath.Join(dir, "out.txt"), filepath.Join(dir, "journal")
+	args := []string{"run", "--progress", "none", "-q", "--broker", url, "--no-local-workers", "--journal", journal, "-i", in, "-o", out, p}
+	first := exec.Command(flowrunBin, args...)
+	var firstErr lockedBuffer
+	first.Stderr = &firstErr
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	firstDone := make(chan struct{})
+	go func() { first.Wait(); close(firstDone) }()
+	t.Cleanup(func() { first.Process.Kill(); <-firstDone })
+
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Millisecond) {
+		var msgs uint64
+		for names := js.StreamNames(context.Background()); ; {
+			name, ok := <-names.Name()
+			if !ok {
+				break
+			}
+			if s, err := js.Stream(context.Background(), name); err == nil && strings.HasPrefix(name, "FLOWRUN_resumed_") {
+				if info, err := s.Info(context.Background()); err == nil {
+					msgs = info.State.Msgs
+				}
+			}
+		}
+		if msgs > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no piece reached the stream within a minute:\n%s", &firstErr)
+		}
+	}
+	first.Process.Kill()
+	<-firstDone
+
+	w := startWorker(t, p, "--broker", url)
+	again := exec.Command(flowrunBin, append(args[:len(args)-1], "--resume", p)...)
+	var againErr lockedBuffer
+	again.Stderr = &againErr
+	if err := again.Run(); err != nil {
+		t.Fatalf("resumed run: %v\n%s\nworker:\n%s", err, &againErr, w.stderr)
+	}
+	if !strings.Contains(againErr.String(), "pieces left on the broker") || strings.Contains(againErr.String(), ": 0 pieces left") {
+		t.Errorf("the resumed run took up no piece of the stream:\n%s", &againErr)
+	}
+	var want strings.Builder
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&want, "R%d\n", i)
+	}
+	if got, _ := os.ReadFile(out); string(got) != want.String() {
+		t.Errorf("output after the resume:\n%s", head(string(got)))
+	}
+	log, _ := os.ReadFile(calls)
+	worked := strings.Fields(string(log))
+	slices.Sort(worked)
+	expect := strings.Fields(rLines(n))
+	slices.Sort(expect)
+	if !slices.Equal(worked, expect) {
+		t.Errorf("the plugin was called %d times for %d records: a piece was worked twice or never", len(worked), n)
+	}
+	w.stop(t)
+}

@@ -52,12 +52,12 @@
 // # Origin and duplicates
 //
 // Every message carries its origin in headers: Flowrun-Run (the run id),
-// Flowrun-Stage, Flowrun-Piece (its number in the stage's input),
-// Flowrun-Seq (the input records it holds, lo-hi; each record's own number
-// is in the body), Flowrun-Part (k/n of a piece's results) and
+// Flowrun-Stage, Flowrun-Piece (the piece's first and last input record,
+// which names it across a resume), Flowrun-Seq (the input records a
+// message holds, lo-hi; each record's own number is in the body), Flowrun-Part (k/n of a piece's results) and
 // Flowrun-Attempt (the delivery they answer). Nats-Msg-Id is made of the
-// run, the consumer, the piece and, for results, the part and the
-// delivery, so a piece or a result published again (a publish retried
+// run, the consumer, the run process's incarnation and its count of
+// pieces, and for results the piece, the part and the delivery, so a piece or a result published again (a publish retried
 // after a lost ack, a run or a worker that reconnected) is kept once by
 // JetStream. The results of two deliveries of one piece (a worker that
 // died between publishing and acking, or outlived its ack wait) both
@@ -72,6 +72,20 @@
 // and every piece is answered, the run is complete; it then marks its
 // entry in the runs bucket (a KV bucket, flowrun_runs) done and deletes
 // its stream, which tells workers the run is over.
+//
+// # Resume
+//
+// A journaled run's id comes from its journal, and a run that did not
+// finish leaves its stream (and, embedded, the server's store beside the
+// journal). `--resume` reads the stream first: the pieces still queued,
+// or answered with results the dead process never took, are known by
+// their Flowrun-Piece. As the resumed run reads its input again from
+// where the journal says the output is whole, a piece it would send that
+// is among them is not sent: its results come (the dead run's consumer
+// of results is made anew, so that what it had taken unacked comes again
+// at once). Pieces of the records before the journal's mark are worked
+// and dropped; batched pieces of cheap stages are cut differently by
+// another process and are simply done again.
 //
 // # Versions
 //

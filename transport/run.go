@@ -48,6 +48,11 @@ type RunOptions struct {
 	// LocalWorkers runs the remote stages' worker loop in this process
 	// too, through the broker (not --no-local-workers).
 	LocalWorkers bool
+	// Resume continues the run of RunID that a dead process left on the
+	// broker: the pieces still queued are not sent again, those answered
+	// are not worked again. Without it, a run id whose stream is there
+	// is refused, unless Fresh says to replace it.
+	Resume, Fresh bool
 	// Log is where the run says what workers do (one refused the run);
 	// nil: nowhere.
 	Log io.Writer
@@ -69,6 +74,7 @@ type Run struct {
 	local  *Worker
 	stop   context.CancelFunc
 	watch  jetstream.KeyWatcher // the workers' presence
+	keep   bool                 // Close leaves the stream
 	done   sync.WaitGroup
 }
 
@@ -110,6 +116,10 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 	fail := func(what string, err error) error {
 		return fmt.Errorf("broker %s: %s: %w", r.nc.ConnectedUrlRedacted(), what, err)
 	}
+	left, err := r.leftover(ctx)
+	if err != nil {
+		return nil, fail("stream "+r.info.Stream, err)
+	}
 	subjects := make([]string, 0, 2*len(r.info.Stages))
 	for _, s := range r.info.Stages {
 		subjects = append(subjects, s.In, s.Out)
@@ -137,6 +147,13 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 		if err != nil {
 			return nil, fail("create consumer "+s.Consumer, err)
 		}
+		if left != nil {
+			// The dead run's results that it had not acked come again now,
+			// not after their ack wait.
+			if err := stream.DeleteConsumer(ctx, s.Results); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+				return nil, fail("delete consumer "+s.Results, err)
+			}
+		}
 		rc, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 			Durable: s.Results, FilterSubject: s.Out, AckPolicy: jetstream.AckExplicitPolicy,
 			AckWait: resultsAckWait, MaxAckPending: 8 * inFlight,
@@ -145,14 +162,14 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 		if err != nil {
 			return nil, fail("create consumer "+s.Results, err)
 		}
-		it, err := rc.Messages(jetstream.PullMaxMessages(inFlight))
-		if err != nil {
+		q := newStageQueue(r, s, int(max)*3/4)
+		for key := range left[s.Name] {
+			q.left[key] = true
+		}
+		if q.results, err = rc.Messages(jetstream.PullMaxMessages(inFlight)); err != nil {
+			q.close()
 			return nil, fail("consume "+s.Results, err)
 		}
-		q := &stageQueue{run: r, info: s, results: it, sem: make(chan struct{}, inFlight),
-			maxBytes: int(max) * 3 / 4, outstanding: map[uint64]bool{}, partial: map[attempt]*assembly{},
-			futures: make(chan sent, 4*inFlight), checked: make(chan struct{})}
-		go q.check()
 		r.mu.Lock()
 		r.queues = append(r.queues, q)
 		r.mu.Unlock()
@@ -210,6 +227,65 @@ func (r *Run) workers(watch jetstream.KeyWatcher) {
 	}
 }
 
+// leftover looks at the stream a run of this id left on the broker: with
+// Resume it returns, per stage, the keys of the pieces still queued or
+// answered there; with Fresh it deletes the stream; otherwise a stream
+// there is an error. It returns nil when there is none.
+func (r *Run) leftover(ctx context.Context) (map[string]map[string]bool, error) {
+	stream, err := r.js.Stream(ctx, r.info.Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case r.opts.Fresh:
+		return nil, r.js.DeleteStream(ctx, r.info.Stream)
+	case !r.opts.Resume:
+		return nil, fmt.Errorf("run %s is on the broker already: --resume continues it, or give another --run-id", r.opts.RunID)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	bySubject := map[string]string{}
+	for _, s := range r.info.Stages {
+		bySubject[s.In], bySubject[s.Out] = s.Name, s.Name
+	}
+	left := map[string]map[string]bool{}
+	defer func() {
+		n := 0
+		for _, keys := range left {
+			n += len(keys)
+		}
+		if r.opts.Log != nil {
+			fmt.Fprintf(r.opts.Log, "flowrun: resuming run %s: %d pieces left on the broker (queued or answered) are not sent again\n", r.opts.RunID, n)
+		}
+	}()
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := stream.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue // done and gone
+		}
+		if err != nil {
+			return nil, err
+		}
+		name, ok := bySubject[m.Subject]
+		if key := m.Header.Get(hdrPiece); ok && key != "" {
+			if left[name] == nil {
+				left[name] = map[string]bool{}
+			}
+			left[name][key] = true
+		}
+	}
+	return left, nil
+}
+
+// KeepStream makes Close leave the run's stream on the broker, for a
+// run that did not finish and may be resumed (--journal, --resume).
+func (r *Run) KeepStream() { r.keep = true }
+
 // runsKV opens the runs bucket, creating it if it is missing.
 func runsKV(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
 	kv, err := js.KeyValue(ctx, runsBucket)
@@ -254,8 +330,8 @@ func (r *Run) Close(ctx context.Context) error {
 	for _, q := range queues {
 		q.close()
 	}
-	if r.kv == nil {
-		return nil
+	if r.kv == nil || r.keep {
+		return nil // a kept run stays active: workers work what is queued
 	}
 	r.info.State = stateDone
 	err := r.put(ctx)
@@ -280,17 +356,33 @@ func (r *Run) Close(ctx context.Context) error {
 
 // stageQueue is a remote stage's queue on the broker: pieces go out on
 // its In subject, results come back on its Out subject.
+//
+// A piece is known by the input records it holds (pieceKey), not by the
+// runner's count of pieces, so that a run resumed after its process died
+// can tell the pieces of the stream it left behind: one still queued is
+// not sent again, one answered is not worked again, and their results
+// wait here (stash) until the resumed run comes to those records.
 type stageQueue struct {
 	run      *Run
 	info     StageInfo
 	results  jetstream.MessagesContext
 	sem      chan struct{} // a slot per piece on the broker
 	maxBytes int
+	// incarnation is this process's part of a piece's Nats-Msg-Id: a
+	// resumed run must queue a piece again whose results the dead one
+	// had taken, whatever the broker's duplicate window remembers.
+	incarnation string
 
 	mu          sync.Mutex
-	outstanding map[uint64]bool       // pieces sent and not yet answered
-	partial     map[attempt]*assembly // results in several parts, as they come
-	err         error                 // a publish that failed for good
+	outstanding map[string]uint64      // pieces sent (or adopted) and not yet answered, by key: the runner's number
+	left        map[string]bool        // pieces a dead run left in the stream, queued or answered, by key
+	stash       map[string]runner.Done // their results, until the runner sends the piece
+	ready       []runner.Done          // stashed results of pieces now sent
+	wake        chan struct{}          // Next has ready results
+	partial     map[attempt]*assembly  // results in several parts, as they come
+	lastKey     string                 // the key of the last piece sent, and how many had it
+	lastCount   int
+	err         error // a publish that failed for good
 
 	futures   chan sent
 	checked   chan struct{}
@@ -308,7 +400,7 @@ type sent struct {
 // together (another delivery's may differ, for a stage that draws at
 // random).
 type attempt struct {
-	n         uint64
+	key       string
 	delivered int64
 }
 
@@ -318,6 +410,28 @@ type assembly struct {
 	parts map[int][]runner.Record
 	d     runner.Done // from the last part
 	msgs  []jetstream.Msg
+}
+
+func newStageQueue(r *Run, s StageInfo, maxBytes int) *stageQueue {
+	q := &stageQueue{run: r, info: s, sem: make(chan struct{}, inFlight), maxBytes: maxBytes,
+		incarnation: NewRunID(), outstanding: map[string]uint64{}, left: map[string]bool{}, stash: map[string]runner.Done{},
+		wake: make(chan struct{}, 1), partial: map[attempt]*assembly{},
+		futures: make(chan sent, 4*inFlight), checked: make(chan struct{})}
+	go q.check()
+	return q
+}
+
+// pieceKey names a piece by its first and last input record; pieces of
+// the same records (after a sort, all numbered alike) are told apart by
+// their order.
+func (q *stageQueue) pieceKey(recs []runner.Record) string {
+	key := seqRange(recs)
+	if key == q.lastKey {
+		q.lastCount++
+		return key + "~" + strconv.Itoa(q.lastCount)
+	}
+	q.lastKey, q.lastCount = key, 0
+	return key
 }
 
 func (q *stageQueue) MaxBytes() int { return q.maxBytes }
@@ -330,19 +444,37 @@ func (q *stageQueue) Send(ctx context.Context, w runner.Work) error {
 	}
 	q.mu.Lock()
 	err := q.err
-	q.outstanding[w.N] = true
+	key := q.pieceKey(w.Recs)
+	if _, dup := q.outstanding[key]; dup {
+		key += "#" + strconv.FormatUint(w.N, 10) // not one a dead run could have left
+	}
+	q.outstanding[key] = w.N
+	left := q.left[key]
+	delete(q.left, key)
+	if d, ok := q.stash[key]; ok {
+		delete(q.stash, key)
+		d.N = w.N
+		q.ready = append(q.ready, d)
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
+	}
 	q.mu.Unlock()
 	if err != nil {
 		return err
+	}
+	if left {
+		return nil // queued or answered already: its results come
 	}
 	r := q.run
 	msg := nats.NewMsg(q.info.In)
 	msg.Header.Set(hdrRun, r.opts.RunID)
 	msg.Header.Set(hdrStage, q.info.Name)
-	msg.Header.Set(hdrPiece, strconv.FormatUint(w.N, 10))
+	msg.Header.Set(hdrPiece, key)
 	msg.Header.Set(hdrSeq, seqRange(w.Recs))
 	msg.Data = appendRecords(make([]byte, 0, 64+len(w.Recs)*8), w.Recs)
-	id := r.opts.RunID + "." + q.info.Consumer + "." + strconv.FormatUint(w.N, 10)
+	id := r.opts.RunID + "." + q.info.Consumer + "." + q.incarnation + "." + strconv.FormatUint(w.N, 10)
 	f, err := r.js.PublishMsgAsync(msg, jetstream.WithMsgID(id))
 	if err != nil {
 		if f, err = q.retry(ctx, msg, id); err != nil {
@@ -391,20 +523,12 @@ func (q *stageQueue) check() {
 				break
 			}
 			if tries >= 5 || errors.Is(err, nats.ErrConnectionClosed) {
-				q.mu.Lock()
-				if q.err == nil {
-					q.err = fmt.Errorf("broker %s: publish to %s: %w", q.run.nc.ConnectedUrlRedacted(), s.msg.Subject, err)
-				}
-				q.mu.Unlock()
+				q.fail(fmt.Errorf("broker %s: publish to %s: %w", q.run.nc.ConnectedUrlRedacted(), s.msg.Subject, err))
 				break
 			}
 			f, err := q.retry(context.Background(), s.msg, s.id)
 			if err != nil {
-				q.mu.Lock()
-				if q.err == nil {
-					q.err = err
-				}
-				q.mu.Unlock()
+				q.fail(err)
 				break
 			}
 			s.f = f
@@ -412,95 +536,151 @@ func (q *stageQueue) check() {
 	}
 }
 
+func (q *stageQueue) fail(err error) {
+	q.mu.Lock()
+	if q.err == nil {
+		q.err = err
+	}
+	q.mu.Unlock()
+}
+
+// fetched is a message from the results consumer, or the error of taking
+// one.
+type fetched struct {
+	m   jetstream.Msg
+	err error
+}
+
 func (q *stageQueue) Next(ctx context.Context) (runner.Done, error) {
 	for {
 		q.mu.Lock()
 		err := q.err
+		if err == nil && len(q.ready) > 0 {
+			d := q.ready[0]
+			q.ready = q.ready[1:]
+			q.mu.Unlock()
+			return d, nil
+		}
 		q.mu.Unlock()
 		if err != nil {
 			return runner.Done{}, err
 		}
-		m, err := q.results.Next(jetstream.NextContext(ctx))
-		if err != nil {
+		// A result from the broker, or a stashed one made ready by Send.
+		mctx, stop := context.WithCancel(ctx)
+		got := make(chan fetched, 1)
+		go func() {
+			m, err := q.results.Next(jetstream.NextContext(mctx))
+			got <- fetched{m, err}
+		}()
+		var f fetched
+		select {
+		case f = <-got:
+			stop()
+		case <-q.wake:
+			stop()
+			f = <-got
+			if f.err != nil && ctx.Err() == nil {
+				continue // Next was stopped for the ready ones
+			}
+		}
+		if f.err != nil {
 			if ctx.Err() != nil {
 				return runner.Done{}, context.Cause(ctx)
 			}
-			return runner.Done{}, fmt.Errorf("broker %s: results of stage %q: %w", q.run.nc.ConnectedUrlRedacted(), q.info.Name, err)
+			return runner.Done{}, fmt.Errorf("broker %s: results of stage %q: %w", q.run.nc.ConnectedUrlRedacted(), q.info.Name, f.err)
 		}
-		n, err := piece(m.Headers())
-		var k, parts int
-		if err == nil {
-			k, parts, err = part(m.Headers())
+		if d, ok, err := q.take(f.m); err != nil || ok {
+			return d, err
 		}
-		if err != nil {
-			m.Term()
-			continue
-		}
-		delivered, _ := strconv.ParseInt(m.Headers().Get(hdrAttempt), 10, 64)
-		at := attempt{n, delivered}
-		q.mu.Lock()
-		a := q.partial[at]
-		if a == nil {
-			a = &assembly{n: parts, parts: map[int][]runner.Record{}}
-			q.partial[at] = a
-		}
-		_, dup := a.parts[k]
-		q.mu.Unlock()
-		if dup {
-			m.Ack()
-			continue
-		}
-		var got runner.Done
-		if err := decodeDone(m.Data(), &got); err != nil {
-			m.Term()
-			return runner.Done{}, fmt.Errorf("broker %s: results of stage %q piece %d: %w", q.run.nc.ConnectedUrlRedacted(), q.info.Name, n, err)
-		}
-		a.parts[k] = got.Recs
-		if k == a.n {
-			a.d = got
-		}
-		a.msgs = append(a.msgs, m)
-		if len(a.parts) < a.n {
-			continue
-		}
-		q.mu.Lock()
-		delete(q.partial, at)
-		q.mu.Unlock()
-		d := a.d
-		d.N = n
-		// One delivery after the first, whether its results are taken or
-		// come second; a worker that died on a piece counts when the
-		// next one answers it.
-		d.Counts.Redelivered = 0
-		if delivered > 1 {
-			d.Counts.Redelivered = 1
-		}
-		if a.n > 1 {
-			d.Recs = nil
-			for k := 1; k <= a.n; k++ {
-				d.Recs = append(d.Recs, a.parts[k]...)
-			}
-		}
-		msgs := a.msgs
-		d.Ack = func() {
-			for _, m := range msgs {
-				m.Ack()
-			}
-			q.mu.Lock()
-			was := q.outstanding[n]
-			delete(q.outstanding, n)
-			q.mu.Unlock()
-			if was {
-				<-q.sem
-			}
-		}
-		return d, nil
 	}
+}
+
+// take reads one message of results. It returns a Done when the message
+// completes a piece's results that the runner is to have (ok), holds back
+// the results of a piece a dead run left until the runner sends it, and
+// gives the runner a piece's second results only to count them.
+func (q *stageQueue) take(m jetstream.Msg) (d runner.Done, ok bool, err error) {
+	key := m.Headers().Get(hdrPiece)
+	k, parts, err := part(m.Headers())
+	if err != nil || key == "" {
+		m.Term()
+		return d, false, nil
+	}
+	delivered, _ := strconv.ParseInt(m.Headers().Get(hdrAttempt), 10, 64)
+	at := attempt{key, delivered}
+	a := q.partial[at]
+	if a == nil {
+		a = &assembly{n: parts, parts: map[int][]runner.Record{}}
+		q.partial[at] = a
+	}
+	if _, dup := a.parts[k]; dup {
+		m.Ack()
+		return d, false, nil
+	}
+	var got runner.Done
+	if err := decodeDone(m.Data(), &got); err != nil {
+		m.Term()
+		return d, false, fmt.Errorf("broker %s: results of stage %q piece %s: %w", q.run.nc.ConnectedUrlRedacted(), q.info.Name, key, err)
+	}
+	a.parts[k] = got.Recs
+	if k == a.n {
+		a.d = got
+	}
+	a.msgs = append(a.msgs, m)
+	if len(a.parts) < a.n {
+		return d, false, nil
+	}
+	delete(q.partial, at)
+	d = a.d
+	if a.n > 1 {
+		d.Recs = nil
+		for k := 1; k <= a.n; k++ {
+			d.Recs = append(d.Recs, a.parts[k]...)
+		}
+	}
+	// One delivery after the first, whether its results are taken or
+	// come second; a worker that died on a piece counts when the next
+	// one answers it.
+	d.Counts.Redelivered = 0
+	if delivered > 1 {
+		d.Counts.Redelivered = 1
+	}
+	msgs := a.msgs
+	q.mu.Lock()
+	n := q.outstanding[key] // 0: not one the runner waits for, only counted
+	stashed := false
+	if n == 0 && q.left[key] {
+		if _, had := q.stash[key]; !had {
+			q.stash[key] = d
+			stashed = true
+		}
+	}
+	q.mu.Unlock()
+	d.N = n
+	d.Ack = func() {
+		for _, m := range msgs {
+			m.Ack()
+		}
+		q.mu.Lock()
+		_, was := q.outstanding[key]
+		delete(q.outstanding, key)
+		q.mu.Unlock()
+		if was {
+			<-q.sem
+		}
+	}
+	if stashed {
+		// Its ack waits for the runner to take it.
+		return d, false, nil
+	}
+	return d, true, nil
 }
 
 func (q *stageQueue) close() {
 	q.closeOnce.Do(func() {
-		q.results.Stop()
+		if q.results != nil {
+			q.results.Stop()
+		}
 		close(q.futures)
 		<-q.checked
 	})

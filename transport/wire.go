@@ -21,7 +21,7 @@ import (
 const (
 	hdrRun     = "Flowrun-Run"     // the run id
 	hdrStage   = "Flowrun-Stage"   // the stage's name
-	hdrPiece   = "Flowrun-Piece"   // the piece's number in the stage's input, from 1
+	hdrPiece   = "Flowrun-Piece"   // the piece: its first and last input record, lo-hi (~k for the k+1-th of the same)
 	hdrSeq     = "Flowrun-Seq"     // the input records it holds: "lo-hi"
 	hdrPart    = "Flowrun-Part"    // results: part k of n of a piece's results, "k/n"
 	hdrAttempt = "Flowrun-Attempt" // results: the delivery of the piece they answer, from 1
@@ -207,15 +207,6 @@ func part(h nats.Header) (k, n int, err error) {
 		return 0, 0, fmt.Errorf("%w: Flowrun-Part %q", errCorrupt, h.Get(hdrPart))
 	}
 	return k, n, nil
-}
-
-// piece reads a Flowrun-Piece header.
-func piece(h nats.Header) (uint64, error) {
-	n, err := strconv.ParseUint(h.Get(hdrPiece), 10, 64)
-	if err != nil || n == 0 {
-		return 0, fmt.Errorf("%w: Flowrun-Piece %q", errCorrupt, h.Get(hdrPiece))
-	}
-	return n, nil
 }
 
 // splitRecords cuts recs into parts of at most limit bytes as encoded

@@ -326,9 +326,9 @@ func (w *Worker) serveStage(ctx context.Context, info RunInfo, s StageInfo, free
 // on_error says, and it is Termed.
 func (w *Worker) handle(ctx context.Context, info RunInfo, s StageInfo, sl *slot, m jetstream.Msg) {
 	meta, err := m.Metadata()
-	n, perr := piece(m.Headers())
+	n := m.Headers().Get(hdrPiece)
 	recs, derr := decodeWork(m.Data())
-	if err != nil || perr != nil || derr != nil {
+	if err != nil || n == "" || derr != nil {
 		m.Term() // not flowrun's: no one can work it
 		return
 	}
@@ -384,7 +384,7 @@ func progress(m jetstream.Msg, ackWait time.Duration, stop <-chan struct{}) {
 // ids are the piece's and the part's, so that the results of a piece
 // worked twice (a worker that died after publishing, before acking) are
 // kept once.
-func (w *Worker) publish(ctx context.Context, info RunInfo, s StageInfo, n uint64, delivered int64, d *runner.Done) error {
+func (w *Worker) publish(ctx context.Context, info RunInfo, s StageInfo, n string, delivered int64, d *runner.Done) error {
 	limit := int(w.nc.MaxPayload()) * 3 / 4
 	parts := splitRecords(d.Recs, limit)
 	futures := make([]jetstream.PubAckFuture, 0, len(parts))
@@ -392,7 +392,7 @@ func (w *Worker) publish(ctx context.Context, info RunInfo, s StageInfo, n uint6
 		msg := nats.NewMsg(s.Out)
 		msg.Header.Set(hdrRun, info.Run)
 		msg.Header.Set(hdrStage, s.Name)
-		msg.Header.Set(hdrPiece, strconv.FormatUint(n, 10))
+		msg.Header.Set(hdrPiece, n)
 		msg.Header.Set(hdrPart, strconv.Itoa(k+1)+"/"+strconv.Itoa(len(parts)))
 		msg.Header.Set(hdrAttempt, strconv.FormatInt(delivered, 10))
 		msg.Header.Set(hdrSeq, seqRange(recs))
@@ -404,7 +404,7 @@ func (w *Worker) publish(ctx context.Context, info RunInfo, s StageInfo, n uint6
 		// The id is the delivery's too: the results of a piece worked
 		// again reach the run, which takes the first and counts the
 		// redelivery of the other.
-		id := info.Run + "." + s.Results + "." + strconv.FormatUint(n, 10) + "." + strconv.Itoa(k+1) + "." + strconv.FormatInt(delivered, 10)
+		id := info.Run + "." + s.Results + "." + n + "." + strconv.Itoa(k+1) + "." + strconv.FormatInt(delivered, 10)
 		f, err := w.js.PublishMsgAsync(msg, jetstream.WithMsgID(id))
 		if err != nil {
 			return err
