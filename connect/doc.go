@@ -4,7 +4,8 @@
 // options. The connectors live in sub-packages (connect/rabbitmq,
 // connect/redis, connect/nats) that register themselves in init();
 // connect/all imports them all for the default binary, so a broker's
-// client library is linked only where it is used.
+// client library is linked only where it is used. The formats of files
+// and stdin (lines, jsonl, csv, tsv, json) are connect/codec's.
 //
 // A connector knows nothing of stages, workers or the runner: its one job
 // is to hand on messages with a way to settle them, and to say when what

@@ -278,9 +278,9 @@ func (r *run) readSource(readCtx, ctx context.Context, q0 chan<- batch) error {
 		for _, m := range msgs {
 			seq++
 			r.acks.add(seq, m)
-			it := item{data: m.Data, line: int64(seq)}
+			it := item{Data: m.Data, Line: int64(seq)}
 			if r.p.Input.Format == "jsonl" && !json.Valid(m.Data) {
-				it.err = fmt.Errorf("message %d: not valid JSON", seq)
+				it.Err = fmt.Errorf("message %d: not valid JSON", seq)
 			}
 			items = append(items, it)
 		}

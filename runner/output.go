@@ -1,9 +1,7 @@
 package runner
 
 import (
-	"bytes"
 	"context"
-	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,14 +9,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/flowrun/flowrun/internal/jsontext"
-	"github.com/flowrun/flowrun/stages"
+	"github.com/flowrun/flowrun/connect/codec"
 )
 
 // flushAt is how much output is gathered before a write. The buffer only
@@ -29,143 +25,36 @@ const flushAt = 64 << 10
 // errOutputClosed says the reader of the output went away (`| head`).
 var errOutputClosed = errors.New("output closed by its reader")
 
-// sink formats records and writes them in large, record-aligned writes.
+// sink writes what its encoder formats in large, record-aligned writes.
 type sink struct {
-	w        io.Writer
-	name     string // for messages: "stdout" or the path
-	format   string
-	lines    bool // format lines: records go out as they are, with no switch on format per record
-	buf      []byte
-	header   []string        // csv: the columns, from the first record
-	columns  map[string]bool // the header's names
-	csvBuf   bytes.Buffer
-	csvW     *csv.Writer
-	fields   []string
-	noHeader bool   // csv, tsv: write no header row (output.csv header: false)
-	tsvSep   string // tsv: the delimiter
-	n        int64  // records written
-	bytes    int64  // bytes written
+	enc   *codec.Encoder
+	w     io.Writer
+	name  string // for messages: "stdout" or the path
+	bytes int64  // bytes written
 }
 
-func newSink(w io.Writer, name, format string) *sink {
-	s := &sink{w: w, name: name, format: format, buf: make([]byte, 0, flushAt+4096)}
-	s.lines = format != "jsonl" && format != "csv" && format != "tsv"
-	if format == "csv" {
-		s.csvW = csv.NewWriter(&s.csvBuf)
+func newSink(w io.Writer, name string, enc *codec.Encoder) *sink {
+	if cap(enc.Buf) == 0 {
+		enc.Buf = make([]byte, 0, flushAt+4096)
 	}
-	return s
+	return &sink{enc: enc, w: w, name: name}
 }
 
 // add formats one record into the buffer. An error is about the record,
 // not the output: it cannot be written in the output's format.
-func (s *sink) add(rec []byte) error {
-	if s.lines {
-		s.buf = append(s.buf, rec...)
-		s.buf = append(s.buf, '\n')
-		s.n++
-		return nil
-	}
-	switch s.format {
-	case "jsonl":
-		if jsontext.Valid(rec) {
-			s.buf = append(s.buf, rec...)
-		} else {
-			s.buf = stages.AppendJSONString(s.buf, rec)
-		}
-	case "csv":
-		if err := s.addCSV(rec); err != nil {
-			return err
-		}
-	case "tsv":
-		if err := s.addTSV(rec); err != nil {
-			return err
-		}
-	default:
-		s.buf = append(s.buf, rec...)
-	}
-	s.buf = append(s.buf, '\n')
-	s.n++
-	return nil
-}
-
-func (s *sink) addCSV(rec []byte) error {
-	cols, vals, err := objectFields(rec)
-	if err != nil {
-		return fmt.Errorf("csv output needs JSON objects: %w", err)
-	}
-	if s.header == nil {
-		s.header = cols
-		if !s.noHeader {
-			s.csvW.Write(cols)
-		}
-	}
-	if s.columns == nil {
-		s.columns = make(map[string]bool, len(s.header))
-		for _, h := range s.header {
-			s.columns[h] = true
-		}
-	}
-	// A field the header lacks would be dropped without a word: it is the
-	// record's error instead.
-	for _, c := range cols {
-		if !s.columns[c] {
-			return fmt.Errorf("field %q is not a column of the CSV output (its header, from the first record, is %s): give every record the same fields, or write jsonl", c, strings.Join(s.header, ","))
-		}
-	}
-	s.fields = s.fields[:0]
-	for _, h := range s.header {
-		s.fields = append(s.fields, vals[h])
-	}
-	s.csvW.Write(s.fields)
-	s.csvW.Flush()
-	out := s.csvBuf.Bytes()
-	s.buf = append(s.buf, out[:len(out)-1]...) // add appends the newline
-	s.csvBuf.Reset()
-	return nil
-}
-
-// objectFields returns the keys of a JSON object in their order and each
-// value as CSV text: strings bare, anything else as its JSON.
-func objectFields(rec []byte) ([]string, map[string]string, error) {
-	d := json.NewDecoder(bytes.NewReader(rec))
-	d.UseNumber()
-	if t, err := d.Token(); err != nil || t != json.Delim('{') {
-		return nil, nil, errors.New("record is not a JSON object")
-	}
-	var keys []string
-	vals := map[string]string{}
-	for d.More() {
-		t, err := d.Token()
-		if err != nil {
-			return nil, nil, err
-		}
-		k, _ := t.(string)
-		var raw json.RawMessage
-		if err := d.Decode(&raw); err != nil {
-			return nil, nil, err
-		}
-		var s string
-		if len(raw) > 0 && raw[0] == '"' && json.Unmarshal(raw, &s) == nil {
-			vals[k] = s
-		} else {
-			vals[k] = string(raw)
-		}
-		keys = append(keys, k)
-	}
-	return keys, vals, nil
-}
+func (s *sink) add(rec []byte) error { return s.enc.Add(rec) }
 
 // full says the buffer should be written now.
-func (s *sink) full() bool { return len(s.buf) >= flushAt }
+func (s *sink) full() bool { return len(s.enc.Buf) >= flushAt }
 
 // flush writes the buffer.
 func (s *sink) flush() error {
-	if len(s.buf) == 0 {
+	if len(s.enc.Buf) == 0 {
 		return nil
 	}
-	n, err := s.w.Write(s.buf)
+	n, err := s.w.Write(s.enc.Buf)
 	s.bytes += int64(n)
-	s.buf = s.buf[:0]
+	s.enc.Buf = s.enc.Buf[:0]
 	if err != nil {
 		if errors.Is(err, syscall.EPIPE) || errors.Is(err, io.ErrClosedPipe) {
 			return errOutputClosed
@@ -190,10 +79,7 @@ func csvHeader(path string) ([]string, error) {
 		return nil, fmt.Errorf("output: %w", err)
 	}
 	defer f.Close()
-	header, err := csv.NewReader(f).Read()
-	if err == io.EOF {
-		return nil, nil
-	}
+	header, err := codec.CSVHeader(f)
 	if err != nil {
 		return nil, fmt.Errorf("output %s: reading its CSV header: %w", path, err)
 	}

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"github.com/flowrun/flowrun/connect"
+	"github.com/flowrun/flowrun/connect/codec"
 	"github.com/flowrun/flowrun/spec"
 	"github.com/flowrun/flowrun/stages"
 )
@@ -383,9 +384,7 @@ func (r *run) run(ctx context.Context) (err error) {
 			return nil
 		})
 	}
-	sink := newSink(out, outName, p.Output.Format)
-	sink.setTable(p.Output.CSV)
-	sink.header = header
+	sink := newSink(out, outName, codec.NewEncoder(p.Output.Format, codec.Table(p.Output.CSV), header))
 	r.out = sink
 	last := r.stages[len(r.stages)-1].out
 	g.Go(func() error {

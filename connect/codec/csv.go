@@ -1,4 +1,4 @@
-package runner
+package codec
 
 import (
 	"bufio"
@@ -8,22 +8,84 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"sync/atomic"
 
-	"github.com/flowrun/flowrun/spec"
-	"github.com/flowrun/flowrun/stages"
+	"github.com/flowrun/flowrun/internal/jsontext"
 )
 
-// newInputDecoder is newDecoder for an input with its dialect: a whole
-// JSON document, TSV, or CSV that is not plain RFC 4180 with a header.
-func newInputDecoder(in spec.Input, r io.Reader, bytesRead *atomic.Int64) decoder {
-	switch {
-	case in.Format == "json":
-		return newJSONDocDecoder(&bomReader{r: &countingReader{r: r, n: bytesRead}}, in.Select, in.MaxRecordSize)
-	case in.Format == "tsv" || in.Format == "csv" && in.CSV != (spec.Table{}):
-		return newTableDecoder(&bomReader{r: &countingReader{r: r, n: bytesRead}}, in.Format == "tsv", in.CSV, in.MaxRecordSize)
+// csvDecoder turns CSV rows into JSON objects keyed by the header row.
+type csvDecoder struct {
+	br     *bufio.Reader
+	r      *csv.Reader
+	header []string
+	keys   [][]byte // the header names as JSON strings
+	read   *ReadCount
+}
+
+func newCSVDecoder(r io.Reader) *csvDecoder {
+	rc := &ReadCount{R: r}
+	br := bufio.NewReaderSize(rc, chunkSize) // csv.NewReader reads through br itself, so Buffered is exact
+	cr := csv.NewReader(br)
+	cr.ReuseRecord = true
+	cr.FieldsPerRecord = -1 // checked here, so the error names the line
+	return &csvDecoder{br: br, r: cr, read: rc}
+}
+
+func (d *csvDecoder) Consumed() int64 { return d.read.N - int64(d.br.Buffered()) }
+
+func (d *csvDecoder) Next(max int, out []Record) ([]Record, error) {
+	for len(out) < max {
+		row, err := d.r.Read()
+		if err == io.EOF {
+			return out, io.EOF
+		}
+		var line int
+		if err == nil && len(row) > 0 {
+			line, _ = d.r.FieldPos(0)
+		}
+		var perr *csv.ParseError
+		switch {
+		case errors.As(err, &perr):
+			out = append(out, Record{Line: int64(perr.StartLine), Err: fmt.Errorf("line %d: %v", perr.StartLine, perr.Err)})
+		case err != nil:
+			return out, err
+		case d.header == nil:
+			d.header = append([]string(nil), row...)
+			for _, h := range d.header {
+				d.keys = append(d.keys, jsontext.AppendString(nil, h))
+			}
+			if len(d.header) == 0 {
+				return out, fmt.Errorf("line %d: empty header row", line)
+			}
+			continue
+		case len(row) != len(d.header):
+			out = append(out, Record{Line: int64(line), Data: []byte(strings.Join(row, ",")),
+				Err: fmt.Errorf("line %d: %d fields, the header has %d", line, len(row), len(d.header))})
+		default:
+			out = append(out, Record{Line: int64(line), Data: d.object(row)})
+		}
+		if d.br.Buffered() == 0 {
+			break // the next row would wait on a read: pass these on now
+		}
 	}
-	return newDecoder(in.Format, r, in.MaxRecordSize, bytesRead)
+	return out, nil
+}
+
+func (d *csvDecoder) object(row []string) []byte {
+	n := 2
+	for i, f := range row {
+		n += len(d.keys[i]) + len(f) + 4
+	}
+	b := make([]byte, 0, n)
+	b = append(b, '{')
+	for i, f := range row {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, d.keys[i]...)
+		b = append(b, ':')
+		b = jsontext.AppendString(b, f)
+	}
+	return append(b, '}')
 }
 
 // tableDecoder turns the rows of CSV in a dialect, or of TSV, into JSON
@@ -33,10 +95,10 @@ func newInputDecoder(in spec.Input, r io.Reader, bytesRead *atomic.Int64) decode
 // with infer, numbers and booleans are typed.
 type tableDecoder struct {
 	br      *bufio.Reader
-	read    *readCount
+	read    *ReadCount
 	cr      *csv.Reader // csv; nil for tsv
 	tsv     bool
-	dialect spec.Table
+	dialect Table
 	sep     string
 	max     int
 	line    int // tsv: lines read
@@ -45,8 +107,8 @@ type tableDecoder struct {
 	row     []string
 }
 
-func newTableDecoder(r io.Reader, tsv bool, t spec.Table, maxRecord int) *tableDecoder {
-	rc := &readCount{r: r}
+func newTableDecoder(r io.Reader, tsv bool, t Table, maxRecord int) *tableDecoder {
+	rc := &ReadCount{R: r}
 	d := &tableDecoder{read: rc, br: bufio.NewReaderSize(rc, chunkSize), tsv: tsv, dialect: t, max: maxRecord}
 	if tsv {
 		d.sep = "\t"
@@ -66,9 +128,9 @@ func newTableDecoder(r io.Reader, tsv bool, t spec.Table, maxRecord int) *tableD
 	return d
 }
 
-func (d *tableDecoder) consumed() int64 { return d.read.n - int64(d.br.Buffered()) }
+func (d *tableDecoder) Consumed() int64 { return d.read.N - int64(d.br.Buffered()) }
 
-func (d *tableDecoder) next(max int, out []item) ([]item, error) {
+func (d *tableDecoder) Next(max int, out []Record) ([]Record, error) {
 	for len(out) < max {
 		row, line, err := d.readRow()
 		if err == io.EOF {
@@ -77,19 +139,19 @@ func (d *tableDecoder) next(max int, out []item) ([]item, error) {
 		var perr *csv.ParseError
 		switch {
 		case errors.As(err, &perr):
-			out = append(out, item{line: int64(perr.StartLine), err: fmt.Errorf("line %d: %v", perr.StartLine, perr.Err)})
+			out = append(out, Record{Line: int64(perr.StartLine), Err: fmt.Errorf("line %d: %v", perr.StartLine, perr.Err)})
 		case err != nil:
 			if row == nil {
 				return out, err
 			}
-			out = append(out, item{line: int64(line), data: []byte(strings.Join(row, d.sepText())), err: err})
+			out = append(out, Record{Line: int64(line), Data: []byte(strings.Join(row, d.sepText())), Err: err})
 		case d.header == nil && !d.dialect.NoHeader:
 			d.header = append([]string(nil), row...)
 			if len(d.header) == 0 || len(d.header) == 1 && d.header[0] == "" {
 				return out, fmt.Errorf("line %d: empty header row", line)
 			}
 			for _, h := range d.header {
-				d.keys = append(d.keys, stages.AppendJSONString(nil, h))
+				d.keys = append(d.keys, jsontext.AppendString(nil, h))
 			}
 			continue
 		case d.header == nil:
@@ -97,14 +159,14 @@ func (d *tableDecoder) next(max int, out []item) ([]item, error) {
 			// which is data, as Miller's --implicit-csv-header does.
 			for i := range row {
 				d.header = append(d.header, strconv.Itoa(i+1))
-				d.keys = append(d.keys, stages.AppendJSONString(nil, d.header[i]))
+				d.keys = append(d.keys, jsontext.AppendString(nil, d.header[i]))
 			}
-			out = append(out, item{line: int64(line), data: d.object(row)})
+			out = append(out, Record{Line: int64(line), Data: d.object(row)})
 		case !d.dialect.Ragged && len(row) != len(d.header):
-			out = append(out, item{line: int64(line), data: []byte(strings.Join(row, d.sepText())),
-				err: fmt.Errorf("line %d: %d fields, the header has %d (input.csv ragged: true pads or numbers them)", line, len(row), len(d.header))})
+			out = append(out, Record{Line: int64(line), Data: []byte(strings.Join(row, d.sepText())),
+				Err: fmt.Errorf("line %d: %d fields, the header has %d (input.csv ragged: true pads or numbers them)", line, len(row), len(d.header))})
 		default:
-			out = append(out, item{line: int64(line), data: d.object(row)})
+			out = append(out, Record{Line: int64(line), Data: d.object(row)})
 		}
 		if d.br.Buffered() == 0 {
 			break // the next row would wait on a read: pass these on now
@@ -190,7 +252,7 @@ func (d *tableDecoder) object(row []string) []byte {
 		if i < len(d.keys) {
 			b = append(b, d.keys[i]...)
 		} else {
-			b = stages.AppendJSONString(b, strconv.Itoa(i+1))
+			b = jsontext.AppendString(b, strconv.Itoa(i+1))
 		}
 		b = append(b, ':')
 		b = d.value(b, f)
@@ -212,7 +274,7 @@ func (d *tableDecoder) value(b []byte, f string) []byte {
 	if d.dialect.Infer && isJSONNumber(f) || d.dialect.Infer && (f == "true" || f == "false") {
 		return append(b, f...)
 	}
-	return stages.AppendJSONString(b, f)
+	return jsontext.AppendString(b, f)
 }
 
 func isJSONNumber(s string) bool {
@@ -249,62 +311,4 @@ func isJSONNumber(s string) bool {
 		}
 	}
 	return i == len(s)
-}
-
-// setTable gives the sink the output's dialect: csv's delimiter and
-// header, or tsv.
-func (s *sink) setTable(t spec.Table) {
-	s.noHeader = t.NoHeader
-	if s.format == "csv" && t.Delimiter != 0 {
-		s.csvW.Comma = t.Delimiter
-	}
-	s.tsvSep = "\t"
-	if t.Delimiter != 0 {
-		s.tsvSep = string(t.Delimiter)
-	}
-}
-
-// addTSV writes a JSON object record as a TSV row, Miller's escapes in
-// its fields; the columns are the first record's, as with csv.
-func (s *sink) addTSV(rec []byte) error {
-	cols, vals, err := objectFields(rec)
-	if err != nil {
-		return fmt.Errorf("tsv output needs JSON objects: %w", err)
-	}
-	if s.header == nil {
-		s.header = cols
-		if !s.noHeader {
-			s.appendTSV(cols)
-			s.buf = append(s.buf, '\n')
-		}
-	}
-	if s.columns == nil {
-		s.columns = make(map[string]bool, len(s.header))
-		for _, h := range s.header {
-			s.columns[h] = true
-		}
-	}
-	for _, c := range cols {
-		if !s.columns[c] {
-			return fmt.Errorf("field %q is not a column of the TSV output (its header, from the first record, is %s): give every record the same fields, or write jsonl", c, strings.Join(s.header, s.tsvSep))
-		}
-	}
-	s.fields = s.fields[:0]
-	for _, h := range s.header {
-		s.fields = append(s.fields, vals[h])
-	}
-	s.appendTSV(s.fields)
-	return nil
-}
-
-func (s *sink) appendTSV(fields []string) {
-	for i, f := range fields {
-		if i > 0 {
-			s.buf = append(s.buf, s.tsvSep...)
-		}
-		if strings.ContainsAny(f, "\t\n\r\\") {
-			f = tsvEscape.Replace(f)
-		}
-		s.buf = append(s.buf, f...)
-	}
 }

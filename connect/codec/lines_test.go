@@ -1,4 +1,4 @@
-package runner
+package codec
 
 import (
 	"bytes"
@@ -33,7 +33,7 @@ func TestLongLines(t *testing.T) {
 		// Reads of up to 97 bytes, and reads of whatever is asked.
 		for _, steps := range [][]byte{steps, nil} {
 			var n atomic.Int64
-			dec := newDecoder("lines", &fuzzReader{data: bytes.Clone(data.Bytes()), steps: steps}, limit, &n)
+			dec := NewDecoder(&fuzzReader{data: bytes.Clone(data.Bytes()), steps: steps}, Options{Format: "lines", MaxRecordSize: limit}, &n)
 			got := fuzzDecode(t, dec, steps, data.Len())
 			if len(got) != len(want) {
 				t.Fatalf("limit %d: %d items, want %d", limit, len(got), len(want))
@@ -41,15 +41,15 @@ func TestLongLines(t *testing.T) {
 			for i, it := range got {
 				switch {
 				case len(want[i]) > limit:
-					if it.err == nil || !it.truncated || !bytes.Equal(it.data, want[i][:64]) {
-						t.Errorf("limit %d line %d (%d bytes): err %v, data %q…, want an error and its start", limit, i+1, len(want[i]), it.err, it.data[:min(len(it.data), 8)])
+					if it.Err == nil || !it.Truncated || !bytes.Equal(it.Data, want[i][:64]) {
+						t.Errorf("limit %d line %d (%d bytes): err %v, data %q…, want an error and its start", limit, i+1, len(want[i]), it.Err, it.Data[:min(len(it.Data), 8)])
 					}
-				case it.err != nil || !bytes.Equal(it.data, want[i]) || cap(it.data) != len(it.data):
-					t.Errorf("limit %d line %d: %d bytes (err %v), want %d", limit, i+1, len(it.data), it.err, len(want[i]))
+				case it.Err != nil || !bytes.Equal(it.Data, want[i]) || cap(it.Data) != len(it.Data):
+					t.Errorf("limit %d line %d: %d bytes (err %v), want %d", limit, i+1, len(it.Data), it.Err, len(want[i]))
 				}
 			}
-			if dec.consumed() != int64(data.Len()) || n.Load() != int64(data.Len()) {
-				t.Errorf("limit %d: consumed %d, read %d of %d bytes", limit, dec.consumed(), n.Load(), data.Len())
+			if dec.Consumed() != int64(data.Len()) || n.Load() != int64(data.Len()) {
+				t.Errorf("limit %d: consumed %d, read %d of %d bytes", limit, dec.Consumed(), n.Load(), data.Len())
 			}
 		}
 	}
@@ -66,9 +66,9 @@ func BenchmarkLineDecoder(b *testing.B) {
 			b.SetBytes(int64(data.Len()))
 			for range b.N {
 				var n atomic.Int64
-				dec := newDecoder(format, bytes.NewReader(data.Bytes()), 1<<30, &n)
+				dec := NewDecoder(bytes.NewReader(data.Bytes()), Options{Format: format, MaxRecordSize: 1 << 30}, &n)
 				for {
-					items, err := dec.next(1024, make([]item, 0, 1024))
+					items, err := dec.Next(1024, make([]Record, 0, 1024))
 					_ = items
 					if err != nil {
 						break

@@ -1,4 +1,4 @@
-package runner
+package codec
 
 import (
 	"bytes"
@@ -76,14 +76,14 @@ func newJSONDocDecoder(r io.Reader, sel string, maxRecord int) *jsonDocDecoder {
 	return d
 }
 
-func (d *jsonDocDecoder) consumed() int64 {
+func (d *jsonDocDecoder) Consumed() int64 {
 	if d.dec == nil {
 		return 0
 	}
 	return d.dec.InputOffset()
 }
 
-func (d *jsonDocDecoder) next(max int, out []item) ([]item, error) {
+func (d *jsonDocDecoder) Next(max int, out []Record) ([]Record, error) {
 	switch d.state {
 	case docDone:
 		return out, io.EOF
@@ -236,28 +236,28 @@ func (d *jsonDocDecoder) skip() error {
 	}
 }
 
-func (d *jsonDocDecoder) record(raw []byte) item {
+func (d *jsonDocDecoder) record(raw []byte) Record {
 	d.n++
 	d.buf.Reset()
-	it := item{line: d.n}
+	it := Record{Line: d.n}
 	if err := json.Compact(&d.buf, raw); err != nil {
-		it.err = err
+		it.Err = err
 		return it
 	}
 	if d.buf.Len() > d.max {
-		it.data = bytes.Clone(d.buf.Bytes()[:min(d.buf.Len(), 256)])
-		it.truncated = true
-		it.err = fmt.Errorf("value %d: longer than max_record_size (%d bytes)", d.n, d.max)
+		it.Data = bytes.Clone(d.buf.Bytes()[:min(d.buf.Len(), 256)])
+		it.Truncated = true
+		it.Err = fmt.Errorf("value %d: longer than max_record_size (%d bytes)", d.n, d.max)
 		return it
 	}
-	it.data = bytes.Clone(d.buf.Bytes())
+	it.Data = bytes.Clone(d.buf.Bytes())
 	return it
 }
 
 // query reads the whole document and runs select on it with gojq; its
 // results are taken max at a time, as the streaming path's, so that a
 // select that makes many (.[] | range(1e8)) holds few at once.
-func (d *jsonDocDecoder) query(max int, out []item) ([]item, error) {
+func (d *jsonDocDecoder) query(max int, out []Record) ([]Record, error) {
 	if d.results == nil {
 		data, err := io.ReadAll(io.LimitReader(d.r, int64(d.max)+1))
 		if err != nil {
