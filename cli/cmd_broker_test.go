@@ -190,3 +190,30 @@ func TestBrokerCommandHelp(t *testing.T) {
 		t.Errorf("exit %d", code)
 	}
 }
+
+// TestBrokerDialFlagsNeedABroker: the credential flags of run say so when
+// there is no broker URL to give them to; their environment variables
+// are left alone for runs without a broker.
+func TestBrokerDialFlagsNeedABroker(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", "stages: [{use: upper}]\n")
+	in := writeFile(t, dir, "in.txt", "a\n")
+	for _, c := range []struct {
+		args   []string
+		stderr string
+	}{
+		{[]string{"run", "--broker-tls-ca", "ca.pem", "-i", in, p}, "flowrun: --broker-tls-ca needs --broker URL\n"},
+		{[]string{"run", "--broker", "embedded", "--broker-token", "t", "-i", in, p}, "flowrun: --broker-token is for a broker URL; --broker embedded needs no credentials"},
+		{[]string{"worker", "--broker", "nats://127.0.0.1:1", "--broker-creds", dir, p}, "creds file " + dir + " is a directory, not a file"},
+	} {
+		_, stderr, code := runCLI(t, "", c.args...)
+		if code != 2 || !strings.Contains(stderr, c.stderr) {
+			t.Errorf("flowrun %s: exit %d, stderr %q; want 2 and %q", strings.Join(c.args, " "), code, stderr, c.stderr)
+		}
+	}
+	t.Setenv("FLOWRUN_BROKER_TOKEN", "from-the-environment")
+	out, stderr, code := runCLI(t, "", "run", "-q", "-i", in, p)
+	if code != 0 || out != "A\n" {
+		t.Errorf("a run without a broker, $FLOWRUN_BROKER_TOKEN set: exit %d, out %q, stderr %q", code, out, stderr)
+	}
+}

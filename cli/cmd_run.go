@@ -47,8 +47,10 @@ stages to its output (or -o). The first SIGINT, SIGTERM or SIGHUP stops
 reading and drains what the queues and workers hold to the output (records
 read ahead are left unprocessed), then exits 130; a second aborts within
 about two seconds, whatever a stage is stuck in, killing every plugin's
-process group.`,
-		Flags: []urfave.Flag{
+process group.
+
+` + brokerURLHelp,
+		Flags: append([]urfave.Flag{
 			&urfave.StringFlag{Name: "input", Aliases: []string{"i"}, Usage: "read records from `PATH` (a file, a glob, or - for stdin) instead of the pipeline's input"},
 			&urfave.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write records to `PATH` (- for stdout) instead of the pipeline's output"},
 			&urfave.StringSliceFlag{Name: "set", Usage: "override `KEY=VALUE` of the pipeline, e.g. stages.NAME.workers=4 or stages.NAME.with.pattern=x (repeatable)"},
@@ -69,7 +71,7 @@ process group.`,
 			&urfave.DurationFlag{Name: "ack-wait", Usage: "with --broker: how long a worker may hold a piece of a stage's input without a word before the broker gives it to another (`DURATION`, default 30s)"},
 			&urfave.IntFlag{Name: "max-deliver", Usage: "with --broker: deliveries of a piece before its records fail as their stage's on_error says (`N`, default 5)"},
 			&urfave.DurationFlag{Name: "until-idle", Usage: "with a broker input: end after a `DURATION` without a message (drain a queue); without it, a broker input ends on a signal"},
-		},
+		}, brokerDialFlags()...),
 		Action: func(c *urfave.Context) error {
 			if c.NArg() != 1 {
 				return usagef("run takes one pipeline FILE, got %d arguments", c.NArg())
@@ -83,8 +85,11 @@ process group.`,
 				metrics:   c.String("metrics"), metricsLinger: c.Duration("metrics-linger"),
 				brokerOptions: brokerOptions{
 					broker: c.String("broker"), noLocalWorkers: c.Bool("no-local-workers"), runID: c.String("run-id"),
-					ackWait: c.Duration("ack-wait"), maxDeliver: c.Int("max-deliver"),
+					ackWait: c.Duration("ack-wait"), maxDeliver: c.Int("max-deliver"), dial: brokerDialOptions(c),
 				},
+			}
+			if err := checkBrokerDialFlags(c, opts.broker); err != nil {
+				return err
 			}
 			if opts.broker == "" && (opts.noLocalWorkers || opts.runID != "" || opts.ackWait != 0 || opts.maxDeliver != 0) {
 				return usagef("--no-local-workers, --run-id, --ack-wait and --max-deliver need --broker")

@@ -27,12 +27,14 @@ sample with a seed, aggregate, sort, rate_limit), as many records at once as
 each stage has workers. It refuses a run of another flowrun version or of a
 different pipeline (the file and the --set options must be the run's; only
 stages.NAME.workers may differ). SIGINT or SIGTERM stops it: the records it
-holds go back to the queue for other workers.`,
-		Flags: []urfave.Flag{
+holds go back to the queue for other workers.
+
+` + brokerURLHelp,
+		Flags: append([]urfave.Flag{
 			&urfave.StringFlag{Name: "broker", Usage: "the NATS JetStream broker at `URL` (nats://host:4222) that runs use"},
 			&urfave.StringFlag{Name: "stages", Usage: "work only these stages, `a,b` (default: every stage that runs on workers)"},
 			&urfave.StringSliceFlag{Name: "set", Usage: "override `KEY=VALUE` of the pipeline, e.g. stages.NAME.workers=8 (repeatable)"},
-		},
+		}, brokerDialFlags()...),
 		Action: func(c *urfave.Context) error {
 			if c.NArg() != 1 {
 				return usagef("worker takes one pipeline FILE, got %d arguments", c.NArg())
@@ -49,7 +51,7 @@ holds go back to the queue for other workers.`,
 					names = append(names, n)
 				}
 			}
-			return runWorker(c.Context, c.Args().First(), c.String("broker"), names, c.StringSlice("set"), stdin, stderr)
+			return runWorker(c.Context, c.Args().First(), c.String("broker"), brokerDialOptions(c), names, c.StringSlice("set"), stdin, stderr)
 		},
 	}, `   0    stopped by SIGINT or SIGTERM (records in hand went back to the queue)
    1    the broker went away for good
@@ -57,14 +59,14 @@ holds go back to the queue for other workers.`,
 `)
 }
 
-func runWorker(ctx context.Context, file, url string, names, set []string, stdin io.Reader, stderr io.Writer) error {
+func runWorker(ctx context.Context, file, url string, dial transport.DialOptions, names, set []string, stdin io.Reader, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	p, err := load(file, spec.Options{Set: set}, stdin)
 	if err != nil {
 		return err
 	}
-	b, err := dialBroker(ctx, url, "", stderr)
+	b, err := dialBroker(ctx, url, "", dial, stderr)
 	if err != nil {
 		return err
 	}

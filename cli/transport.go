@@ -25,6 +25,7 @@ type brokerOptions struct {
 	runID          string
 	ackWait        time.Duration
 	maxDeliver     int
+	dial           transport.DialOptions // --broker-creds, --broker-tls-ca, …
 }
 
 // broker is a connection to the broker a run or a worker uses, and the
@@ -39,7 +40,7 @@ type broker struct {
 // starts one in the process, on loopback, with its store in store (""
 // a temporary directory). A broker that cannot be reached is a usage mistake (exit 2)
 // that names it and says why.
-func dialBroker(ctx context.Context, url, store string, log io.Writer) (*broker, error) {
+func dialBroker(ctx context.Context, url, store string, dial transport.DialOptions, log io.Writer) (*broker, error) {
 	b := &broker{}
 	if url == "embedded" {
 		s, err := transport.StartEmbedded(ctx, transport.EmbeddedOptions{Log: log, StoreDir: store})
@@ -49,7 +50,8 @@ func dialBroker(ctx context.Context, url, store string, log io.Writer) (*broker,
 		b.embed = s
 		url = s.URL()
 	}
-	nc, err := transport.Dial(ctx, url, transport.DialOptions{Name: "flowrun " + transport.Host(), Log: log})
+	dial.Name, dial.Log = "flowrun "+transport.Host(), log
+	nc, err := transport.Dial(ctx, url, dial)
 	if err != nil {
 		b.close()
 		return nil, usagef("%v", err)
@@ -74,7 +76,7 @@ func brokerRun(ctx context.Context, p *spec.Pipeline, o brokerOptions, journal s
 	if journal != "" {
 		store = journal + ".broker" // the queues outlive the process, for --resume
 	}
-	b, err := dialBroker(ctx, o.broker, store, stderr)
+	b, err := dialBroker(ctx, o.broker, store, o.dial, stderr)
 	if err != nil {
 		return nil, nil, err
 	}

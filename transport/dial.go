@@ -311,6 +311,9 @@ func (d *dialing) tlsConfig() (*tls.Config, error) {
 	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
 	if o.TLSCA != "" {
+		if err := readable(o.TLSCA, "TLS CA file"); err != nil {
+			return nil, err
+		}
 		pem, err := os.ReadFile(o.TLSCA)
 		if err != nil {
 			return nil, fileProblem(err, o.TLSCA, "TLS CA file")
@@ -346,7 +349,11 @@ func readable(path, what string) error {
 	if err != nil {
 		return fileProblem(err, path, what)
 	}
-	return f.Close()
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.IsDir() {
+		return fmt.Errorf("%s %s is a directory, not a file", what, path)
+	}
+	return nil
 }
 
 func fileProblem(err error, path, what string) error {

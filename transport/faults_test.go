@@ -403,3 +403,36 @@ func waitForStream(t *testing.T, url, pipeline string) {
 	}
 	t.Fatalf("no stream of pipeline %q after 30s", pipeline)
 }
+
+// TestScaleOutWithTokenAndTLS: `flowrun broker` with a token and TLS, and
+// a worker and a run given them by flags and by the environment: the
+// credentials path end to end, through the CLI.
+func TestScaleOutWithTokenAndTLS(t *testing.T) {
+	ca := newPKI(t, "scaleout")
+	p, out := startProc(t, "flowrun broker", true, "broker", "--listen", "127.0.0.1:0", "--store", t.TempDir(),
+		"--token", "tok-s3cret", "--tls-cert", ca.ServerCert, "--tls-key", ca.ServerKey)
+	line, err := out.ReadString('\n')
+	if err != nil {
+		t.Fatalf("flowrun broker printed no URL (%v); stderr:\n%s", err, p.stderr)
+	}
+	url := strings.TrimSpace(line)
+	if !strings.HasPrefix(url, "tls://127.0.0.1:") {
+		t.Fatalf("flowrun broker with TLS printed %q; want tls://127.0.0.1:PORT", url)
+	}
+	s := newScaleRun(t, "tls", 300, sleepUpper)
+	want := s.expected(t, noSleep...)
+	// Without the CA the worker cannot start: exit 2, saying why.
+	bad, _ := startProc(t, "flowrun worker", false, "worker", s.pipeline, "--broker", url, "--broker-token", "tok-s3cret")
+	if code := bad.wait(t, runLimit); code != 2 || !strings.Contains(bad.stderr.String(), "not signed by a CA this machine trusts") {
+		t.Errorf("worker without the CA: exit %d, stderr %q; want 2 and why", code, bad.stderr)
+	}
+	w := s.startWorker(t, url, "--broker-token", "tok-s3cret", "--broker-tls-ca", ca.CA)
+	t.Setenv("FLOWRUN_BROKER_TOKEN", "tok-s3cret")
+	t.Setenv("FLOWRUN_BROKER_TLS_CA", ca.CA)
+	run := s.startRun(t, url)
+	s.check(t, run, want)
+	w.stop(t)
+	if strings.Contains(run.stderr.String()+w.stderr.String(), "tok-s3cret") {
+		t.Error("the token is in a log")
+	}
+}
