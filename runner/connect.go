@@ -55,6 +55,10 @@ type acks struct {
 	// to be settled at its next flush.
 	ranges       [][2]uint64
 	list, reject []connect.Message
+	// settling counts the messages taken out of msgs to be settled,
+	// until the source has settled them: while an fsync or the broker
+	// is slow, they are still held.
+	settling int
 	// stopSeq is the record a stage stopped the input at (take's last),
 	// 0 while none did.
 	stopSeq atomic.Uint64
@@ -123,7 +127,7 @@ func (a *acks) deadLettered(seq uint64) {
 // or the last were acked less than idle ago.
 func (a *acks) busy(idle time.Duration) bool {
 	a.mu.Lock()
-	n := len(a.msgs)
+	n := len(a.msgs) + a.settling
 	a.mu.Unlock()
 	return n > 0 || time.Since(time.Unix(0, a.settled.Load())) < idle
 }
@@ -199,10 +203,17 @@ func (a *acks) settle(ctx context.Context) error {
 	}
 	a.ranges = a.ranges[:0]
 	list, reject := a.list, a.reject
+	a.settling = len(list) + len(reject)
 	a.mu.Unlock()
 	if len(list) == 0 && len(reject) == 0 {
 		return nil
 	}
+	defer func() {
+		a.settled.Store(time.Now().UnixNano())
+		a.mu.Lock()
+		a.settling = 0
+		a.mu.Unlock()
+	}()
 	if err := a.sync(); err != nil {
 		return err // not settled: back to the queue at Close
 	}
@@ -216,7 +227,6 @@ func (a *acks) settle(ctx context.Context) error {
 			return fmt.Errorf("input: %w", err)
 		}
 	}
-	a.settled.Store(time.Now().UnixNano())
 	return nil
 }
 

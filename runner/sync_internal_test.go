@@ -29,18 +29,26 @@ func (l *ledger) add(format string, args ...any) {
 	l.mu.Unlock()
 }
 
-// memSource hands out its messages, then nothing (a drained queue),
-// and notes each Settle with the records it settles.
+// memSource hands out its messages, at most cap(slots) of them
+// unsettled (a broker's prefetch), then nothing (a drained queue), and
+// notes each Settle with the records it settles.
 type memSource struct {
-	msgs chan connect.Message
-	l    *ledger
+	msgs  chan connect.Message
+	slots chan struct{}
+	l     *ledger
 }
 
 func (s *memSource) Receive(ctx context.Context, buf []connect.Message) ([]connect.Message, error) {
 	select {
+	case s.slots <- struct{}{}:
+	case <-ctx.Done():
+		return buf[:0], ctx.Err()
+	}
+	select {
 	case m := <-s.msgs:
 		return append(buf[:0], m), nil
 	case <-ctx.Done():
+		<-s.slots
 		return buf[:0], ctx.Err()
 	}
 }
@@ -49,6 +57,7 @@ func (s *memSource) Settle(_ context.Context, msgs []connect.Message, o connect.
 	var b strings.Builder
 	for _, m := range msgs {
 		b.WriteString(" " + string(m.Data))
+		<-s.slots
 	}
 	s.l.add("%s%s", o, b.String())
 	return nil
@@ -56,25 +65,37 @@ func (s *memSource) Settle(_ context.Context, msgs []connect.Message, o connect.
 
 func (s *memSource) Close() error { return nil }
 
-var memSources sync.Map // URL host → *memSource
+var memSources sync.Map // URL host → the test's connect.Source
 
 func init() {
 	connect.Register(connect.Spec{
 		Name: "memory", Schemes: []string{"memq"}, URL: "memq://NAME", Doc: "A test's messages.",
 		Source: func(_ context.Context, p *connect.Params) (connect.Source, error) {
 			s, _ := memSources.Load(p.URL.Host)
-			return s.(*memSource), nil
+			return s.(connect.Source), nil
 		},
 	})
 }
 
 // A broker message is settled only once the output file and the
 // dead-letter file that hold what was made of it are fsynced, not
-// merely written: one fsync of each per settle batch.
+// merely written: one fsync of each per settle batch. An fsync slower
+// than --until-idle (a disk that is busy) does not end the input: the
+// messages it holds are still in flight.
 func TestSettleAfterSync(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		slow time.Duration
+	}{{"fast", 0}, {"slow", 300 * time.Millisecond}} {
+		t.Run(tc.name, func(t *testing.T) { settleAfterSync(t, tc.slow) })
+	}
+}
+
+func settleAfterSync(t *testing.T, slow time.Duration) {
 	defer goleak.VerifyNone(t)
 	l := &ledger{}
 	syncFile = func(f *os.File) error {
+		time.Sleep(slow)
 		fi, err := f.Stat()
 		if err != nil {
 			return err
@@ -84,7 +105,7 @@ func TestSettleAfterSync(t *testing.T) {
 	}
 	defer func() { syncFile = (*os.File).Sync }()
 	const n = 20
-	src := &memSource{msgs: make(chan connect.Message, n), l: l}
+	src := &memSource{msgs: make(chan connect.Message, n), slots: make(chan struct{}, 4), l: l}
 	for i := 1; i <= n; i++ {
 		rec := fmt.Sprintf(`{"n":%d}`, i)
 		if i%5 == 0 {
@@ -92,16 +113,18 @@ func TestSettleAfterSync(t *testing.T) {
 		}
 		src.msgs <- connect.Message{Data: []byte(rec)}
 	}
-	memSources.Store(t.Name(), src)
+	host := strings.NewReplacer("/", "-").Replace(t.Name())
+	memSources.Store(host, src)
+	defer memSources.Delete(host)
 
 	dir := t.TempDir()
 	out, dead := filepath.Join(dir, "out.jsonl"), filepath.Join(dir, "dead.jsonl")
-	yaml := fmt.Sprintf("input: {from: 'memq://%s'}\noutput: {to: %s}\ndead_letter: %s\nstages: [{use: json.validate, on_error: dead-letter}]\n", t.Name(), out, dead)
+	yaml := fmt.Sprintf("input: {from: 'memq://%s'}\noutput: {to: %s}\ndead_letter: %s\nstages: [{use: json.validate, on_error: dead-letter}]\n", host, out, dead)
 	p, err := spec.Parse("t.yaml", []byte(yaml), spec.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Run(context.Background(), p, Options{Stdout: io.Discard, UntilIdle: 200 * time.Millisecond}); err != nil {
+	if _, err := Run(context.Background(), p, Options{Stdout: io.Discard, UntilIdle: 100 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
 
