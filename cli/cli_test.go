@@ -532,3 +532,24 @@ func TestReadmeStatsSchema(t *testing.T) {
 		}
 	}
 }
+
+// TestRunFileURLs: -i and -o take file:// URLs, read and written as their
+// paths; a file URL on another host is refused before anything runs.
+func TestRunFileURLs(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", "stages: [{use: upper}]\n")
+	in := writeFile(t, dir, "in put.txt", "a\nb\n")
+	out := filepath.Join(dir, "out.txt")
+	_, errs, code := runCLI(t, "", "run", "-q", "--progress", "none", "-i", "file://"+strings.ReplaceAll(in, " ", "%20"), "-o", "file://"+out, p)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	if b, _ := os.ReadFile(out); string(b) != "A\nB\n" {
+		t.Errorf("output %q, want A, B", b)
+	}
+	_, errs, code = runCLI(t, "", "run", "-q", "-i", "file://elsewhere/in.txt", p)
+	if want := "a file URL names a local file (file:///PATH), not one on elsewhere"; code != 2 || !strings.Contains(errs, want) {
+		t.Errorf("a file URL on another host: exit %d, %q", code, errs)
+	}
+}

@@ -15,7 +15,7 @@ import (
 func connectorsCommand(stdout io.Writer) *urfave.Command {
 	return &urfave.Command{
 		Name:      "connectors",
-		Usage:     "list the brokers input and output can use, and their options",
+		Usage:     "list the files and brokers input and output can use, and their options",
 		ArgsUsage: "[NAME...]",
 		Flags: []urfave.Flag{
 			&urfave.BoolFlag{Name: "markdown", Usage: "print the table that README.md holds"},

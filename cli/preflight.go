@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flowrun/flowrun/connect"
+	fileconn "github.com/flowrun/flowrun/connect/file"
 	"github.com/flowrun/flowrun/spec"
 	"github.com/flowrun/flowrun/stages"
 )
@@ -38,6 +39,15 @@ func prepare(file string, f paths, stdin io.Reader) (p *spec.Pipeline, release f
 	p, err = load(file, spec.Options{Set: f.set, DeadLetter: f.deadLetter}, stdin)
 	if err != nil {
 		return nil, release, err
+	}
+	for _, flag := range []*string{&f.input, &f.output} {
+		// A file:// URL is read and written as its path.
+		if path, isFile, err := fileconn.Path(*flag); isFile {
+			if err != nil {
+				return nil, release, usagef("%v", err)
+			}
+			*flag = path
+		}
 	}
 	if f.input != "" {
 		p.Input.With = overrideWith(p.Input.From, f.input, p.Input.With)

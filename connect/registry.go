@@ -3,13 +3,15 @@ package connect
 import (
 	"context"
 	"fmt"
-	"github.com/flowrun/flowrun/internal/hint"
 	"net/url"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/flowrun/flowrun/internal/hint"
+	"github.com/flowrun/flowrun/internal/size"
 )
 
 // Type is the type of a connector option's value.
@@ -21,9 +23,10 @@ const (
 	Int                  // a whole number ≥ 0
 	Bool                 // true or false
 	Duration             // a Go duration: 250ms, 10s
+	Size                 // bytes: 65536, 64KiB, 16MiB
 )
 
-var typeNames = [...]string{"string", "int", "bool", "duration"}
+var typeNames = [...]string{"string", "int", "bool", "duration", "size"}
 
 func (t Type) String() string { return typeNames[t] }
 
@@ -248,6 +251,12 @@ func parseValue(o Option, v string) (any, error) {
 			return nil, fmt.Errorf("%q is not true or false", v)
 		}
 		return b, nil
+	case Size:
+		n, err := size.Parse(v)
+		if err != nil {
+			return nil, err
+		}
+		return n, nil
 	case Duration:
 		dur, err := time.ParseDuration(v)
 		if err != nil || dur < 0 {
@@ -293,7 +302,7 @@ func (p *Params) String(name string) string {
 	return ""
 }
 
-// Int returns an int option, or its default (0 when it has none).
+// Int returns an int or size option, or its default (0 when it has none).
 func (p *Params) Int(name string) int {
 	x, _ := p.value(name).(int)
 	return x

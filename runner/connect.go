@@ -13,14 +13,16 @@ import (
 	"time"
 
 	"github.com/flowrun/flowrun/connect"
+	"github.com/flowrun/flowrun/connect/file"
 	"github.com/flowrun/flowrun/stages"
 )
 
 // IsBroker reports whether an input or output names a registered
-// connector (amqp://, redis://, nats://) rather than a file.
+// connector (amqp://, redis://, nats://) rather than a file (a path, or
+// a file:// URL, which spec and the CLI turn into its path).
 func IsBroker(s string) bool {
 	sc := connect.Scheme(s)
-	if sc == "" {
+	if sc == "" || sc == file.Scheme {
 		return false
 	}
 	_, ok := connect.Lookup(sc)

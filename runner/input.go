@@ -8,57 +8,20 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
-	"strings"
 
 	"github.com/flowrun/flowrun/connect/codec"
+	"github.com/flowrun/flowrun/connect/file"
 	"github.com/flowrun/flowrun/internal/jsontext"
 	"github.com/flowrun/flowrun/spec"
 )
 
-// inputFile is one input to read, in order.
-type inputFile struct {
-	name string // "stdin" or the path, for messages
-	path string // "" for stdin
-}
+// inputFile is one input to read, in order: the file connector's.
+type inputFile = file.Input
 
-// expandInput resolves input.from: stdin, one path, or a glob whose
-// matches are read in lexical order. It returns the files and their total
-// size in bytes, or -1 when it cannot be known (stdin).
-func expandInput(from string) ([]inputFile, int64, error) {
-	if from == "" || from == "stdin" || from == "-" {
-		return []inputFile{{name: "stdin"}}, -1, nil
-	}
-	paths := []string{from}
-	if strings.ContainsAny(from, "*?[") {
-		m, err := filepath.Glob(from)
-		if err != nil {
-			return nil, 0, fmt.Errorf("input %q: %w", from, err)
-		}
-		if len(m) == 0 {
-			return nil, 0, fmt.Errorf("input %q: no file matches", from)
-		}
-		paths = m
-	}
-	var total int64
-	files := make([]inputFile, len(paths))
-	for i, p := range paths {
-		fi, err := os.Stat(p)
-		if err != nil {
-			return nil, 0, fmt.Errorf("input: %w", err)
-		}
-		if fi.IsDir() {
-			return nil, 0, fmt.Errorf("input %s: is a directory", p)
-		}
-		if fi.Mode().IsRegular() && total >= 0 {
-			total += fi.Size()
-		} else {
-			total = -1
-		}
-		files[i] = inputFile{name: p, path: p}
-	}
-	return files, total, nil
-}
+// expandInput resolves input.from as the file connector does: stdin, one
+// path, or a glob whose matches are read in lexical order, with their
+// total size in bytes (-1 when it cannot be known).
+func expandInput(from string) ([]inputFile, int64, error) { return file.Expand(from) }
 
 // item is what the input hands on: a record, or one that could not be
 // decoded (connect/codec decodes files; a broker's messages are made
@@ -319,8 +282,8 @@ func (r *run) readFiles(files []inputFile, chunks chan<- chunk, done <-chan stru
 func (r *run) readFile(f inputFile, seq *uint64, send func(chunk) bool, stop context.Context) bool {
 	base := r.read.Load() // the files before this one, read whole
 	var in io.Reader = r.opts.Stdin
-	if f.path != "" {
-		file, err := os.Open(f.path)
+	if f.Path != "" {
+		file, err := os.Open(f.Path)
 		if err != nil {
 			send(chunk{err: fmt.Errorf("input: %w", err)})
 			return false
@@ -367,7 +330,7 @@ func (r *run) readFile(f inputFile, seq *uint64, send func(chunk) bool, stop con
 			return true
 		}
 		if err != nil {
-			send(chunk{err: fmt.Errorf("read %s: %w", f.name, err)})
+			send(chunk{err: fmt.Errorf("read %s: %w", f.Name, err)})
 			return false
 		}
 	}

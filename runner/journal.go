@@ -112,11 +112,11 @@ func identify(p *spec.Pipeline, files []inputFile) (JournalEntry, error) {
 		e.Stages = append(e.Stages, JournalHash{Name: s.Name, SHA256: hashOf([]any{s.Use, s.Timeout, s.Retry, s.OnError, cfg})})
 	}
 	for _, f := range files {
-		fi, err := os.Stat(f.path)
+		fi, err := os.Stat(f.Path)
 		if err != nil {
 			return e, fmt.Errorf("input: %w", err)
 		}
-		e.InputFiles = append(e.InputFiles, JournalFile{Path: f.path, Size: fi.Size(), Modified: fi.ModTime().UTC().Format(time.RFC3339Nano)})
+		e.InputFiles = append(e.InputFiles, JournalFile{Path: f.Path, Size: fi.Size(), Modified: fi.ModTime().UTC().Format(time.RFC3339Nano)})
 	}
 	return e, nil
 }
@@ -394,7 +394,7 @@ func checkInputPrefix(files []inputFile, n int64, want string) error {
 		if left == 0 {
 			break
 		}
-		file, err := os.Open(f.path)
+		file, err := os.Open(f.Path)
 		if err != nil {
 			return fmt.Errorf("input: %w", err)
 		}
@@ -402,7 +402,7 @@ func checkInputPrefix(files []inputFile, n int64, want string) error {
 		file.Close()
 		left -= c
 		if err != nil && err != io.EOF {
-			return fmt.Errorf("input %s: %w", f.name, err)
+			return fmt.Errorf("input %s: %w", f.Name, err)
 		}
 	}
 	if left > 0 || hex.EncodeToString(h.Sum(nil)) != want {

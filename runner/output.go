@@ -162,10 +162,10 @@ func (w writable) close() {
 func (r *run) checkFiles(files []inputFile) (writable, error) {
 	var ins []os.FileInfo
 	for _, f := range files {
-		if f.path == "" {
+		if f.Path == "" {
 			continue
 		}
-		if fi, err := os.Stat(f.path); err == nil {
+		if fi, err := os.Stat(f.Path); err == nil {
 			ins = append(ins, fi)
 		}
 	}
@@ -176,7 +176,7 @@ func (r *run) checkFiles(files []inputFile) (writable, error) {
 		}
 		for i, in := range ins {
 			if os.SameFile(fi, in) && fi.Mode().IsRegular() {
-				name := files[i].name
+				name := files[i].Name
 				if name == path {
 					return fmt.Errorf("%s %s is also the input: writing it would destroy what is being read; write to another file", what, path)
 				}

@@ -16,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/flowrun/flowrun/connect"
+	"github.com/flowrun/flowrun/connect/file"
 	"github.com/flowrun/flowrun/stages"
 )
 
@@ -623,7 +624,7 @@ func (p *parser) input(n *yaml.Node, in *Input) (deadLetter *yaml.Node) {
 	f, _ := p.mapping(n, "input", inputKeys)
 	if x, ok := f["from"]; ok {
 		if s, ok := p.nonEmpty(x.val, "from"); ok {
-			in.From, in.Pos = s, p.pos(x.val)
+			in.From, in.Pos = p.filePath(x.val, "from", s), p.pos(x.val)
 		}
 	}
 	if x, ok := f["format"]; ok {
@@ -664,7 +665,7 @@ func (p *parser) output(n *yaml.Node, out *Output) {
 	f, _ := p.mapping(n, "output", outputKeys)
 	if x, ok := f["to"]; ok {
 		if s, ok := p.nonEmpty(x.val, "to"); ok {
-			out.To, out.Pos = s, p.pos(x.val)
+			out.To, out.Pos = p.filePath(x.val, "to", s), p.pos(x.val)
 		}
 	}
 	if x, ok := f["format"]; ok {
@@ -678,6 +679,19 @@ func (p *parser) output(n *yaml.Node, out *Output) {
 	if x, ok := f["with"]; ok {
 		out.With, out.WithPos = p.connectorWith(x, out.To, "output", connect.Out)
 	}
+}
+
+// filePath returns the path of a file:// URL in from: or to:, which is
+// read and written as that path; anything else as it is.
+func (p *parser) filePath(n *yaml.Node, key, s string) string {
+	path, isFile, err := file.Path(s)
+	if !isFile {
+		return s
+	}
+	if err != nil {
+		p.errorf(n, "%s: %v", key, err)
+	}
+	return path
 }
 
 // connectorWith reads input.with or output.with, the options of the

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/flowrun/flowrun/connect"
+	"github.com/flowrun/flowrun/connect/file"
 	"github.com/flowrun/flowrun/stages"
 )
 
@@ -16,12 +18,27 @@ const (
 	MaxWorkers           = 4096 // per stage: a typo of 100000000 must not exhaust memory
 )
 
-// Formats an input may have: json is a whole JSON document (see
-// Input.Select).
-var Formats = []string{"lines", "jsonl", "csv", "tsv", "json"}
+// Formats an input may have, those of the file connector's registry spec
+// (connect/file, which `flowrun connectors` documents): json is a whole
+// JSON document (see Input.Select).
+var Formats = formats(connect.In)
 
 // OutputFormats an output may have.
-var OutputFormats = []string{"lines", "jsonl", "csv", "tsv"}
+var OutputFormats = formats(connect.Out)
+
+// formats are the file connector's formats for direction d: its format
+// option's values, less those its check refuses that way.
+func formats(d connect.Direction) []string {
+	sp, _ := connect.Lookup(file.Scheme)
+	o, _ := sp.Option("format")
+	var list []string
+	for _, f := range o.Enum {
+		if _, err := connect.Parse("file:///dev/null?format="+f, nil, d); err == nil {
+			list = append(list, f)
+		}
+	}
+	return list
+}
 
 // Pipeline is a validated pipeline definition.
 type Pipeline struct {

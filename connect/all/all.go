@@ -4,6 +4,7 @@
 package all
 
 import (
+	_ "github.com/flowrun/flowrun/connect/file"     // paths, globs, -, file://
 	_ "github.com/flowrun/flowrun/connect/nats"     // nats://
 	_ "github.com/flowrun/flowrun/connect/rabbitmq" // amqp://
 	_ "github.com/flowrun/flowrun/connect/redis"    // redis://

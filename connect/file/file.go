@@ -1,0 +1,352 @@
+// Package file is the connector of files and stdin, the default input and
+// output: a path, a glob (its matches read in lexical order), - for stdin
+// or stdout, or a file:// URL, in the formats of connect/codec.
+//
+// A file source's Settle does nothing: a file is not a queue, and what
+// makes a run over files durable is the journal (--journal), which knows
+// the input's byte offsets. A file sink's Flush writes what it holds and
+// fsyncs it.
+//
+// Its options are the keys of a pipeline's input: and output: (format,
+// max_record_size, select, csv.delimiter, …), which spec reads, or a
+// file:// URL's query when it is opened through the registry. Spec
+// validates the format against this package's Spec, and `flowrun
+// connectors` documents it from the same.
+package file
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"unicode/utf8"
+
+	"github.com/flowrun/flowrun/connect"
+	"github.com/flowrun/flowrun/connect/codec"
+)
+
+// Scheme is the URL scheme of files.
+const Scheme = "file"
+
+// Formats are the formats an input may have; OutputFormats an output's
+// (json, a whole document, is read only).
+var (
+	Formats       = []string{"lines", "jsonl", "csv", "tsv", "json"}
+	OutputFormats = []string{"lines", "jsonl", "csv", "tsv"}
+)
+
+// Spec is the file connector's registry entry.
+var Spec = connect.Spec{
+	Name:    "file",
+	Schemes: []string{Scheme},
+	URL:     "PATH, GLOB, - or file:///PATH",
+	Doc: "Files and stdin/stdout, the default: a path, a glob (its matches read in lexical order, their sizes the progress total), " +
+		"- for stdin or stdout, or a file:// URL. The options are the input's and output's own keys (input.format, input.csv.delimiter; " +
+		"a Go program opening file:///PATH?format=csv through the registry gives them in the query). Nothing is acked: --journal makes a run over files resumable.",
+	Options: []connect.Option{
+		{Name: "format", Type: connect.String, Default: "lines", Enum: Formats, Use: connect.Both,
+			Doc: "How records are written in the file: lines, jsonl (one JSON value a line), csv and tsv (a row is a JSON object keyed by the header), json (input: one document, its records picked by select)."},
+		{Name: "max_record_size", Type: connect.Size, Default: "1GiB", Use: connect.In,
+			Doc: "A longer record is an input error (input.on_error says what then), costing about this much memory, not more."},
+		{Name: "select", Type: connect.String, Use: connect.In,
+			Doc: "format json: the jq path of the values that are the records (.items[]); a plain path streams, any other reads the document whole."},
+		{Name: "delimiter", Type: connect.String, Use: connect.Both,
+			Doc: "csv, tsv (input.csv.delimiter): the field separator, one character; default , for csv and a tab for tsv."},
+		{Name: "header", Type: connect.Bool, Default: "true", Use: connect.Both,
+			Doc: "csv, tsv (input.csv.header): false: no header row, the columns are named 1, 2, …"},
+		{Name: "ragged", Type: connect.Bool, Default: "false", Use: connect.In,
+			Doc: "csv, tsv: a short row is padded with empty values, a long one's extra fields keyed by their numbers."},
+		{Name: "comment", Type: connect.String, Use: connect.In,
+			Doc: "csv, tsv: lines starting with this character are skipped."},
+		{Name: "lazy_quotes", Type: connect.Bool, Default: "false", Use: connect.In,
+			Doc: "csv: a quote may appear in an unquoted field, and a non-doubled quote in a quoted one."},
+		{Name: "infer", Type: connect.Bool, Default: "false", Use: connect.In,
+			Doc: "csv, tsv: numbers and booleans become JSON numbers and booleans, not strings."},
+	},
+	Check:  check,
+	Source: openSource,
+	Sink:   openSink,
+}
+
+func init() { connect.Register(Spec) }
+
+// Path returns the path a file:// URL names, and whether s is one, for a
+// pipeline's from: and to: and -i and -o, which read and write it as that
+// path. A file URL names a local file (its host is empty or localhost),
+// and takes no query there: the pipeline's keys are the options.
+func Path(s string) (string, bool, error) {
+	if connect.Scheme(s) != Scheme {
+		return "", false, nil
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return "", true, fmt.Errorf("%s: bad URL: %v", s, strings.TrimPrefix(err.Error(), "parse "))
+	}
+	if u.Host != "" && u.Host != "localhost" {
+		return "", true, fmt.Errorf("%s: a file URL names a local file (file:///PATH), not one on %s", s, u.Host)
+	}
+	if u.Path == "" {
+		return "", true, fmt.Errorf("%s: the URL names no file (file:///PATH)", s)
+	}
+	if u.RawQuery != "" {
+		return "", true, fmt.Errorf("%s: a pipeline gives a file's options as input: and output: keys (format: csv), not in its URL", s)
+	}
+	return u.Path, true, nil
+}
+
+// Input is one file of an input, read in order.
+type Input struct {
+	Name string // "stdin" or the path, for messages
+	Path string // "" for stdin
+}
+
+// Expand resolves an input: stdin ("", "stdin", "-"), one path, or a glob
+// whose matches are read in lexical order. It returns the files and their
+// total size in bytes, or -1 when it cannot be known (stdin, a pipe).
+func Expand(from string) ([]Input, int64, error) {
+	if from == "" || from == "stdin" || from == "-" {
+		return []Input{{Name: "stdin"}}, -1, nil
+	}
+	paths := []string{from}
+	if strings.ContainsAny(from, "*?[") {
+		m, err := filepath.Glob(from)
+		if err != nil {
+			return nil, 0, fmt.Errorf("input %q: %w", from, err)
+		}
+		if len(m) == 0 {
+			return nil, 0, fmt.Errorf("input %q: no file matches", from)
+		}
+		paths = m
+	}
+	var total int64
+	files := make([]Input, len(paths))
+	for i, p := range paths {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return nil, 0, fmt.Errorf("input: %w", err)
+		}
+		if fi.IsDir() {
+			return nil, 0, fmt.Errorf("input %s: is a directory", p)
+		}
+		if fi.Mode().IsRegular() && total >= 0 {
+			total += fi.Size()
+		} else {
+			total = -1
+		}
+		files[i] = Input{Name: p, Path: p}
+	}
+	return files, total, nil
+}
+
+func check(p *connect.Params, d connect.Direction) error {
+	bad := func(opt, reason string) error {
+		return &connect.OptionError{Connector: "file", Option: opt, Reason: reason}
+	}
+	f := p.String("format")
+	if d == connect.Out && f == "json" {
+		return bad("format", "json is an input format; write jsonl")
+	}
+	if p.Has("select") && f != "json" {
+		return bad("select", "applies to format json, not "+f)
+	}
+	for _, o := range []string{"delimiter", "header", "ragged", "comment", "lazy_quotes", "infer"} {
+		if p.Has(o) && f != "csv" && f != "tsv" {
+			return bad(o, "applies to format csv or tsv, not "+f)
+		}
+	}
+	for _, o := range []string{"delimiter", "comment"} {
+		if v := p.String(o); p.Has(o) {
+			if r, n := utf8.DecodeRuneInString(v); n == 0 || n != len(v) || r == '"' || r == '\r' || r == '\n' || r == utf8.RuneError {
+				return bad(o, fmt.Sprintf("must be one character other than a quote or a line break, not %q", v))
+			}
+		}
+	}
+	return nil
+}
+
+// options are the codec's options from the connector's.
+func options(p *connect.Params) codec.Options {
+	char := func(name string) rune {
+		if v := p.String(name); v != "" {
+			r, _ := utf8.DecodeRuneInString(v)
+			return r
+		}
+		return 0
+	}
+	return codec.Options{
+		Format:        p.String("format"),
+		MaxRecordSize: p.Int("max_record_size"),
+		Select:        p.String("select"),
+		Table: codec.Table{
+			Delimiter: char("delimiter"), NoHeader: !p.Bool("header"), Ragged: p.Bool("ragged"),
+			Comment: char("comment"), LazyQuotes: p.Bool("lazy_quotes"), Infer: p.Bool("infer"),
+		},
+	}
+}
+
+// Source reads the files of an input in order, record by record.
+type Source struct {
+	files []Input
+	opts  codec.Options
+	i     int
+	f     *os.File
+	dec   codec.Decoder
+	recs  []codec.Record
+	read  atomic.Int64
+}
+
+func openSource(_ context.Context, p *connect.Params) (connect.Source, error) {
+	files, _, err := Expand(p.URL.Path)
+	if err != nil {
+		return nil, &connect.Error{Broker: p.Broker(), Reason: err.Error(), Err: err}
+	}
+	return &Source{files: files, opts: options(p)}, nil
+}
+
+// Receive returns the next records, each a message whose ID is its file
+// and line. A record that cannot be decoded ends the read with an error
+// naming it: a program that wants to go on past it reads through
+// connect/codec, as the runner does.
+func (s *Source) Receive(ctx context.Context, buf []connect.Message) ([]connect.Message, error) {
+	max := cap(buf)
+	if max == 0 {
+		max = 1024
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return buf, err
+		}
+		if s.dec == nil {
+			if s.i == len(s.files) {
+				return buf, io.EOF
+			}
+			var in io.Reader = os.Stdin
+			if p := s.files[s.i].Path; p != "" {
+				f, err := os.Open(p)
+				if err != nil {
+					return buf, fmt.Errorf("input: %w", err)
+				}
+				s.f, in = f, f
+			}
+			s.dec = codec.NewDecoder(in, s.opts, &s.read)
+		}
+		name := s.files[s.i].Name
+		recs, err := s.dec.Next(max-len(buf), s.recs[:0])
+		s.recs = recs[:0]
+		for _, r := range recs {
+			if r.Err != nil {
+				return buf, fmt.Errorf("input %s %w", name, r.Err)
+			}
+			buf = append(buf, connect.Message{Data: r.Data, ID: fmt.Sprintf("%s:%d", name, r.Line)})
+		}
+		switch {
+		case err == io.EOF:
+			s.closeFile()
+			s.dec = nil
+			s.i++
+		case err != nil:
+			return buf, fmt.Errorf("read %s: %w", name, err)
+		}
+		if len(buf) > 0 {
+			return buf, nil
+		}
+	}
+}
+
+// Settle does nothing: a file forgets nothing until it is rewritten.
+func (s *Source) Settle(context.Context, []connect.Message, connect.Outcome) error { return nil }
+
+// Close closes the file being read.
+func (s *Source) Close() error { return s.closeFile() }
+
+func (s *Source) closeFile() error {
+	if s.f == nil {
+		return nil
+	}
+	err := s.f.Close()
+	s.f = nil
+	return err
+}
+
+// Sink writes records to a file (emptied first) or to stdout.
+type Sink struct {
+	f    *os.File
+	name string
+	enc  *codec.Encoder
+}
+
+// flushAt is how much the sink gathers before it writes.
+const flushAt = 256 << 10
+
+func openSink(_ context.Context, p *connect.Params) (connect.Sink, error) {
+	path := p.URL.Path
+	s := &Sink{name: path, enc: codec.NewEncoder(p.String("format"), options(p).Table, nil)}
+	if path == "-" || path == "stdout" {
+		s.f, s.name = os.Stdout, "stdout"
+		return s, nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, &connect.Error{Broker: p.Broker(), Reason: err.Error(), Err: err}
+	}
+	s.f = f
+	return s, nil
+}
+
+// Write formats msgs; a record the format cannot hold (csv needs JSON
+// objects) is an error naming it.
+func (s *Sink) Write(_ context.Context, msgs []connect.Message) error {
+	for _, m := range msgs {
+		if err := s.enc.Add(m.Data); err != nil {
+			return fmt.Errorf("output %s: %w", s.name, err)
+		}
+		if len(s.enc.Buf) >= flushAt {
+			if err := s.write(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Flush writes what Write gathered and fsyncs a regular file.
+func (s *Sink) Flush(context.Context) error {
+	if err := s.write(); err != nil {
+		return err
+	}
+	if fi, err := s.f.Stat(); err == nil && fi.Mode().IsRegular() {
+		if err := s.f.Sync(); err != nil {
+			return fmt.Errorf("output %s: %w", s.name, err)
+		}
+	}
+	return nil
+}
+
+func (s *Sink) write() error {
+	if len(s.enc.Buf) == 0 {
+		return nil
+	}
+	_, err := s.f.Write(s.enc.Buf)
+	s.enc.Buf = s.enc.Buf[:0]
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return fmt.Errorf("write %s: %w", s.name, err)
+	}
+	return nil
+}
+
+// Close closes the file; it flushes nothing.
+func (s *Sink) Close() error {
+	if s.f == os.Stdout {
+		return nil
+	}
+	return s.f.Close()
+}

@@ -1,0 +1,146 @@
+package file_test
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/flowrun/flowrun/connect"
+	"github.com/flowrun/flowrun/connect/file"
+)
+
+func write(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSourceGlob reads a glob's files in lexical order through the
+// registry, each record a message named by its file and line, to io.EOF.
+func TestSourceGlob(t *testing.T) {
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "b.jsonl"), "{\"n\":3}\n")
+	write(t, filepath.Join(dir, "a.jsonl"), "\xef\xbb\xbf{\"n\":1}\n\n{\"n\":2}")
+	ctx := context.Background()
+	src, _, err := connect.OpenSource(ctx, "file://"+filepath.Join(dir, "*.jsonl")+"?format=jsonl", nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	var got []string
+	for {
+		msgs, err := src.Receive(ctx, make([]connect.Message, 0, 2))
+		for _, m := range msgs {
+			got = append(got, string(m.Data)+" "+filepath.Base(m.ID))
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := src.Settle(ctx, msgs, connect.Ack); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := `{"n":1} a.jsonl:1|{"n":2} a.jsonl:3|{"n":3} b.jsonl:1`
+	if strings.Join(got, "|") != want {
+		t.Errorf("got %s, want %s", strings.Join(got, "|"), want)
+	}
+}
+
+// TestSourceBadRecord: a record that does not decode ends the read with
+// an error that names its file and line.
+func TestSourceBadRecord(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.jsonl")
+	write(t, path, "{\"n\":1}\nnot json\n")
+	ctx := context.Background()
+	src, _, err := connect.OpenSource(ctx, "file://"+path+"?format=jsonl", nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	_, err = src.Receive(ctx, make([]connect.Message, 0, 10))
+	if want := "input " + path + " line 2: not valid JSON"; err == nil || err.Error() != want {
+		t.Errorf("err %v, want %s", err, want)
+	}
+}
+
+// TestSink writes JSON objects as CSV under the first one's header, and
+// refuses a record CSV cannot hold.
+func TestSink(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "out.csv")
+	ctx := context.Background()
+	snk, _, err := connect.OpenSink(ctx, "file://"+path+"?format=csv&delimiter=%3B", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snk.Close()
+	if err := snk.Write(ctx, []connect.Message{{Data: []byte(`{"a":1,"b":"x y"}`)}, {Data: []byte(`{"a":2,"b":"z"}`)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := snk.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(path)
+	if want := "a;b\n1;x y\n2;z\n"; string(data) != want {
+		t.Errorf("wrote %q, want %q", data, want)
+	}
+	if err := snk.Write(ctx, []connect.Message{{Data: []byte(`[1]`)}}); err == nil || !strings.Contains(err.Error(), "csv output needs JSON objects") {
+		t.Errorf("a record CSV cannot hold: %v", err)
+	}
+}
+
+// TestOptions: the spec's options are checked against each other, as
+// for a broker.
+func TestOptions(t *testing.T) {
+	tests := []struct {
+		url  string
+		d    connect.Direction
+		want string // "" for none
+	}{
+		{"file:///x?format=json&select=.items[]", connect.In, ""},
+		{"file:///x?format=json", connect.Out, `file option "format": json is an input format; write jsonl`},
+		{"file:///x?select=.a", connect.In, `file option "select": applies to format json, not lines`},
+		{"file:///x?format=jsonl&delimiter=%3B", connect.In, `file option "delimiter": applies to format csv or tsv, not jsonl`},
+		{"file:///x?format=csv&delimiter=ab", connect.In, `file option "delimiter": must be one character other than a quote or a line break, not "ab"`},
+		{"file:///x?max_record_size=12XB", connect.In, `file option "max_record_size": "12XB" is not a size (like 65536, 64KiB, 16MiB, 1GiB)`},
+		{"file:///x?formt=csv", connect.In, `file option "formt": no such option (did you mean "format"?)`},
+	}
+	for _, tt := range tests {
+		_, err := connect.Parse(tt.url, nil, tt.d)
+		got := ""
+		if err != nil {
+			got = err.Error()
+		}
+		if got != tt.want {
+			t.Errorf("%s: %q, want %q", tt.url, got, tt.want)
+		}
+	}
+}
+
+func TestPath(t *testing.T) {
+	tests := []struct{ in, path, err string }{
+		{"file:///data/a%20b.csv", "/data/a b.csv", ""},
+		{"file://localhost/data/x", "/data/x", ""},
+		{"file://host/data/x", "", "a file URL names a local file (file:///PATH), not one on host"},
+		{"file:///x?format=csv", "", "not in its URL"},
+		{"file://", "", "the URL names no file"},
+	}
+	for _, tt := range tests {
+		path, isFile, err := file.Path(tt.in)
+		if !isFile || path != tt.path || (err == nil) != (tt.err == "") || err != nil && !strings.Contains(err.Error(), tt.err) {
+			t.Errorf("Path(%q) = %q, %t, %v; want %q, error with %q", tt.in, path, isFile, err, tt.path, tt.err)
+		}
+	}
+	if _, isFile, _ := file.Path("data/x.csv"); isFile {
+		t.Error("a plain path is taken for a file URL")
+	}
+	if _, _, err := file.Expand(filepath.Join(t.TempDir(), "*.none")); err == nil || !strings.Contains(err.Error(), "no file matches") {
+		t.Errorf("a glob that matches nothing: %v", err)
+	}
+}
