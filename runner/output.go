@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -150,6 +151,46 @@ func (w writable) open(mode openMode) (*os.File, error) {
 	return f, nil
 }
 
+// cutTorn cuts what follows the last newline of f, a file a run with a
+// broker input appends to: half a record, written when an earlier run
+// was killed in the middle of a write, whose message was not acked and
+// comes again. f is left at its end. A file that is not a regular one
+// is left as it is.
+func cutTorn(f *os.File) error {
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() == 0 {
+		return err
+	}
+	rf, err := os.Open(f.Name()) // f is open for writing only
+	if err != nil {
+		return err
+	}
+	defer rf.Close()
+	end := fi.Size()
+	buf := make([]byte, 64<<10)
+	for at := end; at > 0; {
+		n := min(at, int64(len(buf)))
+		at -= n
+		if _, err := rf.ReadAt(buf[:n], at); err != nil {
+			return err
+		}
+		if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
+			end = at + int64(i) + 1
+			break
+		}
+		if at == 0 {
+			end = 0
+		}
+	}
+	if end != fi.Size() {
+		if err := f.Truncate(end); err != nil {
+			return err
+		}
+	}
+	_, err = f.Seek(end, io.SeekStart)
+	return err
+}
+
 func (w writable) close() {
 	if w.f != nil {
 		w.f.Close()
@@ -259,16 +300,24 @@ func (r *run) openOutput(resumed *JournalEntry, w writable) (io.Writer, string, 
 		mode = keep
 	case r.opts.RetryDeadLetters != "":
 		mode = appendTo // after what the first run wrote
+	case r.acks != nil:
+		mode = appendTo // what earlier runs wrote was acked: it is nowhere else
 	}
 	f, err := w.open(mode)
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("output: %w", err)
 	}
-	if mode == appendTo {
-		if err := r.retryFrom(f); err != nil {
-			f.Close()
-			return nil, "", nil, err
+	switch {
+	case r.opts.RetryDeadLetters != "":
+		err = r.retryFrom(f)
+	case r.acks != nil:
+		if err = cutTorn(f); err != nil {
+			err = fmt.Errorf("output: %w", err)
 		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, "", nil, err
 	}
 	if resumed != nil {
 		// What was written after the last journal entry is written again.

@@ -229,7 +229,7 @@ func (r *run) run(ctx context.Context) (err error) {
 		return &SetupError{err}
 	}
 	var header []string
-	if p.Output.Format == "csv" && (resumed != nil || r.opts.RetryDeadLetters != "") && !isStd(p.Output.To) {
+	if p.Output.Format == "csv" && (resumed != nil || r.opts.RetryDeadLetters != "" || r.acks != nil) && !isStd(p.Output.To) && r.snk == nil {
 		// The file has its header already: the columns continue it.
 		if header, err = csvHeader(p.Output.To); err != nil {
 			outFile.close()
@@ -267,7 +267,17 @@ func (r *run) run(ctx context.Context) (err error) {
 			}
 			mode = appendTo
 		}
+		if r.acks != nil {
+			// What earlier runs dead-lettered was settled: for Redis
+			// this file is all there is of it.
+			mode = appendTo
+		}
 		f, err := dlFile.open(mode)
+		if err == nil && r.acks != nil {
+			if err = cutTorn(f); err != nil {
+				f.Close()
+			}
+		}
 		if err != nil {
 			return &SetupError{fmt.Errorf("dead letter: %w", err)}
 		}
