@@ -278,6 +278,9 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 	var setup *runner.SetupError
 	if !opts.quiet && !errors.As(runErr, &setup) { // a run that never started has nothing to sum up
 		sum.WriteTableWidth(stderr, width)
+		if n := redelivered(sum); n > 0 {
+			fmt.Fprintf(stderr, "the broker delivered %d pieces of the stages' input again (a worker died or outlived --ack-wait)\n", n)
+		}
 		if sum.Input.Unread > 0 {
 			fmt.Fprintf(stderr, "%d records read from the input were left unprocessed\n", sum.Input.Unread)
 		}
@@ -295,6 +298,16 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 		fmt.Fprintln(stderr, partialMessage(sum, p.DeadLetter))
 	}
 	return o
+}
+
+// redelivered is how many pieces the broker delivered again, over the
+// stages.
+func redelivered(sum *runner.Summary) int64 {
+	var n int64
+	for _, st := range sum.Stages {
+		n += st.Redelivered
+	}
+	return n
 }
 
 // partialMessage says in one line why a run exits 3: "flowrun: 12

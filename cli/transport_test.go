@@ -50,12 +50,13 @@ func TestBrokerSameOutput(t *testing.T) {
 		name, file, input string
 		ordered           bool
 		args              []string
+		code              int // of both runs, when not 0 or 3
 	}{
-		{"clean", "../pipelines/clean.yaml", "../testdata/examples/names.txt", true, nil},
-		{"logs", "../pipelines/logs.yaml", "../testdata/examples/app.log", true, nil},
-		{"jsonl", "../pipelines/jsonl.yaml", "../testdata/examples/users.jsonl", true, nil},
-		{"csv_to_jsonl", "../pipelines/csv_to_jsonl.yaml", "../testdata/examples/people.csv", true, nil},
-		{"sales", "../pipelines/sales.yaml", "../testdata/examples/orders.jsonl", true, nil},
+		{"clean", "../pipelines/clean.yaml", "../testdata/examples/names.txt", true, nil, 0},
+		{"logs", "../pipelines/logs.yaml", "../testdata/examples/app.log", true, nil, 0},
+		{"jsonl", "../pipelines/jsonl.yaml", "../testdata/examples/users.jsonl", true, nil, 0},
+		{"csv_to_jsonl", "../pipelines/csv_to_jsonl.yaml", "../testdata/examples/people.csv", true, nil, 0},
+		{"sales", "../pipelines/sales.yaml", "../testdata/examples/orders.jsonl", true, nil, 0},
 		{"many workers, fan-out, unordered", writeFile(t, dir, "fan.yaml", `name: fan
 stages:
   - use: trim
@@ -66,7 +67,7 @@ stages:
     with: {sep: " "}
     workers: 4
   - use: upper
-`), writeFile(t, dir, "many.txt", many.String()), false, nil},
+`), writeFile(t, dir, "many.txt", many.String()), false, nil, 0},
 		{"ordered fan-out, one record a message", writeFile(t, dir, "ofan.yaml", `name: ofan
 ordered: true
 stages:
@@ -76,7 +77,7 @@ stages:
   - use: sleep
     with: {duration: 0s}
     workers: 4
-`), writeFile(t, dir, "many2.txt", many.String()), true, nil},
+`), writeFile(t, dir, "many2.txt", many.String()), true, nil, 0},
 		{"dead letters and skips", writeFile(t, dir, "dl.yaml", `name: dl
 input: {format: jsonl}
 output: {format: jsonl}
@@ -91,7 +92,19 @@ stages:
     on_error: dead-letter
     retry: {attempts: 2, backoff: 1ms}
     workers: 2
-`), writeFile(t, dir, "in.jsonl", jsonl.String()), false, nil},
+`), writeFile(t, dir, "in.jsonl", jsonl.String()), false, nil, 0},
+		{"a record fails the run", writeFile(t, dir, "fail.yaml", `name: fail
+input: {format: jsonl}
+output: {format: jsonl}
+ordered: true
+stages:
+  - name: words
+    use: map
+    with: {fields: {w: 'split(words, " ")'}}
+    workers: 3
+  - use: pick
+    with: {fields: [n, w]}
+`), writeFile(t, dir, "in2.jsonl", jsonl.String()), true, nil, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -107,8 +120,11 @@ stages:
 				}
 				args = append(append(args, tt.args...), tt.file)
 				_, stderr, code := runCLI(t, "", args...)
-				if code != 0 && code != 3 {
+				if tt.code != 0 && code != tt.code || tt.code == 0 && code != 0 && code != 3 {
 					t.Fatalf("broker %v: exit %d: %s", broker, code, stderr)
+				}
+				if tt.code == 1 && !strings.Contains(stderr, `stage "words" record 500`) {
+					t.Errorf("broker %v: the failure is not record 500's:\n%s", broker, stderr)
 				}
 				b, err := os.ReadFile(out)
 				if err != nil {

@@ -187,7 +187,7 @@ stages:
 	const n = 200
 	in := writeFile(t, dir, "in.txt", rLines(n))
 	out, stats := filepath.Join(dir, "out.txt"), filepath.Join(dir, "stats.json")
-	run := exec.Command(flowrunBin, "run", "--progress", "none", "-q", "--broker", url, "--no-local-workers", "--run-id", "k1",
+	run := exec.Command(flowrunBin, "run", "--progress", "none", "--broker", url, "--no-local-workers", "--run-id", "k1",
 		"--ack-wait", "1s", "-i", in, "-o", out, "--stats", stats, p)
 	var runErr lockedBuffer
 	run.Stderr = &runErr
@@ -256,6 +256,9 @@ stages:
 	}
 	if s.Stages[0].Redelivered == 0 {
 		t.Errorf("no redelivery counted: %+v", s.Stages[0])
+	}
+	if !strings.Contains(runErr.String(), fmt.Sprintf("the broker delivered %d pieces of the stages' input again", s.Stages[0].Redelivered)) {
+		t.Errorf("the summary does not count the redeliveries:\n%s", &runErr)
 	}
 	rescuer.stop(t)
 }
@@ -347,4 +350,97 @@ stages:
 		t.Errorf("the plugin was called %d times for %d records: a piece was worked twice or never", len(worked), n)
 	}
 	w.stop(t)
+}
+
+// TestBrokerWorkerCredentials: a broker that wants a token serves a run
+// and a worker that give it (a flag, the environment), and a worker with
+// a wrong one is refused at once, exit 2, in words.
+func TestBrokerWorkerCredentials(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	s, err := transport.StartEmbedded(context.Background(), transport.EmbeddedOptions{Token: "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Shutdown)
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", "name: creds\nstages:\n  - use: upper\n    workers: 2\n")
+	in := writeFile(t, dir, "in.txt", rLines(50))
+
+	bad := exec.Command(flowrunBin, "worker", p, "--broker", s.URL(), "--broker-token", "wrong")
+	stderr, _ := bad.CombinedOutput()
+	if code := bad.ProcessState.ExitCode(); code != 2 || !strings.Contains(string(stderr), "token refused") {
+		t.Errorf("a wrong token: exit %d:\n%s", code, stderr)
+	}
+
+	w := startWorker(t, p, "--broker", s.URL(), "--broker-token", "s3cret")
+	out := filepath.Join(dir, "out.txt")
+	run := exec.Command(flowrunBin, "run", "-q", "--progress", "none", "--broker", s.URL(), "--no-local-workers", "-i", in, "-o", out, p)
+	run.Env = append(os.Environ(), "FLOWRUN_BROKER_TOKEN=s3cret")
+	if b, err := run.CombinedOutput(); err != nil {
+		t.Fatalf("run: %v\n%s\nworker:\n%s", err, b, w.stderr)
+	}
+	got, _ := os.ReadFile(out)
+	if n := len(strings.Fields(string(got))); n != 50 {
+		t.Errorf("%d records out, want 50", n)
+	}
+	w.stop(t)
+}
+
+// TestBrokerMaxDeliver: a record that kills every worker that takes it is
+// delivered --max-deliver times; the last delivery is not worked but
+// dead-lettered by the run, saying why, and Termed; the other records
+// come out, and the run exits 3.
+func TestBrokerMaxDeliver(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	url := embeddedBroker(t)
+	dir := t.TempDir()
+	dl := filepath.Join(dir, "dl.jsonl")
+	p := writeFile(t, dir, "p.yaml", `name: poison
+dead_letter: `+dl+`
+stages:
+  - name: deadly
+    use: exec
+    with: {command: [sh, -c, 'r=$(cat); if [ "$r" = poison ]; then kill -9 $PPID; sleep 5; fi; echo "$r"'], mode: per-record}
+    on_error: dead-letter
+  - use: upper
+`)
+	in := writeFile(t, dir, "in.txt", "a\nb\npoison\nc\nd\n")
+	out := filepath.Join(dir, "out.txt")
+	run := exec.Command(flowrunBin, "run", "--progress", "none", "-q", "--broker", url, "--no-local-workers",
+		"--max-deliver", "2", "--ack-wait", "1s", "-i", in, "-o", out, p)
+	var runErr lockedBuffer
+	run.Stderr = &runErr
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	runDone := make(chan struct{})
+	go func() { run.Wait(); close(runDone) }()
+	t.Cleanup(func() { run.Process.Kill(); <-runDone })
+	var workers []*workerProcess
+	for ended := false; !ended; {
+		if len(workers) > 4 {
+			t.Fatalf("%d workers died and the run goes on:\n%s", len(workers), &runErr)
+		}
+		w := startWorker(t, p, "--broker", url)
+		workers = append(workers, w)
+		select {
+		case <-w.done: // the poison killed it: another
+		case <-runDone:
+			ended = true
+		}
+	}
+	if code := run.ProcessState.ExitCode(); code != 3 {
+		t.Errorf("run: exit %d, want 3:\n%s", code, &runErr)
+	}
+	if got, _ := os.ReadFile(out); !slices.Equal(lineSet(string(got)), lineSet("A\nB\nC\nD\n")) {
+		t.Errorf("output %q, want the four others", got)
+	}
+	letters, _ := os.ReadFile(dl)
+	if !strings.Contains(string(letters), `"record":"poison"`) || !strings.Contains(string(letters), "delivered once without an answer") {
+		t.Errorf("dead letters:\n%s", letters)
+	}
+	if len(workers) != 2 {
+		t.Errorf("%d workers, want 2: one killed by the record, one to dead-letter it", len(workers))
+	}
+	workers[len(workers)-1].stop(t)
 }

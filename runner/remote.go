@@ -75,9 +75,8 @@ type Dead struct {
 type Counts struct {
 	In, Out, Errors, Retries, Skipped, Dead int64
 	Busy                                    time.Duration
-	// Redelivered is 1 when these results answer a delivery of the Work
-	// after its first (a worker died or outlived its ack wait), else 0.
-	// It counts also for results that came second.
+	// Redelivered counts deliveries of Works after their first (a worker
+	// died or outlived its ack wait); a Done with N 0 only counts.
 	Redelivered int64
 }
 

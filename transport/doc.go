@@ -61,8 +61,11 @@
 // after a lost ack, a run or a worker that reconnected) is kept once by
 // JetStream. The results of two deliveries of one piece (a worker that
 // died between publishing and acking, or outlived its ack wait) both
-// reach the run: it takes the first, acks the other and counts the
-// redelivery; the parts of one delivery are never mixed with another's.
+// reach the run: it takes the first and acks the other; the parts of one
+// delivery are never mixed with another's. A worker that starts a
+// delivery after the first says so at once (a Flowrun-Notice message on
+// the stage's Out subject), which the run counts as a redelivery in its
+// summary whether or not those results ever come.
 //
 // # Accounting and the end of a run
 //

@@ -601,6 +601,10 @@ func (q *stageQueue) Next(ctx context.Context) (runner.Done, error) {
 // gives the runner a piece's second results only to count them.
 func (q *stageQueue) take(m jetstream.Msg) (d runner.Done, ok bool, err error) {
 	key := m.Headers().Get(hdrPiece)
+	if m.Headers().Get(hdrNotice) == "redelivered" {
+		m.Ack()
+		return runner.Done{Counts: runner.Counts{Redelivered: 1}}, true, nil // N 0: only counted
+	}
 	k, parts, err := part(m.Headers())
 	if err != nil || key == "" {
 		m.Term()
@@ -638,13 +642,7 @@ func (q *stageQueue) take(m jetstream.Msg) (d runner.Done, ok bool, err error) {
 			d.Recs = append(d.Recs, a.parts[k]...)
 		}
 	}
-	// One delivery after the first, whether its results are taken or
-	// come second; a worker that died on a piece counts when the next
-	// one answers it.
-	d.Counts.Redelivered = 0
-	if delivered > 1 {
-		d.Counts.Redelivered = 1
-	}
+	d.Counts.Redelivered = 0 // counted by the worker's notice
 	msgs := a.msgs
 	q.mu.Lock()
 	n := q.outstanding[key] // 0: not one the runner waits for, only counted

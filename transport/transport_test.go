@@ -113,9 +113,9 @@ func TestSlowRecordsKeepTheirWorker(t *testing.T) {
 	dir := t.TempDir()
 	in := filepath.Join(dir, "in.txt")
 	os.WriteFile(in, []byte("a\nb\nc\nd\ne\nf\n"), 0o644)
-	yaml := "name: slow\ninput: {from: " + in + "}\noutput: {to: " + filepath.Join(dir, "out.txt") + "}\nstages:\n  - use: sleep\n    with: {duration: 400ms}\n    workers: 2\n"
+	yaml := "name: slow\ninput: {from: " + in + "}\noutput: {to: " + filepath.Join(dir, "out.txt") + "}\nstages:\n  - use: sleep\n    with: {duration: 1500ms}\n    workers: 2\n"
 	p := pipeline(t, yaml)
-	run, err := transport.NewRun(nc, p, transport.RunOptions{AckWait: 100 * time.Millisecond, MaxDeliver: 2, LocalWorkers: true})
+	run, err := transport.NewRun(nc, p, transport.RunOptions{AckWait: 600 * time.Millisecond, MaxDeliver: 2, LocalWorkers: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -333,10 +333,17 @@ func (w *Worker) handle(ctx context.Context, info RunInfo, s StageInfo, sl *slot
 		return
 	}
 	delivered := int64(meta.NumDelivered)
+	if delivered > 1 {
+		w.noticeRedelivery(info, s, n, delivered)
+	}
 	var d runner.Done
 	last := info.MaxDeliver > 0 && delivered >= int64(info.MaxDeliver)
 	if last {
-		d, err = sl.proc.Fail(ctx, recs, int(delivered-1), fmt.Errorf("delivered %d times without an answer: the worker that took it died or outlived the ack wait of %v each time", delivered-1, info.AckWait))
+		times := fmt.Sprintf("%d times", delivered-1)
+		if delivered == 2 {
+			times = "once"
+		}
+		d, err = sl.proc.Fail(ctx, recs, int(delivered-1), fmt.Errorf("delivered %s without an answer (--max-deliver %d): the worker that took it died or outlived the ack wait of %v each time", times, info.MaxDeliver, info.AckWait))
 	} else {
 		stop := make(chan struct{})
 		var ticking sync.WaitGroup
@@ -362,6 +369,19 @@ func (w *Worker) handle(ctx context.Context, info RunInfo, s StageInfo, sl *slot
 		return
 	}
 	m.Ack()
+}
+
+// noticeRedelivery tells the run that this is a delivery of piece n
+// after its first, as it starts: its results may never reach the run
+// (the first delivery's came first, or it dies too), the notice does.
+func (w *Worker) noticeRedelivery(info RunInfo, s StageInfo, n string, delivered int64) {
+	msg := nats.NewMsg(s.Out)
+	msg.Header.Set(hdrRun, info.Run)
+	msg.Header.Set(hdrStage, s.Name)
+	msg.Header.Set(hdrPiece, n)
+	msg.Header.Set(hdrAttempt, strconv.FormatInt(delivered, 10))
+	msg.Header.Set(hdrNotice, "redelivered")
+	w.js.PublishMsgAsync(msg, jetstream.WithMsgID(info.Run+"."+s.Results+"."+n+".redelivered."+strconv.FormatInt(delivered, 10)))
 }
 
 // progress tells the broker that a piece is still being worked, a few
