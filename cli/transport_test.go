@@ -165,6 +165,9 @@ stages:
 				if b.Remote {
 					remote++
 				}
+				if tt.code != 0 {
+					continue // how far the stages got past the failure is not fixed, with workers or without
+				}
 				if a.In != b.In || a.Out != b.Out || a.Errors != b.Errors || a.Retries != b.Retries || a.Skipped != b.Skipped || a.DeadLettered != b.DeadLettered {
 					t.Errorf("stage %s: through the broker %+v, without %+v", a.Name, b, a)
 				}
@@ -172,7 +175,7 @@ stages:
 			if remote == 0 {
 				t.Error("no stage ran on the broker")
 			}
-			if sums[0].Output.Records != sums[1].Output.Records {
+			if sums[0].Output.Records != sums[1].Output.Records && tt.code == 0 {
 				t.Errorf("output records: through the broker %d, without %d", sums[1].Output.Records, sums[0].Output.Records)
 			}
 		})
