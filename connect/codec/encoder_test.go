@@ -1,0 +1,73 @@
+package codec_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/flowrun/flowrun/connect/codec"
+)
+
+// TestEncoder formats records in each output format: lines as they are,
+// jsonl a record that is not JSON as a string, csv and tsv a JSON object
+// as a row under the first record's fields (or a header being continued),
+// with the dialect's delimiter and TSV's escapes.
+func TestEncoder(t *testing.T) {
+	tests := []struct {
+		name, format string
+		table        codec.Table
+		header       []string
+		recs         []string
+		want         string
+		err          string // of the last record
+	}{
+		{"lines", "lines", codec.Table{}, nil, []string{"a b", `{"x":1}`, ""}, "a b\n{\"x\":1}\n\n", ""},
+		{"jsonl", "jsonl", codec.Table{}, nil, []string{`{"x": 1}`, `not "json"`, "[1,2]"}, "{\"x\": 1}\n\"not \\\"json\\\"\"\n[1,2]\n", ""},
+		{"csv", "csv", codec.Table{}, nil, []string{`{"a":1,"b":"x,y"}`, `{"b":"z","a":null}`}, "a,b\n1,\"x,y\"\nnull,z\n", ""},
+		{"csv dialect", "csv", codec.Table{Delimiter: ';', NoHeader: true}, nil, []string{`{"a":1,"b":2}`}, "1;2\n", ""},
+		{"csv continued", "csv", codec.Table{}, []string{"b", "a"}, []string{`{"a":1,"b":2}`}, "2,1\n", ""},
+		{"csv new field", "csv", codec.Table{}, nil, []string{`{"a":1}`, `{"a":2,"c":3}`}, "a\n1\n",
+			`field "c" is not a column of the CSV output (its header, from the first record, is a): give every record the same fields, or write jsonl`},
+		{"csv not an object", "csv", codec.Table{}, nil, []string{`[1]`}, "", "csv output needs JSON objects: record is not a JSON object"},
+		{"tsv", "tsv", codec.Table{}, nil, []string{`{"a":"x\ty","b":"1\\2"}`}, "a\tb\nx\\ty\t1\\\\2\n", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := codec.NewEncoder(tt.format, tt.table, tt.header)
+			var err error
+			for _, r := range tt.recs {
+				err = e.Add([]byte(r))
+			}
+			if got := string(e.Buf); got != tt.want {
+				t.Errorf("wrote %q, want %q", got, tt.want)
+			}
+			got := ""
+			if err != nil {
+				got = err.Error()
+			}
+			if (tt.err == "") != (err == nil) || !strings.Contains(got, tt.err) {
+				t.Errorf("error %q, want %q", got, tt.err)
+			}
+		})
+	}
+}
+
+// BenchmarkEncoder formats W1's and W2's records, the output's per-record
+// cost.
+func BenchmarkEncoder(b *testing.B) {
+	for _, c := range []struct{ format, rec string }{
+		{"lines", "REC-000123 ALPHA BETA"},
+		{"jsonl", `{"id":2,"name":"name-2","score":74.5,"tags":["a","b"],"active":true,"name_upper":"NAME-2"}`},
+	} {
+		b.Run(c.format, func(b *testing.B) {
+			e := codec.NewEncoder(c.format, codec.Table{}, nil)
+			rec := []byte(c.rec)
+			b.SetBytes(int64(1000 * (len(rec) + 1)))
+			for b.Loop() {
+				for range 1000 {
+					e.Add(rec)
+				}
+				e.Buf = e.Buf[:0]
+			}
+		})
+	}
+}
