@@ -2,7 +2,9 @@ package nats_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -87,4 +89,37 @@ func TestStartErrors(t *testing.T) {
 		{fmt.Sprintf("nats://127.0.0.1:%d?stream=s", port), fmt.Sprintf("nats nats://127.0.0.1:%d: cannot connect: no server answers", port)},
 		{srv.URL + "?stream=flowrun-missing&create=false", `stream "flowrun-missing": no such stream`},
 	})
+}
+
+// Output to a stream that does not take the subject (made by an input
+// before, on STREAM.>) is refused at start, naming both: its publishes
+// would find no stream, and Flush would wait for PubAcks for ever.
+func TestSinkSubjectNotInStream(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	srv := brokertest.NATS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	src, _, err := connect.OpenSource(ctx, srv.URL+"?stream=made-by-input", nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src.Close()
+	for _, subject := range []string{"other.in", "made-by-input", "made-by-input.a.b"} {
+		snk, _, err := connect.OpenSink(ctx, srv.URL+"?stream=made-by-input&subject="+subject, nil)
+		if subject == "made-by-input.a.b" {
+			if err != nil {
+				t.Fatalf("%s: %v, want it taken by made-by-input.>", subject, err)
+			}
+			snk.Close()
+			continue
+		}
+		var ce *connect.Error
+		want := fmt.Sprintf(`stream "made-by-input" does not take subject %q (its subjects: made-by-input.>)`, subject)
+		if !errors.As(err, &ce) || !strings.Contains(err.Error(), want) {
+			if snk != nil {
+				snk.Close()
+			}
+			t.Fatalf("%s: got %v, want a *connect.Error with %q", subject, err, want)
+		}
+	}
 }

@@ -3,6 +3,7 @@ package nats
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,8 +41,12 @@ func openSink(ctx context.Context, p *connect.Params) (connect.Sink, error) {
 		return &coreSink{p: p, nc: nc, subject: p.String("subject"), wrap: p.Bool("envelope")}, nil
 	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(5*time.Second), jetstream.WithPublishAsyncMaxPending(4096))
+	var st jetstream.Stream
 	if err == nil {
-		_, err = stream(ctx, js, p)
+		st, err = stream(ctx, js, p)
+	}
+	if err == nil {
+		err = takes(st, p)
 	}
 	if err != nil {
 		nc.Close()
@@ -51,6 +56,41 @@ func openSink(ctx context.Context, p *connect.Params) (connect.Sink, error) {
 		return nil, &connect.Error{Broker: p.Broker(), Reason: reason(err), Err: err}
 	}
 	return &jsSink{p: p, nc: nc, js: js, subject: p.String("subject"), wrap: p.Bool("envelope")}, nil
+}
+
+// takes checks that the stream takes the subject published on: a
+// publish on a subject no stream has finds no one to answer, and would
+// be sent again for ever.
+func takes(st jetstream.Stream, p *connect.Params) error {
+	cfg := st.CachedInfo().Config
+	subject := p.String("subject")
+	for _, f := range cfg.Subjects {
+		if subjectMatches(f, subject) {
+			return nil
+		}
+	}
+	if len(cfg.Subjects) == 0 { // a mirror or a stream of sources only
+		return &connect.Error{Broker: p.Broker(), Reason: fmt.Sprintf("stream %q takes no subject: publish to one that does", cfg.Name)}
+	}
+	return &connect.Error{Broker: p.Broker(), Reason: fmt.Sprintf("stream %q does not take subject %q (its subjects: %s): publish on one of them, or to another stream",
+		cfg.Name, subject, strings.Join(cfg.Subjects, ", "))}
+}
+
+// subjectMatches reports whether a stream's subject filter, with its *
+// (one token) and > (the rest) wildcards, takes subject.
+func subjectMatches(filter, subject string) bool {
+	f, s := strings.Split(filter, "."), strings.Split(subject, ".")
+	for i, tok := range f {
+		switch {
+		case tok == ">":
+			return len(s) > i
+		case i >= len(s):
+			return false
+		case tok != "*" && tok != s[i]:
+			return false
+		}
+	}
+	return len(f) == len(s)
 }
 
 func (s *jsSink) publish(m connect.Message) jetstream.PubAckFuture {
