@@ -20,6 +20,7 @@ func TestParseRejects(t *testing.T) {
 		{"amqp://h/?queue=q&prefech=3", connect.In, `rabbitmq option "prefech": no such option (did you mean "prefetch"?)`},
 		{"amqp://h/?queue=q&prefetch=many", connect.In, `rabbitmq option "prefetch": "many" is not a whole number ≥ 0`},
 		{"amqp://h/?queue=q&prefetch=3", connect.Out, `rabbitmq option "prefetch": applies to input only`},
+		{"amqp://h/?queue=q&prefetch=65536", connect.In, `rabbitmq option "prefetch": at most 65535`},
 		{"amqp://h/", connect.In, `rabbitmq option "queue": input needs a queue`},
 		{"amqp://h/?queue=q&exchange=x", connect.Out, `give a queue or an exchange, not both`},
 		{"redis://h:6379/0", connect.In, `redis option "list": give a list`},

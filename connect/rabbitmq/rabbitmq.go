@@ -39,11 +39,18 @@ func init() {
 	})
 }
 
+// maxPrefetch is the largest prefetch count AMQP 0.9.1 can send.
+const maxPrefetch = 1<<16 - 1
+
 func check(p *connect.Params, d connect.Direction) error {
 	opt := func(name, reason string) error {
 		return &connect.OptionError{Connector: "rabbitmq", Option: name, Reason: reason}
 	}
 	switch {
+	case p.Int("prefetch") > maxPrefetch:
+		// AMQP's prefetch count is 16 bits: 65536 would go out as 0,
+		// no limit at all.
+		return opt("prefetch", fmt.Sprintf("at most %d, AMQP's limit", maxPrefetch))
 	case d == connect.In && p.String("queue") == "":
 		return opt("queue", "input needs a queue (amqp://host/?queue=NAME)")
 	case d == connect.Out && p.String("queue") == "" && p.String("exchange") == "":
@@ -155,7 +162,7 @@ type token struct {
 func openSource(ctx context.Context, p *connect.Params) (connect.Source, error) {
 	s := &source{p: p, queue: p.String("queue"), prefetch: p.Int("prefetch"), envelope: p.Bool("envelope")}
 	if s.prefetch == 0 {
-		s.prefetch = p.Workers
+		s.prefetch = min(p.Workers, maxPrefetch)
 	}
 	if err := s.connect(ctx); err != nil {
 		return nil, err
