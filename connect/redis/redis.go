@@ -107,9 +107,13 @@ type slots chan struct{}
 // take waits for one slot, then takes up to n-1 more without waiting.
 func (s slots) take(ctx context.Context, n int) (int, error) {
 	select {
-	case s <- struct{}{}:
-	case <-ctx.Done():
-		return 0, ctx.Err()
+	case s <- struct{}{}: // a free slot is taken even when ctx has ended
+	default:
+		select {
+		case s <- struct{}{}:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
 	}
 	got := 1
 	for got < n {
@@ -306,8 +310,13 @@ func (s *listSource) Receive(ctx context.Context, buf []connect.Message) ([]conn
 		s.reclaim(ctx)
 	}
 	// While the queue has messages, one pipeline of LMOVEs takes what
-	// the slots allow in one round trip; only an empty queue blocks.
-	if buf = s.moveSome(ctx, buf, n); len(buf) > 0 {
+	// the slots allow in one round trip; only an empty queue blocks. A
+	// deadline (--until-idle's) bounds the wait for a message, not the
+	// transfer of one that is there: cut, a large message went back to
+	// the list, and every run ended before it came.
+	mctx, stop := unlessCanceled(ctx)
+	defer stop()
+	if buf = s.moveSome(mctx, buf, n); len(buf) > 0 {
 		return buf, nil
 	}
 	b := connect.DefaultBackoff()
@@ -321,6 +330,9 @@ func (s *listSource) Receive(ctx context.Context, buf []connect.Message) ([]conn
 			break
 		}
 		if ctx.Err() != nil {
+			// A message moved as ctx ended has its reply lost: the
+			// next Receive moves it back, or Close does.
+			s.lost = true
 			return buf, ctx.Err()
 		}
 		if errors.Is(err, redis.Nil) {
@@ -331,7 +343,7 @@ func (s *listSource) Receive(ctx context.Context, buf []connect.Message) ([]conn
 			return buf, ctx.Err()
 		}
 	}
-	buf = s.moveSome(ctx, buf, n) // the deferred give counts what buf holds
+	buf = s.moveSome(mctx, buf, n) // the deferred give counts what buf holds
 	return buf, nil
 }
 
@@ -342,6 +354,18 @@ func (s *listSource) message(v string) connect.Message {
 		return connect.Message{Data: connect.Envelope{List: s.list}.Wrap([]byte(v)), Token: v}
 	}
 	return connect.Message{Data: []byte(v), Token: v}
+}
+
+// unlessCanceled returns a context that ends when ctx is canceled, but
+// not when its deadline passes.
+func unlessCanceled(ctx context.Context) (context.Context, context.CancelFunc) {
+	c, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, func() {
+		if errors.Is(ctx.Err(), context.Canceled) {
+			cancel()
+		}
+	})
+	return c, func() { stop(); cancel() }
 }
 
 // moveSome moves up to n-len(buf) more messages without blocking.

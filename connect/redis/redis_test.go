@@ -154,3 +154,82 @@ func TestListSlotsAfterBlocking(t *testing.T) {
 		t.Fatalf("Settle of %d messages hangs", len(ms))
 	}
 }
+
+// A message that is there is handed on however long it takes to come
+// over: the deadline of a Receive (--until-idle) bounds the wait for a
+// message, not the transfer of a large one, which it used to cut, the
+// message going back to the list and every run ending before it came.
+func TestListLargeMessageOutlastsDeadline(t *testing.T) {
+	srv := brokertest.Redis(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	u := srv.URL + "?list=large"
+	snk, _, err := connect.OpenSink(ctx, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := bytes.Repeat([]byte("x"), 64<<20)
+	if err := snk.Write(ctx, []connect.Message{{Data: big}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := snk.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	snk.Close()
+	src, _, err := connect.OpenSource(ctx, u+"&consumer=large", nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	rctx, rcancel := context.WithTimeout(ctx, time.Millisecond)
+	got, err := src.Receive(rctx, make([]connect.Message, 0, 1))
+	rcancel()
+	if err != nil || len(got) != 1 || len(got[0].Data) != len(big) {
+		t.Fatalf("Receive with a deadline shorter than the transfer: %d messages, %v; want the 64 MiB one", len(got), err)
+	}
+	if err := src.Settle(ctx, got, connect.Ack); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A large stream entry left pending by a run that stopped is read again
+// at the next start however short its Receive's deadline: cut, it stayed
+// pending, cut again at every start.
+func TestStreamLargePendingOutlastsDeadline(t *testing.T) {
+	srv := brokertest.Redis(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	u := srv.URL + "?stream=large"
+	snk, _, err := connect.OpenSink(ctx, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := bytes.Repeat([]byte("x"), 64<<20)
+	if err := snk.Write(ctx, []connect.Message{{Data: big}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := snk.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	snk.Close()
+	first, _, err := connect.OpenSource(ctx, u+"&consumer=large", nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	connecttest.Take(t, ctx, first, 1)
+	first.Close() // not settled: pending for consumer large
+	src, _, err := connect.OpenSource(ctx, u+"&consumer=large", nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	rctx, rcancel := context.WithTimeout(ctx, time.Millisecond)
+	got, err := src.Receive(rctx, make([]connect.Message, 0, 1))
+	rcancel()
+	if err != nil || len(got) != 1 || len(got[0].Data) != len(big) {
+		t.Fatalf("Receive of the pending entry with a deadline shorter than the transfer: %d messages, %v; want the 64 MiB one", len(got), err)
+	}
+	if err := src.Settle(ctx, got, connect.Ack); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -81,11 +81,17 @@ func (s *streamSource) Receive(ctx context.Context, buf []connect.Message) ([]co
 				return buf, nil
 			}
 		}
-		id, block := ">", blockFor
+		id, block, rctx := ">", blockFor, ctx
 		if !s.pendingDone {
+			// This consumer's pending entries are there: a deadline
+			// must not cut their transfer (a large one would stay
+			// pending, cut again at every start).
 			id, block = s.pendingFrom, -1
+			var stop context.CancelFunc
+			rctx, stop = unlessCanceled(ctx)
+			defer stop()
 		}
-		res, err := s.c.XReadGroup(ctx, &redis.XReadGroupArgs{
+		res, err := s.c.XReadGroup(rctx, &redis.XReadGroupArgs{
 			Group: s.group, Consumer: s.consumer, Streams: []string{s.stream, id},
 			Count: int64(n), Block: block,
 		}).Result()
