@@ -549,7 +549,7 @@ func TestRunFileURLs(t *testing.T) {
 		t.Errorf("output %q, want A, B", b)
 	}
 	_, errs, code = runCLI(t, "", "run", "-q", "-i", "file://elsewhere/in.txt", p)
-	if want := "a file URL names a local file (file:///PATH), not one on elsewhere"; code != 2 || !strings.Contains(errs, want) {
+	if want := "flowrun: -i: file://elsewhere/in.txt: a file URL names a local file (file:///PATH), not one on elsewhere\n"; code != 2 || errs != want {
 		t.Errorf("a file URL on another host: exit %d, %q", code, errs)
 	}
 }

@@ -40,13 +40,16 @@ func prepare(file string, f paths, stdin io.Reader) (p *spec.Pipeline, release f
 	if err != nil {
 		return nil, release, err
 	}
-	for _, flag := range []*string{&f.input, &f.output} {
+	for _, flag := range []struct {
+		name string
+		v    *string
+	}{{"-i", &f.input}, {"-o", &f.output}} {
 		// A file:// URL is read and written as its path.
-		if path, isFile, err := fileconn.Path(*flag); isFile {
+		if path, isFile, err := fileconn.Path(*flag.v); isFile {
 			if err != nil {
-				return nil, release, usagef("%v", err)
+				return nil, release, usagef("%s: %v", flag.name, err)
 			}
-			*flag = path
+			*flag.v = path
 		}
 	}
 	if f.input != "" {
