@@ -86,6 +86,11 @@ type Source interface {
 // or Flush and sends again what was not confirmed, so a message may reach
 // the broker twice but never not at all while Flush reports success.
 // Close flushes nothing: call Flush first.
+//
+// Write and Flush may be called from different goroutines at once (each
+// from one goroutine at a time): a Flush waiting for confirms must not
+// hold back the Write of the next messages, since overlapping the two is
+// what keeps a broker with durable messages busy.
 type Sink interface {
 	Write(ctx context.Context, msgs []Message) error
 	Flush(ctx context.Context) error

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"os"
 	"strconv"
@@ -134,21 +135,30 @@ func (a *acks) busy(idle time.Duration) bool {
 	return n > 0 || time.Since(time.Unix(0, a.settled.Load())) < idle
 }
 
-func (a *acks) add(seq uint64, m connect.Message) {
+// add keeps msgs, numbered from seq on, until they are settled.
+func (a *acks) add(seq uint64, msgs []connect.Message) {
 	a.mu.Lock()
-	a.msgs[seq] = m
+	for i, m := range msgs {
+		a.msgs[seq+uint64(i)] = m
+	}
 	a.mu.Unlock()
 }
 
-// origin is the id of the message input record seq came from, "" when
-// it has none.
-func (a *acks) origin(seq uint64) string {
+// origins appends to ids the id of the message each of recs came from,
+// "" where it has none: one lock for a batch, not one per record.
+func (a *acks) origins(recs []record, ids []string) []string {
 	if a == nil {
-		return ""
+		for range recs {
+			ids = append(ids, "")
+		}
+		return ids
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.msgs[seq].ID
+	for _, rec := range recs {
+		ids = append(ids, a.msgs[rec.seq].ID)
+	}
+	return ids
 }
 
 // stopAt notes that a stage stopped the input at record seq: the records
@@ -175,9 +185,28 @@ func (a *acks) emitted(lo, hi uint64) {
 	a.mu.Unlock()
 }
 
+// pending is how many ranges are emitted and not yet settled. A writer
+// that flushes while it goes on emitting takes it before its flush, and
+// settles only those: what was emitted after the flush began may not be
+// durable yet.
+func (a *acks) pending() int {
+	if a == nil {
+		return 0
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.ranges)
+}
+
 // settle acks what was emitted, once it is durable: the dead letters
 // among it are flushed and fsynced, and so is the output file.
 func (a *acks) settle(ctx context.Context) error {
+	return a.settleFirst(ctx, math.MaxInt)
+}
+
+// settleFirst acks the first n ranges emitted (all of them, if fewer),
+// now that they are durable. It is called from one goroutine at a time.
+func (a *acks) settleFirst(ctx context.Context, n int) error {
 	if a == nil {
 		return nil
 	}
@@ -186,8 +215,9 @@ func (a *acks) settle(ctx context.Context) error {
 	}
 	fail, stop := a.r.failSeq.Load(), a.stopSeq.Load()
 	a.mu.Lock()
+	n = min(n, len(a.ranges))
 	a.list, a.reject = a.list[:0], a.reject[:0]
-	for _, rg := range a.ranges {
+	for _, rg := range a.ranges[:n] {
 		for seq := rg[0]; seq <= rg[1]; seq++ {
 			if fail != 0 && seq >= fail || stop != 0 && seq > stop {
 				continue // not done: back to the queue at Close
@@ -203,7 +233,7 @@ func (a *acks) settle(ctx context.Context) error {
 			}
 		}
 	}
-	a.ranges = a.ranges[:0]
+	a.ranges = a.ranges[:copy(a.ranges, a.ranges[n:])]
 	list, reject := a.list, a.reject
 	a.settling = len(list) + len(reject)
 	a.mu.Unlock()
@@ -287,9 +317,9 @@ func (r *run) readSource(readCtx, ctx context.Context, q0 chan<- batch) error {
 			return fmt.Errorf("input: %w", err)
 		}
 		items := getItems()
+		r.acks.add(seq+1, msgs)
 		for _, m := range msgs {
 			seq++
-			r.acks.add(seq, m)
 			it := item{Data: m.Data, Line: int64(seq)}
 			if r.p.Input.Format == "jsonl" && !json.Valid(m.Data) {
 				it.Err = fmt.Errorf("message %d: not valid JSON", seq)
@@ -310,20 +340,32 @@ func (r *run) readSource(readCtx, ctx context.Context, q0 chan<- batch) error {
 	}
 }
 
+// maxUnconfirmed bounds the messages an output broker has been sent and
+// has not yet confirmed: the writer waits for confirms beyond it. (With a
+// broker input its prefetch is the tighter bound.)
+const maxUnconfirmed = 4 * maxBatch
+
 // writeBroker drains the last queue into an output broker, in input
-// order when the run is ordered. It publishes what it has whenever no
-// batch is waiting and waits for the broker's confirms (Flush); only then
-// are the input records behind it settled.
+// order when the run is ordered. It sends what it has whenever no batch
+// is waiting, and goes on with the next batches while a confirmer
+// goroutine waits for the broker's confirms (Flush) and only then
+// settles the input records whose results those were: publishing and
+// confirming overlap, as a broker's async confirms are meant to be used,
+// instead of the run waiting a round trip (and the broker's fsync) for
+// every few records.
 func (r *run) writeBroker(ctx context.Context, in <-chan batch, snk connect.Sink) error {
 	var msgs []connect.Message
+	var ranges [][2]uint64 // the input records behind msgs
+	var ids []string
 	jsonl := r.p.Output.Format == "jsonl"
 	emit := func(b batch) error {
 		recs := b.recs
 		if f := r.failSeq.Load(); f != 0 {
 			recs = before(recs, f)
 		}
+		ids = r.acks.origins(recs, ids[:0])
 		k, last := 0, uint64(0)
-		for _, rec := range recs {
+		for i, rec := range recs {
 			data := rec.data
 			if jsonl && !json.Valid(data) {
 				data = stages.AppendJSONString(nil, data)
@@ -332,30 +374,40 @@ func (r *run) writeBroker(ctx context.Context, in <-chan batch, snk connect.Sink
 				k, last = 0, rec.seq
 			}
 			k++
-			id := ""
-			if o := r.acks.origin(rec.seq); o != "" {
-				id = o + "/" + strconv.Itoa(k) // the k-th record made of that message
+			id := ids[i]
+			if id != "" {
+				id += "/" + strconv.Itoa(k) // the k-th record made of that message
 			}
 			msgs = append(msgs, connect.Message{Data: data, ID: id})
 		}
+		clear(ids)
 		r.written.Add(int64(len(recs)))
-		r.acks.emitted(b.lo, b.hi)
+		if b.hi >= b.lo {
+			ranges = append(ranges, [2]uint64{b.lo, b.hi})
+		}
 		b.release()
 		putRecords(b.recs)
 		return nil
 	}
-	flush := func(ctx context.Context) error {
+	c := newConfirmer(ctx, r.acks, snk)
+	defer c.stop()
+	// send hands msgs to the sink and their input records to the
+	// confirmer. Only once Write has returned are the records emitted,
+	// so that a Flush the confirmer begins later covers them.
+	send := func(ctx context.Context) error {
 		if len(msgs) > 0 {
 			if err := snk.Write(ctx, msgs); err != nil {
 				return fmt.Errorf("output: %w", err)
 			}
 		}
-		if err := snk.Flush(ctx); err != nil {
-			return fmt.Errorf("output: %w", err)
+		for _, rg := range ranges {
+			r.acks.emitted(rg[0], rg[1])
 		}
+		ranges = ranges[:0]
+		n := len(msgs)
 		clear(msgs)
 		msgs = msgs[:0]
-		return r.acks.settle(ctx)
+		return c.sent(ctx, n)
 	}
 	var ro *reorder
 	if r.ordered {
@@ -373,7 +425,10 @@ func (r *run) writeBroker(ctx context.Context, in <-chan batch, snk connect.Sink
 						return err
 					}
 				}
-				return flush(ctx)
+				if err := send(ctx); err != nil {
+					return err
+				}
+				return c.finish()
 			}
 			var err error
 			if ro != nil {
@@ -385,7 +440,7 @@ func (r *run) writeBroker(ctx context.Context, in <-chan batch, snk connect.Sink
 				return err
 			}
 			if len(in) == 0 || len(msgs) >= maxBatch {
-				if err := flush(ctx); err != nil {
+				if err := send(ctx); err != nil {
 					return err
 				}
 			}
@@ -394,14 +449,134 @@ func (r *run) writeBroker(ctx context.Context, in <-chan batch, snk connect.Sink
 			// that its input is acked rather than done twice.
 			fctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 			defer cancel()
-			flush(fctx)
+			if send(fctx) == nil {
+				c.finish()
+			}
 			return context.Cause(ctx)
 		}
 	}
 }
 
-// openSource connects the broker input, its prefetch the stages'
-// workers in total so that the broker's fair dispatch holds.
+// confirmer waits for an output broker's confirms in a goroutine of its
+// own and settles the input behind them. The writer tells it how many
+// messages it sent (sent); it flushes the sink, which returns once those
+// and any sent meanwhile are durable, and settles the ranges that were
+// emitted before that flush began. Its context outlives the run's by
+// settleTimeout, so that an aborted run still acks what it made durable.
+type confirmer struct {
+	acks *acks
+	snk  connect.Sink
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	later  func() bool // stops the AfterFunc that cancels ctx
+
+	kick chan struct{} // cap 1: something was sent
+	done chan struct{} // closed when the goroutine has returned
+	err  error         // its error, once done is closed
+
+	sentN      atomic.Int64  // messages sent
+	confirmedN atomic.Int64  // of those, confirmed
+	progress   chan struct{} // cap 1: confirmedN moved
+	closeOnce  sync.Once
+}
+
+func newConfirmer(ctx context.Context, a *acks, snk connect.Sink) *confirmer {
+	c := &confirmer{acks: a, snk: snk, kick: make(chan struct{}, 1), done: make(chan struct{}), progress: make(chan struct{}, 1)}
+	c.ctx, c.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	var timer *time.Timer
+	var mu sync.Mutex
+	stopAfter := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		timer = time.AfterFunc(settleTimeout, c.cancel)
+		mu.Unlock()
+	})
+	c.later = func() bool {
+		stopAfter()
+		mu.Lock()
+		if timer != nil {
+			timer.Stop()
+		}
+		mu.Unlock()
+		return true
+	}
+	go c.run()
+	return c
+}
+
+func (c *confirmer) run() {
+	defer close(c.done)
+	for {
+		_, more := <-c.kick
+		if err := c.confirm(); err != nil {
+			c.err = err
+			return
+		}
+		if !more {
+			return
+		}
+	}
+}
+
+// confirm flushes the sink and settles what it covers.
+func (c *confirmer) confirm() error {
+	n, sent := c.acks.pending(), c.sentN.Load()
+	if err := c.snk.Flush(c.ctx); err != nil {
+		return fmt.Errorf("output: %w", err)
+	}
+	c.confirmedN.Store(sent)
+	select {
+	case c.progress <- struct{}{}:
+	default:
+	}
+	return c.acks.settleFirst(c.ctx, n)
+}
+
+// sent tells the confirmer that n more messages went out, and waits
+// while more than maxUnconfirmed are not confirmed. It returns the
+// confirmer's error if it failed.
+func (c *confirmer) sent(ctx context.Context, n int) error {
+	s := c.sentN.Add(int64(n))
+	select {
+	case c.kick <- struct{}{}:
+	default: // a flush is due already; it will cover these
+	}
+	for s-c.confirmedN.Load() > maxUnconfirmed {
+		select {
+		case <-c.progress:
+		case <-c.done:
+			return c.err
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	select {
+	case <-c.done:
+		return c.err
+	default:
+	}
+	return nil
+}
+
+// finish waits for the last confirms and settles, and returns the
+// confirmer's error.
+func (c *confirmer) finish() error {
+	c.closeOnce.Do(func() { close(c.kick) })
+	<-c.done
+	return c.err
+}
+
+// stop ends the confirmer without waiting for confirms: the run failed
+// before anything more could be made durable.
+func (c *confirmer) stop() {
+	c.closeOnce.Do(func() { close(c.kick) })
+	c.cancel()
+	<-c.done
+	c.later()
+}
+
+// openSource connects the broker input; its default prefetch comes from
+// the stages' workers in total (connect.DefaultPrefetch).
 func (r *run) openSource(ctx context.Context, from string) error {
 	workers := 0
 	for _, s := range r.p.Stages {

@@ -16,7 +16,8 @@ import (
 // jsSink publishes to a stream asynchronously and keeps each message
 // with its PubAck future until Flush has seen it acked. A message whose
 // publish failed or timed out is published again with the same
-// Nats-Msg-Id, which the stream drops if it had it after all.
+// Nats-Msg-Id, which the stream drops if it had it after all. Write and
+// Flush may run at once (Flush from one goroutine at a time).
 type jsSink struct {
 	p       *connect.Params
 	nc      *nats.Conn
@@ -24,7 +25,9 @@ type jsSink struct {
 	subject string
 	wrap    bool // envelope
 	mu      sync.Mutex
-	pending []inFlight
+	pending []inFlight // oldest first
+	waiting []inFlight // Flush's copy of the oldest, while it waits
+	left    []int      // Flush's: indexes into waiting not yet acked
 }
 
 type inFlight struct {
@@ -124,38 +127,52 @@ func (s *jsSink) Write(ctx context.Context, msgs []connect.Message) error {
 	return nil
 }
 
+// Flush waits for the PubAcks of what was written before it, without
+// holding the sink: Write goes on publishing meanwhile. (A future's Ok
+// hands its PubAck over once, so each is waited for once.)
 func (s *jsSink) Flush(ctx context.Context) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	n := len(s.pending) // what was written before this Flush: the oldest n
+	s.waiting = append(s.waiting[:0], s.pending[:n]...)
+	s.mu.Unlock()
+	s.left = s.left[:0]
+	for i := range n {
+		s.left = append(s.left, i)
+	}
 	b := connect.DefaultBackoff()
-	for {
+	for len(s.left) > 0 {
 		var lastErr error
-		failed := s.pending[:0]
-		for _, p := range s.pending {
-			if p.f != nil {
+		failed := s.left[:0]
+		for _, i := range s.left {
+			if f := s.waiting[i].f; f != nil {
 				select {
-				case <-p.f.Ok():
+				case <-f.Ok():
 					continue
-				case err := <-p.f.Err():
+				case err := <-f.Err():
 					lastErr = err
 				case <-ctx.Done():
 					return fmt.Errorf("%s: waiting for PubAcks: %w", s.p.Broker(), ctx.Err())
 				}
 			}
-			failed = append(failed, p)
+			failed = append(failed, i)
 		}
-		clear(s.pending[len(failed):])
-		s.pending = failed
-		if len(s.pending) == 0 {
-			return nil
+		s.left = failed
+		if len(failed) == 0 {
+			break
 		}
 		if !b.Wait(ctx) {
 			return fmt.Errorf("%s: %s", s.p.Broker(), reason(lastErr))
 		}
-		for i := range s.pending {
-			s.pending[i].f = s.publish(s.pending[i].msg)
+		for _, i := range failed {
+			s.waiting[i].f = s.publish(s.waiting[i].msg)
 		}
 	}
+	s.mu.Lock()
+	clear(s.pending[:n])
+	s.pending = s.pending[n:]
+	s.mu.Unlock()
+	clear(s.waiting)
+	return nil
 }
 
 func (s *jsSink) Close() error {

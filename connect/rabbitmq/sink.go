@@ -12,10 +12,11 @@ import (
 )
 
 // sink publishes persistent messages on a channel in confirm mode. What
-// it published since the last Flush stays in pending with its deferred
-// confirmation; a channel that dies is replaced and those messages are
-// published again, so Flush never reports a message durable that the
-// broker did not confirm.
+// it published and the broker has not yet confirmed stays in pending,
+// oldest first, with its deferred confirmation; a channel that dies is
+// replaced and those messages are published again, so Flush never
+// reports a message durable that the broker did not confirm. Write and
+// Flush may run at once (Flush from one goroutine at a time).
 type sink struct {
 	p             *connect.Params
 	exchange, key string
@@ -25,6 +26,7 @@ type sink struct {
 	conn          *amqp.Connection
 	ch            *amqp.Channel
 	pending       []published
+	waiting       []*amqp.DeferredConfirmation // Flush's, while it waits
 }
 
 type published struct {
@@ -140,32 +142,71 @@ func (s *sink) republish(ctx context.Context) error {
 	}
 }
 
+// Flush waits for the confirms of what was written before it, without
+// holding the sink: Write goes on publishing meanwhile, so that the
+// confirms of one batch come back while the next is published.
 func (s *sink) Flush(ctx context.Context) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	for {
-		nacked := false
-		for _, p := range s.pending {
-			ok, err := p.dc.WaitContext(ctx)
-			if err != nil {
+	n := len(s.pending) // what was written before this Flush: the oldest n
+	s.mu.Unlock()
+	for n > 0 {
+		s.mu.Lock()
+		s.waiting = s.waiting[:0]
+		for _, p := range s.pending[:n] {
+			s.waiting = append(s.waiting, p.dc)
+		}
+		s.mu.Unlock()
+		for _, dc := range s.waiting {
+			if dc == nil {
+				continue // not published: republish sees to it
+			}
+			if _, err := dc.WaitContext(ctx); err != nil {
 				return fmt.Errorf("%s: waiting for confirms: %w", s.p.Broker(), err)
 			}
-			if !ok {
-				nacked = true
+		}
+		s.mu.Lock()
+		confirmed := 0
+		for _, p := range s.pending[:n] {
+			if p.dc == nil || !p.dc.Acked() {
 				break
 			}
+			confirmed++
 		}
-		if !nacked {
-			clear(s.pending)
-			s.pending = s.pending[:0]
-			return nil
+		clear(s.pending[:confirmed])
+		s.pending = s.pending[confirmed:]
+		n -= confirmed
+		var err error
+		if n > 0 && s.nacked(n) {
+			// A nack, or a channel that closed under its confirms:
+			// publish again whatever is not known to be safe.
+			err = s.republish(ctx)
 		}
-		// A nack, or a channel that closed under its confirms: publish
-		// again whatever is not known to be safe.
-		if err := s.republish(ctx); err != nil {
+		s.mu.Unlock()
+		if err != nil {
 			return err
 		}
 	}
+	return nil
+}
+
+// nacked reports whether one of the oldest n messages is known not to be
+// confirmed: never published, nacked, or its channel closed. One still
+// waiting for its confirm (republished meanwhile by Write) is not. s.mu
+// is held.
+func (s *sink) nacked(n int) bool {
+	for _, p := range s.pending[:n] {
+		if p.dc == nil {
+			return true
+		}
+		select {
+		case <-p.dc.Done():
+			if !p.dc.Acked() {
+				return true
+			}
+		default:
+		}
+	}
+	return false
 }
 
 func (s *sink) Close() error {

@@ -22,9 +22,12 @@ type sink struct {
 	field   string
 	lpush   bool
 	maxlen  int64
-	wrap    bool // envelope
-	mu      sync.Mutex
+	wrap    bool       // envelope
+	mu      sync.Mutex // pending
 	pending []connect.Message
+	sendMu  sync.Mutex // one send at a time, in order
+	sending []connect.Message
+	vals    []any
 }
 
 // flushAt is how many messages Write holds before it sends them itself.
@@ -41,7 +44,6 @@ func openSink(ctx context.Context, p *connect.Params) (connect.Sink, error) {
 
 func (s *sink) Write(ctx context.Context, msgs []connect.Message) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.wrap {
 		for _, m := range msgs {
 			_, body := connect.Unwrap(m.Data)
@@ -50,46 +52,57 @@ func (s *sink) Write(ctx context.Context, msgs []connect.Message) error {
 	} else {
 		s.pending = append(s.pending, msgs...)
 	}
-	if len(s.pending) >= flushAt {
+	full := len(s.pending) >= flushAt
+	s.mu.Unlock()
+	if full {
 		return s.send(ctx)
 	}
 	return nil
 }
 
-func (s *sink) Flush(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.send(ctx)
-}
+// Flush sends what is pending; when it returns, everything written before
+// it has Redis's reply (a send another caller had begun included).
+func (s *sink) Flush(ctx context.Context) error { return s.send(ctx) }
 
 func (s *sink) send(ctx context.Context) error {
-	if len(s.pending) == 0 {
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	s.mu.Lock()
+	s.sending, s.pending = s.pending, s.sending[:0]
+	s.mu.Unlock()
+	if len(s.sending) == 0 {
 		return nil
 	}
 	err := retry(ctx, s.p.Broker(), func() error {
 		if s.list != "" {
-			vals := make([]any, len(s.pending))
-			for i, m := range s.pending {
-				vals[i] = m.Data
+			s.vals = s.vals[:0]
+			for _, m := range s.sending {
+				s.vals = append(s.vals, m.Data)
 			}
 			if s.lpush {
-				return s.c.LPush(ctx, s.list, vals...).Err()
+				return s.c.LPush(ctx, s.list, s.vals...).Err()
 			}
-			return s.c.RPush(ctx, s.list, vals...).Err()
+			return s.c.RPush(ctx, s.list, s.vals...).Err()
 		}
 		_, err := s.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			for _, m := range s.pending {
+			for _, m := range s.sending {
 				pipe.XAdd(ctx, &redis.XAddArgs{Stream: s.stream, MaxLen: s.maxlen, Approx: s.maxlen > 0, Values: []any{s.field, m.Data}})
 			}
 			return nil
 		})
 		return err
 	})
+	clear(s.vals)
 	if err != nil {
+		// Not sent: first in line for the next send.
+		s.mu.Lock()
+		s.pending = append(s.sending, s.pending...)
+		s.sending = nil
+		s.mu.Unlock()
 		return err
 	}
-	clear(s.pending)
-	s.pending = s.pending[:0]
+	clear(s.sending)
+	s.sending = s.sending[:0]
 	return nil
 }
 
