@@ -30,6 +30,21 @@ type broker struct {
 	// redelivery is how long a message of a killed consumer takes to
 	// come back: JetStream waits ack_wait, the others at once.
 	redelivery time.Duration
+	// backTwice: a message flowrun handed back unsettled may come back
+	// twice (at least once). JetStream does so when a consumer naks many
+	// messages at its close: the next consumer was seen to get one of
+	// them at once and again after ack_wait.
+	backTwice bool
+}
+
+// back is what a test finds left in the input queue after a run, with a
+// message that came back twice counted once where b allows that.
+func (b broker) back(left []string) []string {
+	if !b.backTwice {
+		return left
+	}
+	s := sorted(left)
+	return slices.Compact(s)
 }
 
 var brokers = []broker{
@@ -39,7 +54,7 @@ var brokers = []broker{
 	{name: "redis", server: brokertest.Redis, urls: func(s *brokertest.Server, q string) (string, string) {
 		return s.URL + "?list=" + q + "&consumer=test", s.URL + "?list=" + q
 	}},
-	{name: "nats", server: brokertest.NATS, redelivery: 2 * time.Second, urls: func(s *brokertest.Server, q string) (string, string) {
+	{name: "nats", server: brokertest.NATS, redelivery: 2 * time.Second, backTwice: true, urls: func(s *brokertest.Server, q string) (string, string) {
 		return s.URL + "?stream=" + q + "&ack_wait=2s", s.URL + "?stream=" + q + "&subject=" + q + ".in"
 	}},
 }
@@ -175,7 +190,7 @@ func TestBrokerTakeLeavesRest(t *testing.T) {
 			t.Fatalf("exit %d: %s", code, errs)
 		}
 		taken := drain(t, out.src, 10, 300*time.Millisecond)
-		left := drain(t, in.src, 40, 300*time.Millisecond+b.redelivery)
+		left := b.back(drain(t, in.src, 40, 300*time.Millisecond+b.redelivery))
 		if len(taken) != 10 || len(left) != 40 {
 			t.Fatalf("took %d and left %d, want 10 and 40", len(taken), len(left))
 		}
@@ -197,12 +212,15 @@ func TestBrokerFailedRunLeavesMessage(t *testing.T) {
 		msgs[7] = "oops"
 		publish(t, in.sink, msgs)
 		p := pipeline(t, "stages: [{use: json.validate}]\n")
-		_, errs, code := runCLI(t, "", "run", "-q", "--progress", "none", "--until-idle", "500ms", "-i", in.src, "-o", out.sink, p)
+		// The run ends at the failure: the idle wait never comes to
+		// pass, unless a loaded machine's broker is slow to hand over
+		// the messages, which must not end the run first.
+		_, errs, code := runCLI(t, "", "run", "-q", "--progress", "none", "--until-idle", "20s", "-i", in.src, "-o", out.sink, p)
 		if code != 1 || !strings.Contains(errs, "json.validate") {
 			t.Fatalf("exit %d, want 1 naming the stage: %s", code, errs)
 		}
 		done := drain(t, out.src, 7, 300*time.Millisecond)
-		left := drain(t, in.src, 13, 300*time.Millisecond+b.redelivery)
+		left := b.back(drain(t, in.src, 13, 300*time.Millisecond+b.redelivery))
 		if !slices.Contains(left, "oops") {
 			t.Fatalf("the failing message is not back in the queue: left %v", left)
 		}
@@ -214,14 +232,14 @@ func TestBrokerFailedRunLeavesMessage(t *testing.T) {
 
 // flowrun killed with SIGKILL in the middle of a run, then run again:
 // every message comes out, and at most what was in flight (the
-// prefetch: the stages' workers) twice.
+// prefetch, by default from the stages' workers) twice.
 func TestBrokerKillMidRun(t *testing.T) {
 	forEachBroker(t, func(t *testing.T, b broker) {
 		in, out := b.queues(t)
 		const n, workers = 1000, 4
 		publish(t, in.sink, numbered(n))
 		p := pipeline(t, "stages: [{use: sleep, with: {duration: 1ms}, workers: 4}, {use: upper}]\n")
-		prefetch := workers + 1
+		prefetch := connect.DefaultPrefetch(workers + 1)
 
 		var mu sync.Mutex
 		seen := map[string]int{}

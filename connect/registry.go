@@ -175,10 +175,35 @@ type Params struct {
 	Direction Direction
 	// URL is the address with the options taken out of its query.
 	URL *url.URL
-	// Workers is the total of the pipeline's stage workers: a source's
-	// default prefetch, so that the broker's fair dispatch holds.
+	// Workers is the total of the pipeline's stage workers, from which
+	// a source's default prefetch comes (DefaultPrefetch).
 	Workers int
 	values  map[string]string
+}
+
+// MinPrefetch is the least default prefetch of a broker source.
+const MinPrefetch = 256
+
+// DefaultPrefetch is a broker source's prefetch when its URL gives none,
+// for a pipeline whose stages have workers workers in total: the
+// unacked messages it may hold. It is at least MinPrefetch, since a
+// message is acked only once its result is confirmed (a broker's fsync
+// away): a prefetch of the workers alone leaves them idle for every
+// confirm, and a durable broker does a few thousand messages a second
+// that way instead of tens of thousands. Several consumers still share a
+// queue, each holding at most its prefetch; for slow records (seconds
+// each) that should be dealt out one by one, give prefetch = the workers.
+func DefaultPrefetch(workers int) int {
+	return max(workers, MinPrefetch)
+}
+
+// Prefetch is the source's prefetch option, or DefaultPrefetch of the
+// pipeline's workers.
+func (p *Params) Prefetch() int {
+	if n := p.Int("prefetch"); n > 0 {
+		return n
+	}
+	return DefaultPrefetch(p.Workers)
 }
 
 // Parse checks raw (a connector URL) and with (the pipeline's input.with

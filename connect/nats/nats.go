@@ -28,7 +28,7 @@ func init() {
 			{Name: "stream", Type: connect.String, Use: connect.Both, Doc: "The JetStream stream; without it, core NATS on subject."},
 			{Name: "subject", Type: connect.String, Use: connect.Both, Doc: "Output: the subject to publish on. Input: the consumer's filter, or the core NATS subject."},
 			{Name: "consumer", Type: connect.String, Default: "flowrun", Use: connect.In, Doc: "The durable consumer, created or updated."},
-			{Name: "prefetch", Type: connect.Int, Use: connect.In, Doc: "The consumer's MaxAckPending; default: the stages' workers in total."},
+			{Name: "prefetch", Type: connect.Int, Use: connect.In, Doc: "The consumer's MaxAckPending; default: the stages' workers in total, at least 256 (give the workers for slow records to be dealt out fairly among consumers)."},
 			{Name: "ack_wait", Type: connect.Duration, Default: "30s", Use: connect.In, Doc: "Redelivery after this long without an ack; a record still at work is kept with InProgress."},
 			{Name: "create", Type: connect.Bool, Default: "true", Use: connect.Both, Doc: "Create the stream if it is missing, on subject (or STREAM.>)."},
 			{Name: "envelope", Type: connect.Bool, Default: "false", Use: connect.Both, Doc: "Records are JSON {body, subject, stream, sequence, message_id (Nats-Msg-Id), headers, redelivered}, not the bare body; on output body, message_id and headers are taken."},

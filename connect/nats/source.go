@@ -57,10 +57,7 @@ func newJSSource(ctx context.Context, nc *nats.Conn, p *connect.Params) (*jsSour
 	if err != nil {
 		return nil, err
 	}
-	prefetch := p.Int("prefetch")
-	if prefetch == 0 {
-		prefetch = p.Workers
-	}
+	prefetch := p.Prefetch()
 	cctx, cancel := context.WithTimeout(ctx, connect.DialTimeout)
 	defer cancel()
 	cons, err := st.CreateOrUpdateConsumer(cctx, jetstream.ConsumerConfig{

@@ -25,7 +25,7 @@ func init() {
 			"publishes persistent messages with publisher confirms. At least once. A message a stage dead-letters is nacked without requeue, into the queue's dead-letter exchange if it has one.",
 		Options: []connect.Option{
 			{Name: "queue", Type: connect.String, Use: connect.Both, Doc: "The queue to consume, or to publish to through the default exchange."},
-			{Name: "prefetch", Type: connect.Int, Use: connect.In, Doc: "Unacked messages the broker hands over at once; default: the stages' workers in total."},
+			{Name: "prefetch", Type: connect.Int, Use: connect.In, Doc: "Unacked messages the broker hands over at once; default: the stages' workers in total, at least 256 (give the workers for slow records to be dealt out fairly among consumers)."},
 			{Name: "declare", Type: connect.Bool, Default: "true", Use: connect.Both, Doc: "Declare the queue durable if it is missing; false: it must exist."},
 			{Name: "exchange", Type: connect.String, Use: connect.Out, Doc: "Publish to this exchange (which must exist) instead of a queue."},
 			{Name: "routing_key", Type: connect.String, Use: connect.Out, Doc: "The routing key for exchange."},
@@ -160,10 +160,7 @@ type token struct {
 }
 
 func openSource(ctx context.Context, p *connect.Params) (connect.Source, error) {
-	s := &source{p: p, queue: p.String("queue"), prefetch: p.Int("prefetch"), envelope: p.Bool("envelope")}
-	if s.prefetch == 0 {
-		s.prefetch = min(p.Workers, maxPrefetch)
-	}
+	s := &source{p: p, queue: p.String("queue"), prefetch: min(p.Prefetch(), maxPrefetch), envelope: p.Bool("envelope")}
 	if err := s.connect(ctx); err != nil {
 		return nil, err
 	}

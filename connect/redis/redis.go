@@ -39,7 +39,7 @@ func init() {
 			{Name: "group", Type: connect.String, Default: "flowrun", Use: connect.In, Doc: "The stream's consumer group, created if missing."},
 			{Name: "consumer", Type: connect.String, Use: connect.In, Doc: "This consumer's name (default: the host's): its processing list, its stream consumer; a restart under the same name takes up what it left."},
 			{Name: "claim_after", Type: connect.Duration, Default: "30s", Use: connect.In, Doc: "Take over another consumer's messages when it has been silent (list) or they have been pending (stream) this long."},
-			{Name: "prefetch", Type: connect.Int, Use: connect.In, Doc: "Messages held unacked at most; default: the stages' workers in total."},
+			{Name: "prefetch", Type: connect.Int, Use: connect.In, Doc: "Messages held unacked at most; default: the stages' workers in total, at least 256 (give the workers for slow records to be dealt out fairly among consumers)."},
 			{Name: "field", Type: connect.String, Default: "data", Use: connect.Both, Doc: "The stream entry's field that holds the record."},
 			{Name: "push", Type: connect.String, Default: "rpush", Enum: []string{"rpush", "lpush"}, Use: connect.Out, Doc: "How to add to the list."},
 			{Name: "maxlen", Type: connect.Int, Use: connect.Out, Doc: "Trim the stream to about this many entries (XADD MAXLEN ~)."},
@@ -169,10 +169,7 @@ func openSource(ctx context.Context, p *connect.Params) (connect.Source, error) 
 	if err != nil {
 		return nil, err
 	}
-	prefetch := p.Int("prefetch")
-	if prefetch == 0 {
-		prefetch = p.Workers
-	}
+	prefetch := p.Prefetch()
 	var src connect.Source
 	if p.String("list") != "" {
 		src, err = newListSource(ctx, c, p, prefetch)
