@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -13,24 +12,27 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
-
-	"github.com/flowrun/flowrun/connect/brokertest"
 )
 
-// prefetch is how many messages the baselines hold unacked: what flowrun
-// takes by default for the benchmark's pipeline (upper with 4 workers),
-// or PREFETCH, which flowrun is then given too.
-var prefetch = 4
+// The baselines are the least Go program a good engineer would write for
+// the job with the same client library and the same guarantee as
+// flowrun: consume with manual acks and a prefetch, upper-case, publish
+// persistently and wait for the broker's confirm, and ack a message only
+// once its result is confirmed. Each keeps publishing while the confirms
+// of what it published come back (one goroutine publishes, another waits
+// for confirms in order and acks), as the client libraries' own examples
+// do; a program that waited for each batch's confirms before taking more
+// would be an easy baseline to beat.
 
 func option(raw, name string) string {
 	u, _ := url.Parse(raw)
 	return u.Query().Get(name)
 }
 
-// rabbitBaseline: manual acks with a prefetch, publisher confirms, and an
-// ack (multiple) only once what was made of the messages is confirmed.
-func rabbitBaseline(ctx context.Context, s *brokertest.Server, in, out string, n int) error {
-	conn, err := amqp.Dial(s.URL)
+// rabbitBaseline: a consumer with a prefetch, publisher confirms, and one
+// multiple-ack for every run of confirmed messages.
+func rabbitBaseline(ctx context.Context, serverURL, in, out string, prefetch, n int) error {
+	conn, err := amqp.Dial(serverURL)
 	if err != nil {
 		return err
 	}
@@ -57,43 +59,50 @@ func rabbitBaseline(ctx context.Context, s *brokertest.Server, in, out string, n
 	if err != nil {
 		return err
 	}
-	for done := 0; done < n; {
-		batch := []amqp.Delivery{<-ds}
-	more:
-		for len(batch) < prefetch {
-			select {
-			case d := <-ds:
-				batch = append(batch, d)
-			default:
-				break more
+	type sent struct {
+		tag uint64
+		dc  *amqp.DeferredConfirmation
+	}
+	sents := make(chan sent, prefetch)
+	acked := make(chan error, 1)
+	go func() {
+		pending := 0
+		for range n {
+			s := <-sents
+			if ok, err := s.dc.WaitContext(ctx); err != nil || !ok {
+				acked <- fmt.Errorf("not confirmed: %v", err)
+				return
+			}
+			// One multiple-ack for what is confirmed, when no more is
+			// waiting or a quarter of the prefetch is.
+			if pending++; len(sents) == 0 || pending >= max(prefetch/4, 1) {
+				if err := cin.Ack(s.tag, true); err != nil {
+					acked <- err
+					return
+				}
+				pending = 0
 			}
 		}
-		var dcs []*amqp.DeferredConfirmation
-		for _, d := range batch {
-			dc, err := cout.PublishWithDeferredConfirmWithContext(ctx, "", dst, false, false,
-				amqp.Publishing{DeliveryMode: amqp.Persistent, Body: bytes.ToUpper(d.Body)})
-			if err != nil {
-				return err
-			}
-			dcs = append(dcs, dc)
-		}
-		for _, dc := range dcs {
-			if ok, err := dc.WaitContext(ctx); err != nil || !ok {
-				return fmt.Errorf("not confirmed: %v", err)
-			}
-		}
-		if err := cin.Ack(batch[len(batch)-1].DeliveryTag, true); err != nil {
+		acked <- nil
+	}()
+	for range n {
+		d := <-ds
+		dc, err := cout.PublishWithDeferredConfirmWithContext(ctx, "", dst, false, false,
+			amqp.Publishing{DeliveryMode: amqp.Persistent, Body: bytes.ToUpper(d.Body)})
+		if err != nil {
 			return err
 		}
-		done += len(batch)
+		sents <- sent{d.DeliveryTag, dc}
 	}
-	return nil
+	return <-acked
 }
 
 // redisBaseline: the reliable-queue pattern, pipelined: BLMOVE (and
-// LMOVEs) into a processing list, RPUSH the results, LREM the originals.
-func redisBaseline(ctx context.Context, s *brokertest.Server, in, out string, n int) error {
-	opt, err := redis.ParseURL(s.URL)
+// LMOVEs) into a processing list, up to the prefetch; then one RPUSH of
+// the results and the LREMs of the originals in one round trip, whose
+// reply (after Redis's appendfsync) is the confirm.
+func redisBaseline(ctx context.Context, serverURL, in, out string, prefetch, n int) error {
+	opt, err := redis.ParseURL(serverURL)
 	if err != nil {
 		return err
 	}
@@ -138,10 +147,10 @@ func redisBaseline(ctx context.Context, s *brokertest.Server, in, out string, n 
 }
 
 // natsBaseline: a durable pull consumer with explicit acks and
-// MaxAckPending, async publishes whose PubAcks are awaited before the
-// acks.
-func natsBaseline(ctx context.Context, s *brokertest.Server, in, out string, n int) error {
-	nc, err := nats.Connect(s.URL)
+// MaxAckPending, async publishes, and each message acked once its
+// PubAck came.
+func natsBaseline(ctx context.Context, serverURL, in, out string, prefetch, n int) error {
+	nc, err := nats.Connect(serverURL)
 	if err != nil {
 		return err
 	}
@@ -160,36 +169,46 @@ func natsBaseline(ctx context.Context, s *brokertest.Server, in, out string, n i
 	if err != nil {
 		return err
 	}
-	for done := 0; done < n; {
-		b, err := cons.Fetch(prefetch, jetstream.FetchMaxWait(time.Second))
+	it, err := cons.Messages(jetstream.PullMaxMessages(prefetch))
+	if err != nil {
+		return err
+	}
+	defer it.Stop()
+	type sent struct {
+		m jetstream.Msg
+		f jetstream.PubAckFuture
+	}
+	sents := make(chan sent, prefetch)
+	acked := make(chan error, 1)
+	go func() {
+		for range n {
+			s := <-sents
+			select {
+			case <-s.f.Ok():
+			case err := <-s.f.Err():
+				acked <- err
+				return
+			}
+			if err := s.m.Ack(); err != nil {
+				acked <- err
+				return
+			}
+		}
+		acked <- nil
+	}()
+	for range n {
+		m, err := it.Next()
 		if err != nil {
 			return err
 		}
-		var msgs []jetstream.Msg
-		var fs []jetstream.PubAckFuture
-		for m := range b.Messages() {
-			f, err := js.PublishAsync(subject, bytes.ToUpper(m.Data()))
-			if err != nil {
-				return err
-			}
-			msgs, fs = append(msgs, m), append(fs, f)
+		f, err := js.PublishAsync(subject, bytes.ToUpper(m.Data()))
+		if err != nil {
+			return err
 		}
-		if b.Error() != nil && !errors.Is(b.Error(), nats.ErrTimeout) {
-			return b.Error()
-		}
-		for _, f := range fs {
-			select {
-			case <-f.Ok():
-			case err := <-f.Err():
-				return err
-			}
-		}
-		for _, m := range msgs {
-			if err := m.Ack(); err != nil {
-				return err
-			}
-		}
-		done += len(msgs)
+		sents <- sent{m, f}
 	}
-	return nil
+	if err := <-acked; err != nil {
+		return err
+	}
+	return nc.Flush() // the acks
 }
