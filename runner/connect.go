@@ -2,7 +2,6 @@ package runner
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/flowrun/flowrun/connect"
 	"github.com/flowrun/flowrun/connect/file"
+	"github.com/flowrun/flowrun/internal/jsontext"
 	"github.com/flowrun/flowrun/stages"
 )
 
@@ -321,7 +321,7 @@ func (r *run) readSource(readCtx, ctx context.Context, q0 chan<- batch) error {
 		for _, m := range msgs {
 			seq++
 			it := item{Data: m.Data, Line: int64(seq)}
-			if r.p.Input.Format == "jsonl" && !json.Valid(m.Data) {
+			if r.p.Input.Format == "jsonl" && !jsontext.Valid(m.Data) {
 				it.Err = fmt.Errorf("message %d: not valid JSON", seq)
 			}
 			items = append(items, it)
@@ -367,7 +367,7 @@ func (r *run) writeBroker(ctx context.Context, in <-chan batch, snk connect.Sink
 		k, last := 0, uint64(0)
 		for i, rec := range recs {
 			data := rec.data
-			if jsonl && !json.Valid(data) {
+			if jsonl && !jsontext.Valid(data) {
 				data = stages.AppendJSONString(nil, data)
 			}
 			if rec.seq != last {
