@@ -245,10 +245,6 @@ func (r *Run) leftover(ctx context.Context) (map[string]map[string]bool, error) 
 	case !r.opts.Resume:
 		return nil, fmt.Errorf("run %s is on the broker already: --resume continues it, or give another --run-id", r.opts.RunID)
 	}
-	info, err := stream.Info(ctx)
-	if err != nil {
-		return nil, err
-	}
 	bySubject := map[string]string{}
 	for _, s := range r.info.Stages {
 		bySubject[s.In], bySubject[s.Out] = s.Name, s.Name
@@ -263,21 +259,35 @@ func (r *Run) leftover(ctx context.Context) (map[string]map[string]bool, error) 
 			fmt.Fprintf(r.opts.Log, "flowrun: resuming run %s: %d pieces left on the broker (queued or answered) are not sent again\n", r.opts.RunID, n)
 		}
 	}()
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
-		m, err := stream.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue // done and gone
-		}
+	// Workers may go on while the stream is read: a piece acked (gone)
+	// before its place was read had its results stored before, so one
+	// more pass over what came meanwhile finds them.
+	from := uint64(0)
+	for pass := 0; pass < 2; pass++ {
+		info, err := stream.Info(ctx)
 		if err != nil {
 			return nil, err
 		}
-		name, ok := bySubject[m.Subject]
-		if key := m.Header.Get(hdrPiece); ok && key != "" {
-			if left[name] == nil {
-				left[name] = map[string]bool{}
-			}
-			left[name][key] = true
+		if from == 0 {
+			from = info.State.FirstSeq
 		}
+		for seq := from; seq <= info.State.LastSeq && from > 0; seq++ {
+			m, err := stream.GetMsg(ctx, seq)
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				continue // done and gone
+			}
+			if err != nil {
+				return nil, err
+			}
+			name, ok := bySubject[m.Subject]
+			if key := m.Header.Get(hdrPiece); ok && key != "" && m.Header.Get(hdrNotice) == "" {
+				if left[name] == nil {
+					left[name] = map[string]bool{}
+				}
+				left[name][key] = true
+			}
+		}
+		from = info.State.LastSeq + 1
 	}
 	return left, nil
 }
