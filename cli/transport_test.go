@@ -78,6 +78,18 @@ stages:
     with: {duration: 0s}
     workers: 4
 `), writeFile(t, dir, "many2.txt", many.String()), true, nil, 0},
+		{"ordered, a waiting stage then a cheap fan-out gathering its batches", writeFile(t, dir, "gather.yaml", `name: gather
+ordered: true
+stages:
+  - use: sleep
+    with: {duration: 0s}
+    workers: 4
+  - use: split
+    with: {sep: " "}
+  - use: grep
+    with: {pattern: '^$', invert: true}
+    workers: 2
+`), writeFile(t, dir, "many3.txt", many.String()), true, nil, 0},
 		{"dead letters and skips", writeFile(t, dir, "dl.yaml", `name: dl
 input: {format: jsonl}
 output: {format: jsonl}

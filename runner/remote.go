@@ -112,9 +112,11 @@ func (r *run) openRemote(ctx context.Context) error {
 	return nil
 }
 
-// pending is a piece of a remote stage's input that awaits its results.
+// pending is a piece of a remote stage's input that awaits its results:
+// the batches it gathered, with their ranges, parts and tokens but not
+// their records.
 type pending struct {
-	b batch // the range, part and tokens; not the records
+	bs []batch
 }
 
 // remote runs a stage through its queue: one goroutine sends the stage's
@@ -136,7 +138,7 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 		}
 		f := r.failSeq.Load()
 		for _, p := range waiting {
-			if f == 0 || p.b.lo < f {
+			if f == 0 || p.bs[0].lo < f {
 				return false
 			}
 		}
@@ -159,63 +161,123 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 		}
 		return nil
 	}
+	// A cheap stage's pieces gather the batches at hand, up to maxBatch
+	// records: after a stage that waits, its batches are of one record,
+	// and each piece costs a few messages through the broker.
+	gather := st.cfg.Spec.Batched(st.cfg.Config)
 	g.Go(func() error {
 		var n uint64
 		limit := q.MaxBytes()
-		for {
-			var b batch
-			var ok bool
-			select {
-			case b, ok = <-st.in:
-			case <-gctx.Done():
-				return context.Cause(gctx)
+		var carry *batch // taken while gathering, not gathered
+		send := func(group []batch) error {
+			n++
+			var recs []Record
+			for _, p := range group {
+				for _, rec := range p.recs {
+					if len(rec.data) > limit {
+						return &RecordError{Stage: st.cfg.Name, Seq: rec.seq, Record: rec.data,
+							Err: fmt.Errorf("a record of %d bytes is more than the broker takes in a message (%d bytes)", len(rec.data), limit)}
+					}
+					recs = append(recs, Record{Data: rec.data, Seq: rec.seq})
+				}
 			}
-			if !ok {
-				break
+			for i := range group {
+				group[i].recs = nil
 			}
-			if f := r.failSeq.Load(); f != 0 && b.hi >= f {
-				if b.lo >= f {
-					b.release()
+			mu.Lock()
+			waiting[n] = pending{bs: group}
+			mu.Unlock()
+			return q.Send(gctx, Work{N: n, Recs: recs})
+		}
+		// next takes a batch from the stage's queue (wait: for one to
+		// come) and says whether it goes to the broker; the others it
+		// passes on itself.
+		next := func(wait bool) (b batch, ok, closed bool, err error) {
+			for {
+				if carry != nil {
+					b, carry = *carry, nil
+				} else if wait {
+					select {
+					case b, ok = <-st.in:
+					case <-gctx.Done():
+						return b, false, false, context.Cause(gctx)
+					}
+					if !ok {
+						return b, false, true, nil
+					}
+				} else {
+					select {
+					case b, ok = <-st.in:
+						if !ok {
+							return b, false, true, nil
+						}
+					default:
+						return b, false, false, nil
+					}
+				}
+				if f := r.failSeq.Load(); f != 0 && b.hi >= f {
+					if b.lo >= f {
+						b.release()
+						continue
+					}
+					b.recs = before(b.recs, f)
+				}
+				if b.from > st.index || len(b.recs) == 0 {
+					// Not for this stage, or nothing in it: the range
+					// goes on as it is, for the writer's order.
+					if err := out(b); err != nil {
+						return b, false, false, err
+					}
 					continue
 				}
-				b.recs = before(b.recs, f)
+				return b, true, false, nil
 			}
-			if b.from > st.index || len(b.recs) == 0 {
-				// Not for this stage, or nothing in it: the range goes
-				// on as it is, for the writer's order.
-				if err := out(b); err != nil {
-					return err
-				}
+		}
+		for closed := false; !closed; {
+			b, ok, c, err := next(true)
+			if err != nil {
+				return err
+			}
+			if closed = c; !ok {
 				continue
 			}
-			var err error
-			splitBytes(b, limit, func(p batch) bool {
-				n++
-				recs := make([]Record, len(p.recs))
-				for i, rec := range p.recs {
-					if len(rec.data) > limit {
-						err = &RecordError{Stage: st.cfg.Name, Seq: rec.seq, Record: rec.data, Attempts: 0,
-							Err: fmt.Errorf("a record of %d bytes is more than the broker takes in a message (%d bytes)", len(rec.data), limit)}
-						return false
-					}
-					recs[i] = Record{Data: rec.data, Seq: rec.seq}
+			group := []batch{b}
+			size, count := batchBytes(b), len(b.recs)
+			for gather && gatherable(b) && !closed && count < maxBatch {
+				more, ok, c, err := next(false)
+				if err != nil {
+					return err
 				}
-				p.recs = nil
-				mu.Lock()
-				waiting[n] = pending{b: p}
-				mu.Unlock()
-				if err = q.Send(gctx, Work{N: n, Recs: recs}); err != nil {
-					return false
+				closed = c
+				if !ok {
+					break
 				}
-				return true
-			})
-			if err != nil {
+				if !gatherable(more) || count+len(more.recs) > maxBatch || size+batchBytes(more) > limit {
+					carry = &more
+					break
+				}
+				group = append(group, more)
+				size += batchBytes(more)
+				count += len(more.recs)
+			}
+			var err2 error
+			if len(group) == 1 {
+				splitBytes(b, limit, func(p batch) bool {
+					err2 = send([]batch{p})
+					return err2 == nil
+				})
+			} else {
+				err2 = send(group)
+			}
+			if err2 != nil {
 				var re *RecordError
-				if errors.As(err, &re) {
-					r.failAt(re.Seq, err)
-					continue
+				if !errors.As(err2, &re) {
+					return err2
 				}
-				return err
+				r.failAt(re.Seq, err2)
+			}
+			if carry != nil {
+				closed = false // the carried batch is still to go
 			}
 		}
 		mu.Lock()
@@ -246,7 +308,7 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 				}
 				continue
 			}
-			if err := r.settle(st, p.b, d, out); err != nil {
+			if err := r.settle(st, p.bs, d, out); err != nil {
 				return err
 			}
 			if d.Ack != nil {
@@ -262,7 +324,9 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 		// What is still waiting comes after a failure: let its tokens go.
 		mu.Lock()
 		for n, p := range waiting {
-			p.b.release()
+			for i := range p.bs {
+				p.bs[i].release()
+			}
 			delete(waiting, n)
 		}
 		mu.Unlock()
@@ -273,8 +337,9 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 
 // settle counts what a remote stage did with a piece, writes its dead
 // letters, fails the run at its failing record, and passes its records on
-// in the piece's range.
-func (r *run) settle(st *stageRun, b batch, d Done, out func(batch) error) error {
+// in the ranges of the batches the piece gathered: the results are in
+// input order, so each batch's are those of its range, in turn.
+func (r *run) settle(st *stageRun, bs []batch, d Done, out func(batch) error) error {
 	c := &st.c
 	n := d.Counts
 	c.in.Add(n.In)
@@ -293,16 +358,41 @@ func (r *run) settle(st *stageRun, b batch, d Done, out func(batch) error) error
 			return err
 		}
 	}
-	recs := getRecords()
-	for _, rec := range d.Recs {
-		recs = append(recs, record{data: rec.Data, seq: rec.Seq})
-	}
 	if d.Fail != nil {
 		r.failAt(d.Fail.Seq, d.Fail)
-		recs = before(recs, d.Fail.Seq)
 	}
-	b.recs = recs
-	return out(b)
+	results := d.Recs
+	for i, b := range bs {
+		recs := getRecords()
+		for len(results) > 0 && (i == len(bs)-1 || results[0].Seq >= b.lo && results[0].Seq <= b.hi) {
+			recs = append(recs, record{data: results[0].Data, seq: results[0].Seq})
+			results = results[1:]
+		}
+		if d.Fail != nil {
+			recs = before(recs, d.Fail.Seq)
+		}
+		b.recs = recs
+		if err := out(b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// gatherable says whether b may share a piece with other batches: its
+// records' numbers are in its range, which is how settle finds them in
+// the results (a Drainer's pieces and what a failure cut are not).
+func gatherable(b batch) bool {
+	return b.part == 0 && len(b.recs) > 0 && b.recs[0].seq >= b.lo && b.recs[len(b.recs)-1].seq <= b.hi
+}
+
+// batchBytes is about what b's records take in a message.
+func batchBytes(b batch) int {
+	n := 0
+	for _, rec := range b.recs {
+		n += len(rec.data) + 16
+	}
+	return n
 }
 
 // splitBytes cuts b into pieces of at most limit bytes of records whose

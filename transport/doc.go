@@ -16,8 +16,10 @@
 // The run process stays the hub of the run. For each stage that can run
 // elsewhere (runner.IsRemote: not one that holds records across calls or
 // must see them all, which the stage registry says with Spec.Local), it
-// publishes the stage's input, in pieces of up to 1024 records (the
-// runner's batches, cut under the broker's message size), to the subject
+// publishes the stage's input, in pieces (the runner's batches, cut under
+// the broker's message size; for a cheap stage, the batches at hand
+// gathered up to 1024 records, since after a stage that waits each batch
+// is one record and each piece costs a few messages), to the subject
 // <prefix>.in.<stage>, and takes the results from <prefix>.out.<stage>.
 // A remote stage is thus a drop-in for a local segment of the runner
 // (runner.Remote): the reorder window, a failure's cut, take, the stages
