@@ -17,6 +17,7 @@ import (
 	urfave "github.com/urfave/cli/v2"
 
 	"github.com/flowrun/flowrun/runner"
+	"github.com/flowrun/flowrun/transport"
 )
 
 // runOptions are the flags of `flowrun run`.
@@ -68,8 +69,8 @@ process group.
 			&urfave.StringFlag{Name: "broker", Usage: "put the queue of each stage that can run elsewhere in NATS JetStream at `URL` (nats://host:4222), for `flowrun worker` processes on any machine; embedded: a NATS server in this process"},
 			&urfave.BoolFlag{Name: "no-local-workers", Usage: "with --broker: work no stage here, only through workers that joined"},
 			&urfave.StringFlag{Name: "run-id", Usage: "with --broker: the run's `ID` on the broker (its stream's name); default: a new one"},
-			&urfave.DurationFlag{Name: "ack-wait", Usage: "with --broker: how long a worker may hold a piece of a stage's input without a word before the broker gives it to another (`DURATION`, default 30s)"},
-			&urfave.IntFlag{Name: "max-deliver", Usage: "with --broker: deliveries of a piece before its records fail as their stage's on_error says (`N`, default 5)"},
+			&urfave.DurationFlag{Name: "ack-wait", Value: transport.DefaultAckWait, Usage: "with --broker: the `DURATION` a worker may hold a piece of a stage's input without a word before the broker gives it to another"},
+			&urfave.IntFlag{Name: "max-deliver", Value: transport.DefaultMaxDeliver, Usage: "with --broker: after `N` deliveries of a piece its records fail as their stage's on_error says"},
 			&urfave.DurationFlag{Name: "until-idle", Usage: "with a broker input: end after a `DURATION` without a message (drain a queue); without it, a broker input ends on a signal"},
 		}, brokerDialFlags()...),
 		Action: func(c *urfave.Context) error {
@@ -91,11 +92,11 @@ process group.
 			if err := checkBrokerDialFlags(c, opts.broker); err != nil {
 				return err
 			}
-			if opts.broker == "" && (opts.noLocalWorkers || opts.runID != "" || opts.ackWait != 0 || opts.maxDeliver != 0) {
+			if opts.broker == "" && (opts.noLocalWorkers || opts.runID != "" || c.IsSet("ack-wait") || c.IsSet("max-deliver")) {
 				return usagef("--no-local-workers, --run-id, --ack-wait and --max-deliver need --broker")
 			}
-			if opts.ackWait < 0 || opts.maxDeliver < 0 {
-				return usagef("--ack-wait and --max-deliver must not be negative")
+			if opts.ackWait <= 0 || opts.maxDeliver <= 0 {
+				return usagef("--ack-wait and --max-deliver must be more than 0")
 			}
 			if opts.untilIdle < 0 {
 				return usagef("--until-idle %v: must not be negative", opts.untilIdle)
