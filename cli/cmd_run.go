@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"runtime/pprof"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -175,18 +176,27 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 	defer signal.Stop(pipes)
 	sigDone := make(chan struct{})
 	defer close(sigDone)
+	// A run on a broker that works no stage itself and that no worker
+	// joined has no one to drain what it sent: its first signal aborts.
+	var brokered atomic.Pointer[transport.Run]
 	go func() {
 		select {
 		case <-sigs:
+			if r := brokered.Load(); r != nil && r.Unworked() {
+				fmt.Fprintf(stderr, "flowrun: stopping: no worker joined run %s to drain the records sent to the broker\n", r.ID())
+				close(stop)
+				abort()
+				break
+			}
 			fmt.Fprintln(stderr, "flowrun: stopping: draining records in flight (signal again to abort)")
 			close(stop)
-		case <-sigDone:
-			return
-		}
-		select {
-		case <-sigs:
-			fmt.Fprintln(stderr, "flowrun: aborting")
-			abort()
+			select {
+			case <-sigs:
+				fmt.Fprintln(stderr, "flowrun: aborting")
+				abort()
+			case <-sigDone:
+				return
+			}
 		case <-sigDone:
 			return
 		}
@@ -265,6 +275,7 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 		defer func() { closeRun(run, b, opts.journal != "" && !finished, stderr) }()
 		defer func() { finished = runErr == nil && sum != nil && !sum.Stopped }()
 		ropts.Remote = run
+		brokered.Store(run)
 	}
 	sum, runErr = runner.Run(abortCtx, p, ropts)
 	watch.o.Finish()

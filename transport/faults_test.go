@@ -401,10 +401,12 @@ func waitForStream(t *testing.T, url, pipeline string) {
 	js, _ := jetstream.New(nc)
 	for i := 0; i < 300; i++ {
 		names := js.StreamNames(context.Background())
-		for n := range names.Name() {
-			if strings.HasPrefix(n, "FLOWRUN_"+pipeline+"_") {
-				return
-			}
+		found := false
+		for n := range names.Name() { // to its end, which ends its goroutine
+			found = found || strings.HasPrefix(n, "FLOWRUN_"+pipeline+"_")
+		}
+		if found {
+			return
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -76,6 +77,8 @@ type Run struct {
 	watch  jetstream.KeyWatcher // the workers' presence
 	keep   bool                 // Close leaves the stream
 	done   sync.WaitGroup
+
+	joined atomic.Int64 // workers that joined the run
 }
 
 // NewRun prepares a run of p on the broker nc is connected to. Nothing is
@@ -178,18 +181,16 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 	if r.kv, err = runsKV(ctx, r.js); err != nil {
 		return nil, fail("runs bucket", err)
 	}
-	if r.opts.Log != nil {
-		watch, err := r.kv.Watch(ctx, r.info.key()+".w.*")
-		if err != nil {
-			return nil, fail("runs bucket", err)
-		}
-		r.watch = watch
-		r.done.Add(1)
-		go func() {
-			defer r.done.Done()
-			r.workers(watch)
-		}()
+	watch, err := r.kv.Watch(ctx, r.info.key()+".w.*")
+	if err != nil {
+		return nil, fail("runs bucket", err)
 	}
+	r.watch = watch
+	r.done.Add(1)
+	go func() {
+		defer r.done.Done()
+		r.workers(watch)
+	}()
 	if err := r.put(ctx); err != nil {
 		return nil, fail("runs bucket", err)
 	}
@@ -209,9 +210,35 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 	return queues, nil
 }
 
-// workers says in the log which workers joined the run or refused it.
+// workers says in the log which workers joined the run or refused it,
+// and, when the run works no stage itself, that it waits for one while
+// none has joined.
 func (r *Run) workers(watch jetstream.KeyWatcher) {
-	for e := range watch.Updates() {
+	logf := func(format string, v ...any) {
+		if r.opts.Log != nil {
+			fmt.Fprintf(r.opts.Log, format, v...)
+		}
+	}
+	var waiting <-chan time.Time
+	if !r.opts.LocalWorkers {
+		t := time.NewTimer(waitingShown)
+		defer t.Stop()
+		waiting = t.C
+	}
+	for {
+		var e jetstream.KeyValueEntry
+		select {
+		case <-waiting:
+			if r.joined.Load() == 0 {
+				logf("flowrun: run %s is waiting for a worker of pipeline %q: it works no stage itself (flowrun worker FILE --broker URL)\n", r.opts.RunID, r.p.Name)
+			}
+			continue
+		case u, ok := <-watch.Updates():
+			if !ok {
+				return
+			}
+			e = u
+		}
 		if e == nil || e.Operation() != jetstream.KeyValuePut {
 			continue
 		}
@@ -220,11 +247,23 @@ func (r *Run) workers(watch jetstream.KeyWatcher) {
 			continue
 		}
 		if p.Refused != "" {
-			fmt.Fprintf(r.opts.Log, "flowrun: worker %s refused run %s: %s\n", p.Host, r.opts.RunID, p.Refused)
+			logf("flowrun: worker %s refused run %s: %s\n", p.Host, r.opts.RunID, p.Refused)
 		} else {
-			fmt.Fprintf(r.opts.Log, "flowrun: worker %s joined run %s: stages %s\n", p.Host, r.opts.RunID, strings.Join(p.Stages, ", "))
+			r.joined.Add(1)
+			logf("flowrun: worker %s joined run %s: stages %s\n", p.Host, r.opts.RunID, strings.Join(p.Stages, ", "))
 		}
 	}
+}
+
+// waitingShown is how long a run that works no stage itself waits for a
+// worker before it says so.
+const waitingShown = 2 * time.Second
+
+// Unworked says whether no one works the run's stages: it works none
+// itself (--no-local-workers) and no worker has joined. Stopped then, the
+// run cannot drain the pieces it sent; it must end at once.
+func (r *Run) Unworked() bool {
+	return !r.opts.LocalWorkers && r.joined.Load() == 0
 }
 
 // leftover looks at the stream a run of this id left on the broker: with
