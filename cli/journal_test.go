@@ -182,40 +182,61 @@ stages:
 	}
 }
 
-// TestResumeCSVKeepsOneHeader resumes a CSV output from a journal entry
-// in the middle of the file: the header must not be written again.
+// TestResumeCSVKeepsOneHeader resumes a CSV or TSV output from a journal
+// entry in the middle of the file, in each output dialect: the header
+// must not be written again (TSV's was), and the columns must continue
+// the file's, read in its delimiter (a ";" CSV's header was read as one
+// column) or, with no header row, be the first record's again (the first
+// row of data was taken for the header): the output byte for byte the
+// uninterrupted run's.
 func TestResumeCSVKeepsOneHeader(t *testing.T) {
-	dir := t.TempDir()
-	var in strings.Builder
-	in.WriteString("name,n\n")
-	for i := 1; i <= 500; i++ {
-		fmt.Fprintf(&in, "r%d,%d\n", i, i)
+	tests := []struct{ name, format, dialect string }{
+		{"csv", "csv", ""},
+		{"csv delimiter", "csv", `, csv: {delimiter: ";"}`},
+		{"csv no header", "csv", ", csv: {header: false}"},
+		{"tsv", "tsv", ""},
+		{"tsv delimiter", "tsv", `, csv: {delimiter: "|"}`},
+		{"tsv no header", "tsv", ", csv: {header: false}"},
 	}
-	input := writeFile(t, dir, "in.csv", in.String())
-	p := writeFile(t, dir, "p.yaml", "input: {format: csv}\noutput: {format: csv}\nstages: [{use: upper}]\n")
-	out, journal := filepath.Join(dir, "out.csv"), filepath.Join(dir, "j")
-	if _, errs, code := runCLI(t, "", "run", "-q", "--journal", journal, "-i", input, "-o", out, p); code != 0 {
-		t.Fatalf("exit %d: %s", code, errs)
-	}
-	full, _ := os.ReadFile(out)
-	// Pretend the run died after record 100: the header and 100 rows.
-	lines := strings.SplitAfter(string(full), "\n")
-	cut := len(strings.Join(lines[:101], ""))
-	var entry map[string]any
-	data, _ := os.ReadFile(journal)
-	json.Unmarshal(data, &entry)
-	sum := sha256.Sum256(full[:cut])
-	entry["seq"], entry["output_bytes"], entry["output_sha256"], entry["done"] = 100, cut, hex.EncodeToString(sum[:]), false
-	data, _ = json.Marshal(entry)
-	os.WriteFile(journal, data, 0o644)
-	os.WriteFile(out, append(full[:cut:cut], "GARBAGE,half a"...), 0o644)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			var in strings.Builder
+			in.WriteString("name,n\n")
+			for i := 1; i <= 500; i++ {
+				fmt.Fprintf(&in, "\"r%d, \\\"\"x\"\"\t;|\",%d\n", i, i)
+			}
+			input := writeFile(t, dir, "in.csv", in.String())
+			p := writeFile(t, dir, "p.yaml", "input: {format: csv}\noutput: {format: "+tt.format+tt.dialect+"}\nstages: [{use: sleep, with: {duration: 0s}}]\n")
+			out, journal := filepath.Join(dir, "out"), filepath.Join(dir, "j")
+			if _, errs, code := runCLI(t, "", "run", "-q", "--journal", journal, "-i", input, "-o", out, p); code != 0 {
+				t.Fatalf("exit %d: %s", code, errs)
+			}
+			full, _ := os.ReadFile(out)
+			// Pretend the run died after record 100: the header (if any) and 100 rows.
+			lines := strings.SplitAfter(string(full), "\n")
+			rows := 101
+			if strings.Contains(tt.dialect, "header: false") {
+				rows = 100
+			}
+			cut := len(strings.Join(lines[:rows], ""))
+			var entry map[string]any
+			data, _ := os.ReadFile(journal)
+			json.Unmarshal(data, &entry)
+			sum := sha256.Sum256(full[:cut])
+			entry["seq"], entry["output_bytes"], entry["output_sha256"], entry["done"] = 100, cut, hex.EncodeToString(sum[:]), false
+			data, _ = json.Marshal(entry)
+			os.WriteFile(journal, data, 0o644)
+			os.WriteFile(out, append(full[:cut:cut], "GARBAGE,half a"...), 0o644)
 
-	if _, errs, code := runCLI(t, "", "run", "-q", "--journal", journal, "--resume", "-i", input, "-o", out, p); code != 0 {
-		t.Fatalf("resume: exit %d: %s", code, errs)
-	}
-	got, _ := os.ReadFile(out)
-	if !bytes.Equal(got, full) {
-		t.Errorf("resumed CSV differs from the full run (%d bytes vs %d; headers: %d)", len(got), len(full), strings.Count(string(got), "NAME,N"))
+			if _, errs, code := runCLI(t, "", "run", "-q", "--journal", journal, "--resume", "-i", input, "-o", out, p); code != 0 {
+				t.Fatalf("resume: exit %d: %s", code, errs)
+			}
+			got, _ := os.ReadFile(out)
+			if !bytes.Equal(got, full) {
+				t.Errorf("resumed output differs from the full run (%d bytes vs %d; headers: %d):\n%s", len(got), len(full), strings.Count(string(got), "name"), got[max(0, cut-200):min(len(got), cut+200)])
+			}
+		})
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -69,9 +70,10 @@ func (s *sink) flush() error {
 	return nil
 }
 
-// csvHeader reads the header row of a CSV file that output appends to;
-// nil for an empty file, which gets a header as a new one would.
-func csvHeader(path string) ([]string, error) {
+// tableHeader reads the header row of the CSV or TSV file that output
+// appends to (codec.Header): nil for an empty file, which gets a header
+// as a new one would, or for a dialect without a header row.
+func tableHeader(path, format string, t codec.Table) ([]string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -80,9 +82,9 @@ func csvHeader(path string) ([]string, error) {
 		return nil, fmt.Errorf("output: %w", err)
 	}
 	defer f.Close()
-	header, err := codec.CSVHeader(f)
+	header, err := codec.Header(f, format, t)
 	if err != nil {
-		return nil, fmt.Errorf("output %s: reading its CSV header: %w", path, err)
+		return nil, fmt.Errorf("output %s: reading its %s header: %w", path, strings.ToUpper(format), err)
 	}
 	return header, nil
 }

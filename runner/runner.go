@@ -229,9 +229,9 @@ func (r *run) run(ctx context.Context) (err error) {
 		return &SetupError{err}
 	}
 	var header []string
-	if p.Output.Format == "csv" && (resumed != nil || r.opts.RetryDeadLetters != "" || r.acks != nil) && !isStd(p.Output.To) && r.snk == nil {
+	if (p.Output.Format == "csv" || p.Output.Format == "tsv") && (resumed != nil || r.opts.RetryDeadLetters != "" || r.acks != nil) && !isStd(p.Output.To) && r.snk == nil {
 		// The file has its header already: the columns continue it.
-		if header, err = csvHeader(p.Output.To); err != nil {
+		if header, err = tableHeader(p.Output.To, p.Output.Format, codec.Table(p.Output.CSV)); err != nil {
 			outFile.close()
 			return &SetupError{err}
 		}

@@ -1,6 +1,7 @@
 package codec
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/csv"
 	"encoding/json"
@@ -197,11 +198,41 @@ func (s *Encoder) appendTSV(fields []string) {
 	}
 }
 
-// CSVHeader reads the header row of CSV that an Encoder is to continue
-// (an output appended to); nil when r is empty, which gets a header as a
-// new output would.
-func CSVHeader(r io.Reader) ([]string, error) {
-	header, err := csv.NewReader(r).Read()
+// Header reads the header row of the CSV or TSV in dialect t that an
+// Encoder is to continue (an output appended to, a run resumed), as the
+// Encoder wrote it: in t's delimiter, TSV's escapes undone. It is nil when
+// r is empty, which gets a header as a new output would, and when t has
+// no header row: the columns are then the first record's again, as they
+// were for the run that began the file.
+func Header(r io.Reader, format string, t Table) ([]string, error) {
+	if t.NoHeader {
+		return nil, nil
+	}
+	if format == "tsv" {
+		line, err := bufio.NewReader(r).ReadString('\n')
+		if line == "" {
+			if err == io.EOF {
+				err = nil
+			}
+			return nil, err
+		}
+		sep := "\t"
+		if t.Delimiter != 0 {
+			sep = string(t.Delimiter)
+		}
+		header := strings.Split(strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r"), sep)
+		for i, h := range header {
+			if strings.IndexByte(h, '\\') >= 0 {
+				header[i] = tsvUnescape.Replace(h)
+			}
+		}
+		return header, nil
+	}
+	cr := csv.NewReader(r)
+	if t.Delimiter != 0 {
+		cr.Comma = t.Delimiter
+	}
+	header, err := cr.Read()
 	if err == io.EOF {
 		return nil, nil
 	}

@@ -1,6 +1,7 @@
 package codec_test
 
 import (
+	"bytes"
 	"strings"
 	"testing"
 
@@ -69,5 +70,47 @@ func BenchmarkEncoder(b *testing.B) {
 				e.Buf = e.Buf[:0]
 			}
 		})
+	}
+}
+
+// TestHeaderContinues encodes records, reads the header back from what
+// was written, and continues in a second encoder: the two together must
+// write what one encoder writes (a run resumed, or one appending to its
+// output, ends with the file an uninterrupted run writes). TSV's header
+// was not read back, nor a CSV's in its delimiter, and a file without a
+// header row had its first row taken for one.
+func TestHeaderContinues(t *testing.T) {
+	recs := []string{`{"a b":"x\ty","c|d;e":"1,\"2\"","\\":"\\n"}`, `{"a b":"p","c|d;e":"q","\\":"r"}`, `{"\\":"s","a b":"t","c|d;e":"u"}`}
+	for _, c := range []struct {
+		format string
+		table  codec.Table
+	}{
+		{"csv", codec.Table{}}, {"csv", codec.Table{Delimiter: ';'}}, {"csv", codec.Table{NoHeader: true}},
+		{"tsv", codec.Table{}}, {"tsv", codec.Table{Delimiter: ':'}}, {"tsv", codec.Table{NoHeader: true}},
+	} {
+		whole := codec.NewEncoder(c.format, c.table, nil)
+		for _, r := range recs {
+			if err := whole.Add([]byte(r)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		first := codec.NewEncoder(c.format, c.table, nil)
+		first.Add([]byte(recs[0]))
+		header, err := codec.Header(bytes.NewReader(first.Buf), c.format, c.table)
+		if err != nil {
+			t.Fatalf("%s %+v: %v", c.format, c.table, err)
+		}
+		rest := codec.NewEncoder(c.format, c.table, header)
+		for _, r := range recs[1:] {
+			if err := rest.Add([]byte(r)); err != nil {
+				t.Errorf("%s %+v: continuing header %q: %v", c.format, c.table, header, err)
+			}
+		}
+		if got := string(first.Buf) + string(rest.Buf); got != string(whole.Buf) {
+			t.Errorf("%s %+v: continued output\n%q, want\n%q", c.format, c.table, got, whole.Buf)
+		}
+	}
+	if h, err := codec.Header(strings.NewReader(""), "tsv", codec.Table{}); h != nil || err != nil {
+		t.Errorf("an empty TSV's header is %q, %v; want none", h, err)
 	}
 }
