@@ -147,6 +147,10 @@ func check(p *connect.Params, d connect.Direction) error {
 	bad := func(opt, reason string) error {
 		return &connect.OptionError{Connector: "file", Option: opt, Reason: reason}
 	}
+	if h := p.URL.Host; h != "" && h != "localhost" {
+		// As Path refuses it for from: and -i: not the local path.
+		return &connect.OptionError{Connector: "file", Reason: fmt.Sprintf("a file URL names a local file (file:///PATH), not one on %s", h)}
+	}
 	f := p.String("format")
 	if d == connect.Out && f == "json" {
 		return bad("format", "json is an input format; write jsonl")
@@ -198,6 +202,7 @@ type Source struct {
 	dec   codec.Decoder
 	recs  []codec.Record
 	read  atomic.Int64
+	err   error // a record that did not decode: the read has ended
 }
 
 func openSource(_ context.Context, p *connect.Params) (connect.Source, error) {
@@ -210,14 +215,18 @@ func openSource(_ context.Context, p *connect.Params) (connect.Source, error) {
 
 // Receive returns the next records, each a message whose ID is its file
 // and line. A record that cannot be decoded ends the read with an error
-// naming it: a program that wants to go on past it reads through
-// connect/codec, as the runner does.
+// naming it, which every later Receive returns again: a program that
+// wants to go on past it reads through connect/codec, as the runner does.
 func (s *Source) Receive(ctx context.Context, buf []connect.Message) ([]connect.Message, error) {
+	buf = buf[:0]
 	max := cap(buf)
 	if max == 0 {
 		max = 1024
 	}
 	for {
+		if s.err != nil {
+			return buf, s.err
+		}
 		if err := ctx.Err(); err != nil {
 			return buf, err
 		}
@@ -240,7 +249,8 @@ func (s *Source) Receive(ctx context.Context, buf []connect.Message) ([]connect.
 		s.recs = recs[:0]
 		for _, r := range recs {
 			if r.Err != nil {
-				return buf, fmt.Errorf("input %s %w", name, r.Err)
+				s.err = fmt.Errorf("input %s %w", name, r.Err)
+				return buf, s.err
 			}
 			buf = append(buf, connect.Message{Data: r.Data, ID: fmt.Sprintf("%s:%d", name, r.Line)})
 		}

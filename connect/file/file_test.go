@@ -144,3 +144,88 @@ func TestPath(t *testing.T) {
 		t.Errorf("a glob that matches nothing: %v", err)
 	}
 }
+
+// TestSourceReusedBuffer receives into the slice the last Receive
+// returned, as the contract allows (appended to buf[:0]): no message
+// comes twice, and none past cap(buf). The source appended to buf, so
+// each call handed on the last call's messages again.
+func TestSourceReusedBuffer(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.txt")
+	write(t, path, "a\nb\nc\nd\ne\n")
+	ctx := context.Background()
+	src, _, err := connect.OpenSource(ctx, "file://"+path, nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	var got []string
+	msgs := make([]connect.Message, 0, 2)
+	for {
+		msgs, err = src.Receive(ctx, msgs)
+		if len(msgs) > 2 {
+			t.Fatalf("%d messages for a buffer of capacity 2", len(msgs))
+		}
+		got = append(got, bodies(msgs)...)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if strings.Join(got, "") != "abcde" {
+		t.Errorf("received %q, want each of a…e once", got)
+	}
+}
+
+// TestSourceBadRecordEnds: after a record that does not decode, the read
+// has ended: Receive says so again, and never hands on the records after
+// it as if none were missing (those read with it were dropped, and the
+// next Receive went on past them).
+func TestSourceBadRecordEnds(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.jsonl")
+	write(t, path, "1\n2\nnot json\n3\n4\n")
+	ctx := context.Background()
+	src, _, err := connect.OpenSource(ctx, "file://"+path+"?format=jsonl", nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	var got []string
+	failed := 0
+	for i := 0; i < 10 && failed < 3; i++ {
+		msgs, err := src.Receive(ctx, make([]connect.Message, 0, 10))
+		got = append(got, bodies(msgs)...)
+		switch {
+		case err != nil && strings.Contains(err.Error(), "line 3: not valid JSON"):
+			failed++
+		case failed > 0 || err != nil:
+			t.Fatalf("Receive %d: %v after %q; want the bad record's error", i+1, err, got)
+		}
+	}
+	if strings.Join(got, ",") != "1,2" {
+		t.Errorf("received %q, want the records before the bad one", got)
+	}
+}
+
+// TestHostRefused: a file URL on another host is refused by the registry
+// too, as from: and -i refuse it, not read as the local path.
+func TestHostRefused(t *testing.T) {
+	for _, d := range []connect.Direction{connect.In, connect.Out} {
+		_, err := connect.Parse("file://otherhost/etc/hostname", nil, d)
+		if err == nil || !strings.Contains(err.Error(), "not one on otherhost") {
+			t.Errorf("%s: file://otherhost/etc/hostname: %v", d, err)
+		}
+	}
+	if _, err := connect.Parse("file://localhost/etc/hostname", nil, connect.In); err != nil {
+		t.Errorf("file://localhost/: %v", err)
+	}
+}
+
+func bodies(ms []connect.Message) []string {
+	var s []string
+	for _, m := range ms {
+		s = append(s, string(m.Data))
+	}
+	return s
+}
