@@ -96,6 +96,10 @@ func Path(s string) (string, bool, error) {
 	if u.RawQuery != "" {
 		return "", true, fmt.Errorf("%s: a pipeline gives a file's options as input: and output: keys (format: csv), not in its URL", s)
 	}
+	if u.Fragment != "" {
+		// Not dropped: file:///x#1 read /x, not the file x#1 (%23).
+		return "", true, fmt.Errorf("%s: a file URL has no fragment (a # in a file name is %%23)", s)
+	}
 	return u.Path, true, nil
 }
 
@@ -150,6 +154,9 @@ func check(p *connect.Params, d connect.Direction) error {
 	if h := p.URL.Host; h != "" && h != "localhost" {
 		// As Path refuses it for from: and -i: not the local path.
 		return &connect.OptionError{Connector: "file", Reason: fmt.Sprintf("a file URL names a local file (file:///PATH), not one on %s", h)}
+	}
+	if p.URL.Fragment != "" {
+		return &connect.OptionError{Connector: "file", Reason: "a file URL has no fragment (a # in a file name is %23)"}
 	}
 	f := p.String("format")
 	if d == connect.Out && f == "json" {

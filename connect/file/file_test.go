@@ -130,6 +130,8 @@ func TestPath(t *testing.T) {
 		{"file://host/data/x", "", "a file URL names a local file (file:///PATH), not one on host"},
 		{"file:///x?format=csv", "", "not in its URL"},
 		{"file://", "", "the URL names no file"},
+		{"file:///data/x#1", "", "a file URL has no fragment"},
+		{"file:///data/x%231", "/data/x#1", ""},
 	}
 	for _, tt := range tests {
 		path, isFile, err := file.Path(tt.in)
@@ -216,6 +218,9 @@ func TestHostRefused(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "not one on otherhost") {
 			t.Errorf("%s: file://otherhost/etc/hostname: %v", d, err)
 		}
+	}
+	if _, err := connect.Parse("file:///etc/hostname#x", nil, connect.In); err == nil || !strings.Contains(err.Error(), "no fragment") {
+		t.Errorf("file:///etc/hostname#x: %v", err)
 	}
 	if _, err := connect.Parse("file://localhost/etc/hostname", nil, connect.In); err != nil {
 		t.Errorf("file://localhost/: %v", err)
