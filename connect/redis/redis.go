@@ -86,6 +86,26 @@ func dial(ctx context.Context, p *connect.Params) (*redis.Client, error) {
 	return c, nil
 }
 
+// checkType refuses a key that holds another kind of value than the
+// list or stream named: every command on it fails with WRONGTYPE, which
+// no retry mends.
+func checkType(ctx context.Context, c *redis.Client, p *connect.Params) error {
+	key, want := p.String("list"), "list"
+	if key == "" {
+		key, want = p.String("stream"), "stream"
+	}
+	tctx, cancel := context.WithTimeout(ctx, connect.DialTimeout)
+	defer cancel()
+	got, err := c.Type(tctx, key).Result()
+	if err != nil {
+		return &connect.Error{Broker: p.Broker(), Reason: reason(err), Err: err}
+	}
+	if got != "none" && got != want {
+		return &connect.Error{Broker: p.Broker(), Reason: fmt.Sprintf("key %q holds a %s, not a %s", key, got, want)}
+	}
+	return nil
+}
+
 func reason(err error) string {
 	var oe *net.OpError
 	s := err.Error()
@@ -167,6 +187,10 @@ func consumer(p *connect.Params) string {
 func openSource(ctx context.Context, p *connect.Params) (connect.Source, error) {
 	c, err := dial(ctx, p)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkType(ctx, c, p); err != nil {
+		c.Close()
 		return nil, err
 	}
 	prefetch := p.Prefetch()

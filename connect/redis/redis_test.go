@@ -233,3 +233,32 @@ func TestStreamLargePendingOutlastsDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A key that holds another kind of value than the list or stream named
+// is refused at start, input and output, naming it: the commands on it
+// failed with WRONGTYPE and were retried for ever, the input as if Redis
+// were away (a --until-idle run ended, exit 0), the output hanging.
+func TestWrongTypeKey(t *testing.T) {
+	srv := brokertest.Redis(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	snk, _, err := connect.OpenSink(ctx, srv.URL+"?stream=wrongtype-stream", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := snk.Write(ctx, []connect.Message{{Data: []byte("x")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := snk.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	snk.Close()
+	connecttest.StartErrors(t, [][2]string{
+		{srv.URL + "?list=wrongtype-stream", `key "wrongtype-stream" holds a stream, not a list`},
+	})
+	_, _, err = connect.OpenSink(ctx, srv.URL+"?list=wrongtype-stream", nil)
+	var ce *connect.Error
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), `key "wrongtype-stream" holds a stream, not a list`) {
+		t.Fatalf("output: %v, want a *connect.Error naming the key and its type", err)
+	}
+}

@@ -38,6 +38,10 @@ func openSink(ctx context.Context, p *connect.Params) (connect.Sink, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkType(ctx, c, p); err != nil {
+		c.Close()
+		return nil, err
+	}
 	return &sink{c: c, p: p, list: p.String("list"), stream: p.String("stream"), field: p.String("field"),
 		lpush: p.String("push") == "lpush", maxlen: int64(p.Int("maxlen")), wrap: p.Bool("envelope")}, nil
 }
