@@ -106,6 +106,7 @@ func unwrap(rec []byte, id string) ([]byte, string, nats.Header) {
 }
 
 func reason(err error) string {
+	var api *jetstream.APIError
 	switch {
 	case errors.Is(err, nats.ErrNoServers):
 		return "cannot connect: no server answers"
@@ -115,6 +116,8 @@ func reason(err error) string {
 		return "no such stream"
 	case errors.Is(err, jetstream.ErrJetStreamNotEnabled):
 		return "JetStream is not enabled on the server"
+	case errors.As(err, &api) && api.Description != "":
+		return api.Description // the server's words, without the client's codes
 	}
 	return strings.TrimPrefix(err.Error(), "nats: ")
 }

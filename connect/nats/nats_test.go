@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -89,6 +90,62 @@ func TestStartErrors(t *testing.T) {
 		{fmt.Sprintf("nats://127.0.0.1:%d?stream=s", port), fmt.Sprintf("nats nats://127.0.0.1:%d: cannot connect: no server answers", port)},
 		{srv.URL + "?stream=flowrun-missing&create=false", `stream "flowrun-missing": no such stream`},
 	})
+}
+
+// A stream the server refuses (its subject is another stream's) is said
+// in the server's words, not the client's "API error: code=400
+// err_code=10065 description=...".
+func TestStreamRefused(t *testing.T) {
+	srv := brokertest.NATS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	snk, _, err := connect.OpenSink(ctx, srv.URL+"?stream=flowrun-first&subject=flowrun-taken", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snk.Close()
+	_, _, err = connect.OpenSink(ctx, srv.URL+"?stream=flowrun-second&subject=flowrun-taken", nil)
+	want := `stream "flowrun-second": subjects overlap with an existing stream`
+	var ce *connect.Error
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "err_code") {
+		t.Errorf("got %v, want a *connect.Error with %q", err, want)
+	}
+}
+
+// An input whose subject the stream does not take is refused at start,
+// by the embedded server (which takes such a consumer, that then never
+// gets a message) as by Debian's.
+func TestSourceSubjectNotInStream(t *testing.T) {
+	for _, kind := range []string{"nats-embedded", "nats"} {
+		t.Run(kind, func(t *testing.T) {
+			srv := brokertest.NATS(t)
+			if kind == "nats-embedded" {
+				srv = brokertest.NATSEmbedded(t)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			made, _, err := connect.OpenSource(ctx, srv.URL+"?stream=flowrun-filter&consumer=maker", nil, 1) // on flowrun-filter.>
+			if err != nil {
+				t.Fatal(err)
+			}
+			made.Close()
+			for i, ok := range []string{"flowrun-filter.a", "flowrun-filter.*", "flowrun-filter.>", "flowrun-filter.a.>", ">"} {
+				src, _, err := connect.OpenSource(ctx, srv.URL+"?stream=flowrun-filter&consumer=c"+strconv.Itoa(i)+"&subject="+ok, nil, 1)
+				if err != nil {
+					t.Fatalf("%s: %v", ok, err)
+				}
+				src.Close()
+			}
+			for _, bad := range []string{"elsewhere", "flowrun-filter", "*", "other.>"} {
+				_, _, err = connect.OpenSource(ctx, srv.URL+"?stream=flowrun-filter&subject="+bad, nil, 1)
+				want := fmt.Sprintf(`stream "flowrun-filter" does not take subject %q (its subjects: flowrun-filter.>)`, bad)
+				var ce *connect.Error
+				if !errors.As(err, &ce) || !strings.Contains(err.Error(), want) {
+					t.Errorf("%s: got %v, want a *connect.Error with %q", bad, err, want)
+				}
+			}
+		})
+	}
 }
 
 // Output to a stream that does not take the subject (made by an input

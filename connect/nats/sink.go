@@ -61,39 +61,38 @@ func openSink(ctx context.Context, p *connect.Params) (connect.Sink, error) {
 	return &jsSink{p: p, nc: nc, js: js, subject: p.String("subject"), wrap: p.Bool("envelope")}, nil
 }
 
-// takes checks that the stream takes the subject published on: a
-// publish on a subject no stream has finds no one to answer, and would
-// be sent again for ever.
+// takes checks that the stream takes the subject: a publish on a
+// subject no stream has finds no one to answer, and would be sent again
+// for ever; a consumer filtered on one would wait for ever.
 func takes(st jetstream.Stream, p *connect.Params) error {
 	cfg := st.CachedInfo().Config
 	subject := p.String("subject")
 	for _, f := range cfg.Subjects {
-		if subjectMatches(f, subject) {
+		if overlaps(f, subject) {
 			return nil
 		}
 	}
-	if len(cfg.Subjects) == 0 { // a mirror or a stream of sources only
-		return &connect.Error{Broker: p.Broker(), Reason: fmt.Sprintf("stream %q takes no subject: publish to one that does", cfg.Name)}
+	if len(cfg.Subjects) == 0 { // a mirror, or a stream of sources only
+		return &connect.Error{Broker: p.Broker(), Reason: fmt.Sprintf("stream %q takes no subject of its own: name one that does", cfg.Name)}
 	}
-	return &connect.Error{Broker: p.Broker(), Reason: fmt.Sprintf("stream %q does not take subject %q (its subjects: %s): publish on one of them, or to another stream",
+	return &connect.Error{Broker: p.Broker(), Reason: fmt.Sprintf("stream %q does not take subject %q (its subjects: %s): give one of them, or another stream",
 		cfg.Name, subject, strings.Join(cfg.Subjects, ", "))}
 }
 
-// subjectMatches reports whether a stream's subject filter, with its *
-// (one token) and > (the rest) wildcards, takes subject.
-func subjectMatches(filter, subject string) bool {
-	f, s := strings.Split(filter, "."), strings.Split(subject, ".")
-	for i, tok := range f {
+// overlaps reports whether two subjects, with their * (one token) and >
+// (one or more) wildcards, have a subject in common.
+func overlaps(a, b string) bool {
+	x, y := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; ; i++ {
 		switch {
-		case tok == ">":
-			return len(s) > i
-		case i >= len(s):
-			return false
-		case tok != "*" && tok != s[i]:
+		case i == len(x) || i == len(y):
+			return len(x) == len(y)
+		case x[i] == ">" || y[i] == ">":
+			return true
+		case x[i] != "*" && y[i] != "*" && x[i] != y[i]:
 			return false
 		}
 	}
-	return len(f) == len(s)
 }
 
 func (s *jsSink) publish(m connect.Message) jetstream.PubAckFuture {

@@ -57,6 +57,11 @@ func newJSSource(ctx context.Context, nc *nats.Conn, p *connect.Params) (*jsSour
 	if err != nil {
 		return nil, err
 	}
+	if p.String("subject") != "" {
+		if err := takes(st, p); err != nil {
+			return nil, err
+		}
+	}
 	prefetch := p.Prefetch()
 	cctx, cancel := context.WithTimeout(ctx, connect.DialTimeout)
 	defer cancel()
