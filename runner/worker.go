@@ -65,11 +65,15 @@ type worker struct {
 	// forwarded and the last one seen, so that what it emits later covers
 	// the range of what it took in.
 	fwdLo, maxHi uint64
-	held         []record  // emitted by a holding stage, not yet passed on
-	taken        []uint64  // input records of the pieces a holding stage still holds, oldest first
-	part         uint32    // the pieces a Drainer has emitted at the end of input
-	next         *worker   // the fused stage after this one, if any
-	slot         *callSlot // nil unless the stage has a timeout
+	held         []record // emitted by a holding stage, not yet passed on
+	taken        []uint64 // input records of the pieces a holding stage still holds, oldest first
+	part         uint32   // the pieces a Drainer has emitted at the end of input
+	// groupMin is, in an unordered run, the earliest input record taken
+	// in since the holding stage last emitted (0: none): what it emits
+	// next is numbered by it (see emitHeld).
+	groupMin uint64
+	next     *worker   // the fused stage after this one, if any
+	slot     *callSlot // nil unless the stage has a timeout
 }
 
 // work is one goroutine of a segment: seg[0] reads its queue, and each
@@ -260,10 +264,19 @@ func (w *worker) processHolding(b batch) error {
 			w.taken = w.taken[:1] // only the oldest counts
 		}
 		if !w.st.sequence { // unordered: no range to keep
+			if w.groupMin == 0 || rec.seq < w.groupMin {
+				w.groupMin = rec.seq
+			}
 			if len(w.held) > 0 {
 				err := w.emitHeld(w.held, max(w.fwdLo, rec.seq))
 				if w.held = nil; err != nil {
 					return err
+				}
+				w.groupMin = 0 // what it still holds starts the next group
+				for _, seq := range w.taken {
+					if w.groupMin == 0 || seq < w.groupMin {
+						w.groupMin = seq
+					}
 				}
 			}
 			continue
@@ -305,6 +318,14 @@ func (w *worker) processHolding(b batch) error {
 // work of any input records: it goes out numbered just before the failing
 // record, claiming none (as emitPiece's pieces), so that nothing after it
 // drops it as if it came after the failure.
+//
+// The failure may also come just after the stage emitted: a group of
+// records taken in before it was known (other workers' results of
+// records after the failing one among them) would then carry a number
+// after the failing record and be dropped with the finished work of the
+// records before it in it. So in an unordered run the records are
+// numbered by the earliest input record of their group: a group with
+// any record before the failing one goes out.
 func (w *worker) emitHeld(out []record, hi uint64) error {
 	lo := w.fwdLo
 	if f := w.r.failSeq.Load(); f != 0 && hi >= f && !w.st.sequence {
@@ -312,8 +333,12 @@ func (w *worker) emitHeld(out []record, hi uint64) error {
 	} else {
 		w.fwdLo = hi + 1
 	}
+	num := hi
+	if !w.st.sequence && w.groupMin != 0 && w.groupMin < num {
+		num = w.groupMin
+	}
 	for i := range out {
-		out[i].seq = hi
+		out[i].seq = num
 	}
 	nb := batch{lo: lo, hi: hi, recs: out}
 	if w.part > 0 { // the last piece of a Drainer's
@@ -355,6 +380,7 @@ func (w *worker) flush(final bool) error {
 		}
 	}
 	w.taken = w.taken[:0]
+	defer func() { w.groupMin = 0 }() // it holds nothing now
 	held := w.held
 	switch {
 	case w.maxHi >= w.fwdLo:
