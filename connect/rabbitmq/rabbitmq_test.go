@@ -8,6 +8,9 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/flowrun/flowrun/connect"
 	"github.com/flowrun/flowrun/connect/brokertest"
@@ -99,5 +102,48 @@ func TestPikaReadsWhatWasPublished(t *testing.T) {
 	}
 	if want := "m1 persistent\nm2 persistent\nm3 persistent\n"; !bytes.Equal(out, []byte(want)) {
 		t.Fatalf("pika read %q, want %q", out, want)
+	}
+}
+
+// A queue that refuses what is published (full, with x-overflow
+// reject-publish) fails the sink's Flush, saying why, instead of
+// publishing the nacked messages again for ever.
+func TestSinkRefused(t *testing.T) {
+	srv := brokertest.RabbitMQ(t)
+	conn, err := amqp.Dial(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := "flowrun-full"
+	ch.QueueDelete(q, false, false, false)
+	if _, err := ch.QueueDeclare(q, true, false, false, false, amqp.Table{"x-max-length": int32(2), "x-overflow": "reject-publish"}); err != nil {
+		t.Fatal(err)
+	}
+	defer ch.QueueDelete(q, false, false, false)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sink, _, err := connect.OpenSink(ctx, srv.URL+"?queue="+q+"&declare=false", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	var msgs []connect.Message
+	for i := range 5 {
+		msgs = append(msgs, connect.Message{Data: []byte(fmt.Sprint("m", i))})
+	}
+	if err := sink.Write(ctx, msgs); err != nil {
+		t.Fatal(err)
+	}
+	err = sink.Flush(ctx)
+	if err == nil || !strings.Contains(err.Error(), "the broker refused 3 messages") || ctx.Err() != nil {
+		t.Fatalf("Flush: %v (context: %v), want the broker's refusal of 3 messages", err, ctx.Err())
+	}
+	if info, err := ch.QueueDeclarePassive(q, true, false, false, false, amqp.Table{"x-max-length": int32(2), "x-overflow": "reject-publish"}); err != nil || info.Messages != 2 {
+		t.Errorf("queue: %+v, %v; want its 2 messages", info, err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -149,6 +150,7 @@ func (s *sink) Flush(ctx context.Context) error {
 	s.mu.Lock()
 	n := len(s.pending) // what was written before this Flush: the oldest n
 	s.mu.Unlock()
+	refused := 0 // rounds in a row that ended in a nack with nothing confirmed
 	for n > 0 {
 		s.mu.Lock()
 		s.waiting = s.waiting[:0]
@@ -178,7 +180,25 @@ func (s *sink) Flush(ctx context.Context) error {
 		var err error
 		if n > 0 && s.nacked(n) {
 			// A nack, or a channel that closed under its confirms:
-			// publish again whatever is not known to be safe.
+			// publish again whatever is not known to be safe. A broker
+			// that goes on refusing them (a queue full with x-overflow
+			// reject-publish, a disk alarm that lasts) fails the output
+			// rather than hold the run for ever: nothing behind them
+			// was acked.
+			if confirmed > 0 {
+				refused = 0
+			}
+			if refused++; refused > maxRefused {
+				s.mu.Unlock()
+				return fmt.Errorf("%s: the broker refused %d messages %d times in a row (nack): is the queue full (x-max-length with x-overflow reject-publish), or the broker out of disk or memory?", s.p.Broker(), n, refused-1)
+			}
+			if refused > 1 {
+				s.mu.Unlock()
+				if !refusedBackoff(ctx, refused) {
+					return fmt.Errorf("%s: %w", s.p.Broker(), ctx.Err())
+				}
+				s.mu.Lock()
+			}
 			err = s.republish(ctx)
 		}
 		s.mu.Unlock()
@@ -187,6 +207,24 @@ func (s *sink) Flush(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// maxRefused is how many times in a row the sink publishes again
+// messages the broker nacked before it gives up on them.
+const maxRefused = 8
+
+// refusedBackoff waits before the k-th publish of refused messages,
+// 100ms doubling to 2s: about 10s in all before the output fails.
+func refusedBackoff(ctx context.Context, k int) bool {
+	d := min(100*time.Millisecond<<(k-2), 2*time.Second)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // nacked reports whether one of the oldest n messages is known not to be
