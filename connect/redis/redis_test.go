@@ -164,32 +164,8 @@ func TestListLargeMessageOutlastsDeadline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	u := srv.URL + "?list=large"
-	snk, _, err := connect.OpenSink(ctx, u, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	big := bytes.Repeat([]byte("x"), 64<<20)
-	if err := snk.Write(ctx, []connect.Message{{Data: big}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := snk.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	snk.Close()
-	src, _, err := connect.OpenSource(ctx, u+"&consumer=large", nil, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	rctx, rcancel := context.WithTimeout(ctx, time.Millisecond)
-	got, err := src.Receive(rctx, make([]connect.Message, 0, 1))
-	rcancel()
-	if err != nil || len(got) != 1 || len(got[0].Data) != len(big) {
-		t.Fatalf("Receive with a deadline shorter than the transfer: %d messages, %v; want the 64 MiB one", len(got), err)
-	}
-	if err := src.Settle(ctx, got, connect.Ack); err != nil {
-		t.Fatal(err)
-	}
+	big := publishLarge(t, ctx, u)
+	receiveLarge(t, ctx, u+"&consumer=large", big)
 }
 
 // A large stream entry left pending by a run that stopped is read again
@@ -200,10 +176,24 @@ func TestStreamLargePendingOutlastsDeadline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	u := srv.URL + "?stream=large"
+	big := publishLarge(t, ctx, u)
+	first, _, err := connect.OpenSource(ctx, u+"&consumer=large", nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	connecttest.Take(t, ctx, first, 1)
+	first.Close() // not settled: pending for consumer large
+	receiveLarge(t, ctx, u+"&consumer=large", big)
+}
+
+// publishLarge publishes one message of 64 MiB to u and returns it.
+func publishLarge(t *testing.T, ctx context.Context, u string) []byte {
+	t.Helper()
 	snk, _, err := connect.OpenSink(ctx, u, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer snk.Close()
 	big := bytes.Repeat([]byte("x"), 64<<20)
 	if err := snk.Write(ctx, []connect.Message{{Data: big}}); err != nil {
 		t.Fatal(err)
@@ -211,14 +201,14 @@ func TestStreamLargePendingOutlastsDeadline(t *testing.T) {
 	if err := snk.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	snk.Close()
-	first, _, err := connect.OpenSource(ctx, u+"&consumer=large", nil, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	connecttest.Take(t, ctx, first, 1)
-	first.Close() // not settled: pending for consumer large
-	src, _, err := connect.OpenSource(ctx, u+"&consumer=large", nil, 1)
+	return big
+}
+
+// receiveLarge checks that a Receive from u whose deadline is far
+// shorter than the transfer still hands on the large message, and acks it.
+func receiveLarge(t *testing.T, ctx context.Context, u string, big []byte) {
+	t.Helper()
+	src, _, err := connect.OpenSource(ctx, u, nil, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +217,7 @@ func TestStreamLargePendingOutlastsDeadline(t *testing.T) {
 	got, err := src.Receive(rctx, make([]connect.Message, 0, 1))
 	rcancel()
 	if err != nil || len(got) != 1 || len(got[0].Data) != len(big) {
-		t.Fatalf("Receive of the pending entry with a deadline shorter than the transfer: %d messages, %v; want the 64 MiB one", len(got), err)
+		t.Fatalf("Receive with a deadline shorter than the transfer: %d messages, %v; want the 64 MiB one", len(got), err)
 	}
 	if err := src.Settle(ctx, got, connect.Ack); err != nil {
 		t.Fatal(err)
