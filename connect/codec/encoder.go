@@ -163,7 +163,10 @@ func (s *Encoder) addTSV(rec []byte) error {
 	if s.header == nil {
 		s.header = cols
 		if !s.noHeader {
-			s.appendTSV(cols)
+			if err := s.appendTSV(cols); err != nil {
+				s.header = nil
+				return err
+			}
 			s.Buf = append(s.Buf, '\n')
 		}
 	}
@@ -182,20 +185,29 @@ func (s *Encoder) addTSV(rec []byte) error {
 	for _, h := range s.header {
 		s.fields = append(s.fields, vals[h])
 	}
-	s.appendTSV(s.fields)
-	return nil
+	return s.appendTSV(s.fields)
 }
 
-func (s *Encoder) appendTSV(fields []string) {
+// appendTSV appends a row. TSV escapes a tab but has no quoting, so a
+// field holding another delimiter could only be written as two fields:
+// it is the record's error instead (Miller refuses any delimiter but the
+// tab for TSV).
+func (s *Encoder) appendTSV(fields []string) error {
+	start := len(s.Buf)
 	for i, f := range fields {
 		if i > 0 {
 			s.Buf = append(s.Buf, s.tsvSep...)
+		}
+		if s.tsvSep != "\t" && strings.Contains(f, s.tsvSep) {
+			s.Buf = s.Buf[:start]
+			return fmt.Errorf("field %q holds the TSV output's delimiter %q, which TSV cannot escape (it has no quoting): write csv with that delimiter, which quotes it, or keep tsv's tab", f, s.tsvSep)
 		}
 		if strings.ContainsAny(f, "\t\n\r\\") {
 			f = tsvEscape.Replace(f)
 		}
 		s.Buf = append(s.Buf, f...)
 	}
+	return nil
 }
 
 // Header reads the header row of the CSV or TSV in dialect t that an

@@ -30,6 +30,10 @@ func TestEncoder(t *testing.T) {
 			`field "c" is not a column of the CSV output (its header, from the first record, is a): give every record the same fields, or write jsonl`},
 		{"csv not an object", "csv", codec.Table{}, nil, []string{`[1]`}, "", "csv output needs JSON objects: record is not a JSON object"},
 		{"tsv", "tsv", codec.Table{}, nil, []string{`{"a":"x\ty","b":"1\\2"}`}, "a\tb\nx\\ty\t1\\\\2\n", ""},
+		{"tsv delimiter in a field", "tsv", codec.Table{Delimiter: ';'}, nil, []string{`{"a":"1","b":"2"}`, `{"a":"x;y","b":"3"}`}, "a;b\n1;2\n",
+			`field "x;y" holds the TSV output's delimiter ";", which TSV cannot escape (it has no quoting): write csv with that delimiter, which quotes it, or keep tsv's tab`},
+		{"tsv delimiter in a column name", "tsv", codec.Table{Delimiter: ';'}, nil, []string{`{"a;b":"1"}`}, "",
+			`field "a;b" holds the TSV output's delimiter ";", which TSV cannot escape (it has no quoting): write csv with that delimiter, which quotes it, or keep tsv's tab`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
