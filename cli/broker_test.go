@@ -200,6 +200,62 @@ func TestBrokerTakeLeavesRest(t *testing.T) {
 	})
 }
 
+// Records read past a take's cut that a stage dead-lettered are in the
+// dead-letter file: their messages are settled (rejected), not handed
+// back, or the next run would dead-letter them again and the file would
+// hold them twice.
+func TestBrokerTakeDeadLettersOnce(t *testing.T) {
+	forEachBroker(t, func(t *testing.T, b broker) {
+		in, out := b.queues(t)
+		msgs := numbered(40)
+		for i := 3; i < len(msgs); i += 4 {
+			msgs[i] = "bad" + msgs[i]
+		}
+		for i, m := range msgs {
+			if !strings.HasPrefix(m, "bad") {
+				msgs[i] = fmt.Sprintf("%q", m)
+			}
+		}
+		publish(t, in.sink, msgs)
+		dir := t.TempDir()
+		dl := filepath.Join(dir, "dead.jsonl")
+		p := writeFile(t, dir, "p.yaml", "dead_letter: "+dl+"\nstages:\n"+
+			"  - {use: json.validate, on_error: dead-letter}\n  - {use: take, with: {n: 3}}\n")
+		// The second run waits out what the first handed back, which
+		// JetStream may redeliver only after ack_wait.
+		idle := (time.Second + b.redelivery).String()
+		for run := 1; run <= 2; run++ {
+			_, errs, code := runCLI(t, "", "run", "-q", "--progress", "none", "--until-idle", idle, "-i", in.src, "-o", out.sink, p)
+			if code != 0 && code != 3 {
+				t.Fatalf("run %d: exit %d: %s", run, code, errs)
+			}
+		}
+		done := drain(t, out.src, 6, 300*time.Millisecond)
+		left := b.back(drain(t, in.src, 0, 300*time.Millisecond+b.redelivery))
+		data, err := os.ReadFile(dl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var dead []string
+		for _, line := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
+			var d struct{ Record string }
+			if err := json.Unmarshal([]byte(line), &d); err != nil {
+				t.Fatalf("dead-letter line %q: %v", line, err)
+			}
+			dead = append(dead, d.Record)
+		}
+		if len(done) != 6 {
+			t.Fatalf("two takes of 3 output %d: %v", len(done), done)
+		}
+		if c := slices.Compact(sorted(dead)); len(c) != len(dead) {
+			t.Fatalf("the dead-letter file holds a record twice: %v", sorted(dead))
+		}
+		if all := sorted(slices.Concat(done, dead, left)); !slices.Equal(all, sorted(msgs)) {
+			t.Fatalf("output %v, dead letters %v and left %v are not the input", done, dead, left)
+		}
+	})
+}
+
 // A run that fails on a record leaves that record in the queue, with
 // those after it; what was done before it is in the output and acked.
 func TestBrokerFailedRunLeavesMessage(t *testing.T) {

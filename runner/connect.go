@@ -274,6 +274,43 @@ func (a *acks) settleNow() {
 	a.settle(ctx)
 }
 
+// rejectDead settles as Reject the messages whose records went to the
+// dead-letter file but that no flush settled: those read past a take's
+// or a failure's cut. Their dead letters are written; handed back to the
+// queue, they would be dead-lettered again by the next run, and the file
+// would hold them twice. The message that failed the run stays: the
+// queue keeps it, as a failed run's failing message always is kept.
+// It is called once the stages are done, before the dead-letter file is
+// closed.
+func (a *acks) rejectDead() error {
+	if a == nil {
+		return nil
+	}
+	fail := a.r.failSeq.Load()
+	a.mu.Lock()
+	var reject []connect.Message
+	for seq := range a.dead {
+		if m, ok := a.msgs[seq]; ok && seq != fail {
+			reject = append(reject, m)
+			delete(a.msgs, seq)
+		}
+		delete(a.dead, seq)
+	}
+	a.mu.Unlock()
+	if len(reject) == 0 {
+		return nil
+	}
+	if err := a.r.dl.sync(); err != nil {
+		return err // not settled: back to the queue at Close
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	defer cancel()
+	if err := a.src.Settle(ctx, reject, connect.Reject); err != nil {
+		return fmt.Errorf("input: %w", err)
+	}
+	return nil
+}
+
 // finish lets go of the source, which hands back every message never
 // settled: those a failure, a take or a stop left, and those read ahead.
 func (a *acks) finish() error {

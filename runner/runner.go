@@ -443,6 +443,9 @@ func (r *run) run(ctx context.Context) (err error) {
 	if ferr := r.failure(); ferr != nil && err == nil {
 		err = ferr
 	}
+	if rerr := r.acks.rejectDead(); rerr != nil && err == nil {
+		err = rerr
+	}
 	if err == nil && ctx.Err() != nil {
 		err = context.Cause(ctx)
 	}

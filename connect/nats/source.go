@@ -27,6 +27,12 @@ type jsSource struct {
 	wg      sync.WaitGroup
 	ackWait time.Duration
 	wrap    bool // envelope
+	// nak: Close hands back what was never settled at once (Nak). On
+	// nats-server 2.9 (Debian 12's) a Nak at a consumer's close had the
+	// server deliver a message acked or Termed just before it to the
+	// next consumer again (TestBrokerTakeDeadLettersOnce); there the
+	// messages come back after ack_wait instead.
+	nak bool
 
 	mu  sync.Mutex
 	out map[jetstream.Msg]time.Time // handed on, not settled: since when
@@ -80,7 +86,8 @@ func newJSSource(ctx context.Context, nc *nats.Conn, p *connect.Params) (*jsSour
 		return nil, &connect.Error{Broker: p.Broker(), Reason: reason(err), Err: err}
 	}
 	s := &jsSource{p: p, nc: nc, it: it, msgs: make(chan jetstream.Msg, prefetch), stop: make(chan struct{}),
-		ackWait: p.Duration("ack_wait"), wrap: p.Bool("envelope"), out: map[jetstream.Msg]time.Time{}}
+		ackWait: p.Duration("ack_wait"), wrap: p.Bool("envelope"), out: map[jetstream.Msg]time.Time{},
+		nak: !olderThan(nc.ConnectedServerVersion(), 2, 10)}
 	s.wg.Add(2)
 	go s.pump()
 	go s.keepAlive()
@@ -100,7 +107,7 @@ func (s *jsSource) pump() {
 		select {
 		case s.msgs <- m:
 		case <-s.stop:
-			m.Nak()
+			s.handBack(m)
 		}
 	}
 }
@@ -224,12 +231,12 @@ func (s *jsSource) Close() error {
 	close(s.stop)
 	s.it.Drain()
 	for m := range s.msgs { // what Receive never took
-		m.Nak()
+		s.handBack(m)
 	}
 	s.wg.Wait()
 	s.mu.Lock()
 	for m := range s.out { // taken, never settled: back now, not after ack_wait
-		m.Nak()
+		s.handBack(m)
 	}
 	clear(s.out)
 	s.mu.Unlock()
@@ -298,4 +305,22 @@ func (s *coreSource) Close() error {
 	s.sub.Unsubscribe()
 	s.nc.Close()
 	return nil
+}
+
+// handBack gives back a message never settled, at its Close: at once
+// where the server takes a Nak at a close well, else after ack_wait.
+func (s *jsSource) handBack(m jetstream.Msg) {
+	if s.nak {
+		m.Nak()
+	}
+}
+
+// olderThan reports whether a server's version ("2.9.10") is before
+// major.minor; a version it cannot read is not.
+func olderThan(version string, major, minor int) bool {
+	var ma, mi int
+	if _, err := fmt.Sscanf(version, "%d.%d", &ma, &mi); err != nil {
+		return false
+	}
+	return ma < major || ma == major && mi < minor
 }
