@@ -2,7 +2,6 @@ package runner
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -168,22 +167,49 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 	g.Go(func() error {
 		var n uint64
 		limit := q.MaxBytes()
+		largest := limit // the largest record a piece may hold alone
+		if s, ok := q.(recordLimiter); ok {
+			largest = s.MaxRecordBytes()
+		}
 		var carry *batch // taken while gathering, not gathered
 		send := func(group []batch) error {
-			n++
 			var recs []Record
+			var cut uint64 // a record too large failed the run: none from it on
 			for _, p := range group {
 				for _, rec := range p.recs {
-					if len(rec.data) > limit {
-						return &RecordError{Stage: st.cfg.Name, Seq: rec.seq, Record: rec.data,
-							Err: fmt.Errorf("a record of %d bytes is more than the broker takes in a message (%d bytes)", len(rec.data), limit)}
+					if cut != 0 && rec.seq >= cut {
+						continue
 					}
-					recs = append(recs, Record{Data: rec.data, Seq: rec.seq})
+					if len(rec.data) <= largest {
+						recs = append(recs, Record{Data: rec.data, Seq: rec.seq})
+						continue
+					}
+					failed, err := r.tooLarge(st, q, rec, largest)
+					if err != nil {
+						return err
+					}
+					if failed {
+						cut = rec.seq
+					}
 				}
+			}
+			for cut != 0 && len(recs) > 0 && recs[len(recs)-1].Seq >= cut {
+				recs = recs[:len(recs)-1]
 			}
 			for i := range group {
 				group[i].recs = nil
 			}
+			if len(recs) == 0 {
+				// Nothing left to send: the ranges go on as they are,
+				// for the writer's order.
+				for _, b := range group {
+					if err := out(b); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+			n++
 			mu.Lock()
 			waiting[n] = pending{bs: group}
 			mu.Unlock()
@@ -270,11 +296,7 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 				err2 = send(group)
 			}
 			if err2 != nil {
-				var re *RecordError
-				if !errors.As(err2, &re) {
-					return err2
-				}
-				r.failAt(re.Seq, err2)
+				return err2
 			}
 			if carry != nil {
 				closed = false // the carried batch is still to go
@@ -429,4 +451,37 @@ func splitBytes(b batch, limit int, send func(batch) bool) bool {
 		lo, start = hi+1, j
 	}
 	return true
+}
+
+// A StageQueue may take a record larger than MaxBytes in a piece of its
+// own, up to MaxRecordBytes, and say why a larger one cannot go,
+// naming the broker and its limit.
+type recordLimiter interface {
+	MaxRecordBytes() int
+	TooLarge(size int) error
+}
+
+// tooLarge applies the stage's on_error to a record larger than its
+// queue takes in one message: no worker can ever be given it, so its
+// attempts are spent at once. It says whether the record failed the run
+// (on_error: fail); the error is the dead-letter file's.
+func (r *run) tooLarge(st *stageRun, q StageQueue, rec record, limit int) (failed bool, err error) {
+	cause := fmt.Errorf("a record of %d bytes is more than the broker takes in a message (%d bytes)", len(rec.data), limit)
+	if s, ok := q.(recordLimiter); ok {
+		cause = s.TooLarge(len(rec.data))
+	}
+	c := &st.c
+	c.in.Add(1)
+	c.errors.Add(1)
+	switch st.cfg.OnError {
+	case spec.Skip:
+		c.skipped.Add(1)
+	case spec.DeadLetter:
+		c.dead.Add(1)
+		return false, r.dl.write(st.cfg.Name, rec.seq, 1, rec.data, cause)
+	default:
+		r.failAt(rec.seq, &RecordError{Stage: st.cfg.Name, Seq: rec.seq, Record: rec.data, Attempts: 1, Err: cause})
+		return true, nil
+	}
+	return false, nil
 }

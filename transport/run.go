@@ -165,7 +165,7 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 		if err != nil {
 			return nil, fail("create consumer "+s.Results, err)
 		}
-		q := newStageQueue(r, s, int(max)*3/4)
+		q := newStageQueue(r, s, recordLimit(max))
 		for key := range left[s.Name] {
 			q.left[key] = true
 		}
@@ -457,6 +457,7 @@ type attempt struct {
 type assembly struct {
 	n     int
 	parts map[int][]runner.Record
+	dead  map[int][]runner.Dead
 	d     runner.Done // from the last part
 	msgs  []jetstream.Msg
 }
@@ -663,7 +664,7 @@ func (q *stageQueue) take(m jetstream.Msg) (d runner.Done, ok bool, err error) {
 	at := attempt{key, delivered}
 	a := q.partial[at]
 	if a == nil {
-		a = &assembly{n: parts, parts: map[int][]runner.Record{}}
+		a = &assembly{n: parts, parts: map[int][]runner.Record{}, dead: map[int][]runner.Dead{}}
 		q.partial[at] = a
 	}
 	if _, dup := a.parts[k]; dup {
@@ -676,6 +677,7 @@ func (q *stageQueue) take(m jetstream.Msg) (d runner.Done, ok bool, err error) {
 		return d, false, fmt.Errorf("broker %s: results of stage %q piece %s: %w", q.run.nc.ConnectedUrlRedacted(), q.info.Name, key, err)
 	}
 	a.parts[k] = got.Recs
+	a.dead[k] = got.Dead
 	if k == a.n {
 		a.d = got
 	}
@@ -686,9 +688,10 @@ func (q *stageQueue) take(m jetstream.Msg) (d runner.Done, ok bool, err error) {
 	delete(q.partial, at)
 	d = a.d
 	if a.n > 1 {
-		d.Recs = nil
+		d.Recs, d.Dead = nil, nil
 		for k := 1; k <= a.n; k++ {
 			d.Recs = append(d.Recs, a.parts[k]...)
+			d.Dead = append(d.Dead, a.dead[k]...)
 		}
 	}
 	d.Counts.Redelivered = 0 // counted by the worker's notice

@@ -111,10 +111,21 @@ func decodeWork(data []byte) ([]runner.Record, error) {
 	return recs, r.err
 }
 
-// appendDone encodes one part of a piece's results: its records, and, in
-// the last part, the counts, the dead letters and the failure.
-func appendDone(b []byte, recs []runner.Record, d *runner.Done) []byte {
-	b = appendRecords(b, recs)
+// appendDone encodes one part of a piece's results: its records and its
+// dead letters, and, in the last part (whole), the counts and the
+// failure. Dead letters go in parts as records do: those of a piece of
+// many records may be more than one message takes.
+func appendDone(b []byte, p resultPart, whole *runner.Done) []byte {
+	b = appendRecords(b, p.recs)
+	b = binary.AppendUvarint(b, uint64(len(p.dead)))
+	for _, dl := range p.dead {
+		j, _ := json.Marshal(dl.Letter)
+		b = binary.AppendUvarint(b, uint64(len(j)))
+		b = append(b, j...)
+		b = binary.AppendUvarint(b, uint64(len(dl.Data)))
+		b = append(b, dl.Data...)
+	}
+	d := whole
 	if d == nil {
 		return append(b, 0)
 	}
@@ -122,14 +133,6 @@ func appendDone(b []byte, recs []runner.Record, d *runner.Done) []byte {
 	c := d.Counts
 	for _, v := range []int64{c.In, c.Out, c.Errors, c.Retries, c.Skipped, c.Dead, int64(c.Busy), c.Redelivered} {
 		b = binary.AppendVarint(b, v)
-	}
-	b = binary.AppendUvarint(b, uint64(len(d.Dead)))
-	for _, dl := range d.Dead {
-		j, _ := json.Marshal(dl.Letter)
-		b = binary.AppendUvarint(b, uint64(len(j)))
-		b = append(b, j...)
-		b = binary.AppendUvarint(b, uint64(len(dl.Data)))
-		b = append(b, dl.Data...)
 	}
 	if f := d.Fail; f != nil {
 		b = append(b, 1)
@@ -145,27 +148,14 @@ func appendDone(b []byte, recs []runner.Record, d *runner.Done) []byte {
 	return b
 }
 
-// decodeDone reads one part of a piece's results into d: its records
-// appended, the rest set when it is the last part.
+// decodeDone reads one part of a piece's results into d: its records and
+// dead letters appended, the rest set when it is the last part.
 func decodeDone(data []byte, d *runner.Done) error {
 	r := reader{b: data}
 	d.Recs = append(d.Recs, r.records()...)
 	if r.err != nil {
 		return r.err
 	}
-	if len(r.b) == 0 {
-		return errCorrupt
-	}
-	last := r.b[0] == 1
-	r.b = r.b[1:]
-	if !last {
-		return nil
-	}
-	var v [8]int64
-	for i := range v {
-		v[i] = r.varint()
-	}
-	d.Counts = runner.Counts{In: v[0], Out: v[1], Errors: v[2], Retries: v[3], Skipped: v[4], Dead: v[5], Busy: time.Duration(v[6]), Redelivered: v[7]}
 	n := r.uvarint()
 	if n > uint64(len(r.b)) {
 		return errCorrupt
@@ -178,6 +168,19 @@ func decodeDone(data []byte, d *runner.Done) error {
 		dl.Data = r.bytes()
 		d.Dead = append(d.Dead, dl)
 	}
+	if r.err != nil || len(r.b) == 0 {
+		return errCorrupt
+	}
+	last := r.b[0] == 1
+	r.b = r.b[1:]
+	if !last {
+		return nil
+	}
+	var v [8]int64
+	for i := range v {
+		v[i] = r.varint()
+	}
+	d.Counts = runner.Counts{In: v[0], Out: v[1], Errors: v[2], Retries: v[3], Skipped: v[4], Dead: v[5], Busy: time.Duration(v[6]), Redelivered: v[7]}
 	if r.err != nil || len(r.b) == 0 {
 		return errCorrupt
 	}
@@ -213,19 +216,42 @@ func part(h nats.Header) (k, n int, err error) {
 	return k, n, nil
 }
 
-// splitRecords cuts recs into parts of at most limit bytes as encoded
-// (at least one record each), never between records of one input record
-// when it can help it.
-func splitRecords(recs []runner.Record, limit int) [][]runner.Record {
-	var parts [][]runner.Record
-	start, size := 0, 0
-	for i, r := range recs {
-		n := len(r.Data) + 2*binary.MaxVarintLen64
-		if i > start && size+n > limit {
-			parts = append(parts, recs[start:i])
-			start, size = i, 0
+// resultPart is what one message of a piece's results carries.
+type resultPart struct {
+	recs []runner.Record
+	dead []runner.Dead
+}
+
+// splitResults cuts d's records and dead letters into parts of at most
+// limit bytes as encoded (at least one record or dead letter each, and
+// at least one part); the last part, which carries the failure's record
+// too, has room for it.
+func splitResults(d *runner.Done, limit int) []resultPart {
+	var parts []resultPart
+	var cur resultPart
+	size := 0
+	add := func(n int) {
+		if (len(cur.recs) > 0 || len(cur.dead) > 0) && size+n > limit {
+			parts = append(parts, cur)
+			cur, size = resultPart{}, 0
 		}
 		size += n
 	}
-	return append(parts, recs[start:])
+	for _, r := range d.Recs {
+		add(len(r.Data) + 2*binary.MaxVarintLen64)
+		cur.recs = append(cur.recs, r)
+	}
+	for _, dl := range d.Dead {
+		j, _ := json.Marshal(dl.Letter) // its size as encoded: a rare path
+		add(len(dl.Data) + len(j) + 2*binary.MaxVarintLen64)
+		cur.dead = append(cur.dead, dl)
+	}
+	if f := d.Fail; f != nil {
+		n := len(f.Record) + len(f.Err.Error()) + len(f.Stage) + 64
+		if (len(cur.recs) > 0 || len(cur.dead) > 0) && size+n > limit {
+			parts = append(parts, cur)
+			cur = resultPart{}
+		}
+	}
+	return append(parts, cur)
 }

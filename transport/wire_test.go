@@ -22,7 +22,7 @@ func TestWireRoundTrip(t *testing.T) {
 		Counts: runner.Counts{In: 3, Out: 2, Errors: 4, Retries: 1, Skipped: 1, Dead: 1, Busy: time.Second, Redelivered: 2},
 	}
 	var back runner.Done
-	if err := decodeDone(appendDone(nil, d.Recs, &d), &back); err != nil {
+	if err := decodeDone(appendDone(nil, resultPart{d.Recs, d.Dead}, &d), &back); err != nil {
 		t.Fatal(err)
 	}
 	if back.Fail == nil || back.Fail.Err.Error() != "boom" {
@@ -33,7 +33,7 @@ func TestWireRoundTrip(t *testing.T) {
 		t.Errorf("done: %+v\nwant %+v", back, d)
 	}
 	var part runner.Done
-	if err := decodeDone(appendDone(nil, recs[2:], nil), &part); err != nil || len(part.Recs) != 2 || part.Counts.In != 0 {
+	if err := decodeDone(appendDone(nil, resultPart{recs: recs[2:]}, nil), &part); err != nil || len(part.Recs) != 2 || part.Counts.In != 0 {
 		t.Errorf("a part: %+v, %v", part, err)
 	}
 	for _, bad := range [][]byte{nil, {5}, {1, 2, 200}} {
@@ -43,20 +43,34 @@ func TestWireRoundTrip(t *testing.T) {
 	}
 }
 
-func TestSplitRecords(t *testing.T) {
-	var recs []runner.Record
+func TestSplitResults(t *testing.T) {
+	d := &runner.Done{Fail: &runner.RecordError{Stage: "s", Seq: 1, Record: make([]byte, 900), Err: errors.New("boom")}}
 	for i := range 100 {
-		recs = append(recs, runner.Record{Data: make([]byte, 100), Seq: uint64(i)})
+		d.Recs = append(d.Recs, runner.Record{Data: make([]byte, 100), Seq: uint64(i)})
+		d.Dead = append(d.Dead, runner.Dead{Letter: runner.DeadLetter{Stage: "s", Error: "bad"}, Data: make([]byte, 500)})
 	}
-	parts := splitRecords(recs, 1000)
-	n := 0
-	for _, p := range parts {
-		if len(p) == 0 || len(p) > 10 {
-			t.Fatalf("a part of %d records", len(p))
+	parts := splitResults(d, 1000)
+	recs, dead := 0, 0
+	for k, p := range parts {
+		size := 0
+		for _, r := range p.recs {
+			size += len(r.Data)
 		}
-		n += len(p)
+		for _, dl := range p.dead {
+			size += len(dl.Data)
+		}
+		if size > 1000 || len(p.recs)+len(p.dead) == 0 && k < len(parts)-1 {
+			t.Fatalf("a part of %d records and %d dead letters, %d bytes", len(p.recs), len(p.dead), size)
+		}
+		recs, dead = recs+len(p.recs), dead+len(p.dead)
 	}
-	if n != 100 || len(splitRecords(nil, 10)) != 1 {
-		t.Errorf("%d records in parts, want 100", n)
+	if recs != 100 || dead != 100 {
+		t.Errorf("%d records and %d dead letters in parts, want 100 of each", recs, dead)
+	}
+	if last := parts[len(parts)-1]; len(last.recs) != 0 || len(last.dead) != 0 {
+		t.Errorf("the last part, with the failed record of 900 bytes, also holds %d records, %d dead letters", len(last.recs), len(last.dead))
+	}
+	if len(splitResults(&runner.Done{}, 10)) != 1 {
+		t.Error("no results: not one part")
 	}
 }

@@ -355,6 +355,9 @@ func (w *Worker) handle(ctx context.Context, info RunInfo, s StageInfo, sl *slot
 		d, err = sl.proc.Process(ctx, recs)
 		close(stop)
 		ticking.Wait()
+		if err == nil {
+			err = w.fitResults(ctx, sl, recs, &d, oneRecordLimit(w.nc.MaxPayload()))
+		}
 	}
 	if err != nil { // the worker is stopping: the piece goes to another
 		m.Nak()
@@ -405,10 +408,10 @@ func progress(m jetstream.Msg, ackWait time.Duration, stop <-chan struct{}) {
 // worked twice (a worker that died after publishing, before acking) are
 // kept once.
 func (w *Worker) publish(ctx context.Context, info RunInfo, s StageInfo, n string, delivered int64, d *runner.Done) error {
-	limit := int(w.nc.MaxPayload()) * 3 / 4
-	parts := splitRecords(d.Recs, limit)
+	parts := splitResults(d, recordLimit(w.nc.MaxPayload()))
 	futures := make([]jetstream.PubAckFuture, 0, len(parts))
-	for k, recs := range parts {
+	for k, p := range parts {
+		recs := p.recs
 		msg := nats.NewMsg(s.Out)
 		msg.Header.Set(hdrRun, info.Run)
 		msg.Header.Set(hdrStage, s.Name)
@@ -420,7 +423,7 @@ func (w *Worker) publish(ctx context.Context, info RunInfo, s StageInfo, n strin
 		if k == len(parts)-1 {
 			whole = d
 		}
-		msg.Data = appendDone(make([]byte, 0, 64+len(recs)*8), recs, whole)
+		msg.Data = appendDone(make([]byte, 0, 64+len(recs)*8), p, whole)
 		// The id is the delivery's too: the results of a piece worked
 		// again reach the run, which takes the first and counts the
 		// redelivery of the other.
