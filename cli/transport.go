@@ -8,7 +8,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -103,10 +105,52 @@ func brokerRun(ctx context.Context, p *spec.Pipeline, o brokerOptions, journal s
 }
 
 // transportVersion is what workers and runs must agree on: flowrun's
-// version and the revision it was built from.
-func transportVersion() string {
-	lines := strings.SplitN(versionText(), "\n", 3)
-	return strings.TrimPrefix(lines[0], "flowrun ") + ", " + lines[1]
+// version and the revision it was built from; for a build of uncommitted
+// changes or of no known revision, also the executable's hash, since two
+// such builds of different code have the same version and revision.
+// Worked out once, when first asked (the hash reads the executable).
+var transportVersion = sync.OnceValue(func() string {
+	bi, _ := debug.ReadBuildInfo()
+	return buildIdentity(bi, executableHash)
+})
+
+// buildIdentity is transportVersion for the build information bi, with
+// exeHash giving the executable's hash when it is needed.
+func buildIdentity(bi *debug.BuildInfo, exeHash func() string) string {
+	lines := strings.SplitN(formatVersion(bi), "\n", 3)
+	id := strings.TrimPrefix(lines[0], "flowrun ") + ", " + lines[1]
+	clean := false
+	if bi != nil {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.modified" {
+				clean = s.Value == "false"
+			}
+		}
+	}
+	if !clean {
+		id += ", executable " + exeHash()
+	}
+	return id
+}
+
+// executableHash is the start of the SHA-256 of the running executable,
+// or what says why it could not be read (then two builds compare by it:
+// equal only if both failed alike).
+func executableHash() string {
+	path, err := os.Executable()
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	return "sha256 " + hex.EncodeToString(h.Sum(nil))[:16]
 }
 
 var _ runner.Remote = (*transport.Run)(nil)

@@ -37,3 +37,28 @@ func TestFormatVersion(t *testing.T) {
 		t.Errorf("versionText() = %q", got)
 	}
 }
+
+// TestBuildIdentity: a clean build is known by its version and revision;
+// a build of uncommitted changes, or of no known revision, also by its
+// executable's hash, so that two of different code differ.
+func TestBuildIdentity(t *testing.T) {
+	build := func(modified string) *debug.BuildInfo {
+		return &debug.BuildInfo{Main: debug.Module{Version: "v1.2.3"}, Settings: []debug.BuildSetting{
+			{Key: "vcs.revision", Value: "c099dfa3b5f1"}, {Key: "vcs.modified", Value: modified}}}
+	}
+	hash := func(h string) func() string { return func() string { return "sha256 " + h } }
+	noHash := func() string { t.Error("a clean build's executable was hashed"); return "" }
+	if got, want := buildIdentity(build("false"), noHash), "v1.2.3, revision c099dfa3b5f1"; got != want {
+		t.Errorf("clean: %q, want %q", got, want)
+	}
+	a, b := buildIdentity(build("true"), hash("aaaa")), buildIdentity(build("true"), hash("bbbb"))
+	if a == b || !strings.HasSuffix(a, ", with uncommitted changes, executable sha256 aaaa") {
+		t.Errorf("two builds of uncommitted changes: %q and %q", a, b)
+	}
+	if got := buildIdentity(nil, hash("cccc")); got != "(devel), revision unknown (not built from a git checkout), executable sha256 cccc" {
+		t.Errorf("no build info: %q", got)
+	}
+	if h := executableHash(); !strings.HasPrefix(h, "sha256 ") || len(h) != len("sha256 ")+16 || h != executableHash() {
+		t.Errorf("executableHash() = %q", h)
+	}
+}

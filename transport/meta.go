@@ -137,7 +137,7 @@ func remoteStages(p *spec.Pipeline) []spec.Stage {
 func compatible(info RunInfo, version, hash string) string {
 	switch {
 	case info.Version != version:
-		return fmt.Sprintf("the run is flowrun %s and this worker flowrun %s: run workers of the run's version", info.Version, version)
+		return fmt.Sprintf("the run is another build of flowrun: the run's is %s; this worker's is %s: run workers of the run's build", info.Version, version)
 	case info.Hash != hash:
 		return fmt.Sprintf("the run's pipeline differs from this worker's (stages hash %s, here %s): give the worker the same pipeline file and --set options as the run (only stages.NAME.workers may differ)", info.Hash, hash)
 	}

@@ -65,7 +65,13 @@ type proc struct {
 // killed in the test's cleanup if it is still there.
 func startProc(t *testing.T, name string, wantStdout bool, args ...string) (*proc, *bufio.Reader) {
 	t.Helper()
-	cmd := exec.Command(flowrunBin(t), args...)
+	return startBin(t, flowrunBin(t), name, wantStdout, args...)
+}
+
+// startBin is startProc of the flowrun binary bin.
+func startBin(t *testing.T, bin, name string, wantStdout bool, args ...string) (*proc, *bufio.Reader) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	p := &proc{name: name, cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stderr = p.stderr

@@ -64,7 +64,7 @@ func TestWorkerRefuses(t *testing.T) {
 	tests := []struct {
 		name, yaml, version, says string
 	}{
-		{"another version", yaml, "2.0", "the run is flowrun 1.0 and this worker flowrun 2.0"},
+		{"another version", yaml, "2.0", "the run is another build of flowrun: the run's is 1.0; this worker's is 2.0"},
 		{"another pipeline", strings.Replace(yaml, "pattern: a", "pattern: b", 1), "1.0", "the run's pipeline differs from this worker's"},
 		{"more workers", yaml + "    workers: 5\n", "1.0", "joined run r1"},
 	}
