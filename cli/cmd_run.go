@@ -290,6 +290,7 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 	var setup *runner.SetupError
 	if !opts.quiet && !errors.As(runErr, &setup) { // a run that never started has nothing to sum up
 		sum.WriteTableWidth(stderr, width)
+		sum.WriteWorkers(stderr, width)
 		if n := redelivered(sum); n > 0 {
 			fmt.Fprintf(stderr, "the broker delivered %d pieces of the stages' input again (a worker died or outlived --ack-wait)\n", n)
 		}

@@ -11,6 +11,7 @@ import (
 
 	urfave "github.com/urfave/cli/v2"
 
+	"github.com/flowrun/flowrun/observe"
 	"github.com/flowrun/flowrun/spec"
 	"github.com/flowrun/flowrun/transport"
 )
@@ -34,6 +35,7 @@ holds go back to the queue for other workers.
 			&urfave.StringFlag{Name: "broker", Usage: "the NATS JetStream broker at `URL` (nats://host:4222) that runs use"},
 			&urfave.StringFlag{Name: "stages", Usage: "work only these stages, `a,b` (default: every stage that runs on workers)"},
 			&urfave.StringSliceFlag{Name: "set", Usage: "override `KEY=VALUE` of the pipeline, e.g. stages.NAME.workers=8 (repeatable)"},
+			&urfave.StringFlag{Name: "metrics", Usage: "serve this worker's Prometheus metrics at http://`ADDR`/metrics (labels pipeline, stage, worker) and a page of its stages at http://ADDR/"},
 		}, brokerDialFlags()...),
 		Action: func(c *urfave.Context) error {
 			if c.NArg() != 1 {
@@ -51,7 +53,7 @@ holds go back to the queue for other workers.
 					names = append(names, n)
 				}
 			}
-			return runWorker(c.Context, c.Args().First(), c.String("broker"), brokerDialOptions(c), names, c.StringSlice("set"), stdin, stderr)
+			return runWorker(c.Context, c.Args().First(), c.String("broker"), brokerDialOptions(c), names, c.StringSlice("set"), c.String("metrics"), stdin, stderr)
 		},
 	}, `   0    stopped by SIGINT or SIGTERM (records in hand went back to the queue)
    1    the broker went away for good
@@ -59,7 +61,7 @@ holds go back to the queue for other workers.
 `)
 }
 
-func runWorker(ctx context.Context, file, url string, dial transport.DialOptions, names, set []string, stdin io.Reader, stderr io.Writer) error {
+func runWorker(ctx context.Context, file, url string, dial transport.DialOptions, names, set []string, metrics string, stdin io.Reader, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	p, err := load(file, spec.Options{Set: set}, stdin)
@@ -76,6 +78,20 @@ func runWorker(ctx context.Context, file, url string, dial transport.DialOptions
 		return usagef("%v", err)
 	}
 	defer w.Close()
+	if metrics != "" {
+		o := observe.New(p, buildInfo())
+		o.Worker = transport.Host()
+		srv, err := o.Listen(metrics)
+		if err != nil {
+			return usageError{err}
+		}
+		o.Watch(w.Snapshot)
+		defer func() {
+			o.Finish()
+			srv.Close()
+		}()
+		fmt.Fprintf(stderr, "flowrun worker: metrics at %smetrics\n", srv.URL())
+	}
 	fmt.Fprintf(stderr, "flowrun worker: %s, waiting for runs of pipeline %q\n", transport.Host(), p.Name)
 	if err := w.Serve(ctx); err != nil {
 		return fmt.Errorf("%w", err)

@@ -84,6 +84,8 @@ func brokerRun(ctx context.Context, p *spec.Pipeline, o brokerOptions, journal s
 	}
 	if b.embed != nil {
 		b.store = store
+		// Workers on this machine may join it too: say where it is.
+		fmt.Fprintf(stderr, "flowrun: embedded broker at %s, for workers on this machine\n", b.embed.URL())
 	}
 	id, fresh := o.runID, false
 	if id == "" && journal != "" {

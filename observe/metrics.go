@@ -28,6 +28,7 @@ func (o *Observer) Registry() *prometheus.Registry {
 type collector struct {
 	o      *Observer
 	bounds []time.Duration
+	worker string // the worker's name: a label of every metric but build_info
 
 	buildInfo                                         *prometheus.Desc
 	in, out, errs, retries, skipped, dead, busySecs   *prometheus.Desc
@@ -40,11 +41,16 @@ type collector struct {
 func newCollector(o *Observer) *collector {
 	stage := []string{"pipeline", "stage"}
 	pipeline := []string{"pipeline"}
+	if o.Worker != "" {
+		stage = append(stage, "worker")
+		pipeline = append(pipeline, "worker")
+	}
 	d := func(name, help string, labels []string) *prometheus.Desc {
 		return prometheus.NewDesc(name, help, labels, nil)
 	}
 	c := &collector{
 		o:              o,
+		worker:         o.Worker,
 		buildInfo:      d("flowrun_build_info", "flowrun's version; the value is 1.", []string{"version", "revision", "goversion"}),
 		in:             d("flowrun_records_in_total", "Records a stage has taken in and finished with.", stage),
 		out:            d("flowrun_records_out_total", "Records a stage has passed on.", stage),
@@ -90,6 +96,17 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	s, _, running := c.o.current()
 	p := c.o.pipeline.Name
 	b := c.o.build
+	// The labels of a stage's metrics and of the pipeline's.
+	stage := func(name string) []string {
+		if c.worker != "" {
+			return []string{p, name, c.worker}
+		}
+		return []string{p, name}
+	}
+	pipeline := []string{p}
+	if c.worker != "" {
+		pipeline = append(pipeline, c.worker)
+	}
 	ch <- prometheus.MustNewConstMetric(c.buildInfo, prometheus.GaugeValue, 1, b.Version, b.Revision, b.GoVersion)
 	counter := func(d *prometheus.Desc, v int64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
@@ -98,36 +115,40 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), labels...)
 	}
 	for _, st := range s.Stages {
-		counter(c.in, st.In, p, st.Name)
-		counter(c.out, st.Out, p, st.Name)
-		counter(c.errs, st.Errs, p, st.Name)
-		counter(c.retries, st.Retries, p, st.Name)
-		counter(c.skipped, st.Skipped, p, st.Name)
-		counter(c.dead, st.Dead, p, st.Name)
-		ch <- prometheus.MustNewConstMetric(c.busySecs, prometheus.CounterValue, st.BusyTime.Seconds(), p, st.Name)
-		gauge(c.queueLen, st.Queued, p, st.Name)
-		gauge(c.queueCap, st.Cap, p, st.Name)
-		gauge(c.workers, st.Workers, p, st.Name)
-		gauge(c.workersBusy, st.Busy, p, st.Name)
+		counter(c.in, st.In, stage(st.Name)...)
+		counter(c.out, st.Out, stage(st.Name)...)
+		counter(c.errs, st.Errs, stage(st.Name)...)
+		counter(c.retries, st.Retries, stage(st.Name)...)
+		counter(c.skipped, st.Skipped, stage(st.Name)...)
+		counter(c.dead, st.Dead, stage(st.Name)...)
+		ch <- prometheus.MustNewConstMetric(c.busySecs, prometheus.CounterValue, st.BusyTime.Seconds(), stage(st.Name)...)
+		if c.worker == "" { // a worker's queue is the broker's
+			gauge(c.queueLen, st.Queued, stage(st.Name)...)
+			gauge(c.queueCap, st.Cap, stage(st.Name)...)
+		}
+		gauge(c.workers, st.Workers, stage(st.Name)...)
+		gauge(c.workersBusy, st.Busy, stage(st.Name)...)
 		counts, total := st.Latency.Cumulative(c.bounds)
 		buckets := make(map[float64]uint64, len(counts))
 		for i, n := range counts {
 			buckets[durationBuckets[i]] = n
 		}
-		ch <- prometheus.MustNewConstHistogram(c.duration, total, st.BusyTime.Seconds(), buckets, p, st.Name)
+		ch <- prometheus.MustNewConstHistogram(c.duration, total, st.BusyTime.Seconds(), buckets, stage(st.Name)...)
 	}
-	counter(c.inputRecords, s.InRecords, p)
-	counter(c.inputBytes, s.InBytes, p)
-	if s.TotalBytes >= 0 {
-		ch <- prometheus.MustNewConstMetric(c.inputSize, prometheus.GaugeValue, float64(s.TotalBytes), p)
+	if c.worker == "" { // a worker has no input or output of its own
+		counter(c.inputRecords, s.InRecords, p)
+		counter(c.inputBytes, s.InBytes, p)
+		if s.TotalBytes >= 0 {
+			ch <- prometheus.MustNewConstMetric(c.inputSize, prometheus.GaugeValue, float64(s.TotalBytes), p)
+		}
+		counter(c.inputErrors, s.InErrors, p)
+		counter(c.outputRecords, s.OutRecords, p)
+		gauge(c.outputQueueLen, s.OutQueued, p)
+		gauge(c.outputQueueCap, s.OutCap, p)
 	}
-	counter(c.inputErrors, s.InErrors, p)
-	counter(c.outputRecords, s.OutRecords, p)
-	gauge(c.outputQueueLen, s.OutQueued, p)
-	gauge(c.outputQueueCap, s.OutCap, p)
 	up := 0
 	if running {
 		up = 1
 	}
-	gauge(c.up, up, p)
+	gauge(c.up, up, pipeline...)
 }

@@ -24,6 +24,11 @@ type Observer struct {
 	// each queue was over the run; 0 means DefaultEvery. Set it before
 	// Watch.
 	Every time.Duration
+	// Worker, when set, names the flowrun worker (host:pid) whose stages
+	// are watched, not a run: each stage's metrics carry it as the
+	// worker label, and there is no input or output. Set it before
+	// Registry, Handler or Listen.
+	Worker string
 
 	pipeline *spec.Pipeline
 	build    BuildInfo

@@ -26,6 +26,30 @@ type View struct {
 	Stages   []StageView `json:"stages"`
 	Output   OutputView  `json:"output"`
 	Advice   string      `json:"advice"`
+	// Workers are the worker processes of a run on a broker, in the
+	// order they joined (their last report); null for a run without.
+	Workers []WorkerView `json:"workers"`
+}
+
+// WorkerView is a worker of a run on a broker.
+type WorkerView struct {
+	Name    string            `json:"name"` // host:pid
+	Version string            `json:"version"`
+	Local   bool              `json:"local"` // the run's own process
+	State   string            `json:"state"` // working, gone or left
+	Busy    int               `json:"busy"`
+	Slots   int               `json:"slots"`
+	Records int64             `json:"records"`
+	Seen    float64           `json:"seen_seconds_ago"`
+	Stages  []WorkerStageView `json:"stages"`
+}
+
+// WorkerStageView is a stage a worker works.
+type WorkerStageView struct {
+	Name    string `json:"name"`
+	Slots   int    `json:"slots"`
+	Busy    int    `json:"busy"`
+	Records int64  `json:"records"`
 }
 
 // InputView is the input's part of a View. Percent and ETA are null when
@@ -54,6 +78,7 @@ type StageView struct {
 	Queued  int     `json:"queued"`
 	Cap     int     `json:"cap"`
 	Fused   bool    `json:"fused"`
+	Remote  bool    `json:"remote"` // on workers through a broker
 	Errors  int64   `json:"errors"`
 	Retries int64   `json:"retries"`
 	Skipped int64   `json:"skipped"`
@@ -97,7 +122,7 @@ func (o *Observer) View() View {
 	for i, st := range s.Stages {
 		sv := StageView{
 			Name: st.Name, Use: st.Use, Workers: st.Workers, Busy: st.Busy, In: st.In, Out: st.Out,
-			Queued: st.Queued, Cap: st.Cap, Fused: st.Fused,
+			Queued: st.Queued, Cap: st.Cap, Fused: st.Fused, Remote: st.Remote,
 			Errors: st.Errs, Retries: st.Retries, Skipped: st.Skipped, Dead: st.Dead,
 			P50: st.P50.Seconds(), P99: st.P99.Seconds(),
 		}
@@ -105,6 +130,21 @@ func (o *Observer) View() View {
 			sv.Rate = stageRates[i]
 		}
 		v.Stages = append(v.Stages, sv)
+	}
+	for _, w := range s.Workers {
+		wv := WorkerView{Name: w.Name, Version: w.Version, Local: w.Local, State: "working", Records: w.Records, Seen: w.Since.Seconds()}
+		switch {
+		case w.Left:
+			wv.State = "left"
+		case w.Gone:
+			wv.State = "gone"
+		}
+		for _, st := range w.Stages {
+			wv.Stages = append(wv.Stages, WorkerStageView{Name: st.Name, Slots: st.Slots, Busy: st.Busy, Records: st.Records})
+			wv.Slots += st.Slots
+			wv.Busy += st.Busy
+		}
+		v.Workers = append(v.Workers, wv)
 	}
 	return v
 }

@@ -259,6 +259,11 @@ func newView(s Snapshot) *view {
 	for _, n := range v.names {
 		v.widest = max(v.widest, uniseg.StringWidth(n))
 	}
+	for _, st := range s.Stages {
+		if st.Remote { // a line says which workers work them
+			v.widest = max(v.widest, len(workersLabel))
+		}
+	}
 	v.spin = make([]int, len(v.names))
 	v.last = make([]int64, len(v.names))
 	return v
@@ -381,7 +386,11 @@ func (v *view) render(s Snapshot, width, height int, final bool) []string {
 		} else {
 			l.opt(fmt.Sprintf("queue %*d/%d", len(fmt.Sprint(st.Cap)), st.Queued, st.Cap))
 		}
-		l.opt(fmt.Sprintf("busy %*d/%d", len(fmt.Sprint(st.Workers)), st.Busy, st.Workers))
+		busy := st.Busy
+		if final && st.Remote {
+			busy = 0 // every piece is answered; the workers' last reports may be older
+		}
+		l.opt(fmt.Sprintf("busy %*d/%d", len(fmt.Sprint(st.Workers)), busy, st.Workers))
 		lines = append(lines, l.cut(width))
 	}
 	if hidden := len(s.Stages) - stageRows; hidden > 0 {
@@ -395,6 +404,10 @@ func (v *view) render(s Snapshot, width, height int, final bool) []string {
 	out.opt(perSecond(len(now) - 1))
 	out.opt(short(s.Elapsed.Round(100 * time.Millisecond)))
 	lines = append(lines, out.cut(width))
+	if remote(s) && len(lines) < height {
+		col := uniseg.StringWidth(names[0])
+		lines = append(lines, workerLines(s.Workers, col, width, height-len(lines), final)...)
+	}
 	if len(lines) > height { // a terminal of one or two rows
 		lines = lines[len(lines)-max(height, 1):]
 	}

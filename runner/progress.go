@@ -31,6 +31,10 @@ type Snapshot struct {
 	// Added for the metrics, the web page and the bottleneck advice.
 	InErrors, InSkipped, InDead int64 // records the input could not decode, by on_error
 	OutQueued, OutCap           int   // batches waiting for the output writer, and its queue's capacity
+
+	// Workers are the worker processes that joined a run on a broker
+	// (Options.Remote), in the order they joined.
+	Workers []WorkerSnapshot
 }
 
 // StageSnapshot is one stage's state at one moment.
@@ -47,6 +51,9 @@ type StageSnapshot struct {
 	P50, P99               time.Duration // per record, so far
 	Latency                Latencies     // the histogram P50 and P99 come from
 	Fused                  bool          // runs in the goroutines of the stage before it: its queue is unused
+	// Remote says the stage runs on workers through a broker: Workers
+	// and Busy are then the slots of the workers working it now.
+	Remote bool
 }
 
 func (r *run) snapshot() Snapshot {
@@ -62,6 +69,11 @@ func (r *run) snapshot() Snapshot {
 	if n := len(r.stages); n > 0 {
 		s.OutQueued, s.OutCap = len(r.stages[n-1].out), cap(r.stages[n-1].out)
 	}
+	s.Workers = r.workers()
+	var live, busy map[string]int
+	if _, ok := r.opts.Remote.(Workers); ok {
+		live, busy = slots(s.Workers, false)
+	}
 	for _, st := range r.stages {
 		s.Stages = append(s.Stages, StageSnapshot{
 			Name: st.cfg.Name, In: st.c.in.Load(), Out: st.c.out.Load(), Errs: st.c.errors.Load(),
@@ -70,8 +82,12 @@ func (r *run) snapshot() Snapshot {
 			Use: st.cfg.Use, Retries: st.c.retries.Load(), Skipped: st.c.skipped.Load(), Dead: st.c.dead.Load(),
 			BusyTime: time.Duration(st.c.busyNanos.Load()),
 			P50:      st.c.hist.quantile(0.5), P99: st.c.hist.quantile(0.99),
-			Latency: Latencies{&st.c.hist}, Fused: st.fused,
+			Latency: Latencies{&st.c.hist}, Fused: st.fused, Remote: st.remote,
 		})
+		if st.remote && live != nil {
+			ss := &s.Stages[len(s.Stages)-1]
+			ss.Workers, ss.Busy = live[st.cfg.Name], busy[st.cfg.Name]
+		}
 	}
 	return s
 }
@@ -118,6 +134,9 @@ func plainLine(s Snapshot) string {
 		fmt.Fprintf(&b, " q %d/%d busy %d/%d", st.Queued, st.Cap, st.Busy, st.Workers)
 	}
 	fmt.Fprintf(&b, " | out %d", s.OutRecords)
+	if remote(s) {
+		b.WriteString(plainWorkers(s.Workers))
+	}
 	return b.String()
 }
 

@@ -728,11 +728,22 @@ func (r *run) summarize(sum *Summary, elapsed time.Duration) {
 	if r.out != nil { // run has waited for its writer
 		sum.Output.Bytes = r.out.bytes
 	}
+	ws := r.workers()
+	joined, _ := slots(ws, true)
+	for _, w := range ws {
+		sum.Workers = append(sum.Workers, w.stats())
+	}
+	sortWorkers(sum.Workers)
+	_, brokered := r.opts.Remote.(Workers)
 	for _, st := range r.stages {
 		c := &st.c
 		p50, p99 := c.hist.quantile(0.5), c.hist.quantile(0.99)
+		workers := st.cfg.Workers
+		if st.remote && brokered {
+			workers = joined[st.cfg.Name] // the slots that took part, anywhere
+		}
 		sum.Stages = append(sum.Stages, StageStats{
-			Name: st.cfg.Name, Use: st.cfg.Use, Workers: st.cfg.Workers,
+			Name: st.cfg.Name, Use: st.cfg.Use, Workers: workers,
 			In: c.in.Load(), Out: c.out.Load(), Errors: c.errors.Load(), Retries: c.retries.Load(),
 			Skipped: c.skipped.Load(), DeadLettered: c.dead.Load(),
 			Remote: st.queue != nil, Redelivered: c.redelivered.Load(),

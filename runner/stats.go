@@ -140,9 +140,13 @@ type Summary struct {
 	Input    InputStats   `json:"input"`
 	Output   OutputStats  `json:"output"`
 	Stages   []StageStats `json:"stages"`
-	Stopped  bool         `json:"stopped"`       // by a signal: the input was cut short
-	Closed   bool         `json:"output_closed"` // the output's reader went away
-	Failed   string       `json:"error,omitempty"`
+	// Workers are the worker processes that took part in a run on a
+	// broker (the run's own first); a remote stage's Workers are the
+	// slots they had for it.
+	Workers []WorkerStats `json:"workers,omitempty"`
+	Stopped bool          `json:"stopped"`       // by a signal: the input was cut short
+	Closed  bool          `json:"output_closed"` // the output's reader went away
+	Failed  string        `json:"error,omitempty"`
 }
 
 // InputStats counts what the input read.

@@ -39,6 +39,9 @@ type RunInfo struct {
 	AckWait    time.Duration `json:"ack_wait"`
 	MaxDeliver int           `json:"max_deliver"`
 	Stages     []StageInfo   `json:"stages"`
+	// Workers is the subject where the run's workers report what they
+	// do (Report), every reportEvery.
+	Workers string `json:"workers,omitempty"`
 }
 
 // StageInfo is where a remote stage's queue and results are.
@@ -63,6 +66,7 @@ func newRunInfo(p *spec.Pipeline, id, version string, remote []spec.Stage) RunIn
 		Stream: "FLOWRUN_" + token(p.Name) + "_" + token(id),
 	}
 	prefix := "flowrun." + token(p.Name) + "." + token(id)
+	info.Workers = prefix + ".workers"
 	for _, s := range remote {
 		t := stageToken(p, s.Name)
 		info.Stages = append(info.Stages, StageInfo{

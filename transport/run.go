@@ -78,7 +78,15 @@ type Run struct {
 	keep   bool                 // Close leaves the stream
 	done   sync.WaitGroup
 
-	joined atomic.Int64 // workers that joined the run
+	joined  atomic.Int64 // workers that joined the run
+	table   workerTable  // what they report
+	closing atomic.Bool  // workers leave because the run ends
+}
+
+func (r *Run) logf(format string, v ...any) {
+	if r.opts.Log != nil {
+		fmt.Fprintf(r.opts.Log, format, v...)
+	}
 }
 
 // NewRun prepares a run of p on the broker nc is connected to. Nothing is
@@ -181,6 +189,9 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 	if r.kv, err = runsKV(ctx, r.js); err != nil {
 		return nil, fail("runs bucket", err)
 	}
+	if err := r.listen(); err != nil {
+		return nil, fail("subscribe to "+r.info.Workers, err)
+	}
 	watch, err := r.kv.Watch(ctx, r.info.key()+".w.*")
 	if err != nil {
 		return nil, fail("runs bucket", err)
@@ -214,11 +225,9 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 // and, when the run works no stage itself, that it waits for one while
 // none has joined.
 func (r *Run) workers(watch jetstream.KeyWatcher) {
-	logf := func(format string, v ...any) {
-		if r.opts.Log != nil {
-			fmt.Fprintf(r.opts.Log, format, v...)
-		}
-	}
+	logf := r.logf
+	check := time.NewTicker(reportEvery)
+	defer check.Stop()
 	var waiting <-chan time.Time
 	if !r.opts.LocalWorkers {
 		t := time.NewTimer(waitingShown)
@@ -232,6 +241,9 @@ func (r *Run) workers(watch jetstream.KeyWatcher) {
 			if r.joined.Load() == 0 {
 				logf("flowrun: run %s is waiting for a worker of pipeline %q: it works no stage itself (flowrun worker FILE --broker URL)\n", r.opts.RunID, r.p.Name)
 			}
+			continue
+		case now := <-check.C:
+			r.checkGone(now)
 			continue
 		case u, ok := <-watch.Updates():
 			if !ok {
@@ -362,6 +374,7 @@ func (r *Run) put(ctx context.Context) error {
 // local workers stop and the stream is deleted. It is safe to call on a
 // run never opened.
 func (r *Run) Close(ctx context.Context) error {
+	r.closing.Store(true)
 	if r.stop != nil {
 		r.stop()
 	}
@@ -369,6 +382,9 @@ func (r *Run) Close(ctx context.Context) error {
 		r.watch.Stop()
 	}
 	r.done.Wait()
+	if r.table.sub != nil {
+		r.table.sub.Unsubscribe()
+	}
 	if r.local != nil {
 		r.local.Close()
 	}
@@ -696,6 +712,7 @@ func (q *stageQueue) take(m jetstream.Msg) (d runner.Done, ok bool, err error) {
 	}
 	d.Counts.Redelivered = 0 // counted by the worker's notice
 	msgs := a.msgs
+	worker := m.Headers().Get(hdrWorker)
 	q.mu.Lock()
 	n := q.outstanding[key] // 0: not one the runner waits for, only counted
 	stashed := false
@@ -722,6 +739,9 @@ func (q *stageQueue) take(m jetstream.Msg) (d runner.Done, ok bool, err error) {
 	if stashed {
 		// Its ack waits for the runner to take it.
 		return d, false, nil
+	}
+	if n != 0 {
+		q.run.credit(worker, q.info.Name, d.Counts.In)
 	}
 	return d, true, nil
 }

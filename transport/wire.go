@@ -25,6 +25,7 @@ const (
 	hdrSeq     = "Flowrun-Seq"     // the input records it holds: "lo-hi"
 	hdrPart    = "Flowrun-Part"    // results: part k of n of a piece's results, "k/n"
 	hdrAttempt = "Flowrun-Attempt" // results: the delivery of the piece they answer, from 1
+	hdrWorker  = "Flowrun-Worker"  // results: the worker that made them, host:pid (Host)
 	// hdrNotice marks a message on a stage's Out subject that is not
 	// results: "redelivered" says a worker started a delivery of a piece
 	// after its first, which the run counts however it ends.

@@ -47,6 +47,10 @@ type Worker struct {
 	hash  string
 	slots map[string]chan *slot // per stage, the idle slots
 	all   []*slot
+	// meters count what each stage's slots did, over every run, for
+	// the worker's metrics (Snapshot).
+	meters map[string]*runner.Meter
+	host   string // Host, for the run to know who made results
 }
 
 // slot is one worker of a stage: a Processor, used by one piece at a time.
@@ -63,7 +67,7 @@ func NewWorker(nc *nats.Conn, p *spec.Pipeline, o WorkerOptions) (*Worker, error
 	if err != nil {
 		return nil, err
 	}
-	w := &Worker{nc: nc, js: js, p: p, opts: o, hash: pipelineHash(p), slots: map[string]chan *slot{}}
+	w := &Worker{nc: nc, js: js, p: p, opts: o, hash: pipelineHash(p), slots: map[string]chan *slot{}, meters: map[string]*runner.Meter{}, host: Host()}
 	remote := remoteStages(p)
 	var names []string
 	for _, s := range remote {
@@ -96,6 +100,7 @@ func NewWorker(nc *nats.Conn, p *spec.Pipeline, o WorkerOptions) (*Worker, error
 			free <- sl
 		}
 		w.slots[s.Name] = free
+		w.meters[s.Name] = &runner.Meter{}
 	}
 	if len(w.slots) == 0 {
 		w.Close()
@@ -216,6 +221,7 @@ func (w *Worker) stageNames(info RunInfo) []string {
 // stream is gone.
 func (w *Worker) serveRun(ctx context.Context, info RunInfo) {
 	var wg sync.WaitGroup
+	t := w.newTally(info)
 	for _, s := range info.Stages {
 		free := w.slots[s.Name]
 		if free == nil {
@@ -224,9 +230,14 @@ func (w *Worker) serveRun(ctx context.Context, info RunInfo) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w.serveStage(ctx, info, s, free)
+			w.serveStage(ctx, info, s, free, t.stages[s.Name])
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		w.report(ctx, info, t)
+	}()
 	wg.Wait()
 }
 
@@ -238,7 +249,7 @@ const idleWait = time.Second
 // never more than it can start at once, so that no piece waits here
 // while its ack wait runs out (pre-buffered pieces of a busy worker
 // would be redelivered elsewhere and done twice).
-func (w *Worker) serveStage(ctx context.Context, info RunInfo, s StageInfo, free chan *slot) {
+func (w *Worker) serveStage(ctx context.Context, info RunInfo, s StageInfo, free chan *slot, t *stageTally) {
 	var cons jetstream.Consumer
 	for cons == nil {
 		c, err := w.js.Consumer(ctx, info.Stream, s.Consumer)
@@ -293,7 +304,8 @@ func (w *Worker) serveStage(ctx context.Context, info RunInfo, s StageInfo, free
 				busy.Add(1)
 				go func() {
 					defer busy.Done()
-					w.handle(ctx, info, s, sl, m)
+					t.begin()
+					t.end(w.handle(ctx, info, s, sl, m))
 					free <- sl
 				}()
 			}
@@ -323,14 +335,15 @@ func (w *Worker) serveStage(ctx context.Context, info RunInfo, s StageInfo, free
 // acks the piece once the broker acked every part. A piece delivered for
 // the last time (MaxDeliver) is not run again: the workers it was given
 // to died or stalled on it each time, so its records fail as the stage's
-// on_error says, and it is Termed.
-func (w *Worker) handle(ctx context.Context, info RunInfo, s StageInfo, sl *slot, m jetstream.Msg) {
+// on_error says, and it is Termed. It returns the counts of what it
+// did (none for a piece it gave back).
+func (w *Worker) handle(ctx context.Context, info RunInfo, s StageInfo, sl *slot, m jetstream.Msg) runner.Counts {
 	meta, err := m.Metadata()
 	n := m.Headers().Get(hdrPiece)
 	recs, derr := decodeWork(m.Data())
 	if err != nil || n == "" || derr != nil {
 		m.Term() // not flowrun's: no one can work it
-		return
+		return runner.Counts{}
 	}
 	delivered := int64(meta.NumDelivered)
 	if delivered > 1 {
@@ -361,17 +374,18 @@ func (w *Worker) handle(ctx context.Context, info RunInfo, s StageInfo, sl *slot
 	}
 	if err != nil { // the worker is stopping: the piece goes to another
 		m.Nak()
-		return
+		return runner.Counts{}
 	}
 	if err := w.publish(ctx, info, s, n, delivered, &d); err != nil {
 		m.Nak()
-		return
+		return runner.Counts{}
 	}
 	if last {
 		m.Term()
-		return
+		return d.Counts
 	}
 	m.Ack()
+	return d.Counts
 }
 
 // noticeRedelivery tells the run that this is a delivery of piece n
@@ -419,6 +433,7 @@ func (w *Worker) publish(ctx context.Context, info RunInfo, s StageInfo, n strin
 		msg.Header.Set(hdrPart, strconv.Itoa(k+1)+"/"+strconv.Itoa(len(parts)))
 		msg.Header.Set(hdrAttempt, strconv.FormatInt(delivered, 10))
 		msg.Header.Set(hdrSeq, seqRange(recs))
+		msg.Header.Set(hdrWorker, w.host)
 		var whole *runner.Done
 		if k == len(parts)-1 {
 			whole = d

@@ -1,0 +1,238 @@
+package transport
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/flowrun/flowrun/runner"
+)
+
+// A worker tells each run it works what it does, every reportEvery, on
+// the run's Workers subject (RunInfo.Workers): its stages with their
+// slots, the busy ones, the records done. Core NATS, not the stream: a
+// report lost is followed by the next, and nothing is left behind when
+// the run ends. The run keeps a table of the reports; a worker not heard
+// of for goneAfter is shown gone (it died, stalls or lost the broker).
+const (
+	reportEvery = time.Second
+	goneAfter   = 5 * reportEvery
+)
+
+// Report is what a worker says of itself to a run.
+type Report struct {
+	Name    string        `json:"name"` // host:pid, as Host says
+	Version string        `json:"version"`
+	Stages  []StageReport `json:"stages"`
+	// Left says the worker stops working the run: its last report.
+	Left bool `json:"left,omitempty"`
+}
+
+// StageReport is a stage of a worker's Report.
+type StageReport struct {
+	Name  string `json:"name"`
+	Slots int    `json:"slots"`
+	Busy  int    `json:"busy"` // slots holding a piece of the run now
+}
+
+// tally is a worker's counts for one run, per stage.
+type tally struct {
+	stages map[string]*stageTally
+	order  []string
+}
+
+type stageTally struct {
+	slots int
+	busy  atomic.Int32
+	meter *runner.Meter // the worker's over every run
+}
+
+func (t *stageTally) begin() {
+	t.busy.Add(1)
+	t.meter.Begin()
+}
+
+func (t *stageTally) end(n runner.Counts) {
+	t.busy.Add(-1)
+	t.meter.End(n)
+}
+
+func (w *Worker) newTally(info RunInfo) *tally {
+	t := &tally{stages: map[string]*stageTally{}}
+	for _, s := range info.Stages {
+		if free := w.slots[s.Name]; free != nil {
+			t.stages[s.Name] = &stageTally{slots: cap(free), meter: w.meters[s.Name]}
+			t.order = append(t.order, s.Name)
+		}
+	}
+	return t
+}
+
+// report tells the run what this worker does for it, at once and then
+// every reportEvery, until ctx ends; then that it left.
+func (w *Worker) report(ctx context.Context, info RunInfo, t *tally) {
+	if info.Workers == "" {
+		return // a run that does not listen
+	}
+	send := func(left bool) {
+		r := Report{Name: w.host, Version: w.opts.Version, Left: left}
+		for _, name := range t.order {
+			st := t.stages[name]
+			r.Stages = append(r.Stages, StageReport{Name: name, Slots: st.slots, Busy: int(st.busy.Load())})
+		}
+		b, _ := json.Marshal(r)
+		w.nc.Publish(info.Workers, b)
+	}
+	send(false)
+	tick := time.NewTicker(reportEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			send(true)
+			w.nc.FlushTimeout(time.Second)
+			return
+		case <-tick.C:
+			send(false)
+		}
+	}
+}
+
+// Snapshot is what this worker's slots did, over every run it worked,
+// per stage (their workers are its slots): its metrics.
+func (w *Worker) Snapshot() runner.Snapshot {
+	s := runner.Snapshot{TotalBytes: -1}
+	for _, st := range remoteStages(w.p) {
+		if free := w.slots[st.Name]; free != nil {
+			s.Stages = append(s.Stages, w.meters[st.Name].Snapshot(st.Name, st.Use, cap(free)))
+		}
+	}
+	return s
+}
+
+// seenWorker is a worker in a run's table: its last report, and the
+// records of the results the run took from it, per stage (counted at
+// the run, as every record is: a report is a second or so behind).
+type seenWorker struct {
+	report  Report
+	seen    time.Time // its last report or results
+	gone    bool      // said so in the log
+	records map[string]int64
+}
+
+// workerTable is a run's table of the workers that reported to it.
+type workerTable struct {
+	mu    sync.Mutex
+	byKey map[string]*seenWorker
+	order []string
+	sub   *nats.Subscription
+}
+
+// listen subscribes to the run's workers' reports.
+func (r *Run) listen() error {
+	r.table.byKey = map[string]*seenWorker{}
+	sub, err := r.nc.Subscribe(r.info.Workers, r.heard)
+	if err != nil {
+		return err
+	}
+	r.table.sub = sub
+	return nil
+}
+
+// heard takes a worker's report.
+func (r *Run) heard(m *nats.Msg) {
+	var rep Report
+	if json.Unmarshal(m.Data, &rep) != nil || rep.Name == "" {
+		return
+	}
+	t := &r.table
+	t.mu.Lock()
+	w := t.worker(rep.Name)
+	back := w.gone && !rep.Left
+	left := rep.Left && !w.report.Left
+	w.report, w.seen, w.gone = rep, time.Now(), false
+	t.mu.Unlock()
+	if rep.Name == r.info.Host {
+		return // the run's own: it says what it does
+	}
+	switch {
+	case back:
+		r.logf("flowrun: worker %s reports again to run %s\n", rep.Name, r.opts.RunID)
+	case left && !r.closing.Load():
+		r.logf("flowrun: worker %s left run %s\n", rep.Name, r.opts.RunID)
+	}
+}
+
+// worker is the table's entry of the worker name, made if it is new;
+// t.mu is held.
+func (t *workerTable) worker(name string) *seenWorker {
+	w := t.byKey[name]
+	if w == nil {
+		w = &seenWorker{report: Report{Name: name}, records: map[string]int64{}}
+		t.byKey[name] = w
+		t.order = append(t.order, name)
+	}
+	return w
+}
+
+// credit counts n input records of stage whose results the run took
+// from worker: proof that it lives, too.
+func (r *Run) credit(worker, stage string, n int64) {
+	if worker == "" {
+		return // a worker of before Flowrun-Worker
+	}
+	t := &r.table
+	t.mu.Lock()
+	w := t.worker(worker)
+	w.records[stage] += n
+	w.seen = time.Now()
+	t.mu.Unlock()
+}
+
+// checkGone says in the log which workers have not reported for
+// goneAfter, once each time they go quiet.
+func (r *Run) checkGone(now time.Time) {
+	t := &r.table
+	var gone []string
+	t.mu.Lock()
+	for _, key := range t.order {
+		w := t.byKey[key]
+		if !w.gone && !w.report.Left && now.Sub(w.seen) > goneAfter {
+			w.gone = true
+			gone = append(gone, key)
+		}
+	}
+	t.mu.Unlock()
+	for _, name := range gone {
+		r.logf("flowrun: worker %s is gone from run %s: no word from it for %v (the pieces it held go to other workers after --ack-wait %v)\n",
+			name, r.opts.RunID, goneAfter, r.opts.AckWait)
+	}
+}
+
+// Workers returns the workers that reported to the run, in the order
+// they first did, as they last did: the runner's Workers.
+func (r *Run) Workers() []runner.WorkerSnapshot {
+	t := &r.table
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ws := make([]runner.WorkerSnapshot, 0, len(t.order))
+	for _, key := range t.order {
+		w := t.byKey[key]
+		s := runner.WorkerSnapshot{
+			Name: w.report.Name, Version: w.report.Version, Local: w.report.Name == r.info.Host,
+			Seen: w.seen, Since: now.Sub(w.seen), Left: w.report.Left,
+		}
+		s.Gone = !s.Left && s.Since > goneAfter
+		for _, st := range w.report.Stages {
+			s.Stages = append(s.Stages, runner.WorkerStage{Name: st.Name, Slots: st.Slots, Busy: st.Busy, Records: w.records[st.Name]})
+			s.Records += w.records[st.Name]
+		}
+		ws = append(ws, s)
+	}
+	return ws
+}
