@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"unicode"
 
 	urfave "github.com/urfave/cli/v2"
 
@@ -35,6 +36,7 @@ holds go back to the queue for other workers.
 			&urfave.StringFlag{Name: "broker", Usage: "the NATS JetStream broker at `URL` (nats://host:4222) that runs use"},
 			&urfave.StringFlag{Name: "stages", Usage: "work only these stages, `a,b` (default: every stage that runs on workers)"},
 			&urfave.StringSliceFlag{Name: "set", Usage: "override `KEY=VALUE` of the pipeline, e.g. stages.NAME.workers=8 (repeatable)"},
+			&urfave.StringFlag{Name: "name", Usage: "the worker's `NAME` in the runs it works (their progress, summary and page) and in its metrics (default: host:pid)"},
 			&urfave.StringFlag{Name: "metrics", Usage: "serve this worker's Prometheus metrics at http://`ADDR`/metrics (labels pipeline, stage, worker) and a page of its stages at http://ADDR/"},
 		}, brokerDialFlags()...),
 		Action: func(c *urfave.Context) error {
@@ -47,13 +49,16 @@ holds go back to the queue for other workers.
 			if c.String("broker") == "embedded" {
 				return usagef("worker --broker embedded: a worker joins the broker of a run; give its URL (flowrun broker, or a NATS server)")
 			}
+			if n := c.String("name"); c.IsSet("name") && (strings.TrimSpace(n) == "" || strings.IndexFunc(n, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0) {
+				return usagef("worker --name %q: give a name of printable characters", n)
+			}
 			var names []string
 			for _, n := range strings.Split(c.String("stages"), ",") {
 				if n = strings.TrimSpace(n); n != "" {
 					names = append(names, n)
 				}
 			}
-			return runWorker(c.Context, c.Args().First(), c.String("broker"), brokerDialOptions(c), names, c.StringSlice("set"), c.String("metrics"), stdin, stderr)
+			return runWorker(c.Context, c.Args().First(), c.String("broker"), brokerDialOptions(c), names, c.StringSlice("set"), c.String("name"), c.String("metrics"), stdin, stderr)
 		},
 	}, `   0    stopped by SIGINT or SIGTERM (records in hand went back to the queue)
    1    the broker went away for good
@@ -61,7 +66,7 @@ holds go back to the queue for other workers.
 `)
 }
 
-func runWorker(ctx context.Context, file, url string, dial transport.DialOptions, names, set []string, metrics string, stdin io.Reader, stderr io.Writer) error {
+func runWorker(ctx context.Context, file, url string, dial transport.DialOptions, names, set []string, name, metrics string, stdin io.Reader, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	p, err := load(file, spec.Options{Set: set}, stdin)
@@ -73,14 +78,14 @@ func runWorker(ctx context.Context, file, url string, dial transport.DialOptions
 		return err
 	}
 	defer b.close()
-	w, err := transport.NewWorker(b.nc, p, transport.WorkerOptions{Stages: names, Version: transportVersion(), Log: stderr})
+	w, err := transport.NewWorker(b.nc, p, transport.WorkerOptions{Stages: names, Version: transportVersion(), Log: stderr, Name: name})
 	if err != nil {
 		return usagef("%v", err)
 	}
 	defer w.Close()
 	if metrics != "" {
 		o := observe.New(p, buildInfo())
-		o.Worker = transport.Host()
+		o.Worker = w.Name()
 		srv, err := o.Listen(metrics)
 		if err != nil {
 			return usageError{err}
@@ -92,7 +97,7 @@ func runWorker(ctx context.Context, file, url string, dial transport.DialOptions
 		}()
 		fmt.Fprintf(stderr, "flowrun worker: metrics at %smetrics\n", srv.URL())
 	}
-	fmt.Fprintf(stderr, "flowrun worker: %s, waiting for runs of pipeline %q\n", transport.Host(), p.Name)
+	fmt.Fprintf(stderr, "flowrun worker: %s, waiting for runs of pipeline %q\n", w.Name(), p.Name)
 	if err := w.Serve(ctx); err != nil {
 		return fmt.Errorf("%w", err)
 	}

@@ -160,7 +160,9 @@ func (term *terminal) blockLine(row string) string {
 }
 
 var (
-	number    = regexp.MustCompile(`\d+`)
+	// A number, but not a port or a pid after a colon (host:pid names
+	// a worker), nor digits in a word (a run id).
+	number    = regexp.MustCompile(`(?:^|[^:\w])(\d+)\b`)
 	hoursLeft = regexp.MustCompile(`ETA >?\d+h`)
 )
 
@@ -185,9 +187,9 @@ func (term *terminal) check() {
 				fault("row %d reaches the last column of %d", y, term.cols)
 			}
 		}
-		for _, m := range number.FindAllString(row, -1) {
-			if n, err := strconv.ParseInt(m, 10, 64); err != nil || n > 100000 {
-				fault("row %d shows the number %s", y, m)
+		for _, m := range number.FindAllStringSubmatch(row, -1) {
+			if n, err := strconv.ParseInt(m[1], 10, 64); err != nil || n > 100000 {
+				fault("row %d shows the number %s", y, m[1])
 			}
 		}
 		if hoursLeft.MatchString(row) {

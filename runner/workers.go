@@ -213,8 +213,8 @@ func workerLines(ws []WorkerSnapshot, col, width, rows int, final bool) []string
 			}
 			l.add(fmt.Sprintf("busy %*d/%d", len(fmt.Sprint(n)), b, n))
 		}
-		l.opt(fmt.Sprintf("%*d rec", digits, w.Records))
 		l.opt(workerStages(w))
+		l.opt(fmt.Sprintf("%*d rec", digits, w.Records))
 		lines = append(lines, l.cut(width))
 	}
 	return lines

@@ -157,4 +157,4 @@ type Presence struct {
 	Refused string   `json:"refused,omitempty"` // why it will not work for the run
 }
 
-func presenceKey(info RunInfo) string { return info.key() + ".w." + token(Host()) }
+func presenceKey(info RunInfo, name string) string { return info.key() + ".w." + token(name) }

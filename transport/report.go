@@ -3,9 +3,11 @@ package transport
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	"github.com/nats-io/nats.go"
 
@@ -149,6 +151,10 @@ func (r *Run) heard(m *nats.Msg) {
 	if json.Unmarshal(m.Data, &rep) != nil || rep.Name == "" {
 		return
 	}
+	rep.Name, rep.Version = printable(rep.Name), printable(rep.Version)
+	for i := range rep.Stages {
+		rep.Stages[i].Name = printable(rep.Stages[i].Name)
+	}
 	t := &r.table
 	t.mu.Lock()
 	w := t.worker(rep.Name)
@@ -185,6 +191,7 @@ func (r *Run) credit(worker, stage string, n int64) {
 	if worker == "" {
 		return // a worker of before Flowrun-Worker
 	}
+	worker = printable(worker)
 	t := &r.table
 	t.mu.Lock()
 	w := t.worker(worker)
@@ -236,3 +243,22 @@ func (r *Run) Workers() []runner.WorkerSnapshot {
 	}
 	return ws
 }
+
+// printable makes what a worker says of itself fit for a terminal and a
+// log: no control characters (an escape would redraw the run's screen),
+// at most maxName characters.
+func printable(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if !unicode.IsPrint(r) {
+			return '?'
+		}
+		return r
+	}, s)
+	if r := []rune(s); len(r) > maxName {
+		s = string(r[:maxName-1]) + "…"
+	}
+	return s
+}
+
+// maxName is the longest worker name or version a run shows.
+const maxName = 80

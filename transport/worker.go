@@ -30,6 +30,10 @@ type WorkerOptions struct {
 	// Log receives a line when the worker joins, leaves or refuses a
 	// run; nil: nowhere.
 	Log io.Writer
+	// Name is what the runs call the worker (their display, summary and
+	// page, its metrics' worker label); "": Host, host:pid. Two workers
+	// must not share one.
+	Name string
 
 	quiet bool // a run's local workers: the run says what they do
 }
@@ -50,7 +54,7 @@ type Worker struct {
 	// meters count what each stage's slots did, over every run, for
 	// the worker's metrics (Snapshot).
 	meters map[string]*runner.Meter
-	host   string // Host, for the run to know who made results
+	host   string // its name (Name or Host), for the run to know who made results
 }
 
 // slot is one worker of a stage: a Processor, used by one piece at a time.
@@ -67,7 +71,10 @@ func NewWorker(nc *nats.Conn, p *spec.Pipeline, o WorkerOptions) (*Worker, error
 	if err != nil {
 		return nil, err
 	}
-	w := &Worker{nc: nc, js: js, p: p, opts: o, hash: pipelineHash(p), slots: map[string]chan *slot{}, meters: map[string]*runner.Meter{}, host: Host()}
+	w := &Worker{nc: nc, js: js, p: p, opts: o, hash: pipelineHash(p), slots: map[string]chan *slot{}, meters: map[string]*runner.Meter{}, host: o.Name}
+	if w.host == "" {
+		w.host = Host()
+	}
 	remote := remoteStages(p)
 	var names []string
 	for _, s := range remote {
@@ -108,6 +115,9 @@ func NewWorker(nc *nats.Conn, p *spec.Pipeline, o WorkerOptions) (*Worker, error
 	}
 	return w, nil
 }
+
+// Name is the worker's name in the runs it works.
+func (w *Worker) Name() string { return w.host }
 
 // Close releases the Stages (plugin processes).
 func (w *Worker) Close() error {
@@ -201,9 +211,9 @@ func (w *Worker) Serve(ctx context.Context) error {
 
 // announce tells the run that this worker joined it or refused it.
 func (w *Worker) announce(ctx context.Context, kv jetstream.KeyValue, info RunInfo, p Presence) {
-	p.Host, p.Version = Host(), w.opts.Version
+	p.Host, p.Version = w.host, w.opts.Version
 	b, _ := json.Marshal(p)
-	kv.Put(ctx, presenceKey(info), b)
+	kv.Put(ctx, presenceKey(info, w.host), b)
 }
 
 // stageNames are the stages of info this worker works.
