@@ -87,7 +87,7 @@ stages:
 	if err != nil {
 		t.Fatalf("run: %v\n%s\nsteady:\n%s", err, &runErr, w2.stderr)
 	}
-	if !strings.Contains(runErr.String(), "flowrun: worker doomed is gone from run") {
+	if !strings.Contains(runErr.String(), "flowrun: worker doomed is gone: no word from it for 5s") {
 		t.Errorf("the run did not say the killed worker is gone:\n%s", &runErr)
 	}
 	if !strings.Contains(runErr.String(), "doomed gone") {

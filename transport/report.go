@@ -167,7 +167,7 @@ func (r *Run) heard(m *nats.Msg) {
 	}
 	switch {
 	case back:
-		r.logf("flowrun: worker %s reports again to run %s\n", rep.Name, r.opts.RunID)
+		r.logf("flowrun: worker %s reports again\n", rep.Name)
 	case left && !r.closing.Load():
 		r.logf("flowrun: worker %s left run %s\n", rep.Name, r.opts.RunID)
 	}
@@ -215,8 +215,8 @@ func (r *Run) checkGone(now time.Time) {
 	}
 	t.mu.Unlock()
 	for _, name := range gone {
-		r.logf("flowrun: worker %s is gone from run %s: no word from it for %v (the pieces it held go to other workers after --ack-wait %v)\n",
-			name, r.opts.RunID, goneAfter, r.opts.AckWait)
+		r.logf("flowrun: worker %s is gone: no word from it for %v; the pieces it held go to others after --ack-wait %v\n",
+			name, goneAfter, r.opts.AckWait)
 	}
 }
 
