@@ -32,7 +32,7 @@ func init() {
 		Schemes: []string{"redis", "rediss"},
 		URL:     "redis://[:pass@]host:6379/0?list=NAME",
 		Doc: "A reliable list (BLMOVE to a processing list, LREM on ack, a dead consumer's list moved back) or a stream " +
-			"with a consumer group (XREADGROUP, XACK, XAUTOCLAIM); as output RPUSH/LPUSH or XADD, durable once Redis replied. At least once. Redis has no dead-letter place: a message a stage dead-letters is removed like an acked one, once the dead-letter file holds it.",
+			"with a consumer group (XREADGROUP, XACK, XAUTOCLAIM); as output RPUSH/LPUSH or XADD, durable once Redis replied when it runs with appendonly yes and appendfsync always. At least once. Redis has no dead-letter place: a message a stage dead-letters is removed like an acked one, once the dead-letter file holds it.",
 		Options: []connect.Option{
 			{Name: "list", Type: connect.String, Use: connect.Both, Doc: "The list: consumed from its head (as BLPOP), written at its tail."},
 			{Name: "stream", Type: connect.String, Use: connect.Both, Doc: "The stream, instead of a list."},
@@ -344,6 +344,13 @@ func (s *listSource) Receive(ctx context.Context, buf []connect.Message) ([]conn
 	for {
 		if time.Since(s.lastCheck) > s.ttl {
 			s.recoverDead(ctx)
+		}
+		if s.lost {
+			// What a command moved while its reply was lost goes back
+			// before blocking: with the queue empty, no later Receive
+			// would come to do it, and those messages sat in the
+			// processing list until the process ended.
+			s.reclaim(ctx)
 		}
 		v, err := s.c.BLMove(ctx, s.list, s.processing, "LEFT", "RIGHT", blockFor).Result()
 		if err == nil {
