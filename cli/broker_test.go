@@ -412,15 +412,19 @@ func TestBrokerRestartMidRun(t *testing.T) {
 		count := func() int { mu.Lock(); defer mu.Unlock(); return len(seen) }
 		ctx, stop := context.WithCancel(context.Background())
 		defer stop()
+		src, _, err := connect.OpenSource(context.Background(), out.src, nil, 256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Both queues exist: a clean restart has the broker write them
+		// down before the crash (see brokertest.Server.CleanRestart).
+		if err := srv.CleanRestart(); err != nil {
+			t.Fatal(err)
+		}
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			src, _, err := connect.OpenSource(context.Background(), out.src, nil, 256)
-			if err != nil {
-				t.Error(err)
-				return
-			}
 			defer src.Close()
 			buf := make([]connect.Message, 0, 256)
 			for {
@@ -457,11 +461,17 @@ func TestBrokerRestartMidRun(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 		cmd.Process.Signal(syscall.SIGTERM)
-		err := cmd.Wait()
+		err = cmd.Wait()
 		stop()
 		wg.Wait()
 		if c := count(); c < n {
-			t.Fatalf("%d of %d messages came out after the restart; flowrun: %v %s", c, n, err, stderr.String())
+			var missing []string
+			for i := 1; i <= n; i++ {
+				if m := "M" + strconv.Itoa(i); !seen[m] {
+					missing = append(missing, m)
+				}
+			}
+			t.Fatalf("%d of %d messages came out after the restart (missing %v); flowrun: %v %s", c, n, missing, err, stderr.String())
 		}
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.ExitCode() != 130 {

@@ -95,6 +95,33 @@ func (s *Server) Restart() error {
 	return s.start(s)
 }
 
+// CleanRestart stops the server as an operator would (SIGTERM: it
+// finishes writing down what it acknowledged) and starts it again. A
+// test calls it once the queues it needs exist, before it crashes the
+// broker with Restart: RabbitMQ acknowledges a queue's declaration (and
+// confirms messages into the queue) before its database has the
+// declaration on disk, and a node killed within that moment comes back
+// without the queue and everything in it ("Recovering 0 queues"). That
+// is the broker's own window, which no client can see; the tests are
+// about what the connectors do across a crash.
+func (s *Server) CleanRestart() error {
+	if s.cmd == nil {
+		s.Kill() // embedded: its shutdown is a clean one
+		return s.start(s)
+	}
+	syscall.Kill(-s.cmd.Process.Pid, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { s.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
+	s.cmd = nil
+	return s.start(s)
+}
+
 // need returns the shared server of a kind, starting it on first use.
 func need(t testing.TB, kind string, start func() (*Server, error)) *Server {
 	t.Helper()
