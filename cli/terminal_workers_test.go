@@ -51,7 +51,7 @@ stages:
 
 			// What was drawn, line by line: the worker's lines while live.
 			raw := escapes.ReplaceAllString(term.raw.String(), "")
-			live := regexp.MustCompile(`^ ` + regexp.QuoteMeta(name) + `\s+busy [0-3]/4  slow×3 upper×1\b`)
+			live := regexp.MustCompile(`^ ` + regexp.QuoteMeta(name) + `\s+busy [0-4]/4  slow×3 upper×1\b`)
 			var seen, wide int
 			for _, line := range strings.Split(raw, "\n") {
 				line = strings.TrimRight(line, "\r")

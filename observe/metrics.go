@@ -5,6 +5,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/flowrun/flowrun/runner"
 )
 
 // durationBuckets are the upper bounds of flowrun_stage_duration_seconds:
@@ -36,6 +38,7 @@ type collector struct {
 	duration                                          *prometheus.Desc
 	inputRecords, inputBytes, inputSize, inputErrors  *prometheus.Desc
 	outputRecords, outputQueueLen, outputQueueCap, up *prometheus.Desc
+	brokerWorkers                                     *prometheus.Desc
 }
 
 func newCollector(o *Observer) *collector {
@@ -72,6 +75,7 @@ func newCollector(o *Observer) *collector {
 		outputQueueLen: d("flowrun_output_queue_length", "Batches waiting for the output writer.", pipeline),
 		outputQueueCap: d("flowrun_output_queue_capacity", "Batches the output writer's queue holds.", pipeline),
 		up:             d("flowrun_running", "1 while the run is going, 0 before it starts and after it ends.", pipeline),
+		brokerWorkers:  d("flowrun_broker_workers", "Worker processes that joined a run on a broker, by state: working, gone (no report for a while) or left.", []string{"pipeline", "state"}),
 	}
 	for _, b := range durationBuckets {
 		c.bounds = append(c.bounds, time.Duration(b*float64(time.Second)))
@@ -85,7 +89,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.buildInfo, c.in, c.out, c.errs, c.retries, c.skipped, c.dead, c.busySecs,
 		c.queueLen, c.queueCap, c.workers, c.workersBusy, c.duration,
 		c.inputRecords, c.inputBytes, c.inputSize, c.inputErrors,
-		c.outputRecords, c.outputQueueLen, c.outputQueueCap, c.up,
+		c.outputRecords, c.outputQueueLen, c.outputQueueCap, c.up, c.brokerWorkers,
 	} {
 		ch <- d
 	}
@@ -145,10 +149,36 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.outputRecords, s.OutRecords, p)
 		gauge(c.outputQueueLen, s.OutQueued, p)
 		gauge(c.outputQueueCap, s.OutCap, p)
+		if remote(s) {
+			states := map[string]int{"working": 0, "gone": 0, "left": 0}
+			for _, w := range s.Workers {
+				switch {
+				case w.Left:
+					states["left"]++
+				case w.Gone:
+					states["gone"]++
+				default:
+					states["working"]++
+				}
+			}
+			for state, n := range states {
+				gauge(c.brokerWorkers, n, p, state)
+			}
+		}
 	}
 	up := 0
 	if running {
 		up = 1
 	}
 	gauge(c.up, up, pipeline...)
+}
+
+// remote says whether a stage of s runs on workers through a broker.
+func remote(s runner.Snapshot) bool {
+	for _, st := range s.Stages {
+		if st.Remote {
+			return true
+		}
+	}
+	return false
 }

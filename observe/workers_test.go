@@ -115,6 +115,19 @@ func TestWorkerMetrics(t *testing.T) {
 			t.Errorf("a worker serves %s", name)
 		}
 	}
+	// The run's own metrics count its workers by state.
+	run := scrape(t, lr.addr)
+	byState := map[string]float64{}
+	for _, m := range run["flowrun_broker_workers"].GetMetric() {
+		for _, l := range m.Label {
+			if l.GetName() == "state" {
+				byState[l.GetValue()] = m.Gauge.GetValue()
+			}
+		}
+	}
+	if byState["working"] != 1 || byState["gone"] != 0 || byState["left"] != 0 {
+		t.Errorf("the run's flowrun_broker_workers by state: %v, want 1 working", byState)
+	}
 	if code := lr.end(t); code != 0 {
 		t.Fatalf("run: exit %d:\n%s", code, lr.stderr)
 	}

@@ -51,6 +51,21 @@
 // (dead-lettered by the run, skipped, or failing the run), and it is
 // Termed.
 //
+// # What workers report
+//
+// A worker tells each run it works what it does, every second, on the
+// run's subject <prefix>.workers (RunInfo.Workers; report.go): its name
+// (host:pid, or --name), version, and per stage its slots and the busy
+// ones; its last report says it left. Core NATS, not the stream: a
+// report lost is followed by the next, and a run's end leaves nothing
+// behind. The run keeps a table of them (Run.Workers, the runner's
+// Workers: the display, the summary, --stats, the page, the metrics)
+// and says a worker gone after five seconds without a word. The records
+// each worker did are not taken from its reports, which lag: results
+// carry Flowrun-Worker, and the run counts a piece's records for the
+// worker whose results it took, as it accounts for every record. A
+// worker's own metrics (flowrun worker --metrics) come from its Meters.
+//
 // # Origin and duplicates
 //
 // Every message carries its origin in headers: Flowrun-Run (the run id),
