@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	"github.com/flowrun/flowrun/connect/codec"
 )
 
 // Message is one record a Source handed on, or one a Sink is to write.
@@ -116,4 +118,58 @@ func IsSetup(err error) bool {
 	var e *Error
 	var o *OptionError
 	return errors.As(err, &e) || errors.As(err, &o)
+}
+
+// File is one file a FileSource reads, in order.
+type File struct {
+	Name string // "stdin" or the path, for messages
+	Path string // "" for stdin
+}
+
+// FileSource is a Source that reads bytes from files or stdin (the file
+// connector's): it tells what a queue cannot, for what a run over files
+// needs beyond the contract. A journal keeps byte offsets and checks the
+// input's files on a resume, a progress bar shows the bytes consumed
+// against the total, and a run refuses to write a file it reads.
+//
+// ReceiveRecords is Receive for a reader that goes on past a record that
+// does not decode: it returns the records of at most one blocking read,
+// at most max of them appended to out, a record that did not decode
+// among them with its Err set; nil (with or without records) at the end
+// of each file, and io.EOF once the last has ended. Receive ends the
+// read at such a record instead, and costs a message ID a record.
+// A FileSource is read by one goroutine, which closes it when done.
+type FileSource interface {
+	Source
+	ReceiveRecords(max int, out []codec.Record) ([]codec.Record, error)
+	// Files are the files read, in order: one with Path "" is stdin.
+	Files() []File
+	// Size is the files' total size in bytes, -1 when it cannot be
+	// known (stdin, a pipe).
+	Size() int64
+	// Read is how many bytes were read so far; it may be called from
+	// any goroutine.
+	Read() int64
+	// Consumed is how many bytes of the input the records returned so
+	// far span (those of the files before the one being read, whole).
+	Consumed() int64
+}
+
+// FileSink is a Sink that writes bytes to a file or stdout (the file
+// connector's), for a run that writes record by record: a record its
+// format cannot hold fails alone, and a journal counts the bytes
+// written. WriteOut writes what Add gathered without making it durable
+// (Flush does, with an fsync): a run over files writes whenever its
+// queue is empty, and fsyncs only when its journal or a broker's acks
+// need it.
+type FileSink interface {
+	Sink
+	// Add formats one record into the sink's buffer; an error is about
+	// the record (the format cannot hold it), not the output.
+	Add(rec []byte) error
+	// Full says the buffer should be written out now.
+	Full() bool
+	WriteOut() error
+	// Written is how many bytes were written.
+	Written() int64
 }

@@ -206,18 +206,26 @@ func (p *Params) Prefetch() int {
 	return DefaultPrefetch(p.Workers)
 }
 
-// Parse checks raw (a connector URL) and with (the pipeline's input.with
+// Parse checks raw (a connector URL, or a path, a glob or - for the file
+// connector) and with (the pipeline's input.with
 // or output.with, which override the query) against the connector's spec
 // for use in direction d. Nothing is connected.
 func Parse(raw string, with map[string]string, d Direction) (*Params, error) {
 	scheme := Scheme(raw)
+	plain := scheme == ""
+	if plain {
+		scheme = "file" // a path, a glob or -: the file connector's
+	}
 	s, ok := Lookup(scheme)
 	if !ok {
 		return nil, &OptionError{Connector: scheme, Reason: fmt.Sprintf("no connector for %q URLs; `flowrun connectors` lists them", scheme+"://")}
 	}
-	u, err := url.Parse(raw)
-	if err != nil {
-		return nil, &OptionError{Connector: s.Name, Reason: "bad URL: " + strings.TrimPrefix(err.Error(), "parse ")}
+	u := &url.URL{Path: raw} // as written: a glob's ? is no query, a % no escape
+	if !plain {
+		var err error
+		if u, err = url.Parse(raw); err != nil {
+			return nil, &OptionError{Connector: s.Name, Reason: "bad URL: " + strings.TrimPrefix(err.Error(), "parse ")}
+		}
 	}
 	if d == In && s.Source == nil || d == Out && s.Sink == nil {
 		return nil, &OptionError{Connector: s.Name, Reason: "cannot be used as " + d.String()}

@@ -73,7 +73,7 @@ type acks struct {
 	// would lose it after the broker forgot the messages. nil when the
 	// output is not a regular file (a pipe, a terminal, a broker).
 	out       *os.File
-	outSynced int64 // r.out.bytes at the last fsync
+	outSynced int64 // r.out.Written() at the last fsync
 }
 
 // regularFile returns w when it is a regular file, which fsync makes
@@ -100,13 +100,13 @@ func (a *acks) sync() error {
 	if err := a.r.dl.sync(); err != nil {
 		return err
 	}
-	if a.out == nil || a.r.out == nil || a.r.out.bytes == a.outSynced {
+	if a.out == nil || a.r.out == nil || a.r.out.Written() == a.outSynced {
 		return nil
 	}
 	if err := syncFile(a.out); err != nil {
 		return fmt.Errorf("output: %w", err)
 	}
-	a.outSynced = a.r.out.bytes
+	a.outSynced = a.r.out.Written()
 	return nil
 }
 

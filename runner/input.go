@@ -7,21 +7,53 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
+	"sync/atomic"
 
+	"github.com/flowrun/flowrun/connect"
 	"github.com/flowrun/flowrun/connect/codec"
 	"github.com/flowrun/flowrun/connect/file"
 	"github.com/flowrun/flowrun/internal/jsontext"
 	"github.com/flowrun/flowrun/spec"
 )
 
-// inputFile is one input to read, in order: the file connector's.
-type inputFile = file.Input
+// inputFile is one input file to read, in order: the file connector's.
+type inputFile = connect.File
 
-// expandInput resolves input.from as the file connector does: stdin, one
-// path, or a glob whose matches are read in lexical order, with their
-// total size in bytes (-1 when it cannot be known).
-func expandInput(from string) ([]inputFile, int64, error) { return file.Expand(from) }
+// openFiles opens a file input (stdin, a path, a glob) as the file
+// connector's Source, which the reading goroutine reads and closes. The
+// journal, when there is one, hashes each file as it is read; a re-run of
+// dead letters reads them with a decoder of its own.
+func (r *run) openFiles(from string) (connect.FileSource, error) {
+	in := r.p.Input
+	c := file.SourceConfig{
+		From:    from,
+		Options: codec.Options{Format: in.Format, MaxRecordSize: in.MaxRecordSize, Table: codec.Table(in.CSV), Select: in.Select},
+		Stdin:   r.opts.Stdin,
+		Wrap: func(f io.Reader) io.Reader {
+			if r.jr != nil {
+				return r.jr.in.reader(f) // what it read identifies the input to a resume
+			}
+			return f
+		},
+	}
+	if r.opts.RetryDeadLetters != "" {
+		stageAt := map[string]int{}
+		for i, s := range r.p.Stages {
+			stageAt[s.Name] = i
+		}
+		c.Decoder = func(in io.Reader, read *atomic.Int64) codec.Decoder {
+			rc := &codec.ReadCount{R: codec.CountingReader(in, read)}
+			r.dlDec = &deadLetterDecoder{r: bufio.NewReaderSize(rc, codec.ChunkSize), read: rc,
+				stageAt: stageAt, format: r.p.Input.Format, max: r.p.Input.MaxRecordSize}
+			return r.dlDec
+		}
+	}
+	src, err := file.NewSource(c)
+	if err != nil {
+		return nil, err
+	}
+	return src, nil
+}
 
 // item is what the input hands on: a record, or one that could not be
 // decoded (connect/codec decodes files; a broker's messages are made
@@ -111,11 +143,11 @@ type chunk struct {
 // in a Read: records read ahead but not yet handed to the first stage are
 // left unprocessed (counted as unread), so that a stop drains only what
 // the queues and workers hold.
-func (r *run) readInput(readCtx, ctx context.Context, files []inputFile, q0 chan<- batch) error {
+func (r *run) readInput(readCtx, ctx context.Context, src connect.FileSource, q0 chan<- batch) error {
 	chunks := make(chan chunk)
 	done := make(chan struct{})
 	defer close(done)
-	go r.readFiles(files, chunks, done, readCtx)
+	go r.readFiles(src, chunks, done, readCtx)
 	for {
 		select {
 		case c, ok := <-chunks:
@@ -252,10 +284,11 @@ func (r *run) inputError(seq uint64, it item) error {
 	return err
 }
 
-// readFiles decodes the input files into chunks. It checks for a stop
-// before every read.
-func (r *run) readFiles(files []inputFile, chunks chan<- chunk, done <-chan struct{}, stop context.Context) {
+// readFiles decodes the input files into chunks, and closes them. It
+// checks for a stop before every read.
+func (r *run) readFiles(src connect.FileSource, chunks chan<- chunk, done <-chan struct{}, stop context.Context) {
 	defer close(chunks)
+	defer src.Close()
 	send := func(c chunk) bool {
 		select {
 		case chunks <- c:
@@ -265,77 +298,33 @@ func (r *run) readFiles(files []inputFile, chunks chan<- chunk, done <-chan stru
 		}
 	}
 	var seq uint64
-	for _, f := range files {
+	for {
 		select {
 		case <-done:
 			return
 		default:
 		}
-		if !r.readFile(f, &seq, send, stop) {
+		if stop.Err() != nil {
+			return
+		}
+		items, err := src.ReceiveRecords(maxBatch, getItems())
+		if len(items) > 0 {
+			r.input.decoded.Add(int64(len(items)))
+			c := chunk{items: items, lo: seq + 1, hi: seq + uint64(len(items)), pos: src.Consumed()}
+			if r.dlDec != nil {
+				c.from = append([]int(nil), r.dlDec.from...)
+			}
+			seq = c.hi
+			if !send(c) {
+				return
+			}
+		}
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			send(chunk{err: err})
 			return
 		}
 	}
 }
-
-// readFile decodes one input file into chunks, numbering its records on
-// from seq; false means stop reading.
-func (r *run) readFile(f inputFile, seq *uint64, send func(chunk) bool, stop context.Context) bool {
-	base := r.read.Load() // the files before this one, read whole
-	var in io.Reader = r.opts.Stdin
-	if f.Path != "" {
-		file, err := os.Open(f.Path)
-		if err != nil {
-			send(chunk{err: fmt.Errorf("input: %w", err)})
-			return false
-		}
-		defer file.Close() // this file's, not the whole glob's: a glob may match thousands
-		in = file
-		if r.jr != nil {
-			in = r.jr.in.reader(file) // what it read identifies the input to a resume
-		}
-	}
-	if in == nil {
-		in = eofReader{}
-	}
-	in0 := r.p.Input
-	dec := codec.NewDecoder(in, codec.Options{Format: in0.Format, MaxRecordSize: in0.MaxRecordSize, Table: codec.Table(in0.CSV), Select: in0.Select}, &r.read)
-	var dl *deadLetterDecoder
-	if r.opts.RetryDeadLetters != "" {
-		stageAt := map[string]int{}
-		for i, s := range r.p.Stages {
-			stageAt[s.Name] = i
-		}
-		rc := &codec.ReadCount{R: codec.CountingReader(in, &r.read)}
-		dl = &deadLetterDecoder{r: bufio.NewReaderSize(rc, codec.ChunkSize), read: rc,
-			stageAt: stageAt, format: r.p.Input.Format, max: r.p.Input.MaxRecordSize}
-		dec = dl
-	}
-	for {
-		if stop.Err() != nil {
-			return false
-		}
-		items, err := dec.Next(maxBatch, getItems())
-		if len(items) > 0 {
-			r.input.decoded.Add(int64(len(items)))
-			c := chunk{items: items, lo: *seq + 1, hi: *seq + uint64(len(items)), pos: base + dec.Consumed()}
-			if dl != nil {
-				c.from = append([]int(nil), dl.from...)
-			}
-			*seq = c.hi
-			if !send(c) {
-				return false
-			}
-		}
-		if err == io.EOF {
-			return true
-		}
-		if err != nil {
-			send(chunk{err: fmt.Errorf("read %s: %w", f.Name, err)})
-			return false
-		}
-	}
-}
-
-type eofReader struct{}
-
-func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }

@@ -16,59 +16,13 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/flowrun/flowrun/connect"
 	"github.com/flowrun/flowrun/connect/codec"
+	"github.com/flowrun/flowrun/connect/file"
 )
 
-// flushAt is how much output is gathered before a write. The buffer only
-// ever holds whole records, so a run stopped between two writes never
-// leaves half a record behind.
-const flushAt = 64 << 10
-
 // errOutputClosed says the reader of the output went away (`| head`).
-var errOutputClosed = errors.New("output closed by its reader")
-
-// sink writes what its encoder formats in large, record-aligned writes.
-type sink struct {
-	enc   *codec.Encoder
-	w     io.Writer
-	name  string // for messages: "stdout" or the path
-	bytes int64  // bytes written
-}
-
-func newSink(w io.Writer, name string, enc *codec.Encoder) *sink {
-	if cap(enc.Buf) == 0 {
-		enc.Buf = make([]byte, 0, flushAt+4096)
-	}
-	return &sink{enc: enc, w: w, name: name}
-}
-
-// add formats one record into the buffer. An error is about the record,
-// not the output: it cannot be written in the output's format.
-func (s *sink) add(rec []byte) error { return s.enc.Add(rec) }
-
-// full says the buffer should be written now.
-func (s *sink) full() bool { return len(s.enc.Buf) >= flushAt }
-
-// flush writes the buffer.
-func (s *sink) flush() error {
-	if len(s.enc.Buf) == 0 {
-		return nil
-	}
-	n, err := s.w.Write(s.enc.Buf)
-	s.bytes += int64(n)
-	s.enc.Buf = s.enc.Buf[:0]
-	if err != nil {
-		if errors.Is(err, syscall.EPIPE) || errors.Is(err, io.ErrClosedPipe) {
-			return errOutputClosed
-		}
-		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err // the path is s.name already
-		}
-		return fmt.Errorf("write %s: %w", s.name, err)
-	}
-	return nil
-}
+var errOutputClosed = file.ErrClosed
 
 // tableHeader reads the header row of the CSV or TSV file that output
 // appends to (codec.Header): nil for an empty file, which gets a header
@@ -279,22 +233,25 @@ func sameFile(a, b string) bool {
 	return errX == nil && errY == nil && x == y
 }
 
-func (r *run) openOutput(resumed *JournalEntry, w writable) (io.Writer, string, func() error, error) {
+// openOutput opens the output file as mode and the run say, and returns
+// what the sink writes to, the file under it (nil for stdout), the
+// output's name and how to close it.
+func (r *run) openOutput(resumed *JournalEntry, w writable) (io.Writer, *os.File, string, func() error, error) {
 	to := r.p.Output.To
 	if r.snk != nil {
-		return r.opts.Stdout, "stdout", func() error { return nil }, nil // unused: writeBroker writes
+		return r.opts.Stdout, nil, "stdout", func() error { return nil }, nil // unused: writeBroker writes
 	}
 	if isStd(to) {
 		if r.opts.RetryDeadLetters != "" {
 			if _, err := os.Stat(RetryMarker(r.opts.RetryDeadLetters)); err == nil {
-				return nil, "", nil, fmt.Errorf("--resume-failed: an earlier re-run of %s to stdout was interrupted, and some of its records may be in that output already; to run them all again anyway, delete %s, or give -o FILE",
+				return nil, nil, "", nil, fmt.Errorf("--resume-failed: an earlier re-run of %s to stdout was interrupted, and some of its records may be in that output already; to run them all again anyway, delete %s, or give -o FILE",
 					r.opts.RetryDeadLetters, RetryMarker(r.opts.RetryDeadLetters))
 			}
 			if err := writeFileAtomic(RetryMarker(r.opts.RetryDeadLetters), []byte("{\"output\":\"stdout\"}\n")); err != nil {
-				return nil, "", nil, err
+				return nil, nil, "", nil, err
 			}
 		}
-		return r.opts.Stdout, "stdout", func() error { return nil }, nil
+		return r.opts.Stdout, nil, "stdout", func() error { return nil }, nil
 	}
 	mode := truncate
 	switch {
@@ -307,7 +264,7 @@ func (r *run) openOutput(resumed *JournalEntry, w writable) (io.Writer, string, 
 	}
 	f, err := w.open(mode)
 	if err != nil {
-		return nil, "", nil, fmt.Errorf("output: %w", err)
+		return nil, nil, "", nil, fmt.Errorf("output: %w", err)
 	}
 	switch {
 	case r.opts.RetryDeadLetters != "":
@@ -319,17 +276,17 @@ func (r *run) openOutput(resumed *JournalEntry, w writable) (io.Writer, string, 
 	}
 	if err != nil {
 		f.Close()
-		return nil, "", nil, err
+		return nil, nil, "", nil, err
 	}
 	if resumed != nil {
 		// What was written after the last journal entry is written again.
 		if err := f.Truncate(resumed.OutputBytes); err != nil {
 			f.Close()
-			return nil, "", nil, fmt.Errorf("output: %w", err)
+			return nil, nil, "", nil, fmt.Errorf("output: %w", err)
 		}
 		if _, err := f.Seek(resumed.OutputBytes, io.SeekStart); err != nil {
 			f.Close()
-			return nil, "", nil, fmt.Errorf("output: %w", err)
+			return nil, nil, "", nil, fmt.Errorf("output: %w", err)
 		}
 	}
 	var out io.Writer = f
@@ -337,7 +294,7 @@ func (r *run) openOutput(resumed *JournalEntry, w writable) (io.Writer, string, 
 		r.jr.out = f
 		out = hashingWriter{w: f, h: r.jr.outHash}
 	}
-	return out, to, func() error {
+	return out, f, to, func() error {
 		if err := f.Close(); err != nil {
 			return fmt.Errorf("output: %w", err)
 		}
@@ -404,7 +361,7 @@ func (r *run) retryFrom(f *os.File) error {
 // write drains the last queue into the sink, in input order when the
 // pipeline is ordered. It writes when the buffer is full or when no batch
 // is waiting, so a lone record is never held back for company.
-func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
+func (r *run) write(ctx context.Context, in <-chan batch, s connect.FileSink) error {
 	// unclaimed: the output ends with pieces of a stages.Drainer that
 	// claim no input record yet (a sort's merge), so it is not "exactly
 	// the records up to ro.next-1" and no journal entry may say so.
@@ -416,12 +373,12 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 			recs = before(recs, f)
 		}
 		for _, rec := range recs {
-			if err := s.add(rec.data); err != nil {
+			if err := s.Add(rec.data); err != nil {
 				r.failAt(rec.seq, &RecordError{Stage: "output", Seq: rec.seq, Record: rec.data, Attempts: 1, Err: err})
 				break
 			}
-			if s.full() {
-				if err := s.flush(); err != nil {
+			if s.Full() {
+				if err := s.WriteOut(); err != nil {
 					return err
 				}
 			}
@@ -448,7 +405,7 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 						return err
 					}
 				}
-				if err := s.flush(); err != nil {
+				if err := s.WriteOut(); err != nil {
 					return err
 				}
 				if err := r.acks.settle(ctx); err != nil {
@@ -459,7 +416,7 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 					if f := r.failSeq.Load(); f != 0 {
 						done, final = min(done, f-1), false
 					}
-					return r.jr.write(done, s.bytes, r.dl, final)
+					return r.jr.write(done, s.Written(), r.dl, final)
 				}
 				return nil
 			}
@@ -473,7 +430,7 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 				return err
 			}
 			if len(in) == 0 || (r.jr != nil && time.Since(r.jr.last) >= journalEvery) {
-				if err := s.flush(); err != nil {
+				if err := s.WriteOut(); err != nil {
 					return err
 				}
 				if err := r.acks.settle(ctx); err != nil {
@@ -482,7 +439,7 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 				if r.jr != nil && r.failSeq.Load() == 0 && !unclaimed {
 					// A batch boundary with the buffer written: the output
 					// is exactly the records up to ro.next-1.
-					if err := r.jr.write(ro.next-1, s.bytes, r.dl, false); err != nil {
+					if err := r.jr.write(ro.next-1, s.Written(), r.dl, false); err != nil {
 						return err
 					}
 				}
@@ -491,7 +448,7 @@ func (r *run) write(ctx context.Context, in <-chan batch, s *sink) error {
 			// Aborted: what is formatted is whole records, finished, and
 			// goes out (the journal does not count them: a resume writes
 			// them again after the last entry).
-			if s.flush() == nil {
+			if s.WriteOut() == nil {
 				r.acks.settleNow() // durable: acked, not done twice
 			}
 			return context.Cause(ctx)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/flowrun/flowrun/connect"
 	"github.com/flowrun/flowrun/connect/codec"
+	"github.com/flowrun/flowrun/connect/file"
 	"github.com/flowrun/flowrun/spec"
 	"github.com/flowrun/flowrun/stages"
 )
@@ -80,18 +81,19 @@ type run struct {
 
 	stopRead context.CancelFunc // stops the input
 	stopped  atomic.Bool        // by Options.Stop
-	read     atomic.Int64       // input bytes read
 	consumed atomic.Int64       // input bytes whose records went to the first stage
 	input    struct {
 		records, errors, skipped, dead atomic.Int64
 		decoded, resumed               atomic.Int64 // decoded by the reader; skipped as done before a resume
 	}
 	written atomic.Int64 // output records
-	out     *sink        // the output's, for its bytes once the writer is done
+	out     *file.Sink   // the output's, for its bytes once the writer is done
 	total   int64        // input bytes, -1 unknown
 
-	acks *acks        // a broker input's messages until settled; nil for files
-	snk  connect.Sink // a broker output; nil for files
+	files connect.FileSource // a file input (the file connector's); nil for a broker
+	dlDec *deadLetterDecoder // a re-run of dead letters: the decoder of their file
+	acks  *acks              // a broker input's messages until settled; nil for files
+	snk   connect.Sink       // a broker output; nil for files
 
 	ordered bool     // output in input order: the pipeline's, or a journal's
 	jr      *journal // nil without Options.Journal
@@ -167,9 +169,10 @@ func (r *run) run(ctx context.Context) (err error) {
 	var files []inputFile
 	total := int64(-1)
 	if !brokerIn {
-		if files, total, err = expandInput(from); err != nil {
+		if r.files, err = r.openFiles(from); err != nil {
 			return &SetupError{err}
 		}
+		files, total = r.files.Files(), r.files.Size()
 	}
 	if (brokerIn || IsBroker(p.Output.To)) && r.opts.Journal != "" {
 		return &SetupError{errors.New("a run with a broker input or output cannot be journaled: the broker's acks are its journal")}
@@ -244,7 +247,7 @@ func (r *run) run(ctx context.Context) (err error) {
 		}
 	}
 
-	out, outName, closeOut, err := r.openOutput(resumed, outFile)
+	out, outF, outName, closeOut, err := r.openOutput(resumed, outFile)
 	if err != nil {
 		dlFile.close()
 		return &SetupError{err}
@@ -336,7 +339,7 @@ func (r *run) run(ctx context.Context) (err error) {
 		if r.acks != nil {
 			err = r.readSource(readCtx, gctx, q0)
 		} else {
-			err = r.readInput(readCtx, gctx, files, q0)
+			err = r.readInput(readCtx, gctx, r.files, q0)
 		}
 		if err != nil {
 			fail(err) // before q0 closes: the end of input it is not
@@ -394,7 +397,7 @@ func (r *run) run(ctx context.Context) (err error) {
 			return nil
 		})
 	}
-	sink := newSink(out, outName, codec.NewEncoder(p.Output.Format, codec.Table(p.Output.CSV), header))
+	sink := file.NewSink(file.SinkConfig{W: out, File: outF, Name: outName, Format: p.Output.Format, Table: codec.Table(p.Output.CSV), Header: header})
 	r.out = sink
 	last := r.stages[len(r.stages)-1].out
 	g.Go(func() error {
@@ -712,12 +715,20 @@ func (r *run) openJournal(files []inputFile) (*JournalEntry, error) {
 	return e, nil
 }
 
+// inputRead is how many bytes of input files were read.
+func (r *run) inputRead() int64 {
+	if r.files == nil {
+		return 0
+	}
+	return r.files.Read()
+}
+
 // summarize fills sum from the counters.
 func (r *run) summarize(sum *Summary, elapsed time.Duration) {
 	sum.Elapsed = Duration(elapsed)
 	sum.Input = InputStats{
 		Records:      r.input.records.Load(),
-		Bytes:        r.read.Load(),
+		Bytes:        r.inputRead(),
 		Errors:       r.input.errors.Load(),
 		Skipped:      r.input.skipped.Load(),
 		DeadLettered: r.input.dead.Load(),
@@ -726,7 +737,7 @@ func (r *run) summarize(sum *Summary, elapsed time.Duration) {
 	}
 	sum.Output = OutputStats{Records: r.written.Load()}
 	if r.out != nil { // run has waited for its writer
-		sum.Output.Bytes = r.out.bytes
+		sum.Output.Bytes = r.out.Written()
 	}
 	ws := r.workers()
 	joined, _ := slots(ws, true)

@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"unicode/utf8"
 
 	"github.com/flowrun/flowrun/connect"
@@ -104,10 +105,7 @@ func Path(s string) (string, bool, error) {
 }
 
 // Input is one file of an input, read in order.
-type Input struct {
-	Name string // "stdin" or the path, for messages
-	Path string // "" for stdin
-}
+type Input = connect.File
 
 // Expand resolves an input: stdin ("", "stdin", "-"), one path, or a glob
 // whose matches are read in lexical order. It returns the files and their
@@ -200,30 +198,126 @@ func options(p *connect.Params) codec.Options {
 	}
 }
 
-// Source reads the files of an input in order, record by record.
+// Source reads the files of an input in order, record by record. It is
+// a connect.FileSource.
 type Source struct {
+	cfg   SourceConfig
 	files []Input
-	opts  codec.Options
+	total int64
 	i     int
 	f     *os.File
 	dec   codec.Decoder
 	recs  []codec.Record
 	read  atomic.Int64
-	err   error // a record that did not decode: the read has ended
+	base  int64 // bytes of the files before the one being read
+	pos   int64 // Consumed
+	err   error // a record that did not decode: Receive has ended
+}
+
+var _ connect.FileSource = (*Source)(nil)
+
+// SourceConfig opens a Source from Go with what a URL cannot say.
+type SourceConfig struct {
+	From    string // a path, a glob, or stdin ("", "stdin", "-")
+	Options codec.Options
+	// Stdin is what stdin reads; nil is an empty input.
+	Stdin io.Reader
+	// Wrap, when set, wraps the reader of each file (not stdin's): a
+	// journal hashes what is read.
+	Wrap func(io.Reader) io.Reader
+	// Decoder, when set, decodes each file instead of codec.NewDecoder
+	// (a re-run of dead letters reads their file in a format of its
+	// own); it adds the bytes it reads from r to read, as NewDecoder.
+	Decoder func(r io.Reader, read *atomic.Int64) codec.Decoder
+}
+
+// NewSource resolves c.From (Expand) and returns its Source; nothing is
+// opened until the first read.
+func NewSource(c SourceConfig) (*Source, error) {
+	files, total, err := Expand(c.From)
+	if err != nil {
+		return nil, err
+	}
+	return &Source{cfg: c, files: files, total: total}, nil
 }
 
 func openSource(_ context.Context, p *connect.Params) (connect.Source, error) {
-	files, _, err := Expand(p.URL.Path)
+	s, err := NewSource(SourceConfig{From: p.URL.Path, Options: options(p), Stdin: os.Stdin})
 	if err != nil {
 		return nil, &connect.Error{Broker: p.Broker(), Reason: err.Error(), Err: err}
 	}
-	return &Source{files: files, opts: options(p)}, nil
+	return s, nil
 }
+
+// Files returns the files read, in order.
+func (s *Source) Files() []Input { return s.files }
+
+// Size is the files' total size, -1 when it cannot be known.
+func (s *Source) Size() int64 { return s.total }
+
+// Read is how many bytes were read so far.
+func (s *Source) Read() int64 { return s.read.Load() }
+
+// Consumed is how many bytes the records returned so far span.
+func (s *Source) Consumed() int64 { return s.pos }
+
+// ReceiveRecords returns the next records of the file being read,
+// opening the next file when the last has ended (connect.FileSource).
+func (s *Source) ReceiveRecords(max int, out []codec.Record) ([]codec.Record, error) {
+	if s.dec == nil {
+		if s.i == len(s.files) {
+			return out, io.EOF
+		}
+		if err := s.open(); err != nil {
+			return out, err
+		}
+	}
+	recs, err := s.dec.Next(max, out)
+	s.pos = s.base + s.dec.Consumed()
+	switch {
+	case err == io.EOF:
+		s.closeFile() // this file's, not the whole glob's: a glob may match thousands
+		s.dec = nil
+		s.i++
+		s.base = s.read.Load()
+	case err != nil:
+		return recs, fmt.Errorf("read %s: %w", s.files[s.i].Name, err)
+	}
+	return recs, nil
+}
+
+// open opens the next file and its decoder.
+func (s *Source) open() error {
+	in := s.cfg.Stdin
+	if p := s.files[s.i].Path; p != "" {
+		f, err := os.Open(p)
+		if err != nil {
+			return fmt.Errorf("input: %w", err)
+		}
+		s.f, in = f, f
+		if s.cfg.Wrap != nil {
+			in = s.cfg.Wrap(f)
+		}
+	}
+	if in == nil {
+		in = eofReader{}
+	}
+	if s.cfg.Decoder != nil {
+		s.dec = s.cfg.Decoder(in, &s.read)
+	} else {
+		s.dec = codec.NewDecoder(in, s.cfg.Options, &s.read)
+	}
+	return nil
+}
+
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
 
 // Receive returns the next records, each a message whose ID is its file
 // and line. A record that cannot be decoded ends the read with an error
 // naming it, which every later Receive returns again: a program that
-// wants to go on past it reads through connect/codec, as the runner does.
+// wants to go on past it calls ReceiveRecords, as the runner does.
 func (s *Source) Receive(ctx context.Context, buf []connect.Message) ([]connect.Message, error) {
 	buf = buf[:0]
 	max := cap(buf)
@@ -237,22 +331,11 @@ func (s *Source) Receive(ctx context.Context, buf []connect.Message) ([]connect.
 		if err := ctx.Err(); err != nil {
 			return buf, err
 		}
-		if s.dec == nil {
-			if s.i == len(s.files) {
-				return buf, io.EOF
-			}
-			var in io.Reader = os.Stdin
-			if p := s.files[s.i].Path; p != "" {
-				f, err := os.Open(p)
-				if err != nil {
-					return buf, fmt.Errorf("input: %w", err)
-				}
-				s.f, in = f, f
-			}
-			s.dec = codec.NewDecoder(in, s.opts, &s.read)
+		if s.i == len(s.files) {
+			return buf, io.EOF
 		}
 		name := s.files[s.i].Name
-		recs, err := s.dec.Next(max-len(buf), s.recs[:0])
+		recs, err := s.ReceiveRecords(max-len(buf), s.recs[:0])
 		s.recs = recs[:0]
 		for _, r := range recs {
 			if r.Err != nil {
@@ -261,13 +344,8 @@ func (s *Source) Receive(ctx context.Context, buf []connect.Message) ([]connect.
 			}
 			buf = append(buf, connect.Message{Data: r.Data, ID: fmt.Sprintf("%s:%d", name, r.Line)})
 		}
-		switch {
-		case err == io.EOF:
-			s.closeFile()
-			s.dec = nil
-			s.i++
-		case err != nil:
-			return buf, fmt.Errorf("read %s: %w", name, err)
+		if err != nil {
+			return buf, err
 		}
 		if len(buf) > 0 {
 			return buf, nil
@@ -290,28 +368,61 @@ func (s *Source) closeFile() error {
 	return err
 }
 
-// Sink writes records to a file (emptied first) or to stdout.
+// Sink writes records to a file or stdout in large, record-aligned
+// writes: its buffer only ever holds whole records, so a run stopped
+// between two writes never leaves half a record behind. It is a
+// connect.FileSink.
 type Sink struct {
-	f    *os.File
-	name string
-	enc  *codec.Encoder
+	w     io.Writer
+	f     *os.File // fsynced by Flush; nil when not a file
+	own   bool     // Close closes f
+	name  string   // for messages: "stdout" or the path
+	enc   *codec.Encoder
+	bytes int64 // written
+}
+
+var _ connect.FileSink = (*Sink)(nil)
+
+// SinkConfig makes a Sink from Go, for a caller that opens and positions
+// the file itself (a resumed run truncates it where its journal says).
+type SinkConfig struct {
+	W      io.Writer // where the bytes go: the file, or what wraps it
+	File   *os.File  // the file under W, which Flush fsyncs; nil: none
+	Name   string    // "stdout" or the path, for messages
+	Format string
+	Table  codec.Table
+	// Header, for csv and tsv, is the header row of the file written
+	// after (codec.Header): the columns continue it. nil: a new file.
+	Header []string
 }
 
 // flushAt is how much the sink gathers before it writes.
-const flushAt = 256 << 10
+const flushAt = 64 << 10
+
+// ErrClosed says the reader of the output went away (`| head`).
+var ErrClosed = errors.New("output closed by its reader")
+
+// NewSink returns the sink c describes; it writes nothing yet.
+func NewSink(c SinkConfig) *Sink {
+	enc := codec.NewEncoder(c.Format, c.Table, c.Header)
+	enc.Buf = make([]byte, 0, flushAt+4096)
+	return &Sink{w: c.W, f: c.File, name: c.Name, enc: enc}
+}
 
 func openSink(_ context.Context, p *connect.Params) (connect.Sink, error) {
 	path := p.URL.Path
-	s := &Sink{name: path, enc: codec.NewEncoder(p.String("format"), options(p).Table, nil)}
+	c := SinkConfig{Name: path, Format: p.String("format"), Table: options(p).Table}
 	if path == "-" || path == "stdout" {
-		s.f, s.name = os.Stdout, "stdout"
-		return s, nil
+		c.W, c.Name = os.Stdout, "stdout"
+		return NewSink(c), nil
 	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return nil, &connect.Error{Broker: p.Broker(), Reason: err.Error(), Err: err}
 	}
-	s.f = f
+	c.W, c.File = f, f
+	s := NewSink(c)
+	s.own = true
 	return s, nil
 }
 
@@ -322,8 +433,8 @@ func (s *Sink) Write(_ context.Context, msgs []connect.Message) error {
 		if err := s.enc.Add(m.Data); err != nil {
 			return fmt.Errorf("output %s: %w", s.name, err)
 		}
-		if len(s.enc.Buf) >= flushAt {
-			if err := s.write(); err != nil {
+		if s.Full() {
+			if err := s.WriteOut(); err != nil {
 				return err
 			}
 		}
@@ -331,10 +442,23 @@ func (s *Sink) Write(_ context.Context, msgs []connect.Message) error {
 	return nil
 }
 
+// Add formats one record into the buffer. An error is about the record,
+// not the output: it cannot be written in the output's format.
+func (s *Sink) Add(rec []byte) error { return s.enc.Add(rec) }
+
+// Full says the buffer should be written now.
+func (s *Sink) Full() bool { return len(s.enc.Buf) >= flushAt }
+
+// Written is how many bytes were written.
+func (s *Sink) Written() int64 { return s.bytes }
+
 // Flush writes what Write gathered and fsyncs a regular file.
 func (s *Sink) Flush(context.Context) error {
-	if err := s.write(); err != nil {
+	if err := s.WriteOut(); err != nil {
 		return err
+	}
+	if s.f == nil {
+		return nil
 	}
 	if fi, err := s.f.Stat(); err == nil && fi.Mode().IsRegular() {
 		if err := s.f.Sync(); err != nil {
@@ -344,25 +468,31 @@ func (s *Sink) Flush(context.Context) error {
 	return nil
 }
 
-func (s *Sink) write() error {
+// WriteOut writes the buffer, without an fsync. A reader that went away
+// is ErrClosed.
+func (s *Sink) WriteOut() error {
 	if len(s.enc.Buf) == 0 {
 		return nil
 	}
-	_, err := s.f.Write(s.enc.Buf)
+	n, err := s.w.Write(s.enc.Buf)
+	s.bytes += int64(n)
 	s.enc.Buf = s.enc.Buf[:0]
 	if err != nil {
+		if errors.Is(err, syscall.EPIPE) || errors.Is(err, io.ErrClosedPipe) {
+			return ErrClosed
+		}
 		var pe *os.PathError
 		if errors.As(err, &pe) {
-			err = pe.Err
+			err = pe.Err // the path is s.name already
 		}
 		return fmt.Errorf("write %s: %w", s.name, err)
 	}
 	return nil
 }
 
-// Close closes the file; it flushes nothing.
+// Close closes the file the sink opened; it flushes nothing.
 func (s *Sink) Close() error {
-	if s.f == os.Stdout {
+	if !s.own {
 		return nil
 	}
 	return s.f.Close()

@@ -5,10 +5,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/flowrun/flowrun/connect"
+	"github.com/flowrun/flowrun/connect/codec"
 	"github.com/flowrun/flowrun/connect/file"
 )
 
@@ -233,4 +235,89 @@ func bodies(ms []connect.Message) []string {
 		s = append(s, string(m.Data))
 	}
 	return s
+}
+
+// TestPlainPathsAreFiles: a path, a glob (whose ? is no URL query) and -
+// open the file connector through the registry, as file:// URLs do.
+func TestPlainPathsAreFiles(t *testing.T) {
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "a1.txt"), "one\n")
+	write(t, filepath.Join(dir, "a2.txt"), "two\n")
+	for _, from := range []string{filepath.Join(dir, "a?.txt"), filepath.Join(dir, "a*.txt"), filepath.Join(dir, "a1.txt"), "-"} {
+		p, err := connect.Parse(from, map[string]string{"format": "lines"}, connect.In)
+		if err != nil {
+			t.Fatalf("%s: %v", from, err)
+		}
+		if p.Spec.Name != "file" || p.URL.Path != from {
+			t.Errorf("%s: connector %s, path %q", from, p.Spec.Name, p.URL.Path)
+		}
+	}
+	src, _, err := connect.OpenSource(context.Background(), filepath.Join(dir, "a?.txt"), nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	fs, ok := src.(connect.FileSource)
+	if !ok {
+		t.Fatalf("%T is no connect.FileSource", src)
+	}
+	if n := len(fs.Files()); n != 2 || fs.Size() != 8 {
+		t.Errorf("%d files of %d bytes, want 2 of 8", n, fs.Size())
+	}
+}
+
+// TestReceiveRecords: a FileSource goes on past a record that does not
+// decode, ends each file with nil and the last with io.EOF, and counts
+// the bytes its records span across the files; the journal hashes what
+// Wrap sees of each file, and a nil Stdin is an empty input.
+func TestReceiveRecords(t *testing.T) {
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "a.jsonl"), "{\"n\":1}\nnot json\n{\"n\":2}\n")
+	write(t, filepath.Join(dir, "b.jsonl"), "{\"n\":3}\n")
+	var wrapped int
+	src, err := file.NewSource(file.SourceConfig{
+		From:    filepath.Join(dir, "*.jsonl"),
+		Options: codec.Options{Format: "jsonl", MaxRecordSize: 1 << 20},
+		Wrap:    func(r io.Reader) io.Reader { wrapped++; return r },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	var got []string
+	var ends []int64
+	for {
+		recs, err := src.ReceiveRecords(10, nil)
+		for _, r := range recs {
+			s := string(r.Data)
+			if r.Err != nil {
+				s = "error line " + strconv.FormatInt(r.Line, 10)
+			}
+			got = append(got, s)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		ends = append(ends, src.Consumed())
+	}
+	want := `{"n":1}|error line 2|{"n":2}|{"n":3}`
+	if strings.Join(got, "|") != want {
+		t.Errorf("got %s, want %s", strings.Join(got, "|"), want)
+	}
+	if last := ends[len(ends)-1]; last != 33 || src.Read() != 33 || wrapped != 2 {
+		t.Errorf("consumed %v, read %d, %d files wrapped; want 33, 33, 2", ends, src.Read(), wrapped)
+	}
+	stdin, err := file.NewSource(file.SourceConfig{From: "-"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if recs, err := stdin.ReceiveRecords(10, nil); len(recs) != 0 || err != nil {
+		t.Errorf("empty stdin: %d records, %v", len(recs), err)
+	}
+	if _, err := stdin.ReceiveRecords(10, nil); err != io.EOF || stdin.Size() != -1 {
+		t.Errorf("empty stdin: %v, size %d; want io.EOF, -1", err, stdin.Size())
+	}
 }
