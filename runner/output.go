@@ -1,7 +1,6 @@
 package runner
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,154 +8,19 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
-	"strings"
-	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/flowrun/flowrun/connect"
-	"github.com/flowrun/flowrun/connect/codec"
 	"github.com/flowrun/flowrun/connect/file"
 )
 
 // errOutputClosed says the reader of the output went away (`| head`).
 var errOutputClosed = file.ErrClosed
 
-// tableHeader reads the header row of the CSV or TSV file that output
-// appends to (codec.Header): nil for an empty file, which gets a header
-// as a new one would, or for a dialect without a header row.
-func tableHeader(path, format string, t codec.Table) ([]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("output: %w", err)
-	}
-	defer f.Close()
-	header, err := codec.Header(f, format, t)
-	if err != nil {
-		return nil, fmt.Errorf("output %s: reading its %s header: %w", path, strings.ToUpper(format), err)
-	}
-	return header, nil
-}
-
-// writable is a file the run will write, opened (when it exists) or
-// checked for (when it does not) without changing it: a run that cannot
-// start must leave every file as it was.
-type writable struct {
-	path string
-	f    *os.File // nil: the file does not exist yet
-}
-
-// probeWritable opens path for writing if it exists, and otherwise checks
-// that its directory lets it be created; it changes nothing.
-func probeWritable(path string) (writable, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err == nil {
-		if fi, err := f.Stat(); err == nil && fi.IsDir() {
-			f.Close()
-			return writable{}, fmt.Errorf("%s: is a directory", path)
-		}
-		return writable{path: path, f: f}, nil
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		return writable{}, err
-	}
-	if err := unix.Access(filepath.Dir(path), unix.W_OK|unix.X_OK); err != nil {
-		return writable{}, &fs.PathError{Op: "create", Path: path, Err: err}
-	}
-	return writable{path: path}, nil
-}
-
-type openMode int
-
-const (
-	truncate openMode = iota // a new file, or an old one emptied
-	keep                     // as it is, written from the start
-	appendTo                 // written after what it holds
-)
-
-// open makes the file the run writes: created if missing, then emptied or
-// positioned as mode says.
-func (w writable) open(mode openMode) (*os.File, error) {
-	f := w.f
-	if f == nil {
-		var err error
-		if f, err = os.OpenFile(w.path, os.O_WRONLY|os.O_CREATE, 0o644); err != nil {
-			return nil, err
-		}
-	}
-	var err error
-	switch mode {
-	case truncate:
-		if err = f.Truncate(0); errors.Is(err, syscall.EINVAL) {
-			err = nil // a pipe or a terminal: nothing to empty
-		}
-	case appendTo:
-		if _, err = f.Seek(0, io.SeekEnd); errors.Is(err, syscall.ESPIPE) {
-			err = nil
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
-}
-
-// cutTorn cuts what follows the last newline of f, a file a run with a
-// broker input appends to: half a record, written when an earlier run
-// was killed in the middle of a write, whose message was not acked and
-// comes again. f is left at its end. A file that is not a regular one
-// is left as it is.
-func cutTorn(f *os.File) error {
-	fi, err := f.Stat()
-	if err != nil || !fi.Mode().IsRegular() || fi.Size() == 0 {
-		return err
-	}
-	rf, err := os.Open(f.Name()) // f is open for writing only
-	if err != nil {
-		return err
-	}
-	defer rf.Close()
-	end := fi.Size()
-	buf := make([]byte, 64<<10)
-	for at := end; at > 0; {
-		n := min(at, int64(len(buf)))
-		at -= n
-		if _, err := rf.ReadAt(buf[:n], at); err != nil {
-			return err
-		}
-		if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
-			end = at + int64(i) + 1
-			break
-		}
-		if at == 0 {
-			end = 0
-		}
-	}
-	if end != fi.Size() {
-		if err := f.Truncate(end); err != nil {
-			return err
-		}
-	}
-	_, err = f.Seek(end, io.SeekStart)
-	return err
-}
-
-func (w writable) close() {
-	if w.f != nil {
-		w.f.Close()
-	}
-}
-
 // checkFiles refuses a run whose output or dead-letter file is one of its
 // input files (by a glob, a symlink or another name): writing it would
 // destroy what is being read. It returns the output, probed.
-func (r *run) checkFiles(files []inputFile) (writable, error) {
+func (r *run) checkFiles(files []inputFile) (file.Writable, error) {
 	var ins []os.FileInfo
 	for _, f := range files {
 		if f.Path == "" {
@@ -184,12 +48,12 @@ func (r *run) checkFiles(files []inputFile) (writable, error) {
 	}
 	if !isStd(r.p.Output.To) && r.snk == nil {
 		if err := same("output", r.p.Output.To); err != nil {
-			return writable{}, err
+			return file.Writable{}, err
 		}
 	}
 	if r.p.DeadLetter != "" {
 		if err := same("dead_letter", r.p.DeadLetter); err != nil {
-			return writable{}, err
+			return file.Writable{}, err
 		}
 	}
 	if j := r.opts.Journal; j != "" {
@@ -197,46 +61,33 @@ func (r *run) checkFiles(files []inputFile) (writable, error) {
 		// directory must take one, and it must be no file the run reads
 		// or writes, which it would replace.
 		if err := same("journal", j); err != nil {
-			return writable{}, err
+			return file.Writable{}, err
 		}
 		for _, o := range [...]struct{ what, path string }{{"output", r.p.Output.To}, {"dead_letter", r.p.DeadLetter}} {
-			if o.path != "" && !isStd(o.path) && sameFile(j, o.path) {
-				return writable{}, fmt.Errorf("journal %s is also the %s: each needs a file of its own", j, o.what)
+			if o.path != "" && !isStd(o.path) && file.Same(j, o.path) {
+				return file.Writable{}, fmt.Errorf("journal %s is also the %s: each needs a file of its own", j, o.what)
 			}
 		}
-		w, err := probeWritable(j)
+		w, err := file.Probe(j)
 		if err != nil {
-			return writable{}, fmt.Errorf("journal: %w", err)
+			return file.Writable{}, fmt.Errorf("journal: %w", err)
 		}
-		w.close()
+		w.Close()
 	}
 	if isStd(r.p.Output.To) || r.snk != nil {
-		return writable{}, nil
+		return file.Writable{}, nil
 	}
-	w, err := probeWritable(r.p.Output.To)
+	w, err := file.Probe(r.p.Output.To)
 	if err != nil {
-		return writable{}, fmt.Errorf("output: %w", err)
+		return file.Writable{}, fmt.Errorf("output: %w", err)
 	}
 	return w, nil
-}
-
-// sameFile says whether paths a and b name one file: the same file if
-// both exist, else the same absolute path.
-func sameFile(a, b string) bool {
-	fa, errA := os.Stat(a)
-	fb, errB := os.Stat(b)
-	if errA == nil && errB == nil {
-		return os.SameFile(fa, fb)
-	}
-	x, errX := filepath.Abs(a)
-	y, errY := filepath.Abs(b)
-	return errX == nil && errY == nil && x == y
 }
 
 // openOutput opens the output file as mode and the run say, and returns
 // what the sink writes to, the file under it (nil for stdout), the
 // output's name and how to close it.
-func (r *run) openOutput(resumed *JournalEntry, w writable) (io.Writer, *os.File, string, func() error, error) {
+func (r *run) openOutput(resumed *JournalEntry, w file.Writable) (io.Writer, *os.File, string, func() error, error) {
 	to := r.p.Output.To
 	if r.snk != nil {
 		return r.opts.Stdout, nil, "stdout", func() error { return nil }, nil // unused: writeBroker writes
@@ -253,16 +104,16 @@ func (r *run) openOutput(resumed *JournalEntry, w writable) (io.Writer, *os.File
 		}
 		return r.opts.Stdout, nil, "stdout", func() error { return nil }, nil
 	}
-	mode := truncate
+	mode := file.Truncate
 	switch {
 	case resumed != nil:
-		mode = keep
+		mode = file.Keep
 	case r.opts.RetryDeadLetters != "":
-		mode = appendTo // after what the first run wrote
+		mode = file.Append // after what the first run wrote
 	case r.acks != nil:
-		mode = appendTo // what earlier runs wrote was acked: it is nowhere else
+		mode = file.Append // what earlier runs wrote was acked: it is nowhere else
 	}
-	f, err := w.open(mode)
+	f, err := w.Open(mode)
 	if err != nil {
 		return nil, nil, "", nil, fmt.Errorf("output: %w", err)
 	}
@@ -270,7 +121,7 @@ func (r *run) openOutput(resumed *JournalEntry, w writable) (io.Writer, *os.File
 	case r.opts.RetryDeadLetters != "":
 		err = r.retryFrom(f)
 	case r.acks != nil:
-		if err = cutTorn(f); err != nil {
+		if err = file.CutTorn(f); err != nil {
 			err = fmt.Errorf("output: %w", err)
 		}
 	}

@@ -234,22 +234,22 @@ func (r *run) run(ctx context.Context) (err error) {
 	var header []string
 	if (p.Output.Format == "csv" || p.Output.Format == "tsv") && (resumed != nil || r.opts.RetryDeadLetters != "" || r.acks != nil) && !isStd(p.Output.To) && r.snk == nil {
 		// The file has its header already: the columns continue it.
-		if header, err = tableHeader(p.Output.To, p.Output.Format, codec.Table(p.Output.CSV)); err != nil {
-			outFile.close()
+		if header, err = file.ReadHeader(p.Output.To, p.Output.Format, codec.Table(p.Output.CSV)); err != nil {
+			outFile.Close()
 			return &SetupError{err}
 		}
 	}
-	var dlFile writable
+	var dlFile file.Writable
 	if p.DeadLetter != "" {
-		if dlFile, err = probeWritable(p.DeadLetter); err != nil {
-			outFile.close()
+		if dlFile, err = file.Probe(p.DeadLetter); err != nil {
+			outFile.Close()
 			return &SetupError{fmt.Errorf("dead letter: %w", err)}
 		}
 	}
 
 	out, outF, outName, closeOut, err := r.openOutput(resumed, outFile)
 	if err != nil {
-		dlFile.close()
+		dlFile.Close()
 		return &SetupError{err}
 	}
 	defer func() {
@@ -258,26 +258,26 @@ func (r *run) run(ctx context.Context) (err error) {
 		}
 	}()
 	if p.DeadLetter != "" {
-		mode := truncate
+		mode := file.Truncate
 		if resumed != nil {
 			if err := keepDeadLetters(p.DeadLetter, resumed.Seq, r.jr.dls); err != nil {
-				dlFile.close()
+				dlFile.Close()
 				return &SetupError{err}
 			}
-			dlFile.close() // replaced: open the new one
-			if dlFile, err = probeWritable(p.DeadLetter); err != nil {
+			dlFile.Close() // replaced: open the new one
+			if dlFile, err = file.Probe(p.DeadLetter); err != nil {
 				return &SetupError{fmt.Errorf("dead letter: %w", err)}
 			}
-			mode = appendTo
+			mode = file.Append
 		}
 		if r.acks != nil {
 			// What earlier runs dead-lettered was settled: for Redis
 			// this file is all there is of it.
-			mode = appendTo
+			mode = file.Append
 		}
-		f, err := dlFile.open(mode)
+		f, err := dlFile.Open(mode)
 		if err == nil && r.acks != nil {
-			if err = cutTorn(f); err != nil {
+			if err = file.CutTorn(f); err != nil {
 				f.Close()
 			}
 		}
