@@ -321,3 +321,34 @@ func TestReceiveRecords(t *testing.T) {
 		t.Errorf("empty stdin: %v, size %d; want io.EOF, -1", err, stdin.Size())
 	}
 }
+
+// TestFileSink: a record the format cannot hold fails alone, WriteOut
+// writes what Add gathered and counts it, and a reader that went away is
+// ErrClosed, not a write error in the pipe's words.
+func TestFileSink(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := file.NewSink(file.SinkConfig{W: w, Name: "stdout", Format: "csv"})
+	if err := s.Add([]byte(`{"a":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Add([]byte(`not an object`)); err == nil {
+		t.Error("csv took a record that is no JSON object")
+	}
+	if err := s.WriteOut(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	n, _ := r.Read(buf)
+	if got := string(buf[:n]); got != "a\n1\n" || s.Written() != 4 || s.Full() {
+		t.Errorf("wrote %q (%d bytes counted)", got, s.Written())
+	}
+	r.Close()
+	s.Add([]byte(`{"a":2}`))
+	if err := s.WriteOut(); err != file.ErrClosed {
+		t.Errorf("write to a closed pipe: %v, want ErrClosed", err)
+	}
+	w.Close()
+}
