@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -36,6 +37,17 @@ type StageQueue interface {
 	Next(ctx context.Context) (Done, error)
 	// MaxBytes is the most bytes of records one Work may carry.
 	MaxBytes() int
+}
+
+// A Cutter is a StageQueue that says where pieces must be cut: a resumed
+// run's, whose dead run left pieces on the broker that are known by their
+// first and last record, and are taken up only when the resumed run cuts
+// the same.
+type Cutter interface {
+	// Cut says how far a piece whose first record is seq may reach: to
+	// hi at most (0: no bound), and exactly to hi when whole (a piece
+	// left begins at seq).
+	Cut(seq uint64) (hi uint64, whole bool)
 }
 
 // Record is a record with the number of the input record it came from.
@@ -160,10 +172,53 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 		}
 		return nil
 	}
-	// A cheap stage's pieces gather the batches at hand, up to maxBatch
-	// records: after a stage that waits, its batches are of one record,
-	// and each piece costs a few messages through the broker.
-	gather := st.cfg.Spec.Batched(st.cfg.Config)
+	// A piece gathers the batches at hand: after a stage that waits, the
+	// batches are of one record, and each piece costs a few messages
+	// through the broker. A cheap stage's gather up to maxBatch records;
+	// those of a stage that waits (one record a batch) as many as take
+	// pieceWork to work, by the time its records took lately: one each
+	// until the first results tell, so that long records are dealt out
+	// one at a time to whichever worker is idle.
+	batched := st.cfg.Spec.Batched(st.cfg.Config)
+	var perRecord atomic.Int64 // ns a record took lately; 0: not known yet
+	most := func() int {
+		if batched {
+			return maxBatch
+		}
+		return piecesOf(time.Duration(perRecord.Load()))
+	}
+	cutter, _ := q.(Cutter)
+	// Until the first results tell how long a record takes, probePieces
+	// pieces of one record go out, for probeWait at most: were many more
+	// sent, the records on the broker would have been dealt out one at a
+	// time by then however quick they are; were fewer, a stage of long
+	// records would start with idle workers.
+	known := make(chan struct{}) // closed at the first results
+	var probeStart time.Time
+	probe := func() error {
+		if batched || perRecord.Load() != 0 {
+			return nil
+		}
+		if probeStart.IsZero() {
+			probeStart = time.Now()
+		}
+		mu.Lock()
+		n := len(waiting)
+		mu.Unlock()
+		left := probeWait - time.Since(probeStart)
+		if n < probePieces || left <= 0 {
+			return nil
+		}
+		t := time.NewTimer(left)
+		defer t.Stop()
+		select {
+		case <-known:
+		case <-t.C:
+		case <-gctx.Done():
+			return context.Cause(gctx)
+		}
+		return nil
+	}
 	g.Go(func() error {
 		var n uint64
 		limit := q.MaxBytes()
@@ -267,10 +322,26 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 			if closed = c; !ok {
 				continue
 			}
+			if err := probe(); err != nil {
+				return err
+			}
 			group := []batch{b}
-			size, count := batchBytes(b), len(b.recs)
-			for gather && gatherable(b) && !closed && count < maxBatch {
-				more, ok, c, err := next(false)
+			size, count, most := batchBytes(b), len(b.recs), most()
+			// A piece a dead run left is matched only when cut alike: it
+			// waits for its records; another stops short of one.
+			var upTo uint64
+			whole := false
+			if cutter != nil && len(b.recs) > 0 {
+				upTo, whole = cutter.Cut(b.recs[0].seq)
+				if upTo != 0 && lastSeq(b) >= upTo {
+					whole = false // as far as it goes already, or past it
+				}
+				if whole {
+					most = maxBatch
+				}
+			}
+			for most > 1 && gatherable(b) && !closed && count < most && (upTo == 0 || lastSeq(group[len(group)-1]) < upTo) {
+				more, ok, c, err := next(whole)
 				if err != nil {
 					return err
 				}
@@ -278,7 +349,7 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 				if !ok {
 					break
 				}
-				if !gatherable(more) || count+len(more.recs) > maxBatch || size+batchBytes(more) > limit {
+				if !gatherable(more) || count+len(more.recs) > most || size+batchBytes(more) > limit || upTo != 0 && lastSeq(more) > upTo {
 					carry = &more
 					break
 				}
@@ -329,6 +400,11 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 					d.Ack()
 				}
 				continue
+			}
+			if n := d.Counts; n.In > 0 {
+				if perRecord.Swap(max(1, int64(n.Busy)/n.In)) == 0 {
+					close(known)
+				}
 			}
 			if err := r.settle(st, p.bs, d, out); err != nil {
 				return err
@@ -399,6 +475,37 @@ func (r *run) settle(st *stageRun, bs []batch, d Done, out func(batch) error) er
 		}
 	}
 	return nil
+}
+
+// pieceWork is about how long the records of one piece of a stage that
+// waits should take to work, all told: enough records that a piece's few
+// messages through the broker cost little beside them, few enough that a
+// worker that holds records it cannot start yet keeps the others waiting
+// little (the records of a piece are dealt out to the worker's idle slots).
+const pieceWork = 50 * time.Millisecond
+
+// probePieces and probeWait bound the pieces of one record each sent
+// before the first results of a stage that waits.
+const (
+	probePieces = 64
+	probeWait   = 100 * time.Millisecond
+)
+
+// piecesOf is how many records a piece of a stage that waits carries when
+// a record takes per to work (0: not known yet).
+func piecesOf(per time.Duration) int {
+	if per <= 0 {
+		return 1
+	}
+	return int(min(max(int64(pieceWork/per), 1), maxBatch))
+}
+
+// lastSeq is the number of b's last record.
+func lastSeq(b batch) uint64 {
+	if len(b.recs) == 0 {
+		return b.hi
+	}
+	return b.recs[len(b.recs)-1].seq
 }
 
 // gatherable says whether b may share a piece with other batches: its

@@ -16,11 +16,15 @@
 // The run process stays the hub of the run. For each stage that can run
 // elsewhere (runner.IsRemote: not one that holds records across calls or
 // must see them all, which the stage registry says with Spec.Local), it
-// publishes the stage's input, in pieces (the runner's batches, cut under
-// the broker's message size; for a cheap stage, the batches at hand
-// gathered up to 1024 records, since after a stage that waits each batch
-// is one record and each piece costs a few messages), to the subject
+// publishes the stage's input, in pieces, to the subject
 // <prefix>.in.<stage>, and takes the results from <prefix>.out.<stage>.
+// A piece is the batches at hand gathered (cut under the broker's message
+// size), since after a stage that waits each batch is one record and each
+// piece costs a few messages: for a cheap stage up to 1024 records; for a
+// stage that takes one record at a time, as many as take about 50 ms to
+// work by the time its records took lately (runner's pieceWork), so one
+// record each until the first results tell (64 of them, or 100 ms), and
+// one each for records that take that long.
 // A remote stage is thus a drop-in for a local segment of the runner
 // (runner.Remote): the reorder window, a failure's cut, take, the stages
 // that hold records, dead letters, stats and progress all stay where they
@@ -37,14 +41,23 @@
 // # Workers
 //
 // A worker has a slot per worker of each stage it works (a runner.Processor
-// with its own Stage). It pulls only as many pieces as it has idle slots
-// (FetchNoWait sized to them, or a Fetch of one when the queue was empty),
-// never more: a busy worker's pre-buffered pieces would pass their ack
-// wait and be worked again elsewhere (the known nats.go pitfall). While a
-// piece is in a slot it sends InProgress every third of the ack wait. It
-// publishes the results, in parts under the broker's message size,
-// asynchronously, waits for JetStream's acks of every part, and only then
-// acks the piece. A worker that dies leaves its pieces unacked: JetStream
+// with its own Stage). It deals a piece's records out to its idle slots
+// one by one, as the runner's workers take records from a queue (a cheap
+// stage's piece goes to one slot whole), so that a piece of many records
+// keeps the slots busy without a round trip to the broker per record. It
+// pulls only when every record it holds is started, and no more pieces
+// than it has idle slots (FetchNoWait sized to them, divided by the
+// records of the pieces lately; or a Fetch of one when the queue was
+// empty): a busy worker's pre-buffered pieces would wait while other
+// workers idle, or pass their ack wait and be worked again elsewhere (the
+// known nats.go pitfall). From its fetch until its ack, a piece has
+// InProgress sent every third of the ack wait. Once its last record is
+// worked (the slot is free again by then), the worker publishes the
+// piece's results, whole and in input order, in parts under the broker's
+// message size, asynchronously, waits for JetStream's acks of every part,
+// and only then acks the piece. A record that fails the stage under
+// on_error: fail ends the piece's results there, as one slot working the
+// piece would have stopped. A worker that dies leaves its pieces unacked: JetStream
 // delivers them again after the ack wait. A piece delivered for the
 // MaxDeliver-th time is not worked again (it killed or stalled every
 // worker that took it): its records fail as their stage's on_error says
@@ -103,9 +116,13 @@
 // where the journal says the output is whole, a piece it would send that
 // is among them is not sent: its results come (the dead run's consumer
 // of results is made anew, so that what it had taken unacked comes again
-// at once). Pieces of the records before the journal's mark are worked
-// and dropped; batched pieces of cheap stages are cut differently by
-// another process and are simply done again.
+// at once). The resumed run cuts its pieces where those begin and end
+// (runner.Cutter: a piece that starts where one was left waits for its
+// records up to that one's last, another stops short of the next one
+// left), since the pieces it gathers would otherwise not be known as
+// theirs, and their records would be worked twice. Pieces of the records
+// before the journal's mark are worked and dropped, as is a cheap stage's
+// batch that straddles a piece left.
 //
 // # Versions
 //

@@ -1,12 +1,14 @@
 package transport
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -177,6 +179,7 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 		for key := range left[s.Name] {
 			q.left[key] = true
 		}
+		q.cuts = cutsOf(q.left)
 		if q.results, err = rc.Messages(jetstream.PullMaxMessages(inFlight)); err != nil {
 			q.close()
 			return nil, fail("consume "+s.Results, err)
@@ -447,6 +450,7 @@ type stageQueue struct {
 	partial     map[attempt]*assembly  // results in several parts, as they come
 	lastKey     string                 // the key of the last piece sent, and how many had it
 	lastCount   int
+	cuts        []cut // the ranges of the pieces in left, by first record (set before the run starts)
 	err         error // a publish that failed for good
 
 	futures   chan sent
@@ -501,6 +505,40 @@ func (q *stageQueue) pieceKey(recs []runner.Record) string {
 }
 
 func (q *stageQueue) MaxBytes() int { return q.maxBytes }
+
+// cut is the first and last input record of a piece.
+type cut struct{ lo, hi uint64 }
+
+// cutsOf reads the ranges of the pieces keys name, sorted by first record.
+func cutsOf(keys map[string]bool) []cut {
+	var cuts []cut
+	for key := range keys {
+		key, _, _ = strings.Cut(key, "~")
+		key, _, _ = strings.Cut(key, "#")
+		los, his, ok := strings.Cut(key, "-")
+		lo, err1 := strconv.ParseUint(los, 10, 64)
+		hi, err2 := strconv.ParseUint(his, 10, 64)
+		if ok && err1 == nil && err2 == nil && lo > 0 && lo <= hi {
+			cuts = append(cuts, cut{lo, hi})
+		}
+	}
+	slices.SortFunc(cuts, func(a, b cut) int { return cmp.Compare(a.lo, b.lo) })
+	return cuts
+}
+
+// Cut makes a resumed run cut its pieces as the dead run did where that
+// one left pieces on the broker (runner.Cutter): a piece cut otherwise is
+// not known as one of them, and its records would be worked twice.
+func (q *stageQueue) Cut(seq uint64) (hi uint64, whole bool) {
+	i, _ := slices.BinarySearchFunc(q.cuts, seq, func(c cut, seq uint64) int { return cmp.Compare(c.lo, seq) })
+	switch {
+	case i == len(q.cuts):
+		return 0, false
+	case q.cuts[i].lo == seq:
+		return q.cuts[i].hi, true
+	}
+	return q.cuts[i].lo - 1, false
+}
 
 func (q *stageQueue) Send(ctx context.Context, w runner.Work) error {
 	select {

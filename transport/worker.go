@@ -255,10 +255,17 @@ func (w *Worker) serveRun(ctx context.Context, info RunInfo) {
 // empty; a pull of a queue with pieces in it returns at once.
 const idleWait = time.Second
 
-// serveStage pulls pieces of one stage's input while it has idle slots:
-// never more than it can start at once, so that no piece waits here
-// while its ack wait runs out (pre-buffered pieces of a busy worker
-// would be redelivered elsewhere and done twice).
+// serveStage pulls pieces of one stage's input while it has idle slots,
+// and deals their records out to the slots one by one (for a stage that
+// takes one at a time; a cheap stage's piece goes to one slot whole), as
+// the runner's own workers take them from a queue: a piece of many
+// records keeps every idle slot busy without a round trip to the broker
+// per record. It pulls only when every record it holds is started, and
+// no more pieces than it has idle slots (fewer when pieces have been of
+// several records): a busy worker's pre-buffered pieces would wait while
+// other workers idle, or pass their ack wait and be worked again
+// elsewhere (the known nats.go pitfall). Every piece held, started or
+// not, has InProgress sent for it.
 func (w *Worker) serveStage(ctx context.Context, info RunInfo, s StageInfo, free chan *slot, t *stageTally) {
 	var cons jetstream.Consumer
 	for cons == nil {
@@ -276,7 +283,16 @@ func (w *Worker) serveStage(ctx context.Context, info RunInfo, s StageInfo, free
 	}
 	var busy sync.WaitGroup
 	defer busy.Wait()
+	var queue []chunk // records held, not started
+	defer func() {
+		for _, c := range queue {
+			if c.p.end(c.i, runner.Done{}, context.Canceled) {
+				w.settle(ctx, info, s, c.p, t)
+			}
+		}
+	}()
 	idle := true
+	perPiece := 1 // records in a piece, lately
 	for ctx.Err() == nil {
 		var slots []*slot
 		select {
@@ -284,6 +300,16 @@ func (w *Worker) serveStage(ctx context.Context, info RunInfo, s StageInfo, free
 			slots = append(slots, sl)
 		case <-ctx.Done():
 			return
+		}
+		if len(queue) > 0 {
+			c := queue[0]
+			queue = queue[1:]
+			busy.Add(1)
+			go func() {
+				defer busy.Done()
+				w.work(ctx, info, s, slots[0], c, free, t)
+			}()
+			continue
 		}
 		var batch jetstream.MessageBatch
 		var err error
@@ -304,25 +330,30 @@ func (w *Worker) serveStage(ctx context.Context, info RunInfo, s StageInfo, free
 					break more
 				}
 			}
-			batch, err = cons.FetchNoWait(len(slots))
+			batch, err = cons.FetchNoWait((len(slots) + perPiece - 1) / perPiece)
 		}
-		got := 0
+		got, recs := 0, 0
+		var rest []chunk
 		if err == nil {
 			for m := range batch.Messages() {
-				sl := slots[got]
+				p := w.hold(info, s, m)
+				if p == nil {
+					continue
+				}
 				got++
-				busy.Add(1)
-				go func() {
-					defer busy.Done()
-					t.begin()
-					t.end(w.handle(ctx, info, s, sl, m))
-					free <- sl
-				}()
+				recs += len(p.recs)
+				cs := p.chunks(slots[0].proc.Take() == 1)
+				queue = append(queue, cs[0]) // each piece starts at once
+				rest = append(rest, cs[1:]...)
 			}
 			err = batch.Error()
 		}
 		cancel()
-		for _, sl := range slots[got:] {
+		queue = append(queue, rest...)
+		if got > 0 {
+			perPiece = max(1, recs/got)
+		}
+		for _, sl := range slots {
 			free <- sl
 		}
 		idle = got == 0
@@ -340,62 +371,173 @@ func (w *Worker) serveStage(ctx context.Context, info RunInfo, s StageInfo, free
 	}
 }
 
-// handle works one piece: it runs the records through the slot's Stage,
-// publishes the results (in parts under the broker's message size), and
-// acks the piece once the broker acked every part. A piece delivered for
-// the last time (MaxDeliver) is not run again: the workers it was given
-// to died or stalled on it each time, so its records fail as the stage's
-// on_error says, and it is Termed. It returns the counts of what it
-// did (none for a piece it gave back).
-func (w *Worker) handle(ctx context.Context, info RunInfo, s StageInfo, sl *slot, m jetstream.Msg) runner.Counts {
+// piece is one message of a stage's input that this worker holds, from
+// its fetch until it is acked (or given back): its records are worked in
+// chunks, by whichever slots are idle, and its results go out whole once
+// the last chunk is done.
+type piece struct {
+	m         jetstream.Msg
+	key       string // Flowrun-Piece
+	delivered int64
+	recs      []runner.Record
+	// last is a delivery MaxDeliver-th: the records are failed, not
+	// worked (cause says why).
+	last  bool
+	cause error
+
+	stop    chan struct{} // ends the InProgress ticker
+	ticking sync.WaitGroup
+
+	mu   sync.Mutex
+	done []runner.Done // per chunk
+	left int           // chunks not done
+	err  error         // a chunk not worked: the worker is stopping
+}
+
+// chunk is records lo..hi of a piece, the i-th of its chunks.
+type chunk struct {
+	p         *piece
+	i, lo, hi int
+}
+
+// hold takes a piece just fetched: it says when this is not its first
+// delivery and starts its InProgress ticker. A message that is not
+// flowrun's is Termed (nil).
+func (w *Worker) hold(info RunInfo, s StageInfo, m jetstream.Msg) *piece {
 	meta, err := m.Metadata()
-	n := m.Headers().Get(hdrPiece)
+	key := m.Headers().Get(hdrPiece)
 	recs, derr := decodeWork(m.Data())
-	if err != nil || n == "" || derr != nil {
+	if err != nil || key == "" || derr != nil {
 		m.Term() // not flowrun's: no one can work it
-		return runner.Counts{}
+		return nil
 	}
-	delivered := int64(meta.NumDelivered)
-	if delivered > 1 {
-		w.noticeRedelivery(info, s, n, delivered)
+	p := &piece{m: m, key: key, delivered: int64(meta.NumDelivered), recs: recs, stop: make(chan struct{})}
+	if p.delivered > 1 {
+		w.noticeRedelivery(info, s, key, p.delivered)
 	}
-	var d runner.Done
-	last := info.MaxDeliver > 0 && delivered >= int64(info.MaxDeliver)
-	if last {
-		times := fmt.Sprintf("%d times", delivered-1)
-		if delivered == 2 {
+	if info.MaxDeliver > 0 && p.delivered >= int64(info.MaxDeliver) {
+		times := fmt.Sprintf("%d times", p.delivered-1)
+		if p.delivered == 2 {
 			times = "once"
 		}
-		d, err = sl.proc.Fail(ctx, recs, int(delivered-1), fmt.Errorf("delivered %s without an answer (--max-deliver %d): the worker that took it died or outlived the ack wait of %v each time", times, info.MaxDeliver, info.AckWait))
+		p.last = true
+		p.cause = fmt.Errorf("delivered %s without an answer (--max-deliver %d): the worker that took it died or outlived the ack wait of %v each time", times, info.MaxDeliver, info.AckWait)
+	}
+	p.ticking.Add(1)
+	go func() {
+		defer p.ticking.Done()
+		progress(m, info.AckWait, p.stop)
+	}()
+	return p
+}
+
+// chunks cuts the piece into the chunks slots take: a record each when
+// spread, else the whole piece.
+func (p *piece) chunks(spread bool) []chunk {
+	if !spread || p.last || len(p.recs) <= 1 {
+		p.done, p.left = make([]runner.Done, 1), 1
+		return []chunk{{p: p, hi: len(p.recs)}}
+	}
+	cs := make([]chunk, len(p.recs))
+	for i := range cs {
+		cs[i] = chunk{p: p, i: i, lo: i, hi: i + 1}
+	}
+	p.done, p.left = make([]runner.Done, len(cs)), len(cs)
+	return cs
+}
+
+// end records chunk i's results (or that it was not worked: err) and
+// says whether it was the piece's last.
+func (p *piece) end(i int, d runner.Done, err error) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.done[i] = d
+	if err != nil && p.err == nil {
+		p.err = err
+	}
+	p.left--
+	return p.left == 0
+}
+
+// result joins the chunks' results in input order: up to and with the
+// first chunk whose record failed the stage, as one slot working the
+// piece would have stopped there.
+func (p *piece) result() runner.Done {
+	if len(p.done) == 1 {
+		return p.done[0]
+	}
+	var d runner.Done
+	for _, c := range p.done {
+		d.Recs = append(d.Recs, c.Recs...)
+		d.Dead = append(d.Dead, c.Dead...)
+		n := &d.Counts
+		n.In += c.Counts.In
+		n.Out += c.Counts.Out
+		n.Errors += c.Counts.Errors
+		n.Retries += c.Counts.Retries
+		n.Skipped += c.Counts.Skipped
+		n.Dead += c.Counts.Dead
+		n.Busy += c.Counts.Busy
+		if c.Fail != nil {
+			d.Fail = c.Fail
+			break
+		}
+	}
+	return d
+}
+
+// work runs one chunk on a slot, gives the slot back, and settles the
+// piece when the chunk was its last: the slot is not held while the
+// results go to the broker.
+func (w *Worker) work(ctx context.Context, info RunInfo, s StageInfo, sl *slot, c chunk, free chan<- *slot, t *stageTally) {
+	p := c.p
+	recs := p.recs[c.lo:c.hi]
+	var d runner.Done
+	var err error
+	t.begin()
+	if p.last {
+		d, err = sl.proc.Fail(ctx, recs, int(p.delivered-1), p.cause)
 	} else {
-		stop := make(chan struct{})
-		var ticking sync.WaitGroup
-		ticking.Add(1)
-		go func() {
-			defer ticking.Done()
-			progress(m, info.AckWait, stop)
-		}()
 		d, err = sl.proc.Process(ctx, recs)
-		close(stop)
-		ticking.Wait()
 		if err == nil {
 			err = w.fitResults(ctx, sl, recs, &d, oneRecordLimit(w.nc.MaxPayload()))
 		}
 	}
-	if err != nil { // the worker is stopping: the piece goes to another
-		m.Nak()
-		return runner.Counts{}
+	t.end(runner.Counts{}) // counted once the piece is acked
+	free <- sl
+	if p.end(c.i, d, err) {
+		w.settle(ctx, info, s, p, t)
 	}
-	if err := w.publish(ctx, info, s, n, delivered, &d); err != nil {
-		m.Nak()
-		return runner.Counts{}
+}
+
+// settle publishes a piece's results (in parts under the broker's message
+// size) and acks the piece once the broker acked every part; a piece not
+// worked whole (the worker is stopping) goes to another worker. A piece
+// delivered for the last time (MaxDeliver) was not run again: the workers
+// it was given to died or stalled on it each time, so its records failed
+// as the stage's on_error says, and it is Termed.
+func (w *Worker) settle(ctx context.Context, info RunInfo, s StageInfo, p *piece, t *stageTally) {
+	defer func() {
+		close(p.stop)
+		p.ticking.Wait()
+	}()
+	if p.err != nil {
+		p.m.Nak()
+		return
 	}
-	if last {
-		m.Term()
-		return d.Counts
+	d := p.result()
+	if err := w.publish(ctx, info, s, p.key, p.delivered, &d); err != nil {
+		p.m.Nak()
+		return
 	}
-	m.Ack()
-	return d.Counts
+	// What it did counts now: none for a piece given back.
+	t.begin()
+	t.end(d.Counts)
+	if p.last {
+		p.m.Term()
+		return
+	}
+	p.m.Ack()
 }
 
 // noticeRedelivery tells the run that this is a delivery of piece n

@@ -1,0 +1,261 @@
+package transport
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/flowrun/flowrun/runner"
+	"github.com/flowrun/flowrun/spec"
+	_ "github.com/flowrun/flowrun/stages/all"
+)
+
+func testPipeline(t *testing.T, yaml string) *spec.Pipeline {
+	t.Helper()
+	p, err := spec.Parse("p.yaml", []byte(yaml), spec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func testBroker(t *testing.T) *Server {
+	t.Helper()
+	srv, err := StartEmbedded(context.Background(), EmbeddedOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	return srv
+}
+
+// TestPieceSpreadOverIdleSlots: the records of one piece of a stage that
+// takes one record at a time are worked at once by the worker's idle
+// slots, not one after another by one of them. Each record here waits
+// (10 s at most) until all four are being worked.
+func TestPieceSpreadOverIdleSlots(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	srv := testBroker(t)
+	nc, err := Dial(context.Background(), srv.URL(), DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	dir := t.TempDir()
+	started := filepath.Join(dir, "started")
+	os.Mkdir(started, 0o755)
+	script := filepath.Join(dir, "barrier.sh")
+	os.WriteFile(script, []byte(`r=$(cat)
+touch "`+started+`/$r"
+i=0
+while [ "$(ls "`+started+`" | wc -l)" -lt 4 ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+if [ "$(ls "`+started+`" | wc -l)" -ge 4 ]; then echo "$r"; else echo "alone $r"; fi
+`), 0o644)
+	p := testPipeline(t, "name: spread\nstages:\n  - name: barrier\n    use: exec\n    with: {command: [sh, "+script+"], mode: per-record}\n    workers: 4\n")
+	run, err := NewRun(nc, p, RunOptions{RunID: "spread"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	queues, err := run.Open(ctx, p.Stages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewWorker(nc, p, WorkerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	wctx, stop := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- w.Serve(wctx) }()
+
+	q := queues["barrier"]
+	var recs []runner.Record
+	for i := 1; i <= 4; i++ {
+		recs = append(recs, runner.Record{Seq: uint64(i), Data: []byte("r" + strconv.Itoa(i))})
+	}
+	if err := q.Send(ctx, runner.Work{N: 1, Recs: recs}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := q.Next(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Ack()
+	var got []string
+	for _, r := range d.Recs {
+		got = append(got, string(r.Data))
+	}
+	if want := []string{"r1", "r2", "r3", "r4"}; d.N != 1 || !slices.Equal(got, want) || d.Counts.In != 4 || d.Counts.Out != 4 {
+		t.Errorf("piece %d: %q, counts %+v; want %q, 4 in and out, worked at once", d.N, got, d.Counts, want)
+	}
+	stop()
+	if err := <-served; err != nil {
+		t.Error(err)
+	}
+	if err := run.Close(context.Background()); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestWaitingStagePiecesGather: once its first results say how long a
+// record takes, the pieces of a stage that takes one record at a time
+// carry several records (before, each was a piece of its own, and cost
+// its messages through the broker); the output is the input, in order.
+func TestWaitingStagePiecesGather(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	srv := testBroker(t)
+	nc, err := Dial(context.Background(), srv.URL(), DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	dir := t.TempDir()
+	const n = 600
+	var in strings.Builder
+	for i := 1; i <= n; i++ {
+		in.WriteString(strconv.Itoa(i) + "\n")
+	}
+	os.WriteFile(filepath.Join(dir, "in.txt"), []byte(in.String()), 0o644)
+	out := filepath.Join(dir, "out.txt")
+	p := testPipeline(t, "name: gather\nordered: true\ninput: {from: "+filepath.Join(dir, "in.txt")+"}\noutput: {to: "+out+"}\nstages:\n  - name: wait\n    use: sleep\n    with: {duration: 2ms}\n    workers: 4\n")
+	run, err := NewRun(nc, p, RunOptions{RunID: "gather", LocalWorkers: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := runner.Run(context.Background(), p, runner.Options{Remote: run})
+	if err != nil {
+		run.Close(context.Background())
+		t.Fatal(err)
+	}
+	var pieces uint64
+	if stream, err := run.js.Stream(context.Background(), run.Stream()); err == nil {
+		if c, err := stream.Consumer(context.Background(), run.info.Stages[0].Consumer); err == nil {
+			if info, err := c.Info(context.Background()); err == nil {
+				pieces = info.Delivered.Consumer
+			}
+		}
+	}
+	if err := run.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(out); string(got) != in.String() {
+		t.Errorf("output is not the input in order: %d bytes of %d", len(got), in.Len())
+	}
+	if st := sum.Stages[0]; st.In != n || st.Out != n {
+		t.Errorf("stage counts %+v: want %d in and out", st, n)
+	}
+	if pieces == 0 || pieces > n/2 {
+		t.Errorf("%d pieces delivered for %d records: want them gathered, fewer than %d", pieces, n, n/2)
+	}
+}
+
+// TestResumedRunCutsAlike: a resumed run cuts its pieces where the
+// pieces the dead run left begin and end, so that they are known again
+// (keys as Flowrun-Piece has them, with the marks of a piece of the same
+// records again).
+func TestResumedRunCutsAlike(t *testing.T) {
+	q := &stageQueue{cuts: cutsOf(map[string]bool{"3-5": true, "1-1": true, "9-12#40": true, "7-7~1": true, "x": true})}
+	tests := []struct {
+		seq, hi uint64
+		whole   bool
+	}{
+		{1, 1, true},
+		{2, 2, false},
+		{3, 5, true},
+		{4, 6, false},
+		{6, 6, false},
+		{7, 7, true},
+		{8, 8, false},
+		{9, 12, true},
+		{13, 0, false},
+	}
+	for _, tt := range tests {
+		if hi, whole := q.Cut(tt.seq); hi != tt.hi || whole != tt.whole {
+			t.Errorf("Cut(%d) = %d, %v; want %d, %v", tt.seq, hi, whole, tt.hi, tt.whole)
+		}
+	}
+}
+
+// TestResumedRunTakesUpLeftPieces: a run resumed over the stream of a
+// dead one that queued a piece per record takes each of them up, even
+// once its own pieces would gather several records: it sends none again,
+// and none is worked twice.
+func TestResumedRunTakesUpLeftPieces(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	srv := testBroker(t)
+	nc, err := Dial(context.Background(), srv.URL(), DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	dir := t.TempDir()
+	const n = 480 // fewer than a stage's pieces on the broker at once (inFlight)
+	var in strings.Builder
+	var recs []runner.Record
+	for i := 1; i <= n; i++ {
+		in.WriteString(strconv.Itoa(i) + "\n")
+		recs = append(recs, runner.Record{Seq: uint64(i), Data: []byte(strconv.Itoa(i))})
+	}
+	os.WriteFile(filepath.Join(dir, "in.txt"), []byte(in.String()), 0o644)
+	out := filepath.Join(dir, "out.txt")
+	p := testPipeline(t, "name: resumed\nordered: true\ninput: {from: "+filepath.Join(dir, "in.txt")+"}\noutput: {to: "+out+"}\nstages:\n  - name: wait\n    use: sleep\n    with: {duration: 1ms}\n    workers: 4\n")
+
+	// The dead run: a piece per record queued, none worked.
+	dead, err := NewRun(nc, p, RunOptions{RunID: "resumed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	queues, err := dead.Open(ctx, p.Stages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range recs {
+		if err := queues["wait"].Send(ctx, runner.Work{N: uint64(i + 1), Recs: recs[i : i+1]}); err != nil {
+			dead.Close(ctx)
+			t.Fatal(err)
+		}
+	}
+	dead.KeepStream()
+	if err := dead.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	run, err := NewRun(nc, p, RunOptions{RunID: "resumed", Resume: true, LocalWorkers: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = runner.Run(ctx, p, runner.Options{Remote: run})
+	if err != nil {
+		run.Close(context.Background())
+		t.Fatal(err)
+	}
+	delivered := uint64(0)
+	if stream, err := run.js.Stream(ctx, run.Stream()); err == nil {
+		if c, err := stream.Consumer(ctx, run.info.Stages[0].Consumer); err == nil {
+			if info, err := c.Info(ctx); err == nil {
+				delivered = info.Delivered.Consumer
+			}
+		}
+	}
+	if err := run.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(out); string(got) != in.String() {
+		t.Errorf("output is not the input in order: %d bytes of %d", len(got), in.Len())
+	}
+	if delivered != n {
+		t.Errorf("%d pieces delivered: want the %d the dead run left, each once, and none sent again", delivered, n)
+	}
+}
