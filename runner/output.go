@@ -10,7 +10,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/flowrun/flowrun/connect"
 	"github.com/flowrun/flowrun/connect/file"
 )
 
@@ -212,7 +211,7 @@ func (r *run) retryFrom(f *os.File) error {
 // write drains the last queue into the sink, in input order when the
 // pipeline is ordered. It writes when the buffer is full or when no batch
 // is waiting, so a lone record is never held back for company.
-func (r *run) write(ctx context.Context, in <-chan batch, s connect.FileSink) error {
+func (r *run) write(ctx context.Context, in <-chan batch, s *file.Sink) error {
 	// unclaimed: the output ends with pieces of a stages.Drainer that
 	// claim no input record yet (a sort's merge), so it is not "exactly
 	// the records up to ro.next-1" and no journal entry may say so.
