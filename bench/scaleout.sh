@@ -206,24 +206,30 @@ row "the same, 3 worker processes: speed-up over 1" "$m_io3 s" "${s3}x" ">= 2.6x
 
 # --- CPU-bound: 1 and 2 worker processes of 1 worker each ------------------------
 
+# W6 as it is (1000 rounds, ~0.1 ms a record: the run's fixed cost on a
+# broker, ~0.3 s, is most of the time), and with 20 times the rounds, so
+# that the work is most of it and the ratio says what a second core buys.
 CPU=$DIR/cpu-$N_CPU.txt
 seq 1 "$N_CPU" >"$CPU"
 W6=bench/pipelines/w6.yaml
-declare -a t_c1 t_c2
-for k in 1 2; do
-	workers "$k" "$W6"
-	for ((r = 0; r < RUNS; r++)); do
-		v=$(timed "cpu.$k" "$CPU" "${FLOW[@]}" "${BROKER[@]}" "$W6")
-		case $k in 1) t_c1+=("$v") ;; 2) t_c2+=("$v") ;; esac
+for rounds in 1000 20000; do
+	SET=(--set "stages.sha.with.rounds=$rounds")
+	declare -a t_c1=() t_c2=()
+	for k in 1 2; do
+		workers "$k" "$W6" "${SET[@]}"
+		for ((r = 0; r < RUNS; r++)); do
+			v=$(timed "cpu.$k" "$CPU" "${FLOW[@]}" "${BROKER[@]}" "${SET[@]}" "$W6")
+			case $k in 1) t_c1+=("$v") ;; 2) t_c2+=("$v") ;; esac
+		done
+		stop_workers
 	done
-	stop_workers
+	same cpu.1 cpu.2
+	m_c1=$(printf '%s\n' "${t_c1[@]}" | median)
+	m_c2=$(printf '%s\n' "${t_c2[@]}" | median)
+	sc=$(ratio "$m_c1" "$m_c2")
+	row "sha256 x$rounds (W6), $N_CPU records, 1 worker process of 1 worker" "$m_c1 s" "" "" ""
+	row "the same, 2 worker processes: speed-up over 1 (2 cores)" "$m_c2 s" "${sc}x" ">= 1.7x" "$(meets "$sc" ">=" 1.7)"
 done
-same cpu.1 cpu.2
-m_c1=$(printf '%s\n' "${t_c1[@]}" | median)
-m_c2=$(printf '%s\n' "${t_c2[@]}" | median)
-sc=$(ratio "$m_c1" "$m_c2")
-row "sha256 x1000 (W6), $N_CPU records, 1 worker process of 1 worker" "$m_c1 s" "" "" ""
-row "the same, 2 worker processes: speed-up over 1 (2 cores)" "$m_c2 s" "${sc}x" ">= 1.7x" "$(meets "$sc" ">=" 1.7)"
 
 # --- latency: one record through two stages, pipe open ----------------------------
 
