@@ -82,20 +82,28 @@
 // # Origin and duplicates
 //
 // Every message carries its origin in headers: Flowrun-Run (the run id),
-// Flowrun-Stage, Flowrun-Piece (the piece's first and last input record,
+// Flowrun-Stage, Flowrun-Piece (what the piece holds: its first and last
+// input record and a hash of its records' numbers and bytes, lo-hi~hash,
 // which names it across a resume), Flowrun-Seq (the input records a
-// message holds, lo-hi; each record's own number is in the body), Flowrun-Part (k/n of a piece's results) and
-// Flowrun-Attempt (the delivery they answer). Nats-Msg-Id is made of the
-// run, the consumer, the run process's incarnation and its count of
-// pieces, and for results the piece, the part and the delivery, so a piece or a result published again (a publish retried
-// after a lost ack, a run or a worker that reconnected) is kept once by
-// JetStream. The results of two deliveries of one piece (a worker that
-// died between publishing and acking, or outlived its ack wait) both
-// reach the run: it takes the first and acks the other; the parts of one
-// delivery are never mixed with another's. A worker that starts a
-// delivery after the first says so at once (a Flowrun-Notice message on
-// the stage's Out subject), which the run counts as a redelivery in its
-// summary whether or not those results ever come.
+// message holds, lo-hi; each record's own number is in the body), and on
+// results Flowrun-Part (k/n of a piece's results), Flowrun-Msg (the
+// stream sequence of the piece's message they answer) and
+// Flowrun-Attempt (its delivery). Nats-Msg-Id is made of the run, the
+// consumer, the run process's incarnation and its count of pieces, and
+// for results of the piece's message, the part and the delivery, so a
+// piece or a result published again (a publish retried after a lost ack,
+// a run or a worker that reconnected) is kept once by JetStream, while
+// the answer to a piece a resumed run sends again (another message, of
+// another sequence) is never taken by the broker for a copy of the dead
+// run's answer to the same records, and dropped (it was, within the
+// duplicate window of 2 minutes, and the resumed run waited for ever).
+// The results of two deliveries of one piece (a worker that died between
+// publishing and acking, or outlived its ack wait) both reach the run:
+// it takes the first and acks the other; the parts of one delivery are
+// never mixed with another's. A worker that starts a delivery after the
+// first says so at once (a Flowrun-Notice message on the stage's Out
+// subject), which the run counts as a redelivery in its summary whether
+// or not those results ever come.
 //
 // # Accounting and the end of a run
 //
@@ -110,19 +118,29 @@
 //
 // A journaled run's id comes from its journal, and a run that did not
 // finish leaves its stream (and, embedded, the server's store beside the
-// journal). `--resume` reads the stream first: the pieces still queued,
-// or answered with results the dead process never took, are known by
-// their Flowrun-Piece. As the resumed run reads its input again from
-// where the journal says the output is whole, a piece it would send that
-// is among them is not sent: its results come (the dead run's consumer
-// of results is made anew, so that what it had taken unacked comes again
-// at once). The resumed run cuts its pieces where those begin and end
-// (runner.Cutter: a piece that starts where one was left waits for its
-// records up to that one's last, another stops short of the next one
-// left), since the pieces it gathers would otherwise not be known as
-// theirs, and their records would be worked twice. Pieces of the records
-// before the journal's mark are worked and dropped, as is a cheap stage's
-// batch that straddles a piece left.
+// journal). Workers that outlive the dead process go on: they finish the
+// pieces in their hands and take those still queued, and their results
+// wait in the stream. `--resume` reads the stream first: the pieces
+// still queued (or in a worker's hands), and those answered by every
+// part of one delivery's results that the dead process never took
+// (acked), are known by their Flowrun-Piece. As the resumed run reads its
+// input again from where the journal says the output is whole, a piece
+// it would send that holds the very same records as one of them is not
+// sent: its results come, or came (the dead run's consumer of results is
+// made anew, so that what it had taken unacked comes again at once). The
+// resumed run cuts its pieces where those begin and end (runner.Cutter:
+// a piece that starts where one was left waits for its records up to
+// that one's last, another stops short of the next one left), since the
+// pieces it gathers would otherwise not be known as theirs. Any other
+// piece is sent, and worked, again: one whose results the dead run had
+// taken, and one of the same range but other records (a cheap stage
+// gathers the batches at hand; such a piece must not take the dead run's
+// results: it lost records when it did, hence the hash in the key). The
+// results nothing takes (records before the journal's mark, pieces cut
+// otherwise) are never acked, and go with the stream at the run's end; a
+// resume of a run whose journal says it finished deletes what it left.
+// Into a stage this is at least once; into the output, written from the
+// journal's mark in input order, exactly once.
 //
 // # Versions
 //

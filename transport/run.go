@@ -3,6 +3,8 @@ package transport
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,6 +40,12 @@ const (
 	// resultsAckWait is for the run's own consumer of results: it acks
 	// once the next stage took them, which backpressure may delay.
 	resultsAckWait = 5 * time.Minute
+	// resultsPending bounds the results the run holds unacked: those of
+	// the pieces in flight, and those that dead runs of a resumed run left
+	// (kept until the resumed run sends the same piece, which it may
+	// never do: it cuts its pieces anew), however many times it was
+	// killed.
+	resultsPending = 64 * inFlight
 )
 
 // RunOptions say how a run uses the broker.
@@ -78,6 +86,7 @@ type Run struct {
 	stop   context.CancelFunc
 	watch  jetstream.KeyWatcher // the workers' presence
 	keep   bool                 // Close leaves the stream
+	opened bool                 // Open was called
 	done   sync.WaitGroup
 
 	joined  atomic.Int64 // workers that joined the run
@@ -121,6 +130,7 @@ func (r *Run) Stream() string { return r.info.Stream }
 // results for the run; says in the runs bucket that the run is active,
 // for workers to join; and starts the local workers.
 func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.StageQueue, error) {
+	r.opened = true
 	host, _ := os.Hostname()
 	r.info = newRunInfo(r.p, r.opts.RunID, r.opts.Version, remote)
 	r.info.Host = host + ":" + strconv.Itoa(os.Getpid())
@@ -169,7 +179,7 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 		}
 		rc, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 			Durable: s.Results, FilterSubject: s.Out, AckPolicy: jetstream.AckExplicitPolicy,
-			AckWait: resultsAckWait, MaxAckPending: 8 * inFlight,
+			AckWait: resultsAckWait, MaxAckPending: resultsPending,
 			Description: fmt.Sprintf("stage %q: its results, for the run", s.Name),
 		})
 		if err != nil {
@@ -299,11 +309,22 @@ func (r *Run) leftover(ctx context.Context) (map[string]map[string]bool, error) 
 	case !r.opts.Resume:
 		return nil, fmt.Errorf("run %s is on the broker already: --resume continues it, or give another --run-id", r.opts.RunID)
 	}
-	bySubject := map[string]string{}
+	bySubject, outs := map[string]string{}, map[string]bool{}
 	for _, s := range r.info.Stages {
 		bySubject[s.In], bySubject[s.Out] = s.Name, s.Name
+		outs[s.Out] = true
 	}
 	left := map[string]map[string]bool{}
+	mark := func(name, key string) {
+		if left[name] == nil {
+			left[name] = map[string]bool{}
+		}
+		left[name][key] = true
+	}
+	// A piece is answered once every part of one delivery's results is
+	// there: the dead run may have acked (removed) some parts of results
+	// it took before it died, and the rest would never make them whole.
+	parts := map[attempt]map[int]bool{}
 	defer func() {
 		n := 0
 		for _, keys := range left {
@@ -334,11 +355,25 @@ func (r *Run) leftover(ctx context.Context) (map[string]map[string]bool, error) 
 				return nil, err
 			}
 			name, ok := bySubject[m.Subject]
-			if key := m.Header.Get(hdrPiece); ok && key != "" && m.Header.Get(hdrNotice) == "" {
-				if left[name] == nil {
-					left[name] = map[string]bool{}
-				}
-				left[name][key] = true
+			key := m.Header.Get(hdrPiece)
+			if !ok || key == "" || m.Header.Get(hdrNotice) != "" {
+				continue
+			}
+			if !outs[m.Subject] {
+				mark(name, key) // queued, or in a worker's hands
+				continue
+			}
+			k, n, err := part(m.Header)
+			if err != nil {
+				continue
+			}
+			delivered, _ := strconv.ParseInt(m.Header.Get(hdrAttempt), 10, 64)
+			at := attempt{name + "\x00" + key, m.Header.Get(hdrMsg), delivered}
+			if parts[at] == nil {
+				parts[at] = map[int]bool{}
+			}
+			if parts[at][k] = true; len(parts[at]) == n {
+				mark(name, key)
 			}
 		}
 		from = info.State.LastSeq + 1
@@ -398,6 +433,13 @@ func (r *Run) Close(ctx context.Context) error {
 	for _, q := range queues {
 		q.close()
 	}
+	if !r.opened && r.opts.Resume && !r.keep {
+		// A resume that found the run finished (its journal said so: the
+		// process died after its output was whole) opens nothing, but
+		// what the dead process left on the broker must go, or workers
+		// would serve it for ever.
+		return r.forget(ctx)
+	}
 	if r.kv == nil || r.keep {
 		return nil // a kept run stays active: workers work what is queued
 	}
@@ -415,6 +457,34 @@ func (r *Run) Close(ctx context.Context) error {
 	}
 	if derr := r.js.DeleteStream(ctx, r.info.Stream); err == nil && derr != nil && !errors.Is(derr, jetstream.ErrStreamNotFound) {
 		err = derr
+	}
+	if err != nil {
+		return fmt.Errorf("broker %s: end run %s: %w", r.nc.ConnectedUrlRedacted(), r.opts.RunID, err)
+	}
+	return nil
+}
+
+// forget deletes what a run of this id left on the broker: its stream,
+// its entry in the runs bucket and its workers' under it.
+func (r *Run) forget(ctx context.Context) error {
+	name := "FLOWRUN_" + token(r.p.Name) + "_" + token(r.opts.RunID)
+	err := r.js.DeleteStream(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		err = nil
+	}
+	kv, kerr := r.js.KeyValue(ctx, runsBucket)
+	if kerr == nil {
+		key := runKey(r.p.Name, r.opts.RunID)
+		if keys, lerr := kv.ListKeysFiltered(ctx, key+".w.*"); lerr == nil {
+			for k := range keys.Keys() {
+				kv.Purge(ctx, k)
+			}
+		}
+		if perr := kv.Purge(ctx, key); err == nil {
+			err = perr
+		}
+	} else if !errors.Is(kerr, jetstream.ErrBucketNotFound) && err == nil {
+		err = kerr
 	}
 	if err != nil {
 		return fmt.Errorf("broker %s: end run %s: %w", r.nc.ConnectedUrlRedacted(), r.opts.RunID, err)
@@ -448,10 +518,8 @@ type stageQueue struct {
 	ready       []runner.Done          // stashed results of pieces now sent
 	wake        chan struct{}          // Next has ready results
 	partial     map[attempt]*assembly  // results in several parts, as they come
-	lastKey     string                 // the key of the last piece sent, and how many had it
-	lastCount   int
-	cuts        []cut // the ranges of the pieces in left, by first record (set before the run starts)
-	err         error // a publish that failed for good
+	cuts        []cut                  // the ranges of the pieces in left, by first record (set before the run starts)
+	err         error                  // a publish that failed for good
 
 	futures   chan sent
 	checked   chan struct{}
@@ -470,6 +538,7 @@ type sent struct {
 // random).
 type attempt struct {
 	key       string
+	msg       string // the piece's message (hdrMsg)
 	delivered int64
 }
 
@@ -491,17 +560,15 @@ func newStageQueue(r *Run, s StageInfo, maxBytes int) *stageQueue {
 	return q
 }
 
-// pieceKey names a piece by its first and last input record; pieces of
-// the same records (after a sort, all numbered alike) are told apart by
-// their order.
-func (q *stageQueue) pieceKey(recs []runner.Record) string {
-	key := seqRange(recs)
-	if key == q.lastKey {
-		q.lastCount++
-		return key + "~" + strconv.Itoa(q.lastCount)
-	}
-	q.lastKey, q.lastCount = key, 0
-	return key
+// pieceKey names a piece by what it holds: its first and last input
+// record, and a hash of its encoded records (their numbers and bytes).
+// Only a piece of the very same records may take the results a dead run
+// left: the batches a cheap stage gathers are cut by what is at hand, so
+// that a resumed run's piece of the same range may hold other records
+// (it lost them when it took the dead run's results for its own).
+func pieceKey(recs []runner.Record, data []byte) string {
+	sum := sha256.Sum256(data)
+	return seqRange(recs) + "~" + hex.EncodeToString(sum[:12])
 }
 
 func (q *stageQueue) MaxBytes() int { return q.maxBytes }
@@ -546,11 +613,12 @@ func (q *stageQueue) Send(ctx context.Context, w runner.Work) error {
 	case <-ctx.Done():
 		return context.Cause(ctx)
 	}
+	data := appendRecords(make([]byte, 0, 64+len(w.Recs)*8), w.Recs)
+	key := pieceKey(w.Recs, data)
 	q.mu.Lock()
 	err := q.err
-	key := q.pieceKey(w.Recs)
 	if _, dup := q.outstanding[key]; dup {
-		key += "#" + strconv.FormatUint(w.N, 10) // not one a dead run could have left
+		key += "#" + strconv.FormatUint(w.N, 10) // the same records twice at once: not one a dead run could have left
 	}
 	q.outstanding[key] = w.N
 	left := q.left[key]
@@ -577,7 +645,7 @@ func (q *stageQueue) Send(ctx context.Context, w runner.Work) error {
 	msg.Header.Set(hdrStage, q.info.Name)
 	msg.Header.Set(hdrPiece, key)
 	msg.Header.Set(hdrSeq, seqRange(w.Recs))
-	msg.Data = appendRecords(make([]byte, 0, 64+len(w.Recs)*8), w.Recs)
+	msg.Data = data
 	id := r.opts.RunID + "." + q.info.Consumer + "." + q.incarnation + "." + strconv.FormatUint(w.N, 10)
 	f, err := r.js.PublishMsgAsync(msg, jetstream.WithMsgID(id))
 	if err != nil {
@@ -715,7 +783,7 @@ func (q *stageQueue) take(m jetstream.Msg) (d runner.Done, ok bool, err error) {
 		return d, false, nil
 	}
 	delivered, _ := strconv.ParseInt(m.Headers().Get(hdrAttempt), 10, 64)
-	at := attempt{key, delivered}
+	at := attempt{key, m.Headers().Get(hdrMsg), delivered}
 	a := q.partial[at]
 	if a == nil {
 		a = &assembly{n: parts, parts: map[int][]runner.Record{}, dead: map[int][]runner.Dead{}}

@@ -21,11 +21,15 @@ import (
 const (
 	hdrRun     = "Flowrun-Run"     // the run id
 	hdrStage   = "Flowrun-Stage"   // the stage's name
-	hdrPiece   = "Flowrun-Piece"   // the piece: its first and last input record, lo-hi (~k for the k+1-th of the same)
+	hdrPiece   = "Flowrun-Piece"   // the piece: its first and last input record and a hash of what it holds, lo-hi~hash
 	hdrSeq     = "Flowrun-Seq"     // the input records it holds: "lo-hi"
 	hdrPart    = "Flowrun-Part"    // results: part k of n of a piece's results, "k/n"
 	hdrAttempt = "Flowrun-Attempt" // results: the delivery of the piece they answer, from 1
 	hdrWorker  = "Flowrun-Worker"  // results: the worker that made them, host:pid (Host)
+	// hdrMsg is, on results, the stream sequence of the piece's message
+	// they answer: a piece sent again (by a resumed run) is another
+	// message, whose results must not be taken for a copy of the first's.
+	hdrMsg = "Flowrun-Msg"
 	// hdrNotice marks a message on a stage's Out subject that is not
 	// results: "redelivered" says a worker started a delivery of a piece
 	// after its first, which the run counts however it ends.

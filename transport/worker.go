@@ -378,6 +378,7 @@ func (w *Worker) serveStage(ctx context.Context, info RunInfo, s StageInfo, free
 type piece struct {
 	m         jetstream.Msg
 	key       string // Flowrun-Piece
+	seq       uint64 // its stream sequence: its results' ids (Flowrun-Msg)
 	delivered int64
 	recs      []runner.Record
 	// last is a delivery MaxDeliver-th: the records are failed, not
@@ -411,9 +412,9 @@ func (w *Worker) hold(info RunInfo, s StageInfo, m jetstream.Msg) *piece {
 		m.Term() // not flowrun's: no one can work it
 		return nil
 	}
-	p := &piece{m: m, key: key, delivered: int64(meta.NumDelivered), recs: recs, stop: make(chan struct{})}
+	p := &piece{m: m, key: key, seq: meta.Sequence.Stream, delivered: int64(meta.NumDelivered), recs: recs, stop: make(chan struct{})}
 	if p.delivered > 1 {
-		w.noticeRedelivery(info, s, key, p.delivered)
+		w.noticeRedelivery(info, s, key, p.seq, p.delivered)
 	}
 	if info.MaxDeliver > 0 && p.delivered >= int64(info.MaxDeliver) {
 		times := fmt.Sprintf("%d times", p.delivered-1)
@@ -526,7 +527,7 @@ func (w *Worker) settle(ctx context.Context, info RunInfo, s StageInfo, p *piece
 		return
 	}
 	d := p.result()
-	if err := w.publish(ctx, info, s, p.key, p.delivered, &d); err != nil {
+	if err := w.publish(ctx, info, s, p.key, p.seq, p.delivered, &d); err != nil {
 		p.m.Nak()
 		return
 	}
@@ -543,14 +544,15 @@ func (w *Worker) settle(ctx context.Context, info RunInfo, s StageInfo, p *piece
 // noticeRedelivery tells the run that this is a delivery of piece n
 // after its first, as it starts: its results may never reach the run
 // (the first delivery's came first, or it dies too), the notice does.
-func (w *Worker) noticeRedelivery(info RunInfo, s StageInfo, n string, delivered int64) {
+func (w *Worker) noticeRedelivery(info RunInfo, s StageInfo, n string, seq uint64, delivered int64) {
 	msg := nats.NewMsg(s.Out)
 	msg.Header.Set(hdrRun, info.Run)
 	msg.Header.Set(hdrStage, s.Name)
 	msg.Header.Set(hdrPiece, n)
+	msg.Header.Set(hdrMsg, strconv.FormatUint(seq, 10))
 	msg.Header.Set(hdrAttempt, strconv.FormatInt(delivered, 10))
 	msg.Header.Set(hdrNotice, "redelivered")
-	w.js.PublishMsgAsync(msg, jetstream.WithMsgID(info.Run+"."+s.Results+"."+n+".redelivered."+strconv.FormatInt(delivered, 10)))
+	w.js.PublishMsgAsync(msg, jetstream.WithMsgID(info.Run+"."+s.Results+"."+strconv.FormatUint(seq, 10)+".redelivered."+strconv.FormatInt(delivered, 10)))
 }
 
 // progress tells the broker that a piece is still being worked, a few
@@ -570,10 +572,11 @@ func progress(m jetstream.Msg, ackWait time.Duration, stop <-chan struct{}) {
 }
 
 // publish sends a piece's results and waits for the broker's acks. Their
-// ids are the piece's and the part's, so that the results of a piece
-// worked twice (a worker that died after publishing, before acking) are
-// kept once.
-func (w *Worker) publish(ctx context.Context, info RunInfo, s StageInfo, n string, delivered int64, d *runner.Done) error {
+// ids are those of the piece's message (its stream sequence), the part
+// and the delivery: a publish retried is kept once, while the results of
+// another delivery, or of the same records sent again in another message
+// (a resumed run's), are not taken for copies and dropped by the broker.
+func (w *Worker) publish(ctx context.Context, info RunInfo, s StageInfo, n string, seq uint64, delivered int64, d *runner.Done) error {
 	parts := splitResults(d, recordLimit(w.nc.MaxPayload()))
 	futures := make([]jetstream.PubAckFuture, 0, len(parts))
 	for k, p := range parts {
@@ -583,6 +586,7 @@ func (w *Worker) publish(ctx context.Context, info RunInfo, s StageInfo, n strin
 		msg.Header.Set(hdrStage, s.Name)
 		msg.Header.Set(hdrPiece, n)
 		msg.Header.Set(hdrPart, strconv.Itoa(k+1)+"/"+strconv.Itoa(len(parts)))
+		msg.Header.Set(hdrMsg, strconv.FormatUint(seq, 10))
 		msg.Header.Set(hdrAttempt, strconv.FormatInt(delivered, 10))
 		msg.Header.Set(hdrSeq, seqRange(recs))
 		msg.Header.Set(hdrWorker, w.host)
@@ -594,7 +598,7 @@ func (w *Worker) publish(ctx context.Context, info RunInfo, s StageInfo, n strin
 		// The id is the delivery's too: the results of a piece worked
 		// again reach the run, which takes the first and counts the
 		// redelivery of the other.
-		id := info.Run + "." + s.Results + "." + n + "." + strconv.Itoa(k+1) + "." + strconv.FormatInt(delivered, 10)
+		id := info.Run + "." + s.Results + "." + strconv.FormatUint(seq, 10) + "." + strconv.Itoa(k+1) + "." + strconv.FormatInt(delivered, 10)
 		f, err := w.js.PublishMsgAsync(msg, jetstream.WithMsgID(id))
 		if err != nil {
 			return err
