@@ -142,21 +142,21 @@ func (w *Worker) logf(format string, args ...any) {
 // flowrun or of a different pipeline is refused, with a line in the log
 // and a note in the run's entry for the run to show.
 func (w *Worker) Serve(ctx context.Context) error {
-	kv, err := runsKV(ctx, w.js)
+	kv, watch, err := w.watchRuns(ctx)
 	if err != nil {
-		return fmt.Errorf("broker %s: runs bucket: %w", w.nc.ConnectedUrlRedacted(), err)
+		return err
 	}
-	watch, err := kv.Watch(ctx, token(w.p.Name)+".*")
-	if err != nil {
-		return fmt.Errorf("broker %s: watch runs: %w", w.nc.ConnectedUrlRedacted(), err)
-	}
-	defer watch.Stop()
+	defer func() {
+		if watch != nil {
+			watch.Stop()
+		}
+	}()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	joined := map[string]context.CancelFunc{}
+	joined := map[string]joinedRun{}
 	defer func() {
-		for _, stop := range joined {
-			stop()
+		for _, j := range joined {
+			j.stop()
 		}
 	}()
 	refused := map[string]bool{}
@@ -172,7 +172,15 @@ func (w *Worker) Serve(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("broker %s: the watch of runs ended", w.nc.ConnectedUrlRedacted())
+			// The runs bucket is gone under the watch: a broker restarted
+			// on an empty store (or the bucket deleted). Watch it anew, for
+			// the runs that start from now on: a worker outlives that too.
+			w.logf("broker %s: the runs on it are gone (restarted on an empty store?); waiting for new runs", w.nc.ConnectedUrlRedacted())
+			watch.Stop()
+			if kv, watch, err = w.rewatchRuns(ctx); err != nil {
+				return nil // ctx is done
+			}
+			continue
 		}
 		if e == nil {
 			continue // the end of the runs there were
@@ -180,14 +188,23 @@ func (w *Worker) Serve(ctx context.Context) error {
 		key := e.Key()
 		var info RunInfo
 		if e.Operation() != jetstream.KeyValuePut || json.Unmarshal(e.Value(), &info) != nil || info.State != stateActive {
-			if stop, ok := joined[key]; ok {
-				stop()
+			if j, ok := joined[key]; ok {
+				j.stop()
 				delete(joined, key)
 				w.logf("run %s is over", strings.TrimPrefix(key, token(w.p.Name)+"."))
 			}
 			continue
 		}
-		if _, ok := joined[key]; ok || refused[key] {
+		if j, ok := joined[key]; ok {
+			select {
+			case <-j.done: // its stream went (a broker that lost it): join it again
+				j.stop()
+				delete(joined, key)
+			default:
+				continue
+			}
+		}
+		if refused[key] {
 			continue
 		}
 		if why := compatible(info, w.opts.Version, w.hash); why != "" {
@@ -197,15 +214,54 @@ func (w *Worker) Serve(ctx context.Context) error {
 			continue
 		}
 		rctx, stop := context.WithCancel(ctx)
-		joined[key] = stop
+		done := make(chan struct{})
+		joined[key] = joinedRun{stop: stop, done: done}
 		names := w.stageNames(info)
 		w.logf("joined run %s of pipeline %q (from %s): stages %s", info.Run, info.Pipeline, info.Host, strings.Join(names, ", "))
 		w.announce(ctx, kv, info, Presence{Stages: names})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer close(done)
 			w.serveRun(rctx, info)
 		}()
+	}
+}
+
+// joinedRun is a run a worker serves: stop ends it, done is closed when
+// the worker stopped serving it.
+type joinedRun struct {
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// watchRuns opens the runs bucket (making it if the broker has none) and
+// watches the runs of the worker's pipeline.
+func (w *Worker) watchRuns(ctx context.Context) (jetstream.KeyValue, jetstream.KeyWatcher, error) {
+	kv, err := runsKV(ctx, w.js)
+	if err != nil {
+		return nil, nil, fmt.Errorf("broker %s: runs bucket: %w", w.nc.ConnectedUrlRedacted(), err)
+	}
+	watch, err := kv.Watch(ctx, token(w.p.Name)+".*")
+	if err != nil {
+		return nil, nil, fmt.Errorf("broker %s: watch runs: %w", w.nc.ConnectedUrlRedacted(), err)
+	}
+	return kv, watch, nil
+}
+
+// rewatchRuns is watchRuns tried again every second until it works or
+// ctx is done (its error then).
+func (w *Worker) rewatchRuns(ctx context.Context) (jetstream.KeyValue, jetstream.KeyWatcher, error) {
+	for {
+		kv, watch, err := w.watchRuns(ctx)
+		if err == nil {
+			return kv, watch, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
 	}
 }
 
