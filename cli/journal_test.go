@@ -188,7 +188,10 @@ stages:
 // the file's, read in its delimiter (a ";" CSV's header was read as one
 // column) or, with no header row, be the first record's again (the first
 // row of data was taken for the header): the output byte for byte the
-// uninterrupted run's.
+// uninterrupted run's. A journal entry from before the first row
+// (seq 0, no bytes) with the header and rows written after it: the
+// header goes with what is cut, so it is written again (it was read from
+// the bytes cut and taken as already there).
 func TestResumeCSVKeepsOneHeader(t *testing.T) {
 	tests := []struct{ name, format, dialect string }{
 		{"csv", "csv", ""},
@@ -199,44 +202,47 @@ func TestResumeCSVKeepsOneHeader(t *testing.T) {
 		{"tsv no header", "tsv", ", csv: {header: false}"},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			dir := t.TempDir()
-			var in strings.Builder
-			in.WriteString("name,n\n")
-			for i := 1; i <= 500; i++ {
-				fmt.Fprintf(&in, "\"r%d, \\\"\"x\"\"\t;|\",%d\n", i, i)
-			}
-			input := writeFile(t, dir, "in.csv", in.String())
-			p := writeFile(t, dir, "p.yaml", "input: {format: csv}\noutput: {format: "+tt.format+tt.dialect+"}\nstages: [{use: sleep, with: {duration: 0s}}]\n")
-			out, journal := filepath.Join(dir, "out"), filepath.Join(dir, "j")
-			if _, errs, code := runCLI(t, "", "run", "-q", "--journal", journal, "-i", input, "-o", out, p); code != 0 {
-				t.Fatalf("exit %d: %s", code, errs)
-			}
-			full, _ := os.ReadFile(out)
-			// Pretend the run died after record 100: the header (if any) and 100 rows.
-			lines := strings.SplitAfter(string(full), "\n")
-			rows := 101
-			if strings.Contains(tt.dialect, "header: false") {
-				rows = 100
-			}
-			cut := len(strings.Join(lines[:rows], ""))
-			var entry map[string]any
-			data, _ := os.ReadFile(journal)
-			json.Unmarshal(data, &entry)
-			sum := sha256.Sum256(full[:cut])
-			entry["seq"], entry["output_bytes"], entry["output_sha256"], entry["done"] = 100, cut, hex.EncodeToString(sum[:]), false
-			data, _ = json.Marshal(entry)
-			os.WriteFile(journal, data, 0o644)
-			os.WriteFile(out, append(full[:cut:cut], "GARBAGE,half a"...), 0o644)
+		for _, seq := range []int{0, 100} {
+			t.Run(fmt.Sprintf("%s after %d", tt.name, seq), func(t *testing.T) {
+				dir := t.TempDir()
+				var in strings.Builder
+				in.WriteString("name,n\n")
+				for i := 1; i <= 500; i++ {
+					fmt.Fprintf(&in, "\"r%d, \\\"\"x\"\"\t;|\",%d\n", i, i)
+				}
+				input := writeFile(t, dir, "in.csv", in.String())
+				p := writeFile(t, dir, "p.yaml", "input: {format: csv}\noutput: {format: "+tt.format+tt.dialect+"}\nstages: [{use: sleep, with: {duration: 0s}}]\n")
+				out, journal := filepath.Join(dir, "out"), filepath.Join(dir, "j")
+				if _, errs, code := runCLI(t, "", "run", "-q", "--journal", journal, "-i", input, "-o", out, p); code != 0 {
+					t.Fatalf("exit %d: %s", code, errs)
+				}
+				full, _ := os.ReadFile(out)
+				// Pretend the run died after record seq: the header (if any) and seq rows.
+				lines := strings.SplitAfter(string(full), "\n")
+				rows := seq + 1
+				if strings.Contains(tt.dialect, "header: false") || seq == 0 {
+					rows = seq
+				}
+				cut := len(strings.Join(lines[:rows], ""))
+				var entry map[string]any
+				data, _ := os.ReadFile(journal)
+				json.Unmarshal(data, &entry)
+				sum := sha256.Sum256(full[:cut])
+				entry["seq"], entry["output_bytes"], entry["output_sha256"], entry["done"] = seq, cut, hex.EncodeToString(sum[:]), false
+				data, _ = json.Marshal(entry)
+				os.WriteFile(journal, data, 0o644)
+				after := full[cut:min(len(full), cut+300)] // what was written after the entry, and more
+				os.WriteFile(out, append(append(full[:cut:cut], after...), "GARBAGE,half a"...), 0o644)
 
-			if _, errs, code := runCLI(t, "", "run", "-q", "--journal", journal, "--resume", "-i", input, "-o", out, p); code != 0 {
-				t.Fatalf("resume: exit %d: %s", code, errs)
-			}
-			got, _ := os.ReadFile(out)
-			if !bytes.Equal(got, full) {
-				t.Errorf("resumed output differs from the full run (%d bytes vs %d; headers: %d):\n%s", len(got), len(full), strings.Count(string(got), "name"), got[max(0, cut-200):min(len(got), cut+200)])
-			}
-		})
+				if _, errs, code := runCLI(t, "", "run", "-q", "--journal", journal, "--resume", "-i", input, "-o", out, p); code != 0 {
+					t.Fatalf("resume: exit %d: %s", code, errs)
+				}
+				got, _ := os.ReadFile(out)
+				if !bytes.Equal(got, full) {
+					t.Errorf("resumed output differs from the full run (%d bytes vs %d; headers: %d):\n%s", len(got), len(full), strings.Count(string(got), "name"), got[max(0, cut-200):min(len(got), cut+200)])
+				}
+			})
+		}
 	}
 }
 
@@ -410,6 +416,66 @@ stages:
 	}
 	if got, want := readString(out), "ok:A\nok:B\nok:BAD 1\nok:BAD 2\nok:BAD 3\n"; got != want {
 		t.Errorf("output %q, want %q: each record once", got, want)
+	}
+}
+
+// TestResumeFailedCSVHeader re-runs the dead letters of a run that wrote
+// no row, so that its CSV output is empty, into that output: a re-run
+// killed after the header and a row is run again from the empty file,
+// which must then get its header again (it was read from the bytes the
+// second re-run cuts off, and taken as already there).
+func TestResumeFailedCSVHeader(t *testing.T) {
+	dir := t.TempDir()
+	broken := writeFile(t, dir, "broken", "")
+	writeFile(t, dir, "hang", "")
+	writeFile(t, dir, "plugin.sh", `while IFS= read -r line; do
+  [ -e broken ] && { echo "down: $line" >&2; exit 1; }
+  case "$line" in *'"3"'*) [ -e hang ] && { echo $$ > reached; sleep 1000; } ;; esac
+  echo "$line"
+done
+`)
+	p := writeFile(t, dir, "p.yaml", `input: {format: csv}
+output: {format: csv}
+dead_letter: `+filepath.Join(dir, "dl.jsonl")+`
+ordered: true
+stages:
+  - {name: call, use: exec, with: {command: [sh, plugin.sh], mode: per-record}, on_error: dead-letter}
+`)
+	in := writeFile(t, dir, "in.csv", "n\n1\n2\n3\n")
+	out := filepath.Join(dir, "out.csv")
+	if _, errs, code := runCLI(t, "", "run", "-q", "-i", in, "-o", out, p); code != 3 || readString(out) != "" {
+		t.Fatalf("first run: exit %d, want 3, output %q: %s", code, readString(out), errs)
+	}
+	os.Remove(broken)
+	cmd := exec.Command(flowrunBin, "run", "-q", "--progress", "none", "--resume-failed", "-i", in, "-o", out, p)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var plugin int
+	for i := 0; i < 1000 && plugin == 0; i++ {
+		data, _ := os.ReadFile(filepath.Join(dir, "reached"))
+		plugin, _ = strconv.Atoi(strings.TrimSpace(string(data)))
+		time.Sleep(10 * time.Millisecond)
+	}
+	for i := 0; i < 500 && !strings.Contains(readString(out), "2\n"); i++ {
+		time.Sleep(10 * time.Millisecond) // the records before are out
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if plugin > 0 {
+		syscall.Kill(-plugin, syscall.SIGKILL)
+	}
+	if got := readString(out); got != "n\n1\n2\n" {
+		t.Fatalf("the killed re-run wrote %q: the test proves nothing\n%s", got, stderr.String())
+	}
+	os.Remove(filepath.Join(dir, "hang"))
+	if _, errs, code := runCLI(t, "", "run", "-q", "--resume-failed", "-i", in, "-o", out, p); code != 0 {
+		t.Fatalf("second re-run: exit %d, want 0: %s", code, errs)
+	}
+	if got, want := readString(out), "n\n1\n2\n3\n"; got != want {
+		t.Errorf("output %q, want %q: one header, each record once", got, want)
 	}
 }
 

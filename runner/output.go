@@ -166,6 +166,23 @@ type retryMark struct {
 	OutputBytes int64  `json:"output_bytes"`
 }
 
+// outputKept is how many of the output's bytes the run keeps and writes
+// after, as openOutput will cut it: the journal's length for a resume,
+// an interrupted re-run's starting length for a re-run of dead letters;
+// -1 for all of it. A CSV header past that is cut with the rest.
+func (r *run) outputKept(resumed *JournalEntry) int64 {
+	if resumed != nil {
+		return resumed.OutputBytes
+	}
+	if r.opts.RetryDeadLetters != "" {
+		var m retryMark
+		if data, err := os.ReadFile(RetryMarker(r.opts.RetryDeadLetters)); err == nil && json.Unmarshal(data, &m) == nil && m.Output == r.p.Output.To {
+			return m.OutputBytes
+		}
+	}
+	return -1
+}
+
 // retryFrom positions f, the output a re-run of dead letters appends to,
 // after what the first run wrote: at its end, or where an interrupted
 // re-run began.

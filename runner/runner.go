@@ -234,7 +234,7 @@ func (r *run) run(ctx context.Context) (err error) {
 	var header []string
 	if (p.Output.Format == "csv" || p.Output.Format == "tsv") && (resumed != nil || r.opts.RetryDeadLetters != "" || r.acks != nil) && !isStd(p.Output.To) && r.snk == nil {
 		// The file has its header already: the columns continue it.
-		if header, err = file.ReadHeader(p.Output.To, p.Output.Format, codec.Table(p.Output.CSV)); err != nil {
+		if header, err = file.ReadHeader(p.Output.To, p.Output.Format, codec.Table(p.Output.CSV), r.outputKept(resumed)); err != nil {
 			outFile.Close()
 			return &SetupError{err}
 		}

@@ -22,9 +22,11 @@ import (
 // a resume to cut back, or appended to).
 
 // ReadHeader reads the header row of the CSV or TSV file that an output
-// appends to (codec.Header): nil for an empty file, which gets a header
-// as a new one would, or for a dialect without a header row.
-func ReadHeader(path, format string, t codec.Table) ([]string, error) {
+// appends to (codec.Header), in its first keep bytes (all of it when keep
+// is negative): what a resume cuts off is not there, header or not. It
+// is nil for a file empty there, which gets a header as a new one would,
+// or for a dialect without a header row.
+func ReadHeader(path, format string, t codec.Table, keep int64) ([]string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -33,7 +35,11 @@ func ReadHeader(path, format string, t codec.Table) ([]string, error) {
 		return nil, fmt.Errorf("output: %w", err)
 	}
 	defer f.Close()
-	header, err := codec.Header(f, format, t)
+	var r io.Reader = f
+	if keep >= 0 {
+		r = io.LimitReader(f, keep)
+	}
+	header, err := codec.Header(r, format, t)
 	if err != nil {
 		return nil, fmt.Errorf("output %s: reading its %s header: %w", path, strings.ToUpper(format), err)
 	}
