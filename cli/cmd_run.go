@@ -159,7 +159,7 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 		return err
 	}
 	progress := shown.progress
-	width := terminalWidth(stderr)              // of the summary's terminal, before stderr is wrapped
+	summaryTerm := stderr                       // the summary's terminal, before stderr is wrapped
 	stdout, stderr = shown.stdout, shown.stderr // records and messages above a live display
 
 	// The first signal stops the input and lets the run drain; the second
@@ -289,10 +289,13 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 	}
 	var setup *runner.SetupError
 	if !opts.quiet && !errors.As(runErr, &setup) { // a run that never started has nothing to sum up
+		// The terminal's width now, not at the start: it may have been
+		// resized during the run, and a wrapped table cannot be read.
+		width := terminalWidth(summaryTerm)
 		sum.WriteTableWidth(stderr, width)
 		sum.WriteWorkers(stderr, width)
 		if n := redelivered(sum); n > 0 {
-			fmt.Fprintf(stderr, "the broker delivered %d pieces of the stages' input again (a worker died or outlived --ack-wait)\n", n)
+			fmt.Fprintln(stderr, runner.WrapWords(fmt.Sprintf("the broker delivered %d pieces of the stages' input again (a worker died or outlived --ack-wait)", n), width))
 		}
 		if sum.Input.Unread > 0 {
 			fmt.Fprintf(stderr, "%d records read from the input were left unprocessed\n", sum.Input.Unread)

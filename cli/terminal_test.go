@@ -500,3 +500,39 @@ stages:
 		}
 	}
 }
+
+// TestTerminalResizeSummary narrows the terminal during the run: the
+// summary at the end is fitted to the width the terminal has then, not to
+// the one it had when the run started (a table wrapped by the terminal
+// cannot be read).
+func TestTerminalResizeSummary(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", terminalPipeline)
+	in := writeFile(t, dir, "in.txt", strings.Repeat("x\n", 1500))
+	cmd := exec.Command(flowrunBin, "run", "--progress-every", "20ms", "-i", in, "-o", filepath.Join(dir, "out"), p)
+	term := startOnTerminal(t, cmd, 120, 30, terminalNames)
+	waitLive(t, term)
+	term.mu.Lock()
+	term.vt.Resize(60, 30)
+	term.cols = 60
+	if err := pty.Setsize(term.pty, &pty.Winsize{Cols: 60, Rows: 30}); err != nil {
+		t.Fatal(err)
+	}
+	term.mu.Unlock()
+	if code := term.wait(t, cmd); code != 0 {
+		t.Errorf("exit %d", code)
+	}
+	term.mu.Lock()
+	raw := term.raw.String()
+	term.mu.Unlock()
+	i := strings.LastIndex(raw, "stage ")
+	if i < 0 {
+		t.Fatalf("no summary:\n%s", raw)
+	}
+	for _, line := range strings.Split(strings.TrimRight(raw[i:], "\r\n"), "\n") {
+		text := escapes.ReplaceAllString(line, "")
+		if w := uniseg.StringWidth(text); w >= 60 {
+			t.Errorf("a summary line %d wide after the terminal was narrowed to 60: %q", w, text)
+		}
+	}
+}
