@@ -17,18 +17,34 @@ type tally struct {
 	empty    []int // per stage: its input queue empty
 	outFull  int   // the output writer's queue at 90% or more
 	outEmpty int   // and empty
+	// slotTime is, per stage, its workers multiplied by the time they
+	// were there (from one sample to the next): on a broker the slots of
+	// a remote stage come and go with the worker processes, and its busy
+	// share is of the slots it had, not of those it has at the end.
+	slotTime []time.Duration
+	last     time.Time // of the latest sample
+	workers  []int     // at the latest sample
 }
 
-func (t *tally) add(s runner.Snapshot) {
+func (t *tally) add(at time.Time, s runner.Snapshot) {
 	if t.full == nil {
 		t.full = make([]int, len(s.Stages))
 		t.empty = make([]int, len(s.Stages))
+		t.slotTime = make([]time.Duration, len(s.Stages))
+		t.workers = make([]int, len(s.Stages))
 	}
+	if !t.last.IsZero() {
+		for i, n := range t.workers {
+			t.slotTime[i] += time.Duration(n) * at.Sub(t.last)
+		}
+	}
+	t.last = at
 	t.samples++
 	for i := range s.Stages {
 		if i >= len(t.full) {
 			break
 		}
+		t.workers[i] = s.Stages[i].Workers
 		q, c := queueOf(s, i)
 		if isFull(q, c) {
 			t.full[i]++
@@ -112,6 +128,7 @@ func (o *Observer) Advice() Advice {
 	o.mu.Lock()
 	t := o.tally
 	t.full, t.empty = append([]int(nil), t.full...), append([]int(nil), t.empty...)
+	t.slotTime = append([]time.Duration(nil), t.slotTime...)
 	o.mu.Unlock()
 	return advise(s, elapsed, &t, o.maxWorkers())
 }
@@ -132,7 +149,11 @@ func advise(s runner.Snapshot, elapsed time.Duration, t *tally, maxWorkers []int
 	}
 	busy := make([]float64, len(s.Stages))
 	for i, st := range s.Stages {
-		busy[i] = min(1, st.BusyTime.Seconds()/(elapsed.Seconds()*float64(max(st.Workers, 1))))
+		slotTime := elapsed.Seconds() * float64(max(st.Workers, 1))
+		if st.Remote && t.slotTime[i] > 0 {
+			slotTime = t.slotTime[i].Seconds() // the slots it had, for as long as it had them
+		}
+		busy[i] = min(1, st.BusyTime.Seconds()/slotTime)
 	}
 	best := 0
 	for i := range busy {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -156,5 +157,46 @@ func TestServerURL(t *testing.T) {
 		if err := srv.Close(); err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+// TestAdviceRemoteSlotsJoinLate: a stage on a broker has no slots until a
+// worker process joins (half the run here), then all of its 2 slots busy
+// and records waiting: it is the limit. Its busy share is of the slots it
+// had over the run, not of the 2 it has at the end (50%: "none stands
+// out", the summary of such a run said).
+func TestAdviceRemoteSlotsJoinLate(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	p, err := spec.Parse("p.yaml", []byte("stages: [{name: slow, use: sleep, with: {duration: 5ms}}]\n"), spec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := observe.New(p, observe.BuildInfo{})
+	o.Every = 5 * time.Millisecond
+	const half = 20
+	var mu sync.Mutex
+	var calls int
+	var joined time.Time
+	done := make(chan struct{})
+	o.Watch(func() runner.Snapshot {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		st := runner.StageSnapshot{Name: "slow", Use: "sleep", Remote: true, Queued: 256, Cap: 256}
+		if calls > half {
+			if joined.IsZero() {
+				joined = time.Now()
+			}
+			st.Workers, st.Busy, st.BusyTime = 2, 2, 2*time.Since(joined)
+		}
+		if calls == 2*half {
+			close(done)
+		}
+		return runner.Snapshot{TotalBytes: -1, Stages: []runner.StageSnapshot{st}}
+	})
+	<-done
+	o.Finish()
+	if a := o.Advice(); a.Limit != "slow" {
+		t.Fatalf("advice %+v, want it to name slow", a)
 	}
 }

@@ -116,7 +116,7 @@ func (o *Observer) Finish() {
 
 // add records a sample; o.mu is held.
 func (o *Observer) add(at time.Time, s runner.Snapshot) {
-	o.tally.add(s)
+	o.tally.add(at, s)
 	o.recent = append(o.recent, sample{at, s})
 	// Keep what the rate needs: the samples within the window, and one
 	// before it to measure from.
