@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -144,12 +145,15 @@ func parseBroker(broker string, o DialOptions) (*dialing, error) {
 	var shown []string
 	for _, raw := range strings.Split(broker, ",") {
 		raw = strings.TrimSpace(raw)
+		given := raw
 		if !strings.Contains(raw, "://") {
 			raw = "nats://" + raw
 		}
+		// A NATS URL has no path: one here is a mistyped scheme
+		// (nats//host:4222 read as the host "nats") or a stray suffix.
 		u, err := url.Parse(raw)
-		if err != nil || u.Host == "" {
-			return nil, fmt.Errorf("broker %q: not a URL like nats://host:4222", redactRaw(raw))
+		if err != nil || u.Host == "" || strings.Trim(u.Path, "/") != "" {
+			return nil, fmt.Errorf("broker %q: not a URL like nats://host:4222", redactRaw(given))
 		}
 		switch u.Scheme {
 		case "nats", "tls":
@@ -158,6 +162,8 @@ func parseBroker(broker string, o DialOptions) (*dialing, error) {
 		}
 		if u.Port() == "" {
 			u.Host = net.JoinHostPort(u.Hostname(), "4222")
+		} else if n, err := strconv.Atoi(u.Port()); err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("broker %s: port %s is not a port (1 to 65535)", redact(u), u.Port())
 		}
 		for k, v := range u.Query() {
 			if err := d.setQuery(u, k, v[len(v)-1]); err != nil {
@@ -217,14 +223,15 @@ func redact(u *url.URL) string {
 // redactRaw masks what looks like credentials in a broker that is not a
 // URL at all.
 func redactRaw(raw string) string {
-	scheme, rest, ok := strings.Cut(raw, "://")
-	if !ok {
-		return raw
+	prefix, rest := "", raw
+	if scheme, after, ok := strings.Cut(raw, "://"); ok {
+		prefix, rest = scheme+"://", after
 	}
 	if at := strings.LastIndex(rest, "@"); at >= 0 {
-		rest = "xxxxx" + rest[at:]
+		from := strings.LastIndex(rest[:at], "/") + 1 // nats//user:pass@host keeps its nats//
+		rest = rest[:from] + "xxxxx" + rest[at:]
 	}
-	return scheme + "://" + rest
+	return prefix + rest
 }
 
 func (d *dialing) fail(reason string, err error) error {

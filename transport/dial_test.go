@@ -377,6 +377,11 @@ func TestDialBadBroker(t *testing.T) {
 		{"amqp://h:5672", `scheme "amqp" is not nats:// or tls://`},
 		{"nats://h:4222?tokn=x", `no option "tokn" (did you mean "token"?)`},
 		{"nats://u:p@h:4222?token=t", "a user and password or a token, not both"},
+		{"nats//127.0.0.1:4222", `broker "nats//127.0.0.1:4222": not a URL like nats://host:4222`},
+		{"nats//u:secret@127.0.0.1:4222", `broker "nats//xxxxx@127.0.0.1:4222": not a URL like nats://host:4222`},
+		{"nats://127.0.0.1:4222/js", `broker "nats://127.0.0.1:4222/js": not a URL like nats://host:4222`},
+		{"nats://127.0.0.1:99999", `broker nats://127.0.0.1:99999: port 99999 is not a port (1 to 65535)`},
+		{"nats://127.0.0.1:0", `broker nats://127.0.0.1:0: port 0 is not a port (1 to 65535)`},
 	} {
 		_, err := transport.Dial(context.Background(), c.broker, transport.DialOptions{})
 		if err == nil || !strings.Contains(err.Error(), c.want) {
