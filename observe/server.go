@@ -29,6 +29,10 @@ type View struct {
 	// Workers are the worker processes of a run on a broker, in the
 	// order they joined (their last report); null for a run without.
 	Workers []WorkerView `json:"workers"`
+	// Worker names the flowrun worker whose stages these are
+	// (Observer.Worker): its page has no input, output, workers or
+	// advice, which are the run's.
+	Worker string `json:"worker,omitempty"`
 }
 
 // WorkerView is a worker of a run on a broker.
@@ -110,6 +114,9 @@ func (o *Observer) View() View {
 		},
 		Output: OutputView{To: p.Output.To, Format: p.Output.Format, Records: s.OutRecords, Rate: outRate, Queued: s.OutQueued, Cap: s.OutCap},
 		Advice: o.Advice().Line,
+	}
+	if o.Worker != "" {
+		v.Worker, v.Advice = o.Worker, ""
 	}
 	if s.TotalBytes > 0 {
 		pc := min(100, 100*float64(s.InBytes)/float64(s.TotalBytes))

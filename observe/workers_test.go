@@ -228,3 +228,59 @@ func TestLivePageWorkers(t *testing.T) {
 		t.Fatalf("run: exit %d; stderr:\n%s", code, lr.stderr)
 	}
 }
+
+// TestWorkerPage opens the page of a worker's --metrics while it works a
+// run: its stages, and nothing that is the run's. It showed an input
+// "stdin (lines)" and an output "stdout" with 0 records, "Workers none
+// joined yet", and advice about the input ("the first queue empty 100% of
+// the run"), all made up, since a worker has none of them.
+func TestWorkerPage(t *testing.T) {
+	bin := chromium(t)
+	t.Cleanup(func() { goleak.VerifyNone(t) }) // after the worker's and the run's cleanups
+	lr, w := brokered(t, slowPipeline, "laptop-9")
+	lr.feed(t, 0, 60)
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(bin), chromedp.NoSandbox, chromedp.Headless,
+		chromedp.Flag("disable-gpu", true), chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.WindowSize(1280, 640), chromedp.UserDataDir(t.TempDir()))
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelAlloc()
+	ctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.Navigate("http://"+w.addr+"/")); err != nil {
+		t.Fatalf("open the page: %v", err)
+	}
+	type page struct {
+		Stages                 []string
+		Input, Output, Workers bool
+		State, Advice          string
+	}
+	var got page
+	waitFor(t, "the worker's page to show its stages with the 60 records", func() bool {
+		raw, err := chromedp.Run(ctx, chromedp.Evaluate[json.RawMessage](`(() => ({
+  stages: [...document.querySelectorAll('[data-stage]')].map(b => b.dataset.stage + " " + b.querySelector('[data-k="io"]').textContent),
+  input: !!document.getElementById('input'),
+  output: !!document.getElementById('output'),
+  workers: !document.getElementById('workers').hidden,
+  state: document.getElementById('state').textContent,
+  advice: document.getElementById('advice').textContent,
+}))()`))
+		if err != nil {
+			t.Fatalf("read the page: %v", err)
+		}
+		got = page{}
+		if err := json.Unmarshal(raw, &got); err != nil {
+			t.Fatal(err)
+		}
+		return strings.Join(got.Stages, ", ") == "shout 60 / 60, nap 60 / 60"
+	})
+	if got.Input || got.Output || got.Workers || got.Advice != "" || got.State != "worker laptop-9" {
+		t.Errorf("the worker's page shows the run's parts: %+v", got)
+	}
+	cancel()
+	cancelAlloc()
+	if code := lr.end(t); code != 0 {
+		t.Fatalf("run: exit %d; stderr:\n%s", code, lr.stderr)
+	}
+}
