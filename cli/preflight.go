@@ -173,6 +173,9 @@ func checkInput(from string, with map[string]string) ([]string, string) {
 	if connect.Scheme(from) != "" {
 		return nil, checkURL(from, with, connect.In)
 	}
+	if err := fileconn.CheckName(from); err != nil {
+		return nil, err.Error()
+	}
 	paths := []string{from}
 	if strings.ContainsAny(from, "*?[") {
 		m, err := filepath.Glob(from)
@@ -210,6 +213,9 @@ func checkWritable(path string, inputs []string) string {
 	}
 	if connect.Scheme(path) != "" {
 		return checkURL(path, nil, connect.Out)
+	}
+	if err := fileconn.CheckName(path); err != nil {
+		return err.Error()
 	}
 	fi, err := os.Stat(path)
 	switch {

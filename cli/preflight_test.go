@@ -56,6 +56,12 @@ func TestValidateChecksWhatRunChecks(t *testing.T) {
 			"FILE:1:37: stage \"wasm\": option module: wasm: \"nope.wasm\": no such file\n"},
 		{"a broker URL is checked by its connector", "stages: [{use: upper}]\n", []string{"-i", "redis://127.0.0.1:1/0?lst=x"},
 			"flowrun: -i: input: redis option \"lst\": no such option (did you mean \"list\"?)\n"},
+		{"input name with a NUL", "input: {from: \"in\\0.txt\"}\nstages: [{use: upper}]\n", nil,
+			"FILE:1:15: input: \"in\\x00.txt\": a file name cannot hold a NUL byte\n"}, // was the system's "stat in\x00.txt: invalid argument", the NUL raw
+		{"output name with a NUL", "output: {to: \"o\\0\"}\nstages: [{use: upper}]\n", []string{"-i", in},
+			"FILE:1:14: output: \"o\\x00\": a file name cannot hold a NUL byte\n"},
+		{"dead letter name with a NUL", "dead_letter: \"d\\0\"\nstages: [{use: upper, on_error: dead-letter}]\n", []string{"-i", in},
+			"FILE:1:14: dead letter: \"d\\x00\": a file name cannot hold a NUL byte\n"},
 		{"output is the input", "stages: [{use: upper}]\n", []string{"-i", "DIR/*.txt", "-o", in},
 			"flowrun: -o: output: DIR/in.txt is also the input: writing it would destroy what is being read; write to another file\n"},
 		{"output is the input, as a file URL", "stages: [{use: upper}]\n", []string{"-i", in, "-o", "file://DIR/in.txt"},

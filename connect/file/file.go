@@ -101,7 +101,20 @@ func Path(s string) (string, bool, error) {
 		// Not dropped: file:///x#1 read /x, not the file x#1 (%23).
 		return "", true, fmt.Errorf("%s: a file URL has no fragment (a # in a file name is %%23)", s)
 	}
+	if err := CheckName(u.Path); err != nil {
+		return "", true, fmt.Errorf("%s: %w", s, err)
+	}
 	return u.Path, true, nil
+}
+
+// CheckName refuses a path that no file can have: one holding a NUL byte
+// (%00 in a URL, \0 in YAML), which the system would refuse with a bare
+// "invalid argument".
+func CheckName(path string) error {
+	if strings.IndexByte(path, 0) >= 0 {
+		return fmt.Errorf("%q: a file name cannot hold a NUL byte", path)
+	}
+	return nil
 }
 
 // Input is one file of an input, read in order.

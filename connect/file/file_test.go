@@ -134,6 +134,7 @@ func TestPath(t *testing.T) {
 		{"file://", "", "the URL names no file"},
 		{"file:///data/x#1", "", "a file URL has no fragment"},
 		{"file:///data/x%231", "/data/x#1", ""},
+		{"file:///data/x%00", "", `"/data/x\x00": a file name cannot hold a NUL byte`}, // was the system's "invalid argument"
 	}
 	for _, tt := range tests {
 		path, isFile, err := file.Path(tt.in)
