@@ -2,6 +2,7 @@ package redis
 
 import (
 	"context"
+	"time"
 
 	"github.com/flowrun/flowrun/connect"
 )
@@ -16,3 +17,7 @@ func StopHeartbeat(src connect.Source) {
 	s.c.Del(context.Background(), s.beat)
 	s.c.Close()
 }
+
+// SetReadTimeout replaces go-redis's read timeout for the clients dialled
+// until it is called again with 0.
+func SetReadTimeout(d time.Duration) { readTimeout = d }

@@ -76,6 +76,9 @@ func dial(ctx context.Context, p *connect.Params) (*redis.Client, error) {
 	opt.MaxRetries = -1 // the connector retries, with backoff, and knows what is safe to
 	opt.ClientName = "flowrun"
 	opt.ContextTimeoutEnabled = true // an idle deadline ends a blocking BLMOVE
+	if readTimeout != 0 {
+		opt.ReadTimeout = readTimeout
+	}
 	c := redis.NewClient(opt)
 	pctx, cancel := context.WithTimeout(ctx, connect.DialTimeout)
 	defer cancel()
@@ -85,6 +88,10 @@ func dial(ctx context.Context, p *connect.Params) (*redis.Client, error) {
 	}
 	return c, nil
 }
+
+// readTimeout, when set, replaces go-redis's read timeout (a test's
+// short one: a command given up on, not yet run by Redis).
+var readTimeout time.Duration
 
 // checkType refuses a key that holds another kind of value than the
 // list or stream named: every command on it fails with WRONGTYPE, which
@@ -223,12 +230,17 @@ type listSource struct {
 	lastCheck              time.Time
 	wrap                   bool // envelope
 
-	// held counts the values handed on and not yet settled. After a
-	// connection error, what the processing list holds beyond them was
-	// moved there by a command whose reply was lost: reclaim puts it back.
-	mu   sync.Mutex
-	held map[string]int
-	lost bool
+	// held counts the values handed on and not yet settled (heldN in
+	// all). What the processing list holds beyond them was moved there
+	// by a command whose reply was lost: reclaim puts it back. After a
+	// connection error (lost) that is done at once; and since a command
+	// the client gave up on (a read timeout, Redis slow under load) may
+	// still run later, on a connection already dropped, an idle Receive
+	// also compares the processing list's length with heldN.
+	mu    sync.Mutex
+	held  map[string]int
+	heldN int
+	lost  bool
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -324,6 +336,7 @@ func (s *listSource) Receive(ctx context.Context, buf []connect.Message) ([]conn
 		for _, m := range buf {
 			s.held[m.Token.(string)]++
 		}
+		s.heldN += len(buf)
 		s.mu.Unlock()
 		s.slots.give(n - len(buf))
 	}()
@@ -345,7 +358,7 @@ func (s *listSource) Receive(ctx context.Context, buf []connect.Message) ([]conn
 		if time.Since(s.lastCheck) > s.ttl {
 			s.recoverDead(ctx)
 		}
-		if s.lost {
+		if s.lost || s.orphaned(ctx) {
 			// What a command moved while its reply was lost goes back
 			// before blocking: with the queue empty, no later Receive
 			// would come to do it, and those messages sat in the
@@ -424,16 +437,19 @@ func (s *listSource) moveSome(ctx context.Context, buf []connect.Message, n int)
 // while its reply was lost to a broken connection. Until it succeeds it
 // is tried again at the next Receive.
 func (s *listSource) reclaim(ctx context.Context) {
-	vals, err := s.c.LRange(ctx, s.processing, 0, -1).Result()
-	if err != nil {
-		return
-	}
+	// held is read before the list: a message settled in between is
+	// then counted and not there, rather than there and not counted
+	// (an orphan, moved back and handed on twice).
 	s.mu.Lock()
 	count := make(map[string]int, len(s.held))
 	for v, k := range s.held {
 		count[v] = k
 	}
 	s.mu.Unlock()
+	vals, err := s.c.LRange(ctx, s.processing, 0, -1).Result()
+	if err != nil {
+		return
+	}
 	var orphans []string
 	for _, v := range vals {
 		if count[v] > 0 {
@@ -452,6 +468,18 @@ func (s *listSource) reclaim(ctx context.Context) {
 	if err == nil {
 		s.lost = false
 	}
+}
+
+// orphaned reports whether the processing list holds more than the
+// messages handed on: a command given up on by the client ran after all.
+// heldN is read first, so that a Settle in between makes the list look
+// shorter, never longer.
+func (s *listSource) orphaned(ctx context.Context) bool {
+	s.mu.Lock()
+	h := s.heldN
+	s.mu.Unlock()
+	n, err := s.c.LLen(ctx, s.processing).Result()
+	return err == nil && n > int64(h)
 }
 
 func (s *listSource) Settle(ctx context.Context, msgs []connect.Message, o connect.Outcome) error {
@@ -474,8 +502,13 @@ func (s *listSource) Settle(ctx context.Context, msgs []connect.Message, o conne
 	s.mu.Lock()
 	for _, m := range msgs {
 		v := m.Token.(string)
-		if s.held[v]--; s.held[v] <= 0 {
+		switch k := s.held[v]; {
+		case k > 1:
+			s.held[v] = k - 1
+			s.heldN--
+		case k == 1:
 			delete(s.held, v)
+			s.heldN--
 		}
 	}
 	s.mu.Unlock()
