@@ -183,11 +183,18 @@ func advise(s runner.Snapshot, elapsed time.Duration, t *tally, maxWorkers []int
 		return names, idle
 	}
 	full := t.frac(t.full[best])
+	// The records of a stage on a broker wait in the broker, not in the
+	// run's queue (which hands them on at once): its busy slots say it.
+	waited := full >= fullHigh || s.Stages[best].Remote
 	margin := busy[best] - second
-	if busy[best] >= busyHigh && full >= fullHigh && (margin >= busyMargin || margin >= starved && t.nextEmpty(s, best) >= fullHigh) {
+	if busy[best] >= busyHigh && waited && (margin >= busyMargin || margin >= starved && t.nextEmpty(s, best) >= fullHigh) {
 		st := s.Stages[best]
 		var b strings.Builder
-		fmt.Fprintf(&b, "bottleneck: %s — workers busy %d%%, queue full %d%% of the run", st.Name, pct(busy[best]), pct(full))
+		if st.Remote {
+			fmt.Fprintf(&b, "bottleneck: %s — its workers' slots busy %d%% of the run", st.Name, pct(busy[best]))
+		} else {
+			fmt.Fprintf(&b, "bottleneck: %s — workers busy %d%%, queue full %d%% of the run", st.Name, pct(busy[best]), pct(full))
+		}
 		if best < len(maxWorkers) && maxWorkers[best] == 1 {
 			b.WriteString("; it runs one worker by design, so only a cheaper stage would help")
 		} else {

@@ -166,6 +166,16 @@ func TestServerURL(t *testing.T) {
 // had over the run, not of the 2 it has at the end (50%: "none stands
 // out", the summary of such a run said).
 func TestAdviceRemoteSlotsJoinLate(t *testing.T) {
+	for _, queued := range []int{256, 0} {
+		t.Run(fmt.Sprintf("queue %d of 256", queued), func(t *testing.T) { adviceRemoteSlotsJoinLate(t, queued) })
+	}
+}
+
+// adviceRemoteSlotsJoinLate is TestAdviceRemoteSlotsJoinLate with the
+// run's queue before the stage at queued: full, or empty since the run
+// hands its records to the broker at once, where they wait (unseen by the
+// run), which is how a run on a broker goes since pieces gather records.
+func adviceRemoteSlotsJoinLate(t *testing.T, queued int) {
 	defer goleak.VerifyNone(t)
 	p, err := spec.Parse("p.yaml", []byte("stages: [{name: slow, use: sleep, with: {duration: 5ms}}]\n"), spec.Options{})
 	if err != nil {
@@ -182,7 +192,7 @@ func TestAdviceRemoteSlotsJoinLate(t *testing.T) {
 		mu.Lock()
 		defer mu.Unlock()
 		calls++
-		st := runner.StageSnapshot{Name: "slow", Use: "sleep", Remote: true, Queued: 256, Cap: 256}
+		st := runner.StageSnapshot{Name: "slow", Use: "sleep", Remote: true, Queued: queued, Cap: 256}
 		if calls > half {
 			if joined.IsZero() {
 				joined = time.Now()
