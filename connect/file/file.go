@@ -494,6 +494,14 @@ func (s *Sink) WriteOut() error {
 		if errors.Is(err, syscall.EPIPE) || errors.Is(err, io.ErrClosedPipe) {
 			return ErrClosed
 		}
+		if n > 0 {
+			// A short write (a full disk) left part of the records
+			// at the end of the file: a file holds whole records,
+			// so they go. The records before them stay.
+			if cerr := s.cutTorn(n); cerr == nil {
+				s.bytes -= int64(n)
+			}
+		}
 		var pe *os.PathError
 		if errors.As(err, &pe) {
 			err = pe.Err // the path is s.name already
@@ -501,6 +509,26 @@ func (s *Sink) WriteOut() error {
 		return fmt.Errorf("write %s: %w", s.name, err)
 	}
 	return nil
+}
+
+// cutTorn takes the n bytes a failed write left at the end of a regular
+// file back off it.
+func (s *Sink) cutTorn(n int) error {
+	if s.f == nil {
+		return errors.New("not a file")
+	}
+	if fi, err := s.f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return errors.New("not a regular file")
+	}
+	end, err := s.f.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return err
+	}
+	if err := s.f.Truncate(end - int64(n)); err != nil {
+		return err
+	}
+	_, err = s.f.Seek(end-int64(n), io.SeekStart)
+	return err
 }
 
 // Close closes the file the sink opened; it flushes nothing.

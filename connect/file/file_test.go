@@ -2,11 +2,13 @@ package file_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/flowrun/flowrun/connect"
@@ -352,4 +354,46 @@ func TestFileSink(t *testing.T) {
 		t.Errorf("write to a closed pipe: %v, want ErrClosed", err)
 	}
 	w.Close()
+}
+
+// fullDisk writes the first room bytes it is given to f and then fails
+// as a full disk does: a short write and ENOSPC.
+type fullDisk struct {
+	f    *os.File
+	room int
+}
+
+func (d *fullDisk) Write(p []byte) (int, error) {
+	if len(p) <= d.room {
+		d.room -= len(p)
+		return d.f.Write(p)
+	}
+	n, _ := d.f.Write(p[:d.room])
+	d.room = 0
+	return n, syscall.ENOSPC
+}
+
+// A write the disk cuts short leaves no part of a record in the file:
+// the records of earlier writes stay, whole, and the error says why.
+func TestSinkShortWrite(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "out.jsonl")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	s := file.NewSink(file.SinkConfig{W: &fullDisk{f: f, room: 20}, File: f, Name: path, Format: "jsonl"})
+	s.Add([]byte(`{"a":1}`))
+	if err := s.WriteOut(); err != nil {
+		t.Fatal(err)
+	}
+	s.Add([]byte(`{"a":2}`))
+	s.Add([]byte(`{"a":3}`))
+	if err := s.WriteOut(); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("short write: %v, want ENOSPC", err)
+	}
+	got, _ := os.ReadFile(path)
+	if string(got) != "{\"a\":1}\n" || s.Written() != 8 {
+		t.Errorf("file holds %q (%d bytes counted), want only the whole first record", got, s.Written())
+	}
 }
