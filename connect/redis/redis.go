@@ -37,7 +37,7 @@ func init() {
 			{Name: "list", Type: connect.String, Use: connect.Both, Doc: "The list: consumed from its head (as BLPOP), written at its tail."},
 			{Name: "stream", Type: connect.String, Use: connect.Both, Doc: "The stream, instead of a list."},
 			{Name: "group", Type: connect.String, Default: "flowrun", Use: connect.In, Doc: "The stream's consumer group, created if missing."},
-			{Name: "consumer", Type: connect.String, Use: connect.In, Doc: "This consumer's name (default: the host's): its processing list, its stream consumer; a restart under the same name takes up what it left."},
+			{Name: "consumer", Type: connect.String, Use: connect.In, Doc: "This consumer's name (default: the host's): its processing list, its stream consumer; a restart under the same name takes up what it left. Two flowruns reading one list at once need a name each: under one name each moves the other's unsettled messages back, and they are worked twice."},
 			{Name: "claim_after", Type: connect.Duration, Default: "30s", Use: connect.In, Doc: "Take over another consumer's messages when it has been silent (list) or they have been pending (stream) this long."},
 			{Name: "prefetch", Type: connect.Int, Use: connect.In, Doc: "Messages held unacked at most; default: the stages' workers in total, at least 256 (give the workers for slow records to be dealt out fairly among consumers)."},
 			{Name: "field", Type: connect.String, Default: "data", Use: connect.Both, Doc: "The stream entry's field that holds the record."},
