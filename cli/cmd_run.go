@@ -278,6 +278,9 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 		brokered.Store(run)
 	}
 	sum, runErr = runner.Run(abortCtx, p, ropts)
+	if errors.Is(runErr, transport.ErrRunLost) && opts.journal != "" {
+		runErr = fmt.Errorf("%w; the journal %s says how far the output is complete: the same command with --resume continues the run from there", runErr, opts.journal)
+	}
 	watch.o.Finish()
 	if retry != "" {
 		if runErr == nil && !sum.Stopped {

@@ -158,6 +158,9 @@ func executableHash() string {
 var _ runner.Remote = (*transport.Run)(nil)
 
 func closeRun(run *transport.Run, b *broker, keep bool, stderr io.Writer) {
+	if keep && run.Lost() {
+		keep = false // nothing of it is left on the broker: the error said so
+	}
 	if keep {
 		run.KeepStream()
 		fmt.Fprintf(stderr, "flowrun: run %s stays on the broker (stream %s) for --resume\n", run.ID(), run.Stream())

@@ -497,7 +497,7 @@ func (d *dialing) disconnected(_ *nats.Conn, err error) {
 	if err == nil {
 		return // a Close of ours
 	}
-	d.logf("connection lost (%s); reconnecting", strings.TrimPrefix(err.Error(), "nats: "))
+	d.logf("connection lost (%s); reconnecting", words(err))
 }
 
 func (d *dialing) reconnected(nc *nats.Conn) {
@@ -510,10 +510,26 @@ func (d *dialing) closed(nc *nats.Conn) {
 	}
 }
 
+// asyncError says an error the broker sent between requests, in words
+// and without the client's inbox subjects.
 func (d *dialing) asyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
-	if sub != nil {
-		d.logf("on %s: %s", sub.Subject, strings.TrimPrefix(err.Error(), "nats: "))
+	if strings.Contains(err.Error(), "recreating ordered consumer") {
+		if errors.Is(err, nats.ErrStreamNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			// A watch whose stream is gone (a broker restarted without
+			// its store): the run or the worker watching says what that
+			// means for it.
+			return
+		}
+		cause := errors.Unwrap(err)
+		if cause == nil {
+			cause = err
+		}
+		d.logf("a watch of the broker ended: %s", words(cause))
 		return
 	}
-	d.logf("%s", strings.TrimPrefix(err.Error(), "nats: "))
+	if sub != nil && sub.Subject != "" && !strings.HasPrefix(sub.Subject, nats.InboxPrefix) {
+		d.logf("on %s: %s", sub.Subject, words(err))
+		return
+	}
+	d.logf("%s", words(err))
 }

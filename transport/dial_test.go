@@ -450,6 +450,11 @@ func TestDialReconnects(t *testing.T) {
 			if !strings.Contains(string(info.Data), `"messages":1`) {
 				t.Errorf("stream after the restart: %s; want its one message", info.Data)
 			}
+			// The handler that says it runs after the connection is back,
+			// maybe after the request went through.
+			for i := 0; i < 50 && !strings.Contains(log.String(), "reconnected to"); i++ {
+				time.Sleep(100 * time.Millisecond)
+			}
 			for _, want := range []string{"connection lost", "reconnecting", "reconnected to"} {
 				if !strings.Contains(log.String(), want) {
 					t.Errorf("log %q does not say %q", log.String(), want)

@@ -142,10 +142,20 @@
 // Into a stage this is at least once; into the output, written from the
 // journal's mark in input order, exactly once.
 //
+// # A broker that lost everything
+//
+// A broker restarted on an empty store has none of a run's stream: after
+// each reconnect the run looks for it, and fails at once when it is gone
+// (ErrRunLost); a worker whose watch of the runs bucket ended watches it
+// anew (lost.go). What a user reads about the broker is in words, not the
+// client library's (words.go).
+//
 // # Versions
 //
 // A run's entry in flowrun_runs (and its stream's metadata) holds
-// flowrun's version and a hash of the resolved pipeline's stages
+// flowrun's build (its version and revision, and for a build of
+// uncommitted changes the executable's hash) and a hash of the resolved
+// pipeline's stages
 // (pipelineHash: names, uses, options, timeouts, retries, on_error;
 // workers and buffers excepted). A worker of another version or of a
 // different pipeline refuses the run and says why.

@@ -155,6 +155,7 @@ type testBroker struct {
 	url     string
 	kill    func()
 	restart func()
+	store   string // its store, which a test may remove between kill and restart
 }
 
 // brokerKinds are the brokers the scale-out tests run against:
@@ -166,14 +167,14 @@ func startTestBroker(t *testing.T, kind string) *testBroker {
 	t.Helper()
 	if kind == "nats-server" {
 		s := brokertest.Own(t, "nats")
-		return &testBroker{kind: kind, url: s.URL, kill: s.Kill, restart: func() {
+		return &testBroker{kind: kind, url: s.URL, kill: s.Kill, store: filepath.Join(s.Dir, "store"), restart: func() {
 			if err := s.Restart(); err != nil {
 				t.Fatalf("restart nats-server: %v", err)
 			}
 		}}
 	}
 	store := t.TempDir()
-	b := &testBroker{kind: kind}
+	b := &testBroker{kind: kind, store: store}
 	var p *proc
 	start := func(listen string) {
 		var out *bufio.Reader

@@ -92,6 +92,8 @@ type Run struct {
 	joined  atomic.Int64 // workers that joined the run
 	table   workerTable  // what they report
 	closing atomic.Bool  // workers leave because the run ends
+	lost    atomic.Bool  // its stream is gone from the broker (lost.go)
+	unwatch context.CancelFunc
 }
 
 func (r *Run) logf(format string, v ...any) {
@@ -137,7 +139,7 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 	r.info.Started = time.Now().UTC()
 	r.info.AckWait, r.info.MaxDeliver = r.opts.AckWait, r.opts.MaxDeliver
 	fail := func(what string, err error) error {
-		return fmt.Errorf("broker %s: %s: %w", r.nc.ConnectedUrlRedacted(), what, err)
+		return fmt.Errorf("broker %s: %s: %w", r.nc.ConnectedUrlRedacted(), what, plain(err))
 	}
 	left, err := r.leftover(ctx)
 	if err != nil {
@@ -218,6 +220,13 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 	if err := r.put(ctx); err != nil {
 		return nil, fail("runs bucket", err)
 	}
+	lctx, unwatch := context.WithCancel(context.WithoutCancel(ctx))
+	r.unwatch = unwatch
+	r.done.Add(1)
+	go func() {
+		defer r.done.Done()
+		r.watchLost(lctx)
+	}()
 	if r.opts.LocalWorkers {
 		w, err := NewWorker(r.nc, r.p, WorkerOptions{Version: r.opts.Version, Log: r.opts.Log, quiet: true})
 		if err != nil {
@@ -416,6 +425,9 @@ func (r *Run) Close(ctx context.Context) error {
 	if r.stop != nil {
 		r.stop()
 	}
+	if r.unwatch != nil {
+		r.unwatch()
+	}
 	if r.watch != nil {
 		r.watch.Stop()
 	}
@@ -440,7 +452,7 @@ func (r *Run) Close(ctx context.Context) error {
 		// would serve it for ever.
 		return r.forget(ctx)
 	}
-	if r.kv == nil || r.keep {
+	if r.kv == nil || r.keep || r.Lost() {
 		return nil // a kept run stays active: workers work what is queued
 	}
 	r.info.State = stateDone
@@ -459,7 +471,7 @@ func (r *Run) Close(ctx context.Context) error {
 		err = derr
 	}
 	if err != nil {
-		return fmt.Errorf("broker %s: end run %s: %w", r.nc.ConnectedUrlRedacted(), r.opts.RunID, err)
+		return fmt.Errorf("broker %s: end run %s: %w", r.nc.ConnectedUrlRedacted(), r.opts.RunID, plain(err))
 	}
 	return nil
 }
@@ -677,7 +689,7 @@ func (q *stageQueue) retry(ctx context.Context, msg *nats.Msg, id string) (jetst
 			return nil, context.Cause(ctx)
 		}
 	}
-	return nil, fmt.Errorf("broker %s: publish to %s: %w", q.run.nc.ConnectedUrlRedacted(), msg.Subject, last)
+	return nil, fmt.Errorf("broker %s: publish to %s: %w", q.run.nc.ConnectedUrlRedacted(), msg.Subject, plain(last))
 }
 
 // check waits for the broker's ack of each piece published, publishing
@@ -695,7 +707,7 @@ func (q *stageQueue) check() {
 				break
 			}
 			if tries >= 5 || errors.Is(err, nats.ErrConnectionClosed) {
-				q.fail(fmt.Errorf("broker %s: publish to %s: %w", q.run.nc.ConnectedUrlRedacted(), s.msg.Subject, err))
+				q.fail(fmt.Errorf("broker %s: publish to %s: %w", q.run.nc.ConnectedUrlRedacted(), s.msg.Subject, plain(err)))
 				break
 			}
 			f, err := q.retry(context.Background(), s.msg, s.id)
@@ -759,7 +771,11 @@ func (q *stageQueue) Next(ctx context.Context) (runner.Done, error) {
 			if ctx.Err() != nil {
 				return runner.Done{}, context.Cause(ctx)
 			}
-			return runner.Done{}, fmt.Errorf("broker %s: results of stage %q: %w", q.run.nc.ConnectedUrlRedacted(), q.info.Name, f.err)
+			if gone, _ := q.run.streamGone(ctx); gone {
+				q.run.lose()
+				continue
+			}
+			return runner.Done{}, fmt.Errorf("broker %s: results of stage %q: %w", q.run.nc.ConnectedUrlRedacted(), q.info.Name, plain(f.err))
 		}
 		if d, ok, err := q.take(f.m); err != nil || ok {
 			return d, err

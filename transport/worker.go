@@ -142,9 +142,9 @@ func (w *Worker) logf(format string, args ...any) {
 // flowrun or of a different pipeline is refused, with a line in the log
 // and a note in the run's entry for the run to show.
 func (w *Worker) Serve(ctx context.Context) error {
-	kv, watch, err := w.watchRuns(ctx)
-	if err != nil {
-		return err
+	kv, watch, err := w.watchRuns(ctx, false)
+	if watch == nil {
+		return err // nil: ctx is done
 	}
 	defer func() {
 		if watch != nil {
@@ -153,10 +153,14 @@ func (w *Worker) Serve(ctx context.Context) error {
 	}()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	joined := map[string]joinedRun{}
+	joined := map[string]context.CancelFunc{}
+	// served closes when the worker stops serving a run by itself: its
+	// stream went, and a run of the same id (resumed after the broker
+	// lost it) is joined again.
+	served := map[string]chan struct{}{}
 	defer func() {
-		for _, j := range joined {
-			j.stop()
+		for _, stop := range joined {
+			stop()
 		}
 	}()
 	refused := map[string]bool{}
@@ -169,16 +173,17 @@ func (w *Worker) Serve(ctx context.Context) error {
 		case e, ok = <-watch.Updates():
 		}
 		if !ok {
-			if ctx.Err() != nil {
-				return nil
-			}
-			// The runs bucket is gone under the watch: a broker restarted
-			// on an empty store (or the bucket deleted). Watch it anew, for
-			// the runs that start from now on: a worker outlives that too.
-			w.logf("broker %s: the runs on it are gone (restarted on an empty store?); waiting for new runs", w.nc.ConnectedUrlRedacted())
+			// The broker lost the runs bucket (an empty store): the runs
+			// joined are gone with it; watch it anew for the next ones.
 			watch.Stop()
-			if kv, watch, err = w.rewatchRuns(ctx); err != nil {
-				return nil // ctx is done
+			for _, stop := range joined {
+				stop()
+			}
+			clear(joined)
+			clear(served)
+			clear(refused)
+			if kv, watch, err = w.rewatch(ctx); watch == nil {
+				return err // nil: ctx is done
 			}
 			continue
 		}
@@ -188,23 +193,15 @@ func (w *Worker) Serve(ctx context.Context) error {
 		key := e.Key()
 		var info RunInfo
 		if e.Operation() != jetstream.KeyValuePut || json.Unmarshal(e.Value(), &info) != nil || info.State != stateActive {
-			if j, ok := joined[key]; ok {
-				j.stop()
+			if stop, ok := joined[key]; ok {
+				stop()
 				delete(joined, key)
+				delete(served, key)
 				w.logf("run %s is over", strings.TrimPrefix(key, token(w.p.Name)+"."))
 			}
 			continue
 		}
-		if j, ok := joined[key]; ok {
-			select {
-			case <-j.done: // its stream went (a broker that lost it): join it again
-				j.stop()
-				delete(joined, key)
-			default:
-				continue
-			}
-		}
-		if refused[key] {
+		if _, ok := joined[key]; ok && !ended(served[key]) || refused[key] {
 			continue
 		}
 		if why := compatible(info, w.opts.Version, w.hash); why != "" {
@@ -213,55 +210,22 @@ func (w *Worker) Serve(ctx context.Context) error {
 			w.announce(ctx, kv, info, Presence{Refused: why})
 			continue
 		}
+		if stop, ok := joined[key]; ok {
+			stop() // it ended by itself
+		}
 		rctx, stop := context.WithCancel(ctx)
-		done := make(chan struct{})
-		joined[key] = joinedRun{stop: stop, done: done}
+		joined[key] = stop
 		names := w.stageNames(info)
 		w.logf("joined run %s of pipeline %q (from %s): stages %s", info.Run, info.Pipeline, info.Host, strings.Join(names, ", "))
 		w.announce(ctx, kv, info, Presence{Stages: names})
+		end := make(chan struct{})
+		served[key] = end
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer close(done)
+			defer close(end)
 			w.serveRun(rctx, info)
 		}()
-	}
-}
-
-// joinedRun is a run a worker serves: stop ends it, done is closed when
-// the worker stopped serving it.
-type joinedRun struct {
-	stop context.CancelFunc
-	done chan struct{}
-}
-
-// watchRuns opens the runs bucket (making it if the broker has none) and
-// watches the runs of the worker's pipeline.
-func (w *Worker) watchRuns(ctx context.Context) (jetstream.KeyValue, jetstream.KeyWatcher, error) {
-	kv, err := runsKV(ctx, w.js)
-	if err != nil {
-		return nil, nil, fmt.Errorf("broker %s: runs bucket: %w", w.nc.ConnectedUrlRedacted(), err)
-	}
-	watch, err := kv.Watch(ctx, token(w.p.Name)+".*")
-	if err != nil {
-		return nil, nil, fmt.Errorf("broker %s: watch runs: %w", w.nc.ConnectedUrlRedacted(), err)
-	}
-	return kv, watch, nil
-}
-
-// rewatchRuns is watchRuns tried again every second until it works or
-// ctx is done (its error then).
-func (w *Worker) rewatchRuns(ctx context.Context) (jetstream.KeyValue, jetstream.KeyWatcher, error) {
-	for {
-		kv, watch, err := w.watchRuns(ctx)
-		if err == nil {
-			return kv, watch, nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil, nil, ctx.Err()
-		case <-time.After(time.Second):
-		}
 	}
 }
 

@@ -1,0 +1,172 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// A broker restarted on an empty store (its data lost, or another server
+// answering at its address) has none of a run's stream, consumers or
+// entry in the runs bucket: the pieces queued there are gone. The client
+// reconnects as if nothing happened, and without a look at the broker a
+// run would wait for results that never come until the library gave up
+// in its own words. So after each reconnect the run looks for its stream,
+// and a run whose stream is gone fails at once, saying so; workers watch
+// the runs bucket anew (creating it again) and go on serving new runs.
+
+// ErrRunLost is the error of a run whose stream is gone from the broker
+// (errors.Is): what was queued on the broker is lost.
+var ErrRunLost = errors.New("the run's stream is gone from the broker")
+
+// lostError says which run's stream went from which broker.
+type lostError struct {
+	broker, run, stream string
+}
+
+func (e *lostError) Error() string {
+	return fmt.Sprintf("broker %s: run %s: its stream %s is gone from the broker (it restarted on an empty store, or another server answers at its address): the records queued on the broker are lost",
+		e.broker, e.run, e.stream)
+}
+
+func (e *lostError) Is(target error) bool { return target == ErrRunLost }
+
+// lostCheck is how often the run looks whether the connection came back
+// since it last looked; a look at the broker happens only then.
+const lostCheck = 250 * time.Millisecond
+
+// watchLost looks for the run's stream after each reconnect until ctx is
+// done; when it is gone it fails every queue of the run.
+func (r *Run) watchLost(ctx context.Context) {
+	t := time.NewTicker(lostCheck)
+	defer t.Stop()
+	seen := r.nc.Stats().Reconnects
+	for {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+		n := r.nc.Stats().Reconnects
+		if n == seen || !r.nc.IsConnected() {
+			continue
+		}
+		gone, err := r.streamGone(ctx)
+		switch {
+		case gone:
+			r.lose()
+			return
+		case err == nil:
+			seen = n // there: until the next reconnect
+		}
+	}
+}
+
+// streamGone asks the broker whether the run's stream is gone; an error
+// is that it could not tell.
+func (r *Run) streamGone(ctx context.Context) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, jetStreamCheck)
+	defer cancel()
+	_, err := r.js.Stream(ctx, r.info.Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return true, nil
+	}
+	return false, err
+}
+
+// lose fails every queue of the run with the lost stream's error (it is
+// why anything else failed), and wakes the ones waiting for results.
+func (r *Run) lose() {
+	err := &lostError{broker: r.nc.ConnectedUrlRedacted(), run: r.opts.RunID, stream: r.info.Stream}
+	r.lost.Store(true)
+	r.mu.Lock()
+	queues := r.queues
+	r.mu.Unlock()
+	for _, q := range queues {
+		q.mu.Lock()
+		q.err = err
+		q.mu.Unlock()
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Lost says whether the run's stream went from the broker: nothing of
+// the run is left there to resume from or to clean up.
+func (r *Run) Lost() bool { return r.lost.Load() }
+
+// rewatch watches the runs bucket again after a watch ended, creating it
+// if it is gone; see watchRuns.
+func (w *Worker) rewatch(ctx context.Context) (jetstream.KeyValue, jetstream.KeyWatcher, error) {
+	cctx, cancel := context.WithTimeout(ctx, jetStreamCheck)
+	_, err := w.js.KeyValue(cctx, runsBucket)
+	cancel()
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		w.logf("broker %s lost the runs it had (it restarted on an empty store, or another server answers at its address): what they had queued there is gone; waiting for new runs of pipeline %q",
+			w.nc.ConnectedUrlRedacted(), w.p.Name)
+	} else {
+		w.logf("broker %s: the watch of runs ended; watching them again", w.nc.ConnectedUrlRedacted())
+	}
+	return w.watchRuns(ctx, true)
+}
+
+// watchRuns watches the runs bucket, creating it if it is missing. While
+// the broker is away or does not answer it tries again, with backoff,
+// for ever (every error, when always); it returns a nil watcher when ctx
+// is done, and an error when the connection is closed for good or the
+// broker refuses.
+func (w *Worker) watchRuns(ctx context.Context, always bool) (jetstream.KeyValue, jetstream.KeyWatcher, error) {
+	for wait := reconnectMin; ; wait = min(2*wait, reconnectMax) {
+		if w.nc.IsClosed() {
+			why := "closed"
+			if err := w.nc.LastError(); err != nil {
+				why = words(err)
+			}
+			return nil, nil, fmt.Errorf("broker %s: the connection is closed for good (%s)", strings.Join(w.nc.Opts.Servers, ","), why)
+		}
+		kv, err := runsKV(ctx, w.js)
+		what := "runs bucket"
+		if err == nil {
+			what = "watch runs"
+			var watch jetstream.KeyWatcher
+			if watch, err = kv.Watch(ctx, token(w.p.Name)+".*"); err == nil {
+				return kv, watch, nil
+			}
+		}
+		if ctx.Err() != nil {
+			return nil, nil, nil
+		}
+		if !always && !away(err) {
+			return nil, nil, fmt.Errorf("broker %s: %s: %w", w.nc.ConnectedUrlRedacted(), what, plain(err))
+		}
+		if !sleepCtx(ctx, wait) {
+			return nil, nil, nil
+		}
+	}
+}
+
+// away says whether err is of a broker away or restarting, which the
+// connection outlives.
+func away(err error) bool {
+	return errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected) ||
+		errors.Is(err, jetstream.ErrJetStreamNotEnabled) // a restarting server, before its JetStream is up
+}
+
+// ended says whether c is closed.
+func ended(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
