@@ -37,32 +37,38 @@ func (e *lostError) Error() string {
 func (e *lostError) Is(target error) bool { return target == ErrRunLost }
 
 // lostCheck is how often the run looks whether the connection came back
-// since it last looked; a look at the broker happens only then.
+// since it last looked, beside the connection's word that it did; a look
+// at the broker happens only then.
 const lostCheck = 250 * time.Millisecond
 
 // watchLost looks for the run's stream after each reconnect until ctx is
-// done; when it is gone it fails every queue of the run.
-func (r *Run) watchLost(ctx context.Context) {
+// done; when it is gone it fails every queue of the run. since is the
+// count of reconnects before the stream was made: one after it, even
+// before the watch began, is looked into. A look that cannot tell (the
+// broker slow to answer, its JetStream not up yet) is tried again until
+// it can.
+func (r *Run) watchLost(ctx context.Context, since uint64) {
+	up := r.nc.StatusChanged(nats.CONNECTED)
+	defer r.nc.RemoveStatusListener(up)
 	t := time.NewTicker(lostCheck)
 	defer t.Stop()
-	seen := r.nc.Stats().Reconnects
+	seen := since
 	for {
+		if n := r.nc.Stats().Reconnects; n != seen && r.nc.IsConnected() {
+			gone, err := r.streamGone(ctx)
+			switch {
+			case gone:
+				r.lose()
+				return
+			case err == nil:
+				seen = n // there: until the next reconnect
+			}
+		}
 		select {
+		case <-up:
 		case <-t.C:
 		case <-ctx.Done():
 			return
-		}
-		n := r.nc.Stats().Reconnects
-		if n == seen || !r.nc.IsConnected() {
-			continue
-		}
-		gone, err := r.streamGone(ctx)
-		switch {
-		case gone:
-			r.lose()
-			return
-		case err == nil:
-			seen = n // there: until the next reconnect
 		}
 	}
 }
@@ -79,11 +85,48 @@ func (r *Run) streamGone(ctx context.Context) (bool, error) {
 	return false, err
 }
 
+// lookGone says, after taking results failed with err, whether the run
+// is lost (then every queue says so): at once when it was already, or
+// when the broker says the stream is gone. A look that cannot tell is
+// tried again a few times while the connection lives, so that a broker
+// slow to answer after a restart is not taken for one that kept the
+// stream.
+func (r *Run) lookGone(ctx context.Context, err error) bool {
+	if r.Lost() {
+		return true
+	}
+	tries := 1
+	if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
+		errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrNoHeartbeat) || away(err) {
+		tries = 5 // what a broker without the stream makes the results say
+	}
+	for i := 0; i < tries && !r.nc.IsClosed(); i++ {
+		if i > 0 && !sleepCtx(ctx, lostCheck) {
+			return false
+		}
+		gone, lerr := r.streamGone(ctx)
+		if gone {
+			r.lose()
+			return true
+		}
+		if lerr == nil {
+			return false
+		}
+	}
+	return r.Lost()
+}
+
+// lostErr is the error of the run whose stream is gone.
+func (r *Run) lostErr() error {
+	return &lostError{broker: r.nc.ConnectedUrlRedacted(), run: r.opts.RunID, stream: r.info.Stream}
+}
+
 // lose fails every queue of the run with the lost stream's error (it is
 // why anything else failed), and wakes the ones waiting for results.
 func (r *Run) lose() {
-	err := &lostError{broker: r.nc.ConnectedUrlRedacted(), run: r.opts.RunID, stream: r.info.Stream}
+	err := r.lostErr()
 	r.lost.Store(true)
+	r.lostOne.Do(func() { close(r.lostCh) })
 	r.mu.Lock()
 	queues := r.queues
 	r.mu.Unlock()
@@ -101,6 +144,27 @@ func (r *Run) lose() {
 // Lost says whether the run's stream went from the broker: nothing of
 // the run is left there to resume from or to clean up.
 func (r *Run) Lost() bool { return r.lost.Load() }
+
+// bucketBorn is when the runs bucket was made: an instant long past when
+// it is gone (so that it differs from any bucket's), zero when the broker
+// did not tell after a few tries.
+func (w *Worker) bucketBorn(ctx context.Context) time.Time {
+	for i := 0; i < 5; i++ {
+		if i > 0 && !sleepCtx(ctx, lostCheck) {
+			break
+		}
+		cctx, cancel := context.WithTimeout(ctx, jetStreamCheck)
+		st, err := w.js.Stream(cctx, "KV_"+runsBucket)
+		cancel()
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return time.Unix(1, 0)
+		}
+		if err == nil {
+			return st.CachedInfo().Created
+		}
+	}
+	return time.Time{}
+}
 
 // rewatch watches the runs bucket again after a watch ended, creating it
 // if it is gone; see watchRuns.

@@ -37,6 +37,9 @@ const (
 	// inFlight bounds the pieces of one stage on the broker at once: the
 	// queue on the broker is bounded too, as the runner's own queues are.
 	inFlight = 512
+	// pubAckWait is how long the run waits for the broker's ack of a
+	// piece before it publishes it again (check).
+	pubAckWait = 10 * time.Second
 	// resultsAckWait is for the run's own consumer of results: it acks
 	// once the next stage took them, which backpressure may delay.
 	resultsAckWait = 5 * time.Minute
@@ -89,10 +92,12 @@ type Run struct {
 	opened bool                 // Open was called
 	done   sync.WaitGroup
 
-	joined  atomic.Int64 // workers that joined the run
-	table   workerTable  // what they report
-	closing atomic.Bool  // workers leave because the run ends
-	lost    atomic.Bool  // its stream is gone from the broker (lost.go)
+	joined  atomic.Int64  // workers that joined the run
+	table   workerTable   // what they report
+	closing atomic.Bool   // workers leave because the run ends
+	lost    atomic.Bool   // its stream is gone from the broker (lost.go)
+	lostCh  chan struct{} // closed when lost is set
+	lostOne sync.Once
 	unwatch context.CancelFunc
 }
 
@@ -105,7 +110,10 @@ func (r *Run) logf(format string, v ...any) {
 // NewRun prepares a run of p on the broker nc is connected to. Nothing is
 // created on the broker until the runner opens the run's queues.
 func NewRun(nc *nats.Conn, p *spec.Pipeline, o RunOptions) (*Run, error) {
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4*inFlight))
+	// An ack that never comes (its message lost with a broker that
+	// restarted) times out, and the piece is published again: without a
+	// timeout the run waited for it for ever when it closed.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4*inFlight), jetstream.WithPublishAsyncTimeout(pubAckWait))
 	if err != nil {
 		return nil, err
 	}
@@ -118,7 +126,7 @@ func NewRun(nc *nats.Conn, p *spec.Pipeline, o RunOptions) (*Run, error) {
 	if o.MaxDeliver <= 0 {
 		o.MaxDeliver = DefaultMaxDeliver
 	}
-	return &Run{nc: nc, js: js, p: p, opts: o}, nil
+	return &Run{nc: nc, js: js, p: p, opts: o, lostCh: make(chan struct{})}, nil
 }
 
 // ID is the run's id.
@@ -141,6 +149,9 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 	fail := func(what string, err error) error {
 		return fmt.Errorf("broker %s: %s: %w", r.nc.ConnectedUrlRedacted(), what, plain(err))
 	}
+	// A reconnect from here on may have been to a broker without the
+	// stream: the watch of it looks again from this count.
+	since := r.nc.Stats().Reconnects
 	left, err := r.leftover(ctx)
 	if err != nil {
 		return nil, fail("stream "+r.info.Stream, err)
@@ -225,7 +236,7 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 	r.done.Add(1)
 	go func() {
 		defer r.done.Done()
-		r.watchLost(lctx)
+		r.watchLost(lctx, since)
 	}()
 	if r.opts.LocalWorkers {
 		w, err := NewWorker(r.nc, r.p, WorkerOptions{Version: r.opts.Version, Log: r.opts.Log, quiet: true})
@@ -687,6 +698,8 @@ func (q *stageQueue) retry(ctx context.Context, msg *nats.Msg, id string) (jetst
 		case <-time.After(wait):
 		case <-ctx.Done():
 			return nil, context.Cause(ctx)
+		case <-q.run.lostCh:
+			return nil, q.run.lostErr()
 		}
 	}
 	return nil, fmt.Errorf("broker %s: publish to %s: %w", q.run.nc.ConnectedUrlRedacted(), msg.Subject, plain(last))
@@ -702,8 +715,11 @@ func (q *stageQueue) check() {
 			select {
 			case <-s.f.Ok():
 			case err = <-s.f.Err():
+			case <-q.run.lostCh:
+				// Nothing of the run is left on the broker to publish
+				// to: q.err says so.
 			}
-			if err == nil {
+			if err == nil || q.run.Lost() {
 				break
 			}
 			if tries >= 5 || errors.Is(err, nats.ErrConnectionClosed) {
@@ -771,9 +787,8 @@ func (q *stageQueue) Next(ctx context.Context) (runner.Done, error) {
 			if ctx.Err() != nil {
 				return runner.Done{}, context.Cause(ctx)
 			}
-			if gone, _ := q.run.streamGone(ctx); gone {
-				q.run.lose()
-				continue
+			if q.run.lookGone(ctx, f.err) {
+				continue // lost: q.err says so
 			}
 			return runner.Done{}, fmt.Errorf("broker %s: results of stage %q: %w", q.run.nc.ConnectedUrlRedacted(), q.info.Name, plain(f.err))
 		}

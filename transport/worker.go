@@ -146,6 +146,13 @@ func (w *Worker) Serve(ctx context.Context) error {
 	if watch == nil {
 		return err // nil: ctx is done
 	}
+	// After a reconnect the runs bucket may be another (the broker
+	// restarted on an empty store, and a worker or a run made it again):
+	// a watch that outlived the old one goes on from the old sequence and
+	// misses what the new one holds, so it is watched anew.
+	up := w.nc.StatusChanged(nats.CONNECTED)
+	defer w.nc.RemoveStatusListener(up)
+	born := w.bucketBorn(ctx)
 	defer func() {
 		if watch != nil {
 			watch.Stop()
@@ -158,6 +165,12 @@ func (w *Worker) Serve(ctx context.Context) error {
 	// stream went, and a run of the same id (resumed after the broker
 	// lost it) is joined again.
 	served := map[string]chan struct{}{}
+	// started is when the run joined started: a run of the same id that
+	// started later is the run resumed after the broker lost it, whether
+	// or not this worker's watch of the runs ended with the old bucket
+	// (another worker, or the resumed run, may have made it again before
+	// the watch looked), and is joined anew.
+	started := map[string]time.Time{}
 	defer func() {
 		for _, stop := range joined {
 			stop()
@@ -171,6 +184,12 @@ func (w *Worker) Serve(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case e, ok = <-watch.Updates():
+		case <-up:
+			b := w.bucketBorn(ctx)
+			if b.IsZero() || b.Equal(born) {
+				continue // the same bucket, or the broker cannot tell
+			}
+			ok = false
 		}
 		if !ok {
 			// The broker lost the runs bucket (an empty store): the runs
@@ -181,10 +200,12 @@ func (w *Worker) Serve(ctx context.Context) error {
 			}
 			clear(joined)
 			clear(served)
+			clear(started)
 			clear(refused)
 			if kv, watch, err = w.rewatch(ctx); watch == nil {
 				return err // nil: ctx is done
 			}
+			born = w.bucketBorn(ctx)
 			continue
 		}
 		if e == nil {
@@ -197,11 +218,12 @@ func (w *Worker) Serve(ctx context.Context) error {
 				stop()
 				delete(joined, key)
 				delete(served, key)
+				delete(started, key)
 				w.logf("run %s is over", strings.TrimPrefix(key, token(w.p.Name)+"."))
 			}
 			continue
 		}
-		if _, ok := joined[key]; ok && !ended(served[key]) || refused[key] {
+		if _, ok := joined[key]; ok && !ended(served[key]) && started[key].Equal(info.Started) || refused[key] {
 			continue
 		}
 		if why := compatible(info, w.opts.Version, w.hash); why != "" {
@@ -215,6 +237,7 @@ func (w *Worker) Serve(ctx context.Context) error {
 		}
 		rctx, stop := context.WithCancel(ctx)
 		joined[key] = stop
+		started[key] = info.Started
 		names := w.stageNames(info)
 		w.logf("joined run %s of pipeline %q (from %s): stages %s", info.Run, info.Pipeline, info.Host, strings.Join(names, ", "))
 		w.announce(ctx, kv, info, Presence{Stages: names})
