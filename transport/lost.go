@@ -207,7 +207,10 @@ func (w *Worker) watchRuns(ctx context.Context, always bool) (jetstream.KeyValue
 		if ctx.Err() != nil {
 			return nil, nil, nil
 		}
-		if !always && !away(err) {
+		// The bucket gone between its making and the watch: a broker
+		// restarted on an empty store; it is made again.
+		gone := errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound)
+		if !always && !away(err) && !gone {
 			return nil, nil, fmt.Errorf("broker %s: %s: %w", w.nc.ConnectedUrlRedacted(), what, plain(err))
 		}
 		if !sleepCtx(ctx, wait) {
