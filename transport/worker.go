@@ -421,7 +421,8 @@ func (w *Worker) serveStage(ctx context.Context, info RunInfo, s StageInfo, free
 type piece struct {
 	m         jetstream.Msg
 	key       string // Flowrun-Piece
-	seq       uint64 // its stream sequence: its results' ids (Flowrun-Msg)
+	seq       uint64 // its stream sequence (Flowrun-Msg)
+	sent      string // its Nats-Msg-Id: its results' ids (resultsID)
 	delivered int64
 	recs      []runner.Record
 	// last is a delivery MaxDeliver-th: the records are failed, not
@@ -455,9 +456,9 @@ func (w *Worker) hold(info RunInfo, s StageInfo, m jetstream.Msg) *piece {
 		m.Term() // not flowrun's: no one can work it
 		return nil
 	}
-	p := &piece{m: m, key: key, seq: meta.Sequence.Stream, delivered: int64(meta.NumDelivered), recs: recs, stop: make(chan struct{})}
+	p := &piece{m: m, key: key, seq: meta.Sequence.Stream, sent: m.Headers().Get(jetstream.MsgIDHeader), delivered: int64(meta.NumDelivered), recs: recs, stop: make(chan struct{})}
 	if p.delivered > 1 {
-		w.noticeRedelivery(info, s, key, p.seq, p.delivered)
+		w.noticeRedelivery(info, s, key, p.seq, p.sent, p.delivered)
 	}
 	if info.MaxDeliver > 0 && p.delivered >= int64(info.MaxDeliver) {
 		times := fmt.Sprintf("%d times", p.delivered-1)
@@ -570,7 +571,7 @@ func (w *Worker) settle(ctx context.Context, info RunInfo, s StageInfo, p *piece
 		return
 	}
 	d := p.result()
-	if err := w.publish(ctx, info, s, p.key, p.seq, p.delivered, &d); err != nil {
+	if err := w.publish(ctx, info, s, p.key, p.seq, p.sent, p.delivered, &d); err != nil {
 		p.m.Nak()
 		return
 	}
@@ -587,7 +588,7 @@ func (w *Worker) settle(ctx context.Context, info RunInfo, s StageInfo, p *piece
 // noticeRedelivery tells the run that this is a delivery of piece n
 // after its first, as it starts: its results may never reach the run
 // (the first delivery's came first, or it dies too), the notice does.
-func (w *Worker) noticeRedelivery(info RunInfo, s StageInfo, n string, seq uint64, delivered int64) {
+func (w *Worker) noticeRedelivery(info RunInfo, s StageInfo, n string, seq uint64, sent string, delivered int64) {
 	msg := nats.NewMsg(s.Out)
 	msg.Header.Set(hdrRun, info.Run)
 	msg.Header.Set(hdrStage, s.Name)
@@ -595,7 +596,7 @@ func (w *Worker) noticeRedelivery(info RunInfo, s StageInfo, n string, seq uint6
 	msg.Header.Set(hdrMsg, strconv.FormatUint(seq, 10))
 	msg.Header.Set(hdrAttempt, strconv.FormatInt(delivered, 10))
 	msg.Header.Set(hdrNotice, "redelivered")
-	w.js.PublishMsgAsync(msg, jetstream.WithMsgID(info.Run+"."+s.Results+"."+strconv.FormatUint(seq, 10)+".redelivered."+strconv.FormatInt(delivered, 10)))
+	w.js.PublishMsgAsync(msg, jetstream.WithMsgID(resultsID(info, s, seq, sent)+".redelivered."+strconv.FormatInt(delivered, 10)))
 }
 
 // progress tells the broker that a piece is still being worked, a few
@@ -619,7 +620,7 @@ func progress(m jetstream.Msg, ackWait time.Duration, stop <-chan struct{}) {
 // and the delivery: a publish retried is kept once, while the results of
 // another delivery, or of the same records sent again in another message
 // (a resumed run's), are not taken for copies and dropped by the broker.
-func (w *Worker) publish(ctx context.Context, info RunInfo, s StageInfo, n string, seq uint64, delivered int64, d *runner.Done) error {
+func (w *Worker) publish(ctx context.Context, info RunInfo, s StageInfo, n string, seq uint64, sent string, delivered int64, d *runner.Done) error {
 	parts := splitResults(d, recordLimit(w.nc.MaxPayload()))
 	futures := make([]jetstream.PubAckFuture, 0, len(parts))
 	for k, p := range parts {
@@ -641,7 +642,7 @@ func (w *Worker) publish(ctx context.Context, info RunInfo, s StageInfo, n strin
 		// The id is the delivery's too: the results of a piece worked
 		// again reach the run, which takes the first and counts the
 		// redelivery of the other.
-		id := info.Run + "." + s.Results + "." + strconv.FormatUint(seq, 10) + "." + strconv.Itoa(k+1) + "." + strconv.FormatInt(delivered, 10)
+		id := resultsID(info, s, seq, sent) + "." + strconv.Itoa(k+1) + "." + strconv.FormatInt(delivered, 10)
 		f, err := w.js.PublishMsgAsync(msg, jetstream.WithMsgID(id))
 		if err != nil {
 			return err
@@ -658,6 +659,21 @@ func (w *Worker) publish(ctx context.Context, info RunInfo, s StageInfo, n strin
 		}
 	}
 	return nil
+}
+
+// resultsID is the start of the Nats-Msg-Id of a piece's results: made
+// of the piece's own id (the run process that sent it and its number
+// there), else of its stream sequence. Not of the sequence alone: after a
+// broker restarted on an empty store the resumed run's stream counts
+// from 1 again, and results a worker made of a piece of the lost stream
+// and published into the new one took the id of the new piece of that
+// sequence, whose results the broker then dropped as a copy (the resumed
+// run waited for them for ever).
+func resultsID(info RunInfo, s StageInfo, seq uint64, sent string) string {
+	if sent != "" {
+		return sent + ".out"
+	}
+	return info.Run + "." + s.Results + "." + strconv.FormatUint(seq, 10)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {
