@@ -173,7 +173,7 @@ func (w *Worker) rewatch(ctx context.Context) (jetstream.KeyValue, jetstream.Key
 	_, err := w.js.KeyValue(cctx, runsBucket)
 	cancel()
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		w.logf("broker %s lost the runs it had (it restarted on an empty store, or another server answers at its address): what they had queued there is gone; waiting for new runs of pipeline %q",
+		w.logf("broker %s: the runs on it are gone (it restarted on an empty store, or another server answers at its address), with what they had queued there; waiting for new runs of pipeline %q",
 			w.nc.ConnectedUrlRedacted(), w.p.Name)
 	} else {
 		w.logf("broker %s: the watch of runs ended; watching them again", w.nc.ConnectedUrlRedacted())
