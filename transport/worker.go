@@ -165,12 +165,6 @@ func (w *Worker) Serve(ctx context.Context) error {
 	// stream went, and a run of the same id (resumed after the broker
 	// lost it) is joined again.
 	served := map[string]chan struct{}{}
-	// started is when the run joined started: a run of the same id that
-	// started later is the run resumed after the broker lost it, whether
-	// or not this worker's watch of the runs ended with the old bucket
-	// (another worker, or the resumed run, may have made it again before
-	// the watch looked), and is joined anew.
-	started := map[string]time.Time{}
 	defer func() {
 		for _, stop := range joined {
 			stop()
@@ -200,7 +194,6 @@ func (w *Worker) Serve(ctx context.Context) error {
 			}
 			clear(joined)
 			clear(served)
-			clear(started)
 			clear(refused)
 			if kv, watch, err = w.rewatch(ctx); watch == nil {
 				return err // nil: ctx is done
@@ -218,12 +211,11 @@ func (w *Worker) Serve(ctx context.Context) error {
 				stop()
 				delete(joined, key)
 				delete(served, key)
-				delete(started, key)
 				w.logf("run %s is over", strings.TrimPrefix(key, token(w.p.Name)+"."))
 			}
 			continue
 		}
-		if _, ok := joined[key]; ok && !ended(served[key]) && started[key].Equal(info.Started) || refused[key] {
+		if _, ok := joined[key]; ok && !ended(served[key]) || refused[key] {
 			continue
 		}
 		if why := compatible(info, w.opts.Version, w.hash); why != "" {
@@ -237,7 +229,6 @@ func (w *Worker) Serve(ctx context.Context) error {
 		}
 		rctx, stop := context.WithCancel(ctx)
 		joined[key] = stop
-		started[key] = info.Started
 		names := w.stageNames(info)
 		w.logf("joined run %s of pipeline %q (from %s): stages %s", info.Run, info.Pipeline, info.Host, strings.Join(names, ", "))
 		w.announce(ctx, kv, info, Presence{Stages: names})
