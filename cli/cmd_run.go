@@ -72,6 +72,9 @@ process group.
 			&urfave.StringFlag{Name: "run-id", Usage: "with --broker: the run's `ID` on the broker (its stream's name); default: a new one"},
 			&urfave.DurationFlag{Name: "ack-wait", Value: transport.DefaultAckWait, Usage: "with --broker: the `DURATION` a worker may hold a piece of a stage's input without a word before the broker gives it to another"},
 			&urfave.IntFlag{Name: "max-deliver", Value: transport.DefaultMaxDeliver, Usage: "with --broker: after `N` deliveries of a piece its records fail as their stage's on_error says"},
+			// How often the run touches its entry on the broker: the tests'
+			// dead runs expire in seconds, not minutes.
+			&urfave.DurationFlag{Name: "broker-lease", Value: transport.DefaultLease, Hidden: true},
 			&urfave.DurationFlag{Name: "until-idle", Usage: "with a broker input: end after a `DURATION` without a message (drain a queue); without it, a broker input ends on a signal"},
 		}, brokerDialFlags()...),
 		Action: func(c *urfave.Context) error {
@@ -87,7 +90,7 @@ process group.
 				metrics:   c.String("metrics"), metricsLinger: c.Duration("metrics-linger"),
 				brokerOptions: brokerOptions{
 					broker: c.String("broker"), noLocalWorkers: c.Bool("no-local-workers"), runID: c.String("run-id"),
-					ackWait: c.Duration("ack-wait"), maxDeliver: c.Int("max-deliver"), dial: brokerDialOptions(c),
+					ackWait: c.Duration("ack-wait"), maxDeliver: c.Int("max-deliver"), lease: c.Duration("broker-lease"), dial: brokerDialOptions(c),
 				},
 			}
 			if err := checkBrokerDialFlags(c, opts.broker); err != nil {

@@ -27,6 +27,7 @@ type brokerOptions struct {
 	runID          string
 	ackWait        time.Duration
 	maxDeliver     int
+	lease          time.Duration         // --broker-lease (hidden, for tests)
 	dial           transport.DialOptions // --broker-creds, --broker-tls-ca, …
 }
 
@@ -98,6 +99,7 @@ func brokerRun(ctx context.Context, p *spec.Pipeline, o brokerOptions, journal s
 	run, err := transport.NewRun(b.nc, p, transport.RunOptions{
 		RunID: id, Version: transportVersion(), AckWait: o.ackWait, MaxDeliver: o.maxDeliver,
 		LocalWorkers: !o.noLocalWorkers, Log: stderr, Resume: resume, Fresh: fresh,
+		Journaled: journal != "", Lease: o.lease,
 	})
 	if err != nil {
 		b.close()

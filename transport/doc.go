@@ -114,13 +114,31 @@
 // entry in the runs bucket (a KV bucket, flowrun_runs) done and deletes
 // its stream, which tells workers the run is over.
 //
+// # Lease, and runs that died without a word
+//
+// A run touches its entry every RunInfo.Lease (DefaultLease, 2 s): the
+// entry's revision time, the broker's clock, says when it last did. A
+// worker takes the broker's time from the latest revision it saw (plus
+// what its own clock says passed since) and stops pulling a run silent
+// for leaseLost leases (10 s): a run killed (kill -9) leaves its entry
+// active, and each idle pull of its stream held a slot of the stage for
+// up to a second, starving the live runs of the pipeline. The run's next
+// touch (a --resume) has it served again. A run without a journal
+// (RunInfo.Journaled false) can never be resumed: the first run to start
+// on the broker once it is silent for garbageAfter leases (1 min), of any
+// pipeline, deletes its stream and entry and says so in one line; its
+// claim is the entry's purge at the revision it read, so of two runs that
+// start at once only one deletes it, and a run that touched its entry
+// meanwhile is left alone. A journaled run's stream stays for --resume.
+//
 // # Resume
 //
 // A journaled run's id comes from its journal, and a run that did not
 // finish leaves its stream (and, embedded, the server's store beside the
-// journal). Workers that outlive the dead process go on: they finish the
-// pieces in their hands and take those still queued, and their results
-// wait in the stream. `--resume` reads the stream first: the pieces
+// journal). Workers that outlive the dead process go on for as long as
+// its lease lets them (10 s): they finish the pieces in their hands and
+// take those still queued, and their results wait in the stream; the
+// resumed run's entry has them back. `--resume` reads the stream first: the pieces
 // still queued (or in a worker's hands), and those answered by every
 // part of one delivery's results that the dead process never took
 // (acked), are known by their Flowrun-Piece. As the resumed run reads its

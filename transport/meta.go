@@ -42,6 +42,16 @@ type RunInfo struct {
 	// Workers is the subject where the run's workers report what they
 	// do (Report), every reportEvery.
 	Workers string `json:"workers,omitempty"`
+	// Lease is how often the run touches its entry while it lives (the
+	// entry's revision time, the broker's clock, says when it last did):
+	// a worker stops pulling a run silent for leaseLost of them, and the
+	// next run on the broker deletes what a dead run without a journal
+	// left once it is silent for garbageAfter of them. 0: a flowrun
+	// before leases, never judged.
+	Lease time.Duration `json:"lease,omitempty"`
+	// Journaled says the run keeps a journal: dead, it may be resumed,
+	// so its stream is kept.
+	Journaled bool `json:"journaled,omitempty"`
 }
 
 // StageInfo is where a remote stage's queue and results are.

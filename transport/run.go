@@ -49,6 +49,25 @@ const (
 	// never do: it cuts its pieces anew), however many times it was
 	// killed.
 	resultsPending = 64 * inFlight
+	// DefaultLease is how often a run touches its entry in the runs
+	// bucket while it lives: one small put, cheap for any number of runs
+	// at that rate, and short enough that a run killed without a word
+	// costs the live ones of its pipeline little (below).
+	DefaultLease = 2 * time.Second
+	// leaseLost is the leases without a touch after which a worker stops
+	// pulling the run (10 s by default): each idle pull of a dead run's
+	// stream holds a slot of the stage for up to idleWait, which starved
+	// the live runs of the pipeline (7 min 48 s for a run of 1.8 s). Five
+	// lets a touch or two come late (a reconnect, a loaded machine)
+	// without a live run's pieces waiting. The run's next touch (a
+	// --resume) has it served again.
+	leaseLost = 5
+	// garbageAfter is the leases without a touch after which the next
+	// run on the broker deletes the stream and entry of a run without a
+	// journal (1 min by default): dead, it can never be resumed, and its
+	// stream would hold what it queued for ever. Long past any
+	// reconnect of a run still alive.
+	garbageAfter = 30
 )
 
 // RunOptions say how a run uses the broker.
@@ -67,6 +86,12 @@ type RunOptions struct {
 	// are not worked again. Without it, a run id whose stream is there
 	// is refused, unless Fresh says to replace it.
 	Resume, Fresh bool
+	// Journaled says the run keeps a journal (--journal): dead, its
+	// stream is kept for --resume, not deleted by the runs that follow.
+	Journaled bool
+	// Lease is how often the run touches its entry (0: DefaultLease);
+	// shorter in tests.
+	Lease time.Duration
 	// Log is where the run says what workers do (one refused the run);
 	// nil: nowhere.
 	Log io.Writer
@@ -87,10 +112,12 @@ type Run struct {
 	queues []*stageQueue
 	local  *Worker
 	stop   context.CancelFunc
-	watch  jetstream.KeyWatcher // the workers' presence
-	keep   bool                 // Close leaves the stream
-	opened bool                 // Open was called
-	done   sync.WaitGroup
+	// unlease stops the touches of the run's entry (lease).
+	unlease context.CancelFunc
+	watch   jetstream.KeyWatcher // the workers' presence
+	keep    bool                 // Close leaves the stream
+	opened  bool                 // Open was called
+	done    sync.WaitGroup
 
 	joined  atomic.Int64  // workers that joined the run
 	table   workerTable   // what they report
@@ -126,6 +153,9 @@ func NewRun(nc *nats.Conn, p *spec.Pipeline, o RunOptions) (*Run, error) {
 	if o.MaxDeliver <= 0 {
 		o.MaxDeliver = DefaultMaxDeliver
 	}
+	if o.Lease <= 0 {
+		o.Lease = DefaultLease
+	}
 	return &Run{nc: nc, js: js, p: p, opts: o, lostCh: make(chan struct{})}, nil
 }
 
@@ -146,6 +176,7 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 	r.info.Host = host + ":" + strconv.Itoa(os.Getpid())
 	r.info.Started = time.Now().UTC()
 	r.info.AckWait, r.info.MaxDeliver = r.opts.AckWait, r.opts.MaxDeliver
+	r.info.Lease, r.info.Journaled = r.opts.Lease, r.opts.Journaled
 	fail := func(what string, err error) error {
 		return fmt.Errorf("broker %s: %s: %w", r.nc.ConnectedUrlRedacted(), what, plain(err))
 	}
@@ -237,6 +268,13 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 	go func() {
 		defer r.done.Done()
 		r.watchLost(lctx, since)
+	}()
+	tctx, unlease := context.WithCancel(context.WithoutCancel(ctx))
+	r.unlease = unlease
+	r.done.Add(1)
+	go func() {
+		defer r.done.Done()
+		r.lease(tctx)
 	}()
 	if r.opts.LocalWorkers {
 		w, err := NewWorker(r.nc, r.p, WorkerOptions{Version: r.opts.Version, Log: r.opts.Log, quiet: true})
@@ -401,6 +439,84 @@ func (r *Run) leftover(ctx context.Context) (map[string]map[string]bool, error) 
 	return left, nil
 }
 
+// lease touches the run's entry every Lease until ctx is done, so that
+// workers know it lives (the entry's revision time is the broker's
+// clock, not this machine's). First it deletes what dead runs left
+// (collect).
+func (r *Run) lease(ctx context.Context) {
+	// A run shorter than that still does it whole: Close waits.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	r.collect(cctx)
+	cancel()
+	t := time.NewTicker(r.info.Lease)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.lostCh:
+			// Its stream is gone (lost.go): a touch would put back, in a
+			// bucket made anew, an active run with nothing to serve.
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, r.info.Lease)
+		r.put(pctx) // a touch lost (the broker away) is followed by the next
+		cancel()
+	}
+}
+
+// collect deletes the stream and entry of every run on the broker, of
+// any pipeline, that has no journal and has not touched its entry for
+// garbageAfter of its leases: it died without a word, and can never be
+// resumed. Ages are by the broker's clock: this run's own entry, just
+// put, says what time it is there. Two runs that start at once may both
+// find a dead run: the entry's purge at the revision found is the claim,
+// so only one deletes it and says so; a run that touched its entry
+// meanwhile (alive after all) is left alone.
+func (r *Run) collect(ctx context.Context) {
+	own, err := r.kv.Get(ctx, r.info.key())
+	if err != nil {
+		return
+	}
+	lister, err := r.kv.ListKeys(ctx)
+	if err != nil {
+		return
+	}
+	var runs []string
+	for k := range lister.Keys() { // to its end, which ends its goroutine
+		if strings.Count(k, ".") == 1 && k != r.info.key() {
+			runs = append(runs, k)
+		}
+	}
+	for _, k := range runs {
+		e, err := r.kv.Get(ctx, k)
+		if err != nil {
+			continue
+		}
+		var info RunInfo
+		if json.Unmarshal(e.Value(), &info) != nil || info.State != stateActive || info.Journaled || info.Lease <= 0 {
+			continue
+		}
+		age := own.Created().Sub(e.Created())
+		if age < garbageAfter*info.Lease {
+			continue
+		}
+		if r.kv.Purge(ctx, k, jetstream.LastRevision(e.Revision())) != nil {
+			continue // touched, or another run took it first
+		}
+		if err := r.js.DeleteStream(ctx, info.Stream); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			r.logf("flowrun: broker %s: delete stream %s of dead run %s: %v\n", r.nc.ConnectedUrlRedacted(), info.Stream, info.Run, err)
+		}
+		if keys, err := r.kv.ListKeysFiltered(ctx, k+".w.*"); err == nil {
+			for w := range keys.Keys() {
+				r.kv.Purge(ctx, w)
+			}
+		}
+		r.logf("flowrun: deleted run %s of pipeline %q (from %s) from the broker: no word from it for %v, and no journal to resume it\n", info.Run, info.Pipeline, info.Host, age.Round(time.Second))
+	}
+}
+
 // KeepStream makes Close leave the run's stream on the broker, for a
 // run that did not finish and may be resumed (--journal, --resume).
 func (r *Run) KeepStream() { r.keep = true }
@@ -438,6 +554,9 @@ func (r *Run) Close(ctx context.Context) error {
 	}
 	if r.unwatch != nil {
 		r.unwatch()
+	}
+	if r.unlease != nil {
+		r.unlease() // before the entry says done: a touch must not put it back
 	}
 	if r.watch != nil {
 		r.watch.Stop()

@@ -171,12 +171,35 @@ func (w *Worker) Serve(ctx context.Context) error {
 		}
 	}()
 	refused := map[string]bool{}
+	// When each run last touched its entry and its lease, by the
+	// broker's clock; the broker's time is the latest revision seen, plus
+	// what this process's clock says passed since.
+	touched, leases := map[string]time.Time{}, map[string]time.Duration{}
+	var latest, seen time.Time
+	silent := func(key string, at time.Time) bool {
+		l := leases[key]
+		return l > 0 && latest.Add(time.Since(seen)).Sub(at) > leaseLost*l
+	}
+	check := time.NewTicker(leaseCheck)
+	defer check.Stop()
 	for {
 		var e jetstream.KeyValueEntry
 		var ok bool
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-check.C:
+			for key, stop := range joined {
+				if silent(key, touched[key]) {
+					// Its process died, or lost the broker: its idle
+					// pulls would hold slots the live runs need.
+					stop()
+					delete(joined, key)
+					delete(served, key)
+					w.logf("run %s has said nothing for %v: not served until it does (a --resume)", strings.TrimPrefix(key, token(w.p.Name)+"."), leaseLost*leases[key])
+				}
+			}
+			continue
 		case e, ok = <-watch.Updates():
 		case <-up:
 			b := w.bucketBorn(ctx)
@@ -195,6 +218,8 @@ func (w *Worker) Serve(ctx context.Context) error {
 			clear(joined)
 			clear(served)
 			clear(refused)
+			clear(touched)
+			clear(leases)
 			if kv, watch, err = w.rewatch(ctx); watch == nil {
 				return err // nil: ctx is done
 			}
@@ -205,8 +230,13 @@ func (w *Worker) Serve(ctx context.Context) error {
 			continue // the end of the runs there were
 		}
 		key := e.Key()
+		if e.Created().After(latest) {
+			latest, seen = e.Created(), time.Now()
+		}
 		var info RunInfo
 		if e.Operation() != jetstream.KeyValuePut || json.Unmarshal(e.Value(), &info) != nil || info.State != stateActive {
+			delete(touched, key)
+			delete(leases, key)
 			if stop, ok := joined[key]; ok {
 				stop()
 				delete(joined, key)
@@ -215,7 +245,8 @@ func (w *Worker) Serve(ctx context.Context) error {
 			}
 			continue
 		}
-		if _, ok := joined[key]; ok && !ended(served[key]) || refused[key] {
+		touched[key], leases[key] = e.Created(), info.Lease
+		if _, ok := joined[key]; ok && !ended(served[key]) || refused[key] || silent(key, e.Created()) {
 			continue
 		}
 		if why := compatible(info, w.opts.Version, w.hash); why != "" {
@@ -242,6 +273,10 @@ func (w *Worker) Serve(ctx context.Context) error {
 		}()
 	}
 }
+
+// leaseCheck is how often a worker looks for runs that said nothing
+// for leaseLost of their leases.
+const leaseCheck = 500 * time.Millisecond
 
 // announce tells the run that this worker joined it or refused it.
 func (w *Worker) announce(ctx context.Context, kv jetstream.KeyValue, info RunInfo, p Presence) {
