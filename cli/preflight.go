@@ -259,14 +259,7 @@ func samePath(a, b string) bool {
 	if isStd(a) || isStd(b) || connect.Scheme(a) != "" || connect.Scheme(b) != "" {
 		return false
 	}
-	fa, erra := os.Stat(a)
-	fb, errb := os.Stat(b)
-	if erra == nil && errb == nil {
-		return os.SameFile(fa, fb)
-	}
-	absA, erra := filepath.Abs(a)
-	absB, errb := filepath.Abs(b)
-	return erra == nil && errb == nil && absA == absB
+	return fileconn.Same(a, b)
 }
 
 // checkOutput is checkWritable for the output, whose broker URL comes
