@@ -26,15 +26,11 @@ import (
 // within the client's read timeout: the command was sent, the client
 // dropped the connection, and Redis ran it after all.
 type holder struct {
-	l     net.Listener
-	to    string
+	*proxy
 	armed atomic.Bool
 	held  chan held     // the moves held back, with their connection to Redis
 	once  sync.Once     // closes ran
 	ran   chan struct{} // closed once Redis replied to the held moves
-	mu    sync.Mutex
-	conns []net.Conn
-	wg    sync.WaitGroup
 }
 
 type held struct {
@@ -48,103 +44,73 @@ var (
 )
 
 func newHolder(t *testing.T, to string) *holder {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &holder{l: l, to: to, held: make(chan held, 1), ran: make(chan struct{})}
-	h.wg.Add(1)
-	go h.accept()
-	t.Cleanup(func() {
-		l.Close()
-		h.mu.Lock()
-		for _, c := range h.conns {
-			c.Close()
-		}
-		h.mu.Unlock()
-		h.wg.Wait()
-	})
+	h := &holder{held: make(chan held, 1), ran: make(chan struct{})}
+	h.proxy = startProxy(t, to, h.serve)
 	return h
 }
 
-func (h *holder) accept() {
-	defer h.wg.Done()
-	for {
-		client, err := h.l.Accept()
-		if err != nil {
-			return
-		}
-		server, err := net.Dial("tcp", h.to)
-		if err != nil {
-			client.Close()
-			continue
-		}
-		h.mu.Lock()
-		h.conns = append(h.conns, client, server)
-		h.mu.Unlock()
-		var holding, ranging atomic.Bool // this connection's moves are held; its LRANGE is on the way
-		h.wg.Add(2)
-		go func() { // commands
-			defer h.wg.Done()
-			defer server.Close()
-			buf := make([]byte, 32<<10)
-			for {
-				n, err := client.Read(buf)
-				if n > 0 {
-					b := slices.Clone(buf[:n])
-					switch {
-					case bytes.Contains(b, lmove) && h.armed.CompareAndSwap(true, false):
-						holding.Store(true)
-						h.held <- held{b, server}
-						// The client gives up and closes; the moves wait for
-						// the next LRANGE, then go, and Redis runs them.
-						client.Read(make([]byte, 1))
-						select {
-						case <-h.ran:
-						case <-time.After(10 * time.Second):
-						}
-						return
-					case bytes.Contains(b, lrange) && len(h.held) == 1:
-						ranging.Store(true)
+func (h *holder) serve(p *proxy, client, server net.Conn) {
+	var holding, ranging atomic.Bool // this connection's moves are held; its LRANGE is on the way
+	// The commands.
+	p.spawn(func() {
+		defer server.Close()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := client.Read(buf)
+			if n > 0 {
+				b := slices.Clone(buf[:n])
+				switch {
+				case bytes.Contains(b, lmove) && h.armed.CompareAndSwap(true, false):
+					holding.Store(true)
+					h.held <- held{b, server}
+					// The client gives up and closes; the moves wait for
+					// the next LRANGE, then go, and Redis runs them.
+					client.Read(make([]byte, 1))
+					select {
+					case <-h.ran:
+					case <-time.After(10 * time.Second):
 					}
-					if _, err := server.Write(b); err != nil {
-						return
-					}
+					return
+				case bytes.Contains(b, lrange) && len(h.held) == 1:
+					ranging.Store(true)
 				}
-				if err != nil {
+				if _, err := server.Write(b); err != nil {
 					return
 				}
 			}
-		}()
-		go func() { // replies
-			defer h.wg.Done()
-			defer client.Close()
-			buf := make([]byte, 32<<10)
-			for {
-				n, err := server.Read(buf)
-				if n > 0 && holding.Load() {
-					h.once.Do(func() { close(h.ran) })
-					continue // the client is gone
-				}
-				if n > 0 && ranging.CompareAndSwap(true, false) {
-					// The LRANGE ran before the moves: send them now, on
-					// their own connection, and pass on the LRANGE's
-					// reply once Redis has run them.
-					m := <-h.held
-					m.server.Write(m.cmds)
-					<-h.ran
-				}
-				if n > 0 {
-					if _, err := client.Write(buf[:n]); err != nil {
-						return
-					}
-				}
-				if err != nil {
+			if err != nil {
+				return
+			}
+		}
+	})
+	// The replies.
+	p.spawn(func() {
+		defer client.Close()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := server.Read(buf)
+			if n > 0 && holding.Load() {
+				h.once.Do(func() { close(h.ran) })
+				continue // the client is gone
+			}
+			if n > 0 && ranging.CompareAndSwap(true, false) {
+				// The LRANGE ran before the moves: send them now, on
+				// their own connection, and pass on the LRANGE's
+				// reply once Redis has run them.
+				m := <-h.held
+				m.server.Write(m.cmds)
+				<-h.ran
+			}
+			if n > 0 {
+				if _, err := client.Write(buf[:n]); err != nil {
 					return
 				}
 			}
-		}()
-	}
+			if err != nil {
+				return
+			}
+		}
+	})
 }
 
 // A move that Redis ran after the client had given up on it (no reply
@@ -168,7 +134,7 @@ func TestListMoveRunLate(t *testing.T) {
 	}
 	redis.SetReadTimeout(300 * time.Millisecond)
 	defer redis.SetReadTimeout(0)
-	src, _, err := connect.OpenSource(ctx, "redis://"+h.l.Addr().String()+"/0?list="+list+"&consumer=c", nil, 3)
+	src, _, err := connect.OpenSource(ctx, "redis://"+h.addr()+"/0?list="+list+"&consumer=c", nil, 3)
 	if err != nil {
 		t.Fatal(err)
 	}

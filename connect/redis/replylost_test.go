@@ -24,55 +24,19 @@ import (
 // its reply went out looks like to the client. Connections made after
 // that pass through.
 type cutter struct {
-	l     net.Listener
-	to    string
+	*proxy
 	armed atomic.Bool
 	cut   chan struct{} // closed once a reply was swallowed
 	once  sync.Once
-	mu    sync.Mutex
-	conns []net.Conn
-	wg    sync.WaitGroup
 }
 
 func newCutter(t *testing.T, to string) *cutter {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &cutter{l: l, to: to, cut: make(chan struct{})}
-	c.wg.Add(1)
-	go c.accept()
-	t.Cleanup(func() {
-		l.Close()
-		c.mu.Lock()
-		for _, conn := range c.conns {
-			conn.Close()
-		}
-		c.mu.Unlock()
-		c.wg.Wait()
+	c := &cutter{cut: make(chan struct{})}
+	c.proxy = startProxy(t, to, func(p *proxy, client, server net.Conn) {
+		p.spawn(func() { io.Copy(server, client); server.Close() })
+		p.spawn(func() { c.replies(client, server); client.Close() })
 	})
 	return c
-}
-
-func (c *cutter) accept() {
-	defer c.wg.Done()
-	for {
-		client, err := c.l.Accept()
-		if err != nil {
-			return
-		}
-		server, err := net.Dial("tcp", c.to)
-		if err != nil {
-			client.Close()
-			continue
-		}
-		c.mu.Lock()
-		c.conns = append(c.conns, client, server)
-		c.mu.Unlock()
-		c.wg.Add(2)
-		go func() { defer c.wg.Done(); io.Copy(server, client); server.Close() }()
-		go func() { defer c.wg.Done(); c.replies(client, server); client.Close() }()
-	}
 }
 
 func (c *cutter) replies(client, server net.Conn) {
@@ -112,7 +76,7 @@ func TestListReplyLostWhileIdle(t *testing.T) {
 	direct := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:" + strconv.Itoa(srv.Port)})
 	defer direct.Close()
 	direct.Del(ctx, list, list+":processing:c")
-	u := "redis://" + cut.l.Addr().String() + "/0?list=" + list + "&consumer=c"
+	u := "redis://" + cut.addr() + "/0?list=" + list + "&consumer=c"
 	src, _, err := connect.OpenSource(ctx, u, nil, 1)
 	if err != nil {
 		t.Fatal(err)
