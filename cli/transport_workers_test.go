@@ -420,12 +420,18 @@ stages:
 	runDone := make(chan struct{})
 	go func() { run.Wait(); close(runDone) }()
 	t.Cleanup(func() { run.Process.Kill(); <-runDone })
+	// upper has a worker of its own, which the poison never kills: a
+	// worker the poison kills spends a delivery of every piece it holds,
+	// and a piece of upper's held there twice would be dead-lettered on
+	// its last delivery, "without an answer", as the poison is.
+	safe := startWorker(t, p, "--broker", url, "--stages", "upper")
+	defer safe.stop(t)
 	var workers []*workerProcess
 	for ended := false; !ended; {
 		if len(workers) > 4 {
 			t.Fatalf("%d workers died and the run goes on:\n%s", len(workers), &runErr)
 		}
-		w := startWorker(t, p, "--broker", url)
+		w := startWorker(t, p, "--broker", url, "--stages", "deadly")
 		workers = append(workers, w)
 		select {
 		case <-w.done: // the poison killed it: another
