@@ -37,7 +37,7 @@ holds go back to the queue for other workers.
 			&urfave.StringFlag{Name: "stages", Usage: "work only these stages, `a,b` (default: every stage that runs on workers)"},
 			&urfave.StringSliceFlag{Name: "set", Usage: "override `KEY=VALUE` of the pipeline, e.g. stages.NAME.workers=8 (repeatable)"},
 			&urfave.StringFlag{Name: "name", Usage: "the worker's `NAME` in the runs it works (their progress, summary and page) and in its metrics (default: host:pid)"},
-			&urfave.StringFlag{Name: "metrics", Usage: "serve this worker's Prometheus metrics at http://`ADDR`/metrics (labels pipeline, stage, worker) and a page of its stages at http://ADDR/"},
+			&urfave.StringFlag{Name: "metrics", Usage: "serve this worker's Prometheus metrics at http://`ADDR`/metrics (labels pipeline, stage, worker, worker_id) and a page of its stages at http://ADDR/"},
 		}, brokerDialFlags()...),
 		Action: func(c *urfave.Context) error {
 			if c.NArg() != 1 {
@@ -85,7 +85,7 @@ func runWorker(ctx context.Context, file, url string, dial transport.DialOptions
 	defer w.Close()
 	if metrics != "" {
 		o := observe.New(p, buildInfo())
-		o.Worker = w.Name()
+		o.Worker, o.WorkerID = w.Name(), w.ID()
 		srv, err := o.Listen(metrics)
 		if err != nil {
 			return usageError{err}
@@ -97,7 +97,7 @@ func runWorker(ctx context.Context, file, url string, dial transport.DialOptions
 		}()
 		fmt.Fprintf(stderr, "flowrun worker: metrics at %smetrics\n", srv.URL())
 	}
-	fmt.Fprintf(stderr, "flowrun worker: %s, waiting for runs of pipeline %q\n", w.Name(), p.Name)
+	fmt.Fprintf(stderr, "flowrun worker: %s (id %s), waiting for runs of pipeline %q\n", w.Name(), w.ID(), p.Name)
 	if err := w.Serve(ctx); err != nil {
 		return fmt.Errorf("%w", err)
 	}

@@ -2,9 +2,13 @@ package cli_test
 
 import (
 	"encoding/json"
+	"io"
+	"maps"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -124,4 +128,166 @@ stages:
 		t.Errorf("output: %d lines, want %d", strings.Count(string(got), "\n"), n)
 	}
 	w2.stop(t)
+}
+
+// TestBrokerWorkersOfOneName: two `flowrun worker --name twin` processes
+// are two workers to the run, each with its own id: the status line,
+// the log, --stats, the metrics and the live page tell them apart by the
+// short id after the name they share, and when one is killed with
+// SIGKILL the run says that one gone while the other goes on working
+// (one table entry by name kept the dead one alive on the other's
+// reports, and showed one worker with both's records).
+func TestBrokerWorkersOfOneName(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	url := embeddedBroker(t)
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", `name: twins
+stages:
+  - {name: slow, use: sleep, with: {duration: 30ms}, workers: 2}
+  - use: upper
+`)
+	const n = 600
+	in := writeFile(t, dir, "in.txt", rLines(n))
+	out, stats := filepath.Join(dir, "out.txt"), filepath.Join(dir, "stats.json")
+	idOf := regexp.MustCompile(`flowrun worker: twin \(id ([0-9a-f]{8})\), waiting for runs`)
+	var ws [2]*workerProcess
+	var ids [2]string
+	for i := range ws {
+		ws[i] = startWorker(t, p, "--broker", url, "--name", "twin")
+		m := idOf.FindStringSubmatch(ws[i].stderr.String())
+		if m == nil {
+			t.Fatalf("worker %d does not say its id:\n%s", i, ws[i].stderr)
+		}
+		ids[i] = m[1]
+	}
+	if ids[0][:4] == ids[1][:4] {
+		t.Skipf("the two ids share their first 4 digits (%s, %s): labels are longer then", ids[0], ids[1])
+	}
+	doomed, steady := "twin#"+ids[0][:4], "twin#"+ids[1][:4]
+	run := exec.Command(flowrunBin, "run", "--progress", "plain", "--progress-every", "200ms", "--broker", url, "--no-local-workers",
+		"--ack-wait", "1s", "--metrics", "127.0.0.1:0", "-i", in, "-o", out, "--stats", stats, p)
+	var runErr lockedBuffer
+	run.Stderr = &runErr
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	runDone := make(chan error, 1)
+	go func() { runDone <- run.Wait() }()
+	t.Cleanup(func() {
+		run.Process.Kill()
+		<-runDone
+	})
+	waitRun := func(what string, ok func(string) bool) {
+		t.Helper()
+		for deadline := time.Now().Add(time.Minute); !ok(runErr.String()); time.Sleep(10 * time.Millisecond) {
+			select {
+			case err := <-runDone:
+				runDone <- err
+				t.Fatalf("the run ended (%v) before %s:\n%s", err, what, &runErr)
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the run never showed %s:\n%s", what, &runErr)
+			}
+		}
+	}
+	// Both twins work, each shown as itself.
+	waitRun("both twins busy", func(s string) bool {
+		return strings.Contains(s, doomed+" busy") && strings.Contains(s, steady+" busy")
+	})
+	ws[0].cmd.Process.Signal(syscall.SIGKILL)
+	<-ws[0].done
+	gone := "flowrun: worker " + doomed + " is gone: no word from it for 5s"
+	waitRun("the killed twin gone", func(s string) bool { return strings.Contains(s, gone) })
+	page := regexp.MustCompile(`metrics at (http://[0-9.:]+/)metrics`).FindStringSubmatch(runErr.String())
+	if page == nil {
+		t.Fatalf("the run does not say where its metrics are:\n%s", &runErr)
+	}
+	// While the run goes on: its metrics count one working and one gone,
+	// and its page lists each twin by its label, with its id.
+	metrics := httpGet(t, page[1]+"metrics")
+	for _, want := range []string{`flowrun_broker_workers{pipeline="twins",state="gone"} 1`, `flowrun_broker_workers{pipeline="twins",state="working"} 1`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("the run's metrics lack %s:\n%s", want, metrics)
+		}
+	}
+	var view struct {
+		Workers []struct{ Name, ID, State string }
+	}
+	if err := json.Unmarshal([]byte(httpGet(t, page[1]+"api/snapshot")), &view); err != nil {
+		t.Fatal(err)
+	}
+	pageStates := map[string]string{}
+	for _, w := range view.Workers {
+		pageStates[w.Name+" "+w.ID] = w.State
+	}
+	if want := map[string]string{doomed + " " + ids[0]: "gone", steady + " " + ids[1]: "working"}; !maps.Equal(pageStates, want) {
+		t.Errorf("the page's workers %v, want %v", pageStates, want)
+	}
+	// A status line after the kill shows the one gone and the other busy.
+	waitRun("a status line with one twin gone and the other busy", func(s string) bool {
+		for _, l := range strings.Split(s, "\n") {
+			if strings.Contains(l, doomed+" gone") && strings.Contains(l, steady+" busy") {
+				return true
+			}
+		}
+		return false
+	})
+	var err error
+	select {
+	case err = <-runDone:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("the run did not end:\n%s", &runErr)
+	}
+	runDone <- err
+	if err != nil {
+		t.Fatalf("run: %v\n%s\nsteady:\n%s", err, &runErr, ws[1].stderr)
+	}
+	if strings.Contains(runErr.String(), "worker "+steady+" is gone") {
+		t.Errorf("the run said the live twin gone:\n%s", &runErr)
+	}
+	if !regexp.MustCompile(`2 workers: twin#[0-9a-f]{4} slow×2`).MatchString(strings.Join(strings.Fields(runErr.String()), " ")) {
+		t.Errorf("the summary does not list two twins:\n%s", &runErr)
+	}
+	var s struct {
+		Workers []struct {
+			Name, ID, State string
+			Records         int64
+		}
+	}
+	b, _ := os.ReadFile(stats)
+	if err := json.Unmarshal(b, &s); err != nil {
+		t.Fatal(err)
+	}
+	states := map[string]string{}
+	var records int64
+	for _, w := range s.Workers {
+		states[w.Name+" "+w.ID] = w.State
+		records += w.Records
+	}
+	if want := map[string]string{doomed + " " + ids[0]: "gone", steady + " " + ids[1]: "working"}; !maps.Equal(states, want) {
+		t.Errorf("the workers in --stats: %v, want %v:\n%s", states, want, b)
+	}
+	if records != 2*n { // each record through slow and upper
+		t.Errorf("the workers' records: %d, want %d:\n%s", records, 2*n, b)
+	}
+	if got, _ := os.ReadFile(out); strings.Count(string(got), "\n") != n {
+		t.Errorf("output: %d lines, want %d", strings.Count(string(got), "\n"), n)
+	}
+	ws[1].stop(t)
+}
+
+// httpGet returns the body of url.
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

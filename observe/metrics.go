@@ -31,6 +31,7 @@ type collector struct {
 	o      *Observer
 	bounds []time.Duration
 	worker string // the worker's name: a label of every metric but build_info
+	id     string // and its id, the label worker_id
 
 	buildInfo                                         *prometheus.Desc
 	in, out, errs, retries, skipped, dead, busySecs   *prometheus.Desc
@@ -45,8 +46,8 @@ func newCollector(o *Observer) *collector {
 	stage := []string{"pipeline", "stage"}
 	pipeline := []string{"pipeline"}
 	if o.Worker != "" {
-		stage = append(stage, "worker")
-		pipeline = append(pipeline, "worker")
+		stage = append(stage, "worker", "worker_id")
+		pipeline = append(pipeline, "worker", "worker_id")
 	}
 	d := func(name, help string, labels []string) *prometheus.Desc {
 		return prometheus.NewDesc(name, help, labels, nil)
@@ -54,6 +55,7 @@ func newCollector(o *Observer) *collector {
 	c := &collector{
 		o:              o,
 		worker:         o.Worker,
+		id:             o.WorkerID,
 		buildInfo:      d("flowrun_build_info", "flowrun's version; the value is 1.", []string{"version", "revision", "goversion"}),
 		in:             d("flowrun_records_in_total", "Records a stage has taken in and finished with.", stage),
 		out:            d("flowrun_records_out_total", "Records a stage has passed on.", stage),
@@ -103,13 +105,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	// The labels of a stage's metrics and of the pipeline's.
 	stage := func(name string) []string {
 		if c.worker != "" {
-			return []string{p, name, c.worker}
+			return []string{p, name, c.worker, c.id}
 		}
 		return []string{p, name}
 	}
 	pipeline := []string{p}
 	if c.worker != "" {
-		pipeline = append(pipeline, c.worker)
+		pipeline = append(pipeline, c.worker, c.id)
 	}
 	ch <- prometheus.MustNewConstMetric(c.buildInfo, prometheus.GaugeValue, 1, b.Version, b.Revision, b.GoVersion)
 	counter := func(d *prometheus.Desc, v int64, labels ...string) {

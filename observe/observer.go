@@ -29,6 +29,9 @@ type Observer struct {
 	// worker label, and there is no input or output. Set it before
 	// Registry, Handler or Listen.
 	Worker string
+	// WorkerID is the worker's id (transport's Worker.ID), the
+	// worker_id label beside worker: two workers of one name are two.
+	WorkerID string
 
 	pipeline *spec.Pipeline
 	build    BuildInfo

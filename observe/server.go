@@ -32,12 +32,14 @@ type View struct {
 	// Worker names the flowrun worker whose stages these are
 	// (Observer.Worker): its page has no input, output, workers or
 	// advice, which are the run's.
-	Worker string `json:"worker,omitempty"`
+	Worker   string `json:"worker,omitempty"`
+	WorkerID string `json:"worker_id,omitempty"`
 }
 
 // WorkerView is a worker of a run on a broker.
 type WorkerView struct {
-	Name    string            `json:"name"` // host:pid
+	Name    string            `json:"name"` // host:pid or --name, "#" and a short id after a name two share
+	ID      string            `json:"id"`
 	Version string            `json:"version"`
 	Local   bool              `json:"local"` // the run's own process
 	State   string            `json:"state"` // working, gone or left
@@ -116,7 +118,7 @@ func (o *Observer) View() View {
 		Advice: o.Advice().Line,
 	}
 	if o.Worker != "" {
-		v.Worker, v.Advice = o.Worker, ""
+		v.Worker, v.WorkerID, v.Advice = o.Worker, o.WorkerID, ""
 	}
 	if s.TotalBytes > 0 {
 		pc := min(100, 100*float64(s.InBytes)/float64(s.TotalBytes))
@@ -139,7 +141,7 @@ func (o *Observer) View() View {
 		v.Stages = append(v.Stages, sv)
 	}
 	for _, w := range s.Workers {
-		wv := WorkerView{Name: w.Name, Version: w.Version, Local: w.Local, State: "working", Records: w.Records, Seen: w.Since.Seconds()}
+		wv := WorkerView{Name: w.Name, ID: w.ID, Version: w.Version, Local: w.Local, State: "working", Records: w.Records, Seen: w.Since.Seconds()}
 		switch {
 		case w.Left:
 			wv.State = "left"

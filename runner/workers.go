@@ -23,7 +23,10 @@ type Workers interface {
 // WorkerSnapshot is a worker process of a run on a broker, as it last
 // said.
 type WorkerSnapshot struct {
-	Name    string // host:pid
+	// Name is what the run calls it: its host:pid or --name, and a short
+	// id after a name two workers share ("steady#3fa2").
+	Name    string
+	ID      string // new each time a worker process starts
 	Version string
 	Local   bool // the run's own process (not --no-local-workers)
 	Stages  []WorkerStage
@@ -50,7 +53,8 @@ func (w WorkerSnapshot) Working() bool { return !w.Gone && !w.Left }
 
 // WorkerStats is a worker in the summary (--stats "workers").
 type WorkerStats struct {
-	Name     string             `json:"name"`
+	Name     string             `json:"name"` // with "#" and a short id when two workers share it
+	ID       string             `json:"id"`
 	Version  string             `json:"version"`
 	Local    bool               `json:"local,omitempty"`
 	Stages   []WorkerStageStats `json:"stages"`
@@ -77,7 +81,7 @@ func (w WorkerSnapshot) state() string {
 }
 
 func (w WorkerSnapshot) stats() WorkerStats {
-	s := WorkerStats{Name: w.Name, Version: w.Version, Local: w.Local, Records: w.Records, State: w.state(), LastSeen: w.Seen.UTC()}
+	s := WorkerStats{Name: w.Name, ID: w.ID, Version: w.Version, Local: w.Local, Records: w.Records, State: w.state(), LastSeen: w.Seen.UTC()}
 	for _, st := range w.Stages {
 		s.Stages = append(s.Stages, WorkerStageStats{Name: st.Name, Slots: st.Slots, Records: st.Records})
 	}

@@ -68,14 +68,17 @@
 //
 // A worker tells each run it works what it does, every second, on the
 // run's subject <prefix>.workers (RunInfo.Workers; report.go): its name
-// (host:pid, or --name), version, and per stage its slots and the busy
-// ones; its last report says it left. Core NATS, not the stream: a
+// (host:pid, or --name), its id (random, new each time a worker process
+// starts), version, and per stage its slots and the busy ones; its last
+// report says it left. The run knows workers by their ids: two of one
+// name are two, shown with a short id after the name ("twin#3fa2"), and
+// one of them killed is said gone while the other reports. Core NATS, not the stream: a
 // report lost is followed by the next, and a run's end leaves nothing
 // behind. The run keeps a table of them (Run.Workers, the runner's
 // Workers: the display, the summary, --stats, the page, the metrics)
 // and says a worker gone after five seconds without a word. The records
 // each worker did are not taken from its reports, which lag: results
-// carry Flowrun-Worker, and the run counts a piece's records for the
+// carry Flowrun-Worker ("ID NAME"), and the run counts a piece's records for the
 // worker whose results it took, as it accounts for every record. A
 // worker's own metrics (flowrun worker --metrics) come from its Meters.
 //

@@ -159,9 +159,10 @@ func compatible(info RunInfo, version, hash string) string {
 }
 
 // Presence is a worker's entry under its run's key in the runs bucket
-// (<run key>.w.<host>): it joined, with which stages, or it refused.
+// (<run key>.w.<host>.<id>): it joined, with which stages, or it refused.
 type Presence struct {
 	Host    string   `json:"host"`
+	ID      string   `json:"id"` // the worker's (Worker.ID)
 	Version string   `json:"version"`
 	Stages  []string `json:"stages,omitempty"`
 	Refused string   `json:"refused,omitempty"` // why it will not work for the run

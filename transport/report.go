@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,7 +28,8 @@ const (
 
 // Report is what a worker says of itself to a run.
 type Report struct {
-	Name    string        `json:"name"` // host:pid, as Host says
+	Name    string        `json:"name"` // host:pid, as Host says, or --name
+	ID      string        `json:"id"`   // the worker's, new each start (Worker.ID): two of one name are two
 	Version string        `json:"version"`
 	Stages  []StageReport `json:"stages"`
 	// Left says the worker stops working the run: its last report.
@@ -81,7 +83,7 @@ func (w *Worker) report(ctx context.Context, info RunInfo, t *tally) {
 		return // a run that does not listen
 	}
 	send := func(left bool) {
-		r := Report{Name: w.host, Version: w.opts.Version, Left: left}
+		r := Report{Name: w.host, ID: w.id, Version: w.opts.Version, Left: left}
 		for _, name := range t.order {
 			st := t.stages[name]
 			r.Stages = append(r.Stages, StageReport{Name: name, Slots: st.slots, Busy: int(st.busy.Load())})
@@ -126,17 +128,24 @@ type seenWorker struct {
 	records map[string]int64
 }
 
-// workerTable is a run's table of the workers that reported to it.
+// workerTable is a run's table of the workers that reported to it, by
+// their ids: two workers of one name (--name, or a host:pid seen again)
+// are two entries, and one that dies is said gone while the other
+// reports. What the run shows of them says their names, with a short id
+// after a name that two of them share (label).
 type workerTable struct {
 	mu    sync.Mutex
 	byKey map[string]*seenWorker
 	order []string
 	sub   *nats.Subscription
+	// ids are, per name, the ids of the workers of that name the run
+	// heard of (in its table, or joining).
+	ids map[string][]string
 }
 
 // listen subscribes to the run's workers' reports.
 func (r *Run) listen() error {
-	r.table.byKey = map[string]*seenWorker{}
+	r.table.byKey, r.table.ids = map[string]*seenWorker{}, map[string][]string{}
 	sub, err := r.nc.Subscribe(r.info.Workers, r.heard)
 	if err != nil {
 		return err
@@ -151,50 +160,112 @@ func (r *Run) heard(m *nats.Msg) {
 	if json.Unmarshal(m.Data, &rep) != nil || rep.Name == "" {
 		return
 	}
-	rep.Name, rep.Version = printable(rep.Name), printable(rep.Version)
+	rep.Name, rep.ID, rep.Version = printable(rep.Name), printable(rep.ID), printable(rep.Version)
 	for i := range rep.Stages {
 		rep.Stages[i].Name = printable(rep.Stages[i].Name)
 	}
 	t := &r.table
 	t.mu.Lock()
-	w := t.worker(rep.Name)
+	w := t.worker(rep.ID, rep.Name)
 	back := w.gone && !rep.Left
 	left := rep.Left && !w.report.Left
 	w.report, w.seen, w.gone = rep, time.Now(), false
+	name := t.label(rep.ID, rep.Name)
 	t.mu.Unlock()
-	if rep.Name == r.info.Host {
+	if r.own(rep.ID, rep.Name) {
 		return // the run's own: it says what it does
 	}
 	switch {
 	case back:
-		r.logf("flowrun: worker %s reports again\n", rep.Name)
+		r.logf("flowrun: worker %s reports again\n", name)
 	case left && !r.closing.Load():
-		r.logf("flowrun: worker %s left run %s\n", rep.Name, r.opts.RunID)
+		r.logf("flowrun: worker %s left run %s\n", name, r.opts.RunID)
 	}
 }
 
-// worker is the table's entry of the worker name, made if it is new;
-// t.mu is held.
-func (t *workerTable) worker(name string) *seenWorker {
-	w := t.byKey[name]
-	if w == nil {
-		w = &seenWorker{report: Report{Name: name}, records: map[string]int64{}}
-		t.byKey[name] = w
-		t.order = append(t.order, name)
+// own says whether the worker of id and name is the run's local one.
+func (r *Run) own(id, name string) bool {
+	if id != "" {
+		return id == r.localID
 	}
+	return name == r.info.Host
+}
+
+// worker is the table's entry of the worker id (of that name), made if
+// it is new; t.mu is held. A worker without an id is known by its name.
+func (t *workerTable) worker(id, name string) *seenWorker {
+	key := id
+	if key == "" {
+		key = "name " + name
+	}
+	w := t.byKey[key]
+	if w == nil {
+		w = &seenWorker{report: Report{Name: name, ID: id}, records: map[string]int64{}}
+		t.byKey[key] = w
+		t.order = append(t.order, key)
+	}
+	t.heardOf(id, name)
 	return w
 }
 
+// joining notes that the worker of id and name joined or refused the
+// run, and returns its label.
+func (t *workerTable) joining(id, name string) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.heardOf(id, name)
+	return t.label(id, name)
+}
+
+// heardOf notes that a worker of id goes by name; t.mu is held.
+func (t *workerTable) heardOf(id, name string) {
+	if !slices.Contains(t.ids[name], id) {
+		t.ids[name] = append(t.ids[name], id)
+	}
+}
+
+// label is what the run calls the worker of id and name: its name, and
+// when another worker the run heard of has that name too, a short id
+// after it, "steady#3fa2" (longer when two of those share the short
+// one); t.mu is held.
+func (t *workerTable) label(id, name string) string {
+	ids := t.ids[name]
+	if len(ids) < 2 || id == "" {
+		return name
+	}
+	for n := shortID; n < len(id); n++ {
+		clash := false
+		for _, other := range ids {
+			if other != id && strings.HasPrefix(other, id[:n]) {
+				clash = true
+				break
+			}
+		}
+		if !clash {
+			return name + "#" + id[:n]
+		}
+	}
+	return name + "#" + id
+}
+
+// shortID is how many digits of a worker's id its label shows.
+const shortID = 4
+
 // credit counts n input records of stage whose results the run took
-// from worker: proof that it lives, too.
+// from worker (its Flowrun-Worker header, "ID NAME"): proof that it
+// lives, too.
 func (r *Run) credit(worker, stage string, n int64) {
 	if worker == "" {
 		return // a worker of before Flowrun-Worker
 	}
-	worker = printable(worker)
+	id, name, ok := strings.Cut(worker, " ")
+	if !ok {
+		id, name = "", worker // a worker of before its id
+	}
+	id, name = printable(id), printable(name)
 	t := &r.table
 	t.mu.Lock()
-	w := t.worker(worker)
+	w := t.worker(id, name)
 	w.records[stage] += n
 	w.seen = time.Now()
 	t.mu.Unlock()
@@ -210,7 +281,7 @@ func (r *Run) checkGone(now time.Time) {
 		w := t.byKey[key]
 		if !w.gone && !w.report.Left && now.Sub(w.seen) > goneAfter {
 			w.gone = true
-			gone = append(gone, key)
+			gone = append(gone, t.label(w.report.ID, w.report.Name))
 		}
 	}
 	t.mu.Unlock()
@@ -231,7 +302,7 @@ func (r *Run) Workers() []runner.WorkerSnapshot {
 	for _, key := range t.order {
 		w := t.byKey[key]
 		s := runner.WorkerSnapshot{
-			Name: w.report.Name, Version: w.report.Version, Local: w.report.Name == r.info.Host,
+			Name: t.label(w.report.ID, w.report.Name), ID: w.report.ID, Version: w.report.Version, Local: r.own(w.report.ID, w.report.Name),
 			Seen: w.seen, Since: now.Sub(w.seen), Left: w.report.Left,
 		}
 		s.Gone = !s.Left && s.Since > goneAfter

@@ -111,7 +111,10 @@ type Run struct {
 	mu     sync.Mutex
 	queues []*stageQueue
 	local  *Worker
-	stop   context.CancelFunc
+	// localID is local's id, known before the workers' reports are
+	// heard (local is made later).
+	localID string
+	stop    context.CancelFunc
 	// unlease stops the touches of the run's entry (lease).
 	unlease context.CancelFunc
 	watch   jetstream.KeyWatcher // the workers' presence
@@ -246,6 +249,9 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 	if r.kv, err = runsKV(ctx, r.js); err != nil {
 		return nil, fail("runs bucket", err)
 	}
+	if r.opts.LocalWorkers {
+		r.localID = newWorkerID()
+	}
 	if err := r.listen(); err != nil {
 		return nil, fail("subscribe to "+r.info.Workers, err)
 	}
@@ -277,7 +283,7 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 		r.lease(tctx)
 	}()
 	if r.opts.LocalWorkers {
-		w, err := NewWorker(r.nc, r.p, WorkerOptions{Version: r.opts.Version, Log: r.opts.Log, quiet: true})
+		w, err := NewWorker(r.nc, r.p, WorkerOptions{Version: r.opts.Version, Log: r.opts.Log, quiet: true, id: r.localID})
 		if err != nil {
 			return nil, err
 		}
@@ -329,11 +335,12 @@ func (r *Run) workers(watch jetstream.KeyWatcher) {
 		if json.Unmarshal(e.Value(), &p) != nil {
 			continue
 		}
+		name := r.table.joining(printable(p.ID), printable(p.Host))
 		if p.Refused != "" {
-			logf("flowrun: worker %s refused run %s: %s\n", p.Host, r.opts.RunID, p.Refused)
+			logf("flowrun: worker %s refused run %s: %s\n", name, r.opts.RunID, p.Refused)
 		} else {
 			r.joined.Add(1)
-			logf("flowrun: worker %s joined run %s: stages %s\n", p.Host, r.opts.RunID, strings.Join(p.Stages, ", "))
+			logf("flowrun: worker %s joined run %s: stages %s\n", name, r.opts.RunID, strings.Join(p.Stages, ", "))
 		}
 	}
 }

@@ -25,7 +25,7 @@ const (
 	hdrSeq     = "Flowrun-Seq"     // the input records it holds: "lo-hi"
 	hdrPart    = "Flowrun-Part"    // results: part k of n of a piece's results, "k/n"
 	hdrAttempt = "Flowrun-Attempt" // results: the delivery of the piece they answer, from 1
-	hdrWorker  = "Flowrun-Worker"  // results: the worker that made them, host:pid (Host)
+	hdrWorker  = "Flowrun-Worker"  // results: the worker that made them, "ID NAME" (Worker.ID, its name: host:pid or --name)
 	// hdrMsg is, on results, the stream sequence of the piece's message
 	// they answer: a piece sent again (by a resumed run) is another
 	// message, whose results must not be taken for a copy of the first's.

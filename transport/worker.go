@@ -2,6 +2,8 @@ package transport
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,7 +37,8 @@ type WorkerOptions struct {
 	// must not share one.
 	Name string
 
-	quiet bool // a run's local workers: the run says what they do
+	quiet bool   // a run's local workers: the run says what they do
+	id    string // the worker's id; "": a new one
 }
 
 // Worker works the remote stages of a pipeline for every run of it on the
@@ -55,6 +58,10 @@ type Worker struct {
 	// the worker's metrics (Snapshot).
 	meters map[string]*runner.Meter
 	host   string // its name (Name or Host), for the run to know who made results
+	// id is this process's worker, new each time it starts: two workers
+	// of one --name (or a worker started again with it) are two to a
+	// run, each said gone when it goes.
+	id string
 }
 
 // slot is one worker of a stage: a Processor, used by one piece at a time.
@@ -71,9 +78,12 @@ func NewWorker(nc *nats.Conn, p *spec.Pipeline, o WorkerOptions) (*Worker, error
 	if err != nil {
 		return nil, err
 	}
-	w := &Worker{nc: nc, js: js, p: p, opts: o, hash: pipelineHash(p), slots: map[string]chan *slot{}, meters: map[string]*runner.Meter{}, host: o.Name}
+	w := &Worker{nc: nc, js: js, p: p, opts: o, hash: pipelineHash(p), slots: map[string]chan *slot{}, meters: map[string]*runner.Meter{}, host: o.Name, id: o.id}
 	if w.host == "" {
 		w.host = Host()
+	}
+	if w.id == "" {
+		w.id = newWorkerID()
 	}
 	remote := remoteStages(p)
 	var names []string
@@ -118,6 +128,17 @@ func NewWorker(nc *nats.Conn, p *spec.Pipeline, o WorkerOptions) (*Worker, error
 
 // Name is the worker's name in the runs it works.
 func (w *Worker) Name() string { return w.host }
+
+// ID is the worker's id, random for each worker made: the runs tell
+// two workers of one name apart by it.
+func (w *Worker) ID() string { return w.id }
+
+// newWorkerID returns 8 random hex digits.
+func newWorkerID() string {
+	var b [4]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
 
 // Close releases the Stages (plugin processes).
 func (w *Worker) Close() error {
@@ -280,9 +301,9 @@ const leaseCheck = 500 * time.Millisecond
 
 // announce tells the run that this worker joined it or refused it.
 func (w *Worker) announce(ctx context.Context, kv jetstream.KeyValue, info RunInfo, p Presence) {
-	p.Host, p.Version = w.host, w.opts.Version
+	p.Host, p.ID, p.Version = w.host, w.id, w.opts.Version
 	b, _ := json.Marshal(p)
-	kv.Put(ctx, presenceKey(info, w.host), b)
+	kv.Put(ctx, presenceKey(info, w.host+"."+w.id), b)
 }
 
 // stageNames are the stages of info this worker works.
@@ -659,7 +680,7 @@ func (w *Worker) publish(ctx context.Context, info RunInfo, s StageInfo, n strin
 		msg.Header.Set(hdrMsg, strconv.FormatUint(seq, 10))
 		msg.Header.Set(hdrAttempt, strconv.FormatInt(delivered, 10))
 		msg.Header.Set(hdrSeq, seqRange(recs))
-		msg.Header.Set(hdrWorker, w.host)
+		msg.Header.Set(hdrWorker, w.id+" "+w.host)
 		var whole *runner.Done
 		if k == len(parts)-1 {
 			whole = d
