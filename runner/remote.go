@@ -188,36 +188,43 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 		return piecesOf(time.Duration(perRecord.Load()))
 	}
 	cutter, _ := q.(Cutter)
-	// Until the first results tell how long a record takes, probePieces
-	// pieces of one record go out, for probeWait at most: were many more
-	// sent, the records on the broker would have been dealt out one at a
-	// time by then however quick they are; were fewer, a stage of long
-	// records would start with idle workers.
+	// Until the first results tell how long a record takes, pieces of one
+	// record go out, as many as probePieces or the stage's slots on the
+	// workers if more: were many more sent, the records on the broker
+	// would have been dealt out one at a time however quick they are;
+	// were fewer, a stage of long records would start with idle workers.
+	// Then the stage waits for those results, however long they take:
+	// waiting no longer than a while, a run whose workers came late (or
+	// were slow to start on a loaded machine) dealt out its input one
+	// record a piece before any result came.
 	known := make(chan struct{}) // closed at the first results
-	var probeStart time.Time
 	probe := func() error {
-		if batched || perRecord.Load() != 0 {
-			return nil
+		for {
+			select {
+			case <-known:
+				return nil
+			default:
+			}
+			if batched || perRecord.Load() != 0 {
+				return nil
+			}
+			mu.Lock()
+			n := len(waiting)
+			mu.Unlock()
+			if n < max(probePieces, r.slotsOf(st.cfg.Name)) {
+				return nil
+			}
+			// Workers that join while it waits may have slots for more.
+			t := time.NewTimer(probeLook)
+			select {
+			case <-known:
+			case <-t.C:
+			case <-gctx.Done():
+				t.Stop()
+				return context.Cause(gctx)
+			}
+			t.Stop()
 		}
-		if probeStart.IsZero() {
-			probeStart = time.Now()
-		}
-		mu.Lock()
-		n := len(waiting)
-		mu.Unlock()
-		left := probeWait - time.Since(probeStart)
-		if n < probePieces || left <= 0 {
-			return nil
-		}
-		t := time.NewTimer(left)
-		defer t.Stop()
-		select {
-		case <-known:
-		case <-t.C:
-		case <-gctx.Done():
-			return context.Cause(gctx)
-		}
-		return nil
 	}
 	g.Go(func() error {
 		var n uint64
@@ -382,6 +389,7 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 		return nil
 	})
 	g.Go(func() error {
+		heard := false // known is closed
 		for {
 			d, err := q.Next(recvCtx)
 			if err != nil {
@@ -402,9 +410,11 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 				continue
 			}
 			if n := d.Counts; n.In > 0 {
-				if perRecord.Swap(max(1, int64(n.Busy)/n.In)) == 0 {
-					close(known)
-				}
+				perRecord.Store(max(1, int64(n.Busy)/n.In))
+			}
+			if !heard {
+				heard = true
+				close(known)
 			}
 			if err := r.settle(st, p.bs, d, out); err != nil {
 				return err
@@ -484,11 +494,12 @@ func (r *run) settle(st *stageRun, bs []batch, d Done, out func(batch) error) er
 // little (the records of a piece are dealt out to the worker's idle slots).
 const pieceWork = 50 * time.Millisecond
 
-// probePieces and probeWait bound the pieces of one record each sent
-// before the first results of a stage that waits.
+// probePieces is the fewest pieces of one record each sent before the
+// first results of a stage that waits; probeLook is how often, while it
+// waits for them, the stage looks for workers with more slots than that.
 const (
 	probePieces = 64
-	probeWait   = 100 * time.Millisecond
+	probeLook   = 100 * time.Millisecond
 )
 
 // piecesOf is how many records a piece of a stage that waits carries when

@@ -341,3 +341,20 @@ func (m *Meter) Snapshot(name, use string, slots int) StageSnapshot {
 		Latency: Latencies{&c.hist}, Remote: true,
 	}
 }
+
+// slotsOf is the slots that the working workers of a run on a broker have
+// for a stage.
+func (r *run) slotsOf(stage string) int {
+	n := 0
+	for _, w := range r.workers() {
+		if !w.Working() {
+			continue
+		}
+		for _, st := range w.Stages {
+			if st.Name == stage {
+				n += st.Slots
+			}
+		}
+	}
+	return n
+}
