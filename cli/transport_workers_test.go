@@ -33,56 +33,90 @@ func embeddedBroker(t *testing.T) string {
 	return s.URL()
 }
 
-// workerProcess is a `flowrun worker` running.
-type workerProcess struct {
+// process is a flowrun process a test started: its stderr as it comes,
+// and done, closed once it has exited (err is then what Wait said).
+type process struct {
+	name   string // "flowrun run", "flowrun worker", for messages
 	cmd    *exec.Cmd
 	stderr *lockedBuffer
 	done   chan struct{}
+	err    error
 }
 
-func startWorker(t *testing.T, args ...string) *workerProcess {
+// startProcess starts flowrun with args (the command first), killed at
+// the test's end if it has not exited.
+func startProcess(t *testing.T, args ...string) *process {
 	t.Helper()
-	w := &workerProcess{stderr: &lockedBuffer{}, done: make(chan struct{})}
-	w.cmd = exec.Command(flowrunBin, append([]string{"worker"}, args...)...)
-	w.cmd.Stderr = w.stderr
-	if err := w.cmd.Start(); err != nil {
+	p := &process{name: "flowrun " + args[0], stderr: &lockedBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(flowrunBin, args...)
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { w.cmd.Wait(); close(w.done) }()
-	t.Cleanup(func() {
-		w.cmd.Process.Kill()
-		<-w.done
-	})
-	// Joined the broker: it says so once it watches for runs.
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(p.kill)
+	return p
+}
+
+// startWorker starts `flowrun worker` with args and waits until it has
+// joined the broker: it says so once it watches for runs.
+func startWorker(t *testing.T, args ...string) *process {
+	t.Helper()
+	w := startProcess(t, append([]string{"worker"}, args...)...)
 	w.waitFor(t, "waiting for runs")
 	return w
 }
 
-// waitFor waits until the worker's stderr holds s, for at most a minute.
-func (w *workerProcess) waitFor(t *testing.T, s string) {
+// waitFor waits until the process's stderr holds s, for at most a minute.
+func (p *process) waitFor(t *testing.T, s string) {
 	t.Helper()
-	for deadline := time.Now().Add(time.Minute); !strings.Contains(w.stderr.String(), s); {
+	p.waitUntil(t, fmt.Sprintf("saying %q", s), func(stderr string) bool { return strings.Contains(stderr, s) })
+}
+
+// waitUntil waits until ok says yes of the process's stderr, for at most
+// a minute; what says what it waits for, in the failure.
+func (p *process) waitUntil(t *testing.T, what string, ok func(stderr string) bool) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); !ok(p.stderr.String()); {
 		select {
-		case <-w.done:
-			t.Fatalf("worker exited (%v) before saying %q:\n%s", w.cmd.ProcessState, s, w.stderr)
+		case <-p.done:
+			t.Fatalf("%s exited (%v) before %s:\n%s", p.name, p.cmd.ProcessState, what, p.stderr)
 		case <-time.After(10 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("worker did not say %q within a minute:\n%s", s, w.stderr)
+			t.Fatalf("%s did not show %s within a minute:\n%s", p.name, what, p.stderr)
 		}
 	}
 }
 
-// stop ends the worker with SIGTERM and returns its exit code.
-func (w *workerProcess) stop(t *testing.T) int {
+// wait waits for the process to exit, for at most limit, and returns
+// what Wait said (nil: exit 0).
+func (p *process) wait(t *testing.T, limit time.Duration) error {
 	t.Helper()
-	w.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-w.done:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("worker did not stop within 30s of SIGTERM:\n%s", w.stderr)
+	case <-p.done:
+	case <-time.After(limit):
+		t.Fatalf("%s did not end within %v:\n%s", p.name, limit, p.stderr)
 	}
-	return w.cmd.ProcessState.ExitCode()
+	return p.err
+}
+
+// kill ends the process with SIGKILL and waits for it to exit.
+func (p *process) kill() {
+	p.cmd.Process.Kill()
+	<-p.done
+}
+
+// stop ends the process with SIGTERM and returns its exit code.
+func (p *process) stop(t *testing.T) int {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s did not stop within 30s of SIGTERM:\n%s", p.name, p.stderr)
+	}
+	return p.cmd.ProcessState.ExitCode()
 }
 
 func rLines(n int) string {
@@ -119,11 +153,9 @@ stages:
 	w1 := startWorker(t, p, "--broker", url, "--stages", "slow")
 	w2 := startWorker(t, p, "--broker", url, "--set", "stages.slow.workers=2")
 	out, stats := filepath.Join(dir, "out.txt"), filepath.Join(dir, "stats.json")
-	run := exec.Command(flowrunBin, "run", "--progress", "none", "-q", "--broker", url, "--no-local-workers", "-i", in, "-o", out, "--stats", stats, p)
-	var runErr lockedBuffer
-	run.Stderr = &runErr
-	if err := run.Run(); err != nil {
-		t.Fatalf("run: %v\n%s\nworker 1:\n%s\nworker 2:\n%s", err, &runErr, w1.stderr, w2.stderr)
+	run := startProcess(t, "run", "--progress", "none", "-q", "--broker", url, "--no-local-workers", "-i", in, "-o", out, "--stats", stats, p)
+	if err := run.wait(t, 2*time.Minute); err != nil {
+		t.Fatalf("run: %v\n%s\nworker 1:\n%s\nworker 2:\n%s", err, run.stderr, w1.stderr, w2.stderr)
 	}
 	want := 0
 	for i := 1; i <= n; i++ {
@@ -151,20 +183,20 @@ stages:
 			t.Errorf("stage %d: %+v, want %+v", i, st, w)
 		}
 	}
-	for _, w := range []*workerProcess{w1, w2} {
+	for _, w := range []*process{w1, w2} {
 		w.waitFor(t, "is over")
 	}
 	if !strings.Contains(w1.stderr.String(), "stages slow\n") || !strings.Contains(w2.stderr.String(), "stages slow, keep, upper\n") {
 		t.Errorf("the workers' stages:\n%s\n%s", w1.stderr, w2.stderr)
 	}
-	for i, w := range []*workerProcess{w1, w2} {
+	for i, w := range []*process{w1, w2} {
 		if code := w.stop(t); code != 0 {
 			t.Errorf("worker %d: exit %d after SIGTERM:\n%s", i+1, code, w.stderr)
 		}
 	}
 	// Each worker joined the run, and the run heard of both.
-	if c := strings.Count(runErr.String(), "joined run"); c != 2 {
-		t.Errorf("the run saw %d workers join, want 2:\n%s", c, &runErr)
+	if c := strings.Count(run.stderr.String(), "joined run"); c != 2 {
+		t.Errorf("the run saw %d workers join, want 2:\n%s", c, run.stderr)
 	}
 }
 
@@ -187,19 +219,8 @@ stages:
 	const n = 200
 	in := writeFile(t, dir, "in.txt", rLines(n))
 	out, stats := filepath.Join(dir, "out.txt"), filepath.Join(dir, "stats.json")
-	run := exec.Command(flowrunBin, "run", "--progress", "none", "--broker", url, "--no-local-workers", "--run-id", "k1",
+	run := startProcess(t, "run", "--progress", "none", "--broker", url, "--no-local-workers", "--run-id", "k1",
 		"--ack-wait", "1s", "-i", in, "-o", out, "--stats", stats, p)
-	var runErr lockedBuffer
-	run.Stderr = &runErr
-	if err := run.Start(); err != nil {
-		t.Fatal(err)
-	}
-	runDone := make(chan error, 1)
-	go func() { runDone <- run.Wait() }()
-	t.Cleanup(func() {
-		run.Process.Kill()
-		<-runDone
-	})
 
 	doomed := startWorker(t, p, "--broker", url)
 	doomed.waitFor(t, "joined run k1")
@@ -222,18 +243,11 @@ stages:
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	doomed.cmd.Process.Kill()
-	<-doomed.done
+	doomed.kill()
 
 	rescuer := startWorker(t, p, "--broker", url)
-	select {
-	case err := <-runDone:
-		runDone <- err
-		if err != nil {
-			t.Fatalf("run: %v\n%s", err, &runErr)
-		}
-	case <-time.After(2 * time.Minute):
-		t.Fatalf("the run did not end within 2 minutes:\n%s\nworker:\n%s", &runErr, rescuer.stderr)
+	if err := run.wait(t, 2*time.Minute); err != nil {
+		t.Fatalf("run: %v\n%s\nworker:\n%s", err, run.stderr, rescuer.stderr)
 	}
 	got, _ := os.ReadFile(out)
 	var want []string
@@ -261,8 +275,8 @@ stages:
 	for _, st := range s.Stages {
 		again += st.Redelivered
 	}
-	if !strings.Contains(runErr.String(), fmt.Sprintf("the broker delivered %d pieces of the stages' input again", again)) {
-		t.Errorf("the summary does not count the redeliveries:\n%s", &runErr)
+	if !strings.Contains(run.stderr.String(), fmt.Sprintf("the broker delivered %d pieces of the stages' input again", again)) {
+		t.Errorf("the summary does not count the redeliveries:\n%s", run.stderr)
 	}
 	rescuer.stop(t)
 }
@@ -410,37 +424,29 @@ stages:
 `)
 	in := writeFile(t, dir, "in.txt", "a\nb\npoison\nc\nd\n")
 	out := filepath.Join(dir, "out.txt")
-	run := exec.Command(flowrunBin, "run", "--progress", "none", "-q", "--broker", url, "--no-local-workers",
+	run := startProcess(t, "run", "--progress", "none", "-q", "--broker", url, "--no-local-workers",
 		"--max-deliver", "2", "--ack-wait", "1s", "-i", in, "-o", out, p)
-	var runErr lockedBuffer
-	run.Stderr = &runErr
-	if err := run.Start(); err != nil {
-		t.Fatal(err)
-	}
-	runDone := make(chan struct{})
-	go func() { run.Wait(); close(runDone) }()
-	t.Cleanup(func() { run.Process.Kill(); <-runDone })
 	// upper has a worker of its own, which the poison never kills: a
 	// worker the poison kills spends a delivery of every piece it holds,
 	// and a piece of upper's held there twice would be dead-lettered on
 	// its last delivery, "without an answer", as the poison is.
 	safe := startWorker(t, p, "--broker", url, "--stages", "upper")
 	defer safe.stop(t)
-	var workers []*workerProcess
+	var workers []*process
 	for ended := false; !ended; {
 		if len(workers) > 4 {
-			t.Fatalf("%d workers died and the run goes on:\n%s", len(workers), &runErr)
+			t.Fatalf("%d workers died and the run goes on:\n%s", len(workers), run.stderr)
 		}
 		w := startWorker(t, p, "--broker", url, "--stages", "deadly")
 		workers = append(workers, w)
 		select {
 		case <-w.done: // the poison killed it: another
-		case <-runDone:
+		case <-run.done:
 			ended = true
 		}
 	}
-	if code := run.ProcessState.ExitCode(); code != 3 {
-		t.Errorf("run: exit %d, want 3:\n%s", code, &runErr)
+	if code := run.cmd.ProcessState.ExitCode(); code != 3 {
+		t.Errorf("run: exit %d, want 3:\n%s", code, run.stderr)
 	}
 	if got, _ := os.ReadFile(out); !slices.Equal(lineSet(string(got)), lineSet("A\nB\nC\nD\n")) {
 		t.Errorf("output %q, want the four others", got)

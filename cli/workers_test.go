@@ -6,11 +6,9 @@ import (
 	"maps"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -60,42 +58,19 @@ stages:
 	out, stats := filepath.Join(dir, "out.txt"), filepath.Join(dir, "stats.json")
 	w1 := startWorker(t, p, "--broker", url, "--name", "doomed")
 	w2 := startWorker(t, p, "--broker", url, "--name", "steady", "--set", "stages.slow.workers=3")
-	run := exec.Command(flowrunBin, "run", "--progress", "plain", "--progress-every", "500ms", "--broker", url, "--no-local-workers",
+	run := startProcess(t, "run", "--progress", "plain", "--progress-every", "500ms", "--broker", url, "--no-local-workers",
 		"--ack-wait", "1s", "-i", in, "-o", out, "--stats", stats, p)
-	var runErr lockedBuffer
-	run.Stderr = &runErr
-	if err := run.Start(); err != nil {
-		t.Fatal(err)
-	}
-	runDone := make(chan error, 1)
-	go func() { runDone <- run.Wait() }()
-	t.Cleanup(func() {
-		run.Process.Kill()
-		<-runDone
-	})
 	// Once the run lists it working, the first worker dies.
-	for deadline := time.Now().Add(time.Minute); !strings.Contains(runErr.String(), "doomed busy"); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the run's status lines never showed the worker:\n%s", &runErr)
-		}
+	run.waitFor(t, "doomed busy")
+	w1.kill()
+	if err := run.wait(t, 2*time.Minute); err != nil {
+		t.Fatalf("run: %v\n%s\nsteady:\n%s", err, run.stderr, w2.stderr)
 	}
-	w1.cmd.Process.Signal(syscall.SIGKILL)
-	<-w1.done
-	var err error
-	select {
-	case err = <-runDone:
-	case <-time.After(2 * time.Minute):
-		t.Fatalf("the run did not end:\n%s", &runErr)
+	if !strings.Contains(run.stderr.String(), "flowrun: worker doomed is gone: no word from it for 5s") {
+		t.Errorf("the run did not say the killed worker is gone:\n%s", run.stderr)
 	}
-	runDone <- err // for the cleanup
-	if err != nil {
-		t.Fatalf("run: %v\n%s\nsteady:\n%s", err, &runErr, w2.stderr)
-	}
-	if !strings.Contains(runErr.String(), "flowrun: worker doomed is gone: no word from it for 5s") {
-		t.Errorf("the run did not say the killed worker is gone:\n%s", &runErr)
-	}
-	if !strings.Contains(runErr.String(), "doomed gone") {
-		t.Errorf("no status line shows the killed worker gone:\n%s", &runErr)
+	if !strings.Contains(run.stderr.String(), "doomed gone") {
+		t.Errorf("no status line shows the killed worker gone:\n%s", run.stderr)
 	}
 	var s workersStats
 	b, _ := os.ReadFile(stats)
@@ -150,7 +125,7 @@ stages:
 	in := writeFile(t, dir, "in.txt", rLines(n))
 	out, stats := filepath.Join(dir, "out.txt"), filepath.Join(dir, "stats.json")
 	idOf := regexp.MustCompile(`flowrun worker: twin \(id ([0-9a-f]{8})\), waiting for runs`)
-	var ws [2]*workerProcess
+	var ws [2]*process
 	var ids [2]string
 	for i := range ws {
 		ws[i] = startWorker(t, p, "--broker", url, "--name", "twin")
@@ -164,44 +139,18 @@ stages:
 		t.Skipf("the two ids share their first 4 digits (%s, %s): labels are longer then", ids[0], ids[1])
 	}
 	doomed, steady := "twin#"+ids[0][:4], "twin#"+ids[1][:4]
-	run := exec.Command(flowrunBin, "run", "--progress", "plain", "--progress-every", "200ms", "--broker", url, "--no-local-workers",
+	run := startProcess(t, "run", "--progress", "plain", "--progress-every", "200ms", "--broker", url, "--no-local-workers",
 		"--ack-wait", "1s", "--metrics", "127.0.0.1:0", "-i", in, "-o", out, "--stats", stats, p)
-	var runErr lockedBuffer
-	run.Stderr = &runErr
-	if err := run.Start(); err != nil {
-		t.Fatal(err)
-	}
-	runDone := make(chan error, 1)
-	go func() { runDone <- run.Wait() }()
-	t.Cleanup(func() {
-		run.Process.Kill()
-		<-runDone
-	})
-	waitRun := func(what string, ok func(string) bool) {
-		t.Helper()
-		for deadline := time.Now().Add(time.Minute); !ok(runErr.String()); time.Sleep(10 * time.Millisecond) {
-			select {
-			case err := <-runDone:
-				runDone <- err
-				t.Fatalf("the run ended (%v) before %s:\n%s", err, what, &runErr)
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the run never showed %s:\n%s", what, &runErr)
-			}
-		}
-	}
 	// Both twins work, each shown as itself.
-	waitRun("both twins busy", func(s string) bool {
+	run.waitUntil(t, "both twins busy", func(s string) bool {
 		return strings.Contains(s, doomed+" busy") && strings.Contains(s, steady+" busy")
 	})
-	ws[0].cmd.Process.Signal(syscall.SIGKILL)
-	<-ws[0].done
+	ws[0].kill()
 	gone := "flowrun: worker " + doomed + " is gone: no word from it for 5s"
-	waitRun("the killed twin gone", func(s string) bool { return strings.Contains(s, gone) })
-	page := regexp.MustCompile(`metrics at (http://[0-9.:]+/)metrics`).FindStringSubmatch(runErr.String())
+	run.waitUntil(t, "the killed twin gone", func(s string) bool { return strings.Contains(s, gone) })
+	page := regexp.MustCompile(`metrics at (http://[0-9.:]+/)metrics`).FindStringSubmatch(run.stderr.String())
 	if page == nil {
-		t.Fatalf("the run does not say where its metrics are:\n%s", &runErr)
+		t.Fatalf("the run does not say where its metrics are:\n%s", run.stderr)
 	}
 	// While the run goes on: its metrics count one working and one gone,
 	// and its page lists each twin by its label, with its id.
@@ -225,7 +174,7 @@ stages:
 		t.Errorf("the page's workers %v, want %v", pageStates, want)
 	}
 	// A status line after the kill shows the one gone and the other busy.
-	waitRun("a status line with one twin gone and the other busy", func(s string) bool {
+	run.waitUntil(t, "a status line with one twin gone and the other busy", func(s string) bool {
 		for _, l := range strings.Split(s, "\n") {
 			if strings.Contains(l, doomed+" gone") && strings.Contains(l, steady+" busy") {
 				return true
@@ -233,21 +182,14 @@ stages:
 		}
 		return false
 	})
-	var err error
-	select {
-	case err = <-runDone:
-	case <-time.After(2 * time.Minute):
-		t.Fatalf("the run did not end:\n%s", &runErr)
+	if err := run.wait(t, 2*time.Minute); err != nil {
+		t.Fatalf("run: %v\n%s\nsteady:\n%s", err, run.stderr, ws[1].stderr)
 	}
-	runDone <- err
-	if err != nil {
-		t.Fatalf("run: %v\n%s\nsteady:\n%s", err, &runErr, ws[1].stderr)
+	if strings.Contains(run.stderr.String(), "worker "+steady+" is gone") {
+		t.Errorf("the run said the live twin gone:\n%s", run.stderr)
 	}
-	if strings.Contains(runErr.String(), "worker "+steady+" is gone") {
-		t.Errorf("the run said the live twin gone:\n%s", &runErr)
-	}
-	if !regexp.MustCompile(`2 workers: twin#[0-9a-f]{4} slow×2`).MatchString(strings.Join(strings.Fields(runErr.String()), " ")) {
-		t.Errorf("the summary does not list two twins:\n%s", &runErr)
+	if !regexp.MustCompile(`2 workers: twin#[0-9a-f]{4} slow×2`).MatchString(strings.Join(strings.Fields(run.stderr.String()), " ")) {
+		t.Errorf("the summary does not list two twins:\n%s", run.stderr)
 	}
 	var s struct {
 		Workers []struct {
