@@ -121,18 +121,25 @@ func TestInputJSONDocument(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "longer than max_record_size") {
 		t.Errorf("a query over a document past max_record_size: %v", err)
 	}
-	for _, bad := range []struct{ sel, doc, want string }{
-		{`'.[]'`, `{"a":1}` + "\n" + `[1,`, "data after the document"},
-		{`'.[]'`, `[1,`, "unexpected EOF"},
-		{`'.a[]'`, `{"a":[1],"b":`, "unexpected EOF"},
-		{`'.a'`, `{"a":1,"b":[}`, "invalid character"},
-		{`'.a[]'`, `{"b":1}`, "cannot iterate over null"},
-		{`'.a[]'`, `{"a":3}`, "cannot iterate over a number"},
-		{`'.a.b'`, `{"a":"x"}`, `cannot index a string with "b"`},
+	// A document broken after some values fails the run as a record
+	// after them would: the values read before the break are in the
+	// output, every time, not only when they beat the failure to it.
+	for _, bad := range []struct{ sel, doc, want, out string }{
+		{`'.[]'`, `{"a":1}` + "\n" + `[1,`, "data after the document", "1\n"},
+		{`.`, `{"a":1} xx`, "invalid character 'x'", `{"a":1}` + "\n"},
+		{`'.[]'`, `[1,`, "unexpected EOF", "1\n"},
+		{`'.a[]'`, `{"a":[1],"b":`, "unexpected EOF", "1\n"},
+		{`'.a'`, `{"a":1,"b":[}`, "invalid character", "1\n"},
+		{`'.a[]'`, `{"b":1}`, "cannot iterate over null", ""},
+		{`'.a[]'`, `{"a":3}`, "cannot iterate over a number", ""},
+		{`'.a.b'`, `{"a":"x"}`, `cannot index a string with "b"`, ""},
 	} {
-		_, _, err := runYAML(t, "input: {format: json, select: "+bad.sel+"}\nstages: [{use: trim}]\n", bad.doc)
-		if err == nil || !strings.Contains(err.Error(), bad.want) {
-			t.Errorf("select %s over %s: error %v, want %q", bad.sel, bad.doc, err, bad.want)
+		for range 20 {
+			out, _, err := runYAML(t, "input: {format: json, select: "+bad.sel+"}\noutput: {format: jsonl}\nstages: [{use: trim, workers: 4}]\n", bad.doc)
+			if err == nil || !strings.Contains(err.Error(), bad.want) || out != bad.out {
+				t.Errorf("select %s over %s: output %q, error %v; want %q, error %q", bad.sel, bad.doc, out, err, bad.out, bad.want)
+				break
+			}
 		}
 	}
 }

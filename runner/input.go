@@ -148,6 +148,7 @@ func (r *run) readInput(readCtx, ctx context.Context, src connect.FileSource, q0
 	done := make(chan struct{})
 	defer close(done)
 	go r.readFiles(src, chunks, done, readCtx)
+	var last uint64 // the last record read
 	for {
 		select {
 		case c, ok := <-chunks:
@@ -155,8 +156,13 @@ func (r *run) readInput(readCtx, ctx context.Context, src connect.FileSource, q0
 				return nil
 			}
 			if c.err != nil {
-				return c.err
+				// An input that cannot be read on (a broken document, a
+				// file gone) fails the run as a record after the last
+				// one read would: what was read drains to the output.
+				r.failAt(last+1, c.err)
+				return nil
 			}
+			last = c.hi
 			if err := r.deliver(readCtx, ctx, c, q0); err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
