@@ -101,6 +101,11 @@ func Path(s string) (string, bool, error) {
 		// Not dropped: file:///x#1 read /x, not the file x#1 (%23).
 		return "", true, fmt.Errorf("%s: a file URL has no fragment (a # in a file name is %%23)", s)
 	}
+	if strings.Contains(strings.ToUpper(u.EscapedPath()), "%2F") {
+		// Not decoded: file:///tmp%2Fx read /tmp/x, a file in /tmp,
+		// where the URL names one file whose name holds a slash.
+		return "", true, fmt.Errorf("%s: a file name cannot hold a / (%%2F); write the path with /", s)
+	}
 	if err := CheckName(u.Path); err != nil {
 		return "", true, fmt.Errorf("%s: %w", s, err)
 	}

@@ -137,6 +137,8 @@ func TestPath(t *testing.T) {
 		{"file:///data/x#1", "", "a file URL has no fragment"},
 		{"file:///data/x%231", "/data/x#1", ""},
 		{"file:///data/x%00", "", `"/data/x\x00": a file name cannot hold a NUL byte`}, // was the system's "invalid argument"
+		{"file:///tmp%2Fx", "", "a file name cannot hold a / (%2F)"},                   // was read as /tmp/x
+		{"file:///tmp%2fx", "", "a file name cannot hold a / (%2F)"},
 	}
 	for _, tt := range tests {
 		path, isFile, err := file.Path(tt.in)
