@@ -9,10 +9,17 @@ package transport_test
 // delete what it left.
 
 import (
+	"context"
+	"errors"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flowrun/flowrun/transport"
 )
 
 // leaseStages is a stage of one worker a process whose records take long
@@ -76,4 +83,127 @@ func TestScaleOutDeadRunWithoutJournal(t *testing.T) {
 		t.Errorf("the worker exited (%d); stderr:\n%s", w.code, w.stderr)
 	}
 	w.stop(t)
+}
+
+// TestScaleOutLeaseOutlivesBrokerAway: a broker away for longer than a
+// dead run's silence (30 leases) made every run look dead by its entry's
+// age, and the first run to start after the restart deleted a live one
+// (without a journal) before it could reconnect: it failed, its queued
+// records lost. Here the broker is killed while one run lives and
+// another, killed, lies dead; restarted on its store after 4 s (40
+// leases of 100 ms), a third run starts before the live one is back
+// (stopped till then) and lives 17 s. It must leave the live run alone, which ends with the
+// in-memory output and exact counts, and delete the dead one only once
+// it has watched it silent while the broker served.
+func TestScaleOutLeaseOutlivesBrokerAway(t *testing.T) {
+	b := startTestBroker(t, "flowrun-broker")
+	lease := []string{"--broker-lease", "100ms"}
+	dead := newScaleRun(t, "dead", 2000, leaseStages)
+	d := dead.startRun(t, b.url, lease...)
+	for i := 0; len(runEntries(t, b.url, "dead")) == 0; i++ {
+		if i == 300 || d.exited() {
+			t.Fatalf("no entry of the run to kill after 30s: exit %d; stderr:\n%s", d.code, d.stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	d.kill()
+	d.wait(t, runLimit)
+
+	live := newScaleRun(t, "live", 600, strings.Replace(leaseStages, "25ms", "5ms", 1))
+	want := live.expected(t, "--set", "stages.slow.with.duration=0s")
+	lw := live.startWorker(t, b.url)
+	run := live.startRun(t, b.url, lease...)
+	if !waitForLines(live.output, 20, run) {
+		t.Fatalf("the live run ended, or did not write 20 lines within %v: exit %d; stderr:\n%s", runLimit, run.code, run.stderr)
+	}
+	// Stopped while the broker is away, and until the next run is under
+	// way: a live run not yet reconnected when another starts.
+	run.signal(syscall.SIGSTOP)
+	b.kill()
+	time.Sleep(4 * time.Second)
+	b.restart()
+
+	// 170 records of 100 ms on one slot: 17 s, past reapWatchMin (15 s).
+	later := newScaleRun(t, "later", 170, strings.Replace(leaseStages, "25ms", "100ms", 1))
+	p := later.startRun(t, b.url, lease...)
+	w := later.startWorker(t, b.url)
+	waitForLines(later.output, 5, p)
+	run.signal(syscall.SIGCONT)
+	live.check(t, run, want)
+	if code := p.wait(t, runLimit); code != 0 {
+		t.Fatalf("the run after the restart: exit %d; stderr:\n%s", code, p.stderr)
+	}
+	got := p.stderr.String()
+	if strings.Contains(got, `of pipeline "live"`) || strings.Count(got, "flowrun: deleted run ") != 1 || !strings.Contains(got, `of pipeline "dead"`) {
+		t.Errorf("the run after the restart should have deleted the dead run, and only it; stderr:\n%s", got)
+	}
+	waitNoStream(t, b.url, "dead")
+	lw.stop(t)
+	w.stop(t)
+}
+
+// TestScaleOutStoppedRunDeleted: a run without a journal stopped
+// (SIGSTOP) past 30 leases is dead to the others, and the next run
+// deletes it. Continued, it put its entry back as active, with no
+// stream, and failed saying the broker had lost its store. It must fail
+// saying another run deleted it, and leave no entry behind.
+func TestScaleOutStoppedRunDeleted(t *testing.T) {
+	b := startTestBroker(t, "flowrun-broker")
+	lease := []string{"--broker-lease", "100ms"}
+	s := newScaleRun(t, "stopped", 2000, leaseStages)
+	w := s.startWorker(t, b.url)
+	run := s.startRun(t, b.url, lease...)
+	if !waitForLines(s.output, 20, run) {
+		t.Fatalf("the run to stop ended, or did not write 20 lines within %v: exit %d; stderr:\n%s", runLimit, run.code, run.stderr)
+	}
+	run.signal(syscall.SIGSTOP)
+	time.Sleep(4 * time.Second) // 40 leases
+	other := newScaleRun(t, "other", 10, "stages:\n  - name: up\n    use: upper\n")
+	p := other.startRun(t, b.url)
+	ow := other.startWorker(t, b.url)
+	if code := p.wait(t, runLimit); code != 0 {
+		t.Fatalf("run of another pipeline: exit %d; stderr:\n%s", code, p.stderr)
+	}
+	if got := p.stderr.String(); !strings.Contains(got, `flowrun: deleted run `) || !strings.Contains(got, `of pipeline "stopped"`) {
+		t.Errorf("the run of another pipeline did not delete the stopped run; stderr:\n%s", got)
+	}
+	run.signal(syscall.SIGCONT)
+	if code := run.wait(t, runLimit); code != 1 {
+		t.Errorf("the stopped run, continued: exit %d, want 1; stderr:\n%s", code, run.stderr)
+	}
+	if got := run.stderr.String(); !strings.Contains(got, "another run deleted it from the broker") || strings.Contains(got, "empty store") {
+		t.Errorf("the stopped run does not say another run deleted it; stderr:\n%s", got)
+	}
+	if left := runEntries(t, b.url, "stopped"); len(left) != 0 {
+		t.Errorf("entries of the deleted run left in the runs bucket: %v", left)
+	}
+	w.stop(t)
+	ow.stop(t)
+}
+
+// runEntries lists the keys of pipeline's runs in the runs bucket.
+func runEntries(t *testing.T, url, pipeline string) []string {
+	t.Helper()
+	nc, err := transport.Dial(context.Background(), url, transport.DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(context.Background(), "flowrun_runs")
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := kv.ListKeysFiltered(context.Background(), pipeline+".>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for k := range keys.Keys() {
+		left = append(left, k)
+	}
+	return left
 }

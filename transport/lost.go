@@ -27,9 +27,22 @@ var ErrRunLost = errors.New("the run's stream is gone from the broker")
 // lostError says which run's stream went from which broker.
 type lostError struct {
 	broker, run, stream string
+	// deleted: by another run, which took this one for dead (lease.go).
+	deleted bool
+	silent  time.Duration // the silence that made it look dead
+	// taken: its entry written by another process, a --resume of it.
+	taken bool
 }
 
 func (e *lostError) Error() string {
+	if e.taken {
+		return fmt.Sprintf("broker %s: run %s: another process took the run over (its entry in the runs bucket was written by another flowrun: a --resume of this run while it ran?); this one stops, leaving the stream %s to it",
+			e.broker, e.run, e.stream)
+	}
+	if e.deleted {
+		return fmt.Sprintf("broker %s: run %s: another run deleted it from the broker, with its stream %s, taking it for dead: it had not touched its entry for over %v (was this process stopped, or cut off from the broker?), and it has no journal to resume from: the records queued on the broker are lost",
+			e.broker, e.run, e.stream, e.silent)
+	}
 	return fmt.Sprintf("broker %s: run %s: its stream %s is gone from the broker (it restarted on an empty store, or another server answers at its address): the records queued on the broker are lost",
 		e.broker, e.run, e.stream)
 }
@@ -80,6 +93,9 @@ func (r *Run) streamGone(ctx context.Context) (bool, error) {
 	defer cancel()
 	_, err := r.js.Stream(ctx, r.info.Stream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if r.purged(ctx) {
+			r.deleted.Store(true)
+		}
 		return true, nil
 	}
 	return false, err
@@ -118,7 +134,8 @@ func (r *Run) lookGone(ctx context.Context, err error) bool {
 
 // lostErr is the error of the run whose stream is gone.
 func (r *Run) lostErr() error {
-	return &lostError{broker: r.nc.ConnectedUrlRedacted(), run: r.opts.RunID, stream: r.info.Stream}
+	return &lostError{broker: r.nc.ConnectedUrlRedacted(), run: r.opts.RunID, stream: r.info.Stream,
+		deleted: r.deleted.Load(), silent: garbageAfter * r.info.Lease, taken: r.taken.Load()}
 }
 
 // lose fails every queue of the run with the lost stream's error (it is

@@ -52,6 +52,11 @@ type RunInfo struct {
 	// Journaled says the run keeps a journal: dead, it may be resumed,
 	// so its stream is kept.
 	Journaled bool `json:"journaled,omitempty"`
+	// Server is the id of the broker server the run last touched its
+	// entry through. Another id is another server, or the same one
+	// restarted: the entry's age may hold time the broker was away, when
+	// a live run could not touch it (see collect).
+	Server string `json:"server,omitempty"`
 }
 
 // StageInfo is where a remote stage's queue and results are.

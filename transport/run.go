@@ -127,6 +127,11 @@ type Run struct {
 	closing atomic.Bool   // workers leave because the run ends
 	lost    atomic.Bool   // its stream is gone from the broker (lost.go)
 	lostCh  chan struct{} // closed when lost is set
+	// deleted says the stream went because another run deleted the run
+	// as dead (lease.go), not with the broker's store.
+	deleted atomic.Bool
+	taken   atomic.Bool   // its entry written by another process: a --resume of the run
+	rev     atomic.Uint64 // the revision of the run's entry it last wrote
 	lostOne sync.Once
 	unwatch context.CancelFunc
 }
@@ -446,84 +451,6 @@ func (r *Run) leftover(ctx context.Context) (map[string]map[string]bool, error) 
 	return left, nil
 }
 
-// lease touches the run's entry every Lease until ctx is done, so that
-// workers know it lives (the entry's revision time is the broker's
-// clock, not this machine's). First it deletes what dead runs left
-// (collect).
-func (r *Run) lease(ctx context.Context) {
-	// A run shorter than that still does it whole: Close waits.
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	r.collect(cctx)
-	cancel()
-	t := time.NewTicker(r.info.Lease)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-r.lostCh:
-			// Its stream is gone (lost.go): a touch would put back, in a
-			// bucket made anew, an active run with nothing to serve.
-			return
-		case <-t.C:
-		}
-		pctx, cancel := context.WithTimeout(ctx, r.info.Lease)
-		r.put(pctx) // a touch lost (the broker away) is followed by the next
-		cancel()
-	}
-}
-
-// collect deletes the stream and entry of every run on the broker, of
-// any pipeline, that has no journal and has not touched its entry for
-// garbageAfter of its leases: it died without a word, and can never be
-// resumed. Ages are by the broker's clock: this run's own entry, just
-// put, says what time it is there. Two runs that start at once may both
-// find a dead run: the entry's purge at the revision found is the claim,
-// so only one deletes it and says so; a run that touched its entry
-// meanwhile (alive after all) is left alone.
-func (r *Run) collect(ctx context.Context) {
-	own, err := r.kv.Get(ctx, r.info.key())
-	if err != nil {
-		return
-	}
-	lister, err := r.kv.ListKeys(ctx)
-	if err != nil {
-		return
-	}
-	var runs []string
-	for k := range lister.Keys() { // to its end, which ends its goroutine
-		if strings.Count(k, ".") == 1 && k != r.info.key() {
-			runs = append(runs, k)
-		}
-	}
-	for _, k := range runs {
-		e, err := r.kv.Get(ctx, k)
-		if err != nil {
-			continue
-		}
-		var info RunInfo
-		if json.Unmarshal(e.Value(), &info) != nil || info.State != stateActive || info.Journaled || info.Lease <= 0 {
-			continue
-		}
-		age := own.Created().Sub(e.Created())
-		if age < garbageAfter*info.Lease {
-			continue
-		}
-		if r.kv.Purge(ctx, k, jetstream.LastRevision(e.Revision())) != nil {
-			continue // touched, or another run took it first
-		}
-		if err := r.js.DeleteStream(ctx, info.Stream); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-			r.logf("flowrun: broker %s: delete stream %s of dead run %s: %v\n", r.nc.ConnectedUrlRedacted(), info.Stream, info.Run, err)
-		}
-		if keys, err := r.kv.ListKeysFiltered(ctx, k+".w.*"); err == nil {
-			for w := range keys.Keys() {
-				r.kv.Purge(ctx, w)
-			}
-		}
-		r.logf("flowrun: deleted run %s of pipeline %q (from %s) from the broker: no word from it for %v, and no journal to resume it\n", info.Run, info.Pipeline, info.Host, age.Round(time.Second))
-	}
-}
-
 // KeepStream makes Close leave the run's stream on the broker, for a
 // run that did not finish and may be resumed (--journal, --resume).
 func (r *Run) KeepStream() { r.keep = true }
@@ -540,15 +467,6 @@ func runsKV(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, er
 		}
 	}
 	return kv, err
-}
-
-func (r *Run) put(ctx context.Context) error {
-	b, err := json.Marshal(r.info)
-	if err != nil {
-		return err
-	}
-	_, err = r.kv.Put(ctx, r.info.key(), b)
-	return err
 }
 
 // Close ends the run on the broker: workers are told it is over, the
@@ -593,7 +511,10 @@ func (r *Run) Close(ctx context.Context) error {
 		return nil // a kept run stays active: workers work what is queued
 	}
 	r.info.State = stateDone
-	err := r.put(ctx)
+	err := r.touch(ctx)
+	if errors.Is(err, errEntryTaken) {
+		return nil // deleted as dead meanwhile, or taken by a --resume: not ours to end
+	}
 	if err == nil {
 		// The entry goes, and the workers' under it: a worker that starts
 		// later has nothing to look at.
