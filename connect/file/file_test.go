@@ -3,6 +3,7 @@ package file_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -397,5 +398,51 @@ func TestSinkShortWrite(t *testing.T) {
 	got, _ := os.ReadFile(path)
 	if string(got) != "{\"a\":1}\n" || s.Written() != 8 {
 		t.Errorf("file holds %q (%d bytes counted), want only the whole first record", got, s.Written())
+	}
+}
+
+// TestWritableLocked: a file one run writes is refused to another while
+// the first holds it, existing or made by the first (a --resume started
+// while the run it resumes lived, stopped with Ctrl-Z, mixed their
+// records in the output), and is free once the first lets it go. A
+// device, like /dev/null, is never locked.
+func TestWritableLocked(t *testing.T) {
+	dir := t.TempDir()
+	for _, exists := range []bool{true, false} {
+		path := filepath.Join(dir, fmt.Sprintf("out-%v.txt", exists))
+		if exists {
+			if err := os.WriteFile(path, []byte("kept\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		first, err := file.Probe(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := first.Open(file.Keep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := file.Probe(path); err == nil || !strings.Contains(err.Error(), "another flowrun is writing it") {
+			t.Errorf("exists %v: a second writer of a held file: %v", exists, err)
+		}
+		f.Close()
+		second, err := file.Probe(path)
+		if err != nil {
+			t.Errorf("exists %v: the file let go is still refused: %v", exists, err)
+		} else {
+			second.Close()
+		}
+	}
+	a, err := file.Probe(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := file.Probe(os.DevNull)
+	if err != nil {
+		t.Errorf("a device is locked: %v", err)
+	} else {
+		b.Close()
 	}
 }

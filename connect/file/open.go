@@ -63,6 +63,10 @@ func Probe(path string) (Writable, error) {
 			f.Close()
 			return Writable{}, fmt.Errorf("%s: is a directory", path)
 		}
+		if err := lock(f, path); err != nil {
+			f.Close()
+			return Writable{}, err
+		}
 		return Writable{path: path, f: f}, nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
@@ -90,6 +94,10 @@ func (w Writable) Open(mode Mode) (*os.File, error) {
 	if f == nil {
 		var err error
 		if f, err = os.OpenFile(w.path, os.O_WRONLY|os.O_CREATE, 0o644); err != nil {
+			return nil, err
+		}
+		if err := lock(f, w.path); err != nil {
+			f.Close()
 			return nil, err
 		}
 	}
@@ -149,6 +157,21 @@ func CutTorn(f *os.File) error {
 	}
 	_, err = f.Seek(end, io.SeekStart)
 	return err
+}
+
+// lock takes a regular file for this process alone while it holds f
+// open: two runs writing one file (a --resume started while the run it
+// resumes still lives, stopped with Ctrl-Z or on another terminal) mix
+// their records in it. The lock goes with the process, however it ends.
+// A file system without locks writes as before.
+func lock(f *os.File, path string) error {
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); errors.Is(err, unix.EWOULDBLOCK) {
+		return fmt.Errorf("%s: another flowrun is writing it (a run still going, or stopped with Ctrl-Z); wait for it to end, or stop it", path)
+	}
+	return nil
 }
 
 // Close closes the file Probe opened, if it did.
