@@ -69,7 +69,7 @@ holds go back to the queue for other workers.
 func runWorker(ctx context.Context, file, url string, dial transport.DialOptions, names, set []string, name, metrics string, stdin io.Reader, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
-	p, err := load(file, spec.Options{Set: set}, stdin)
+	p, err := load(file, spec.Options{Set: set, Worked: true}, stdin)
 	if err != nil {
 		return err
 	}

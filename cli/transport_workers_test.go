@@ -460,3 +460,41 @@ stages:
 	}
 	workers[len(workers)-1].stop(t)
 }
+
+// TestWorkerDeadLetterFromTheRun: a pipeline whose stage dead-letters,
+// the file given on the run's command line (--dead-letter), not in the
+// pipeline: the worker writes no dead letters (it hands them to the run)
+// and must take the pipeline as it is. It refused it ("on_error:
+// dead-letter needs a dead_letter: FILE") and the run waited for ever.
+func TestWorkerDeadLetterFromTheRun(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	url := embeddedBroker(t)
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", `name: dl
+stages:
+  - name: valid
+    use: json.validate
+    on_error: dead-letter
+  - use: upper
+`)
+	in := writeFile(t, dir, "in.txt", "{\"a\":1}\nnot json\n{\"b\":2}\n")
+	w := startWorker(t, p, "--broker", url)
+	out, dl := filepath.Join(dir, "out.txt"), filepath.Join(dir, "dl.jsonl")
+	run := exec.Command(flowrunBin, "run", "--progress", "none", "-q", "--broker", url, "--no-local-workers", "-i", in, "-o", out, "--dead-letter", dl, p)
+	var runErr lockedBuffer
+	run.Stderr = &runErr
+	err := run.Run()
+	if code := run.ProcessState.ExitCode(); code != 3 {
+		t.Fatalf("run: %v (exit %d, want 3: a record dead-lettered)\n%s\nworker:\n%s", err, code, &runErr, w.stderr)
+	}
+	if got, _ := os.ReadFile(out); string(got) != "{\"A\":1}\n{\"B\":2}\n" {
+		t.Errorf("output %q", got)
+	}
+	letters, _ := os.ReadFile(dl)
+	if strings.Count(string(letters), "\n") != 1 || !strings.Contains(string(letters), `"stage":"valid"`) || !strings.Contains(string(letters), "not json") {
+		t.Errorf("dead letters:\n%s", letters)
+	}
+	if code := w.stop(t); code != 0 {
+		t.Errorf("worker: exit %d:\n%s", code, w.stderr)
+	}
+}

@@ -59,6 +59,11 @@ type Options struct {
 	// CLI's --dead-letter does; it satisfies a stage's on_error:
 	// dead-letter like dead_letter: in the file.
 	DeadLetter string
+	// Worked says the pipeline is read by a worker (flowrun worker),
+	// which writes no dead letters: it hands them to the run, whose
+	// dead_letter (or --dead-letter) takes them. A stage's on_error:
+	// dead-letter needs no dead_letter: there.
+	Worked bool
 }
 
 // Stdin is the file name of a pipeline read from standard input (the
@@ -89,7 +94,7 @@ func Load(path string, opts Options) (*Pipeline, error) {
 // and dead_letter paths are kept as written: like any Unix tool's, they are
 // relative to the working directory, and the CLI resolves them.
 func Parse(file string, data []byte, opts Options) (*Pipeline, error) {
-	p := &parser{file: file, env: opts.Env, sets: opts.Set, deadLetter: opts.DeadLetter, setNodes: map[*yaml.Node]int{}}
+	p := &parser{file: file, env: opts.Env, sets: opts.Set, deadLetter: opts.DeadLetter, worked: opts.Worked, setNodes: map[*yaml.Node]int{}}
 	if p.env == nil {
 		p.env = os.LookupEnv
 	}
@@ -108,6 +113,7 @@ type parser struct {
 	env        func(string) (string, bool)
 	sets       []string
 	deadLetter string             // Options.DeadLetter
+	worked     bool               // Options.Worked
 	setNodes   map[*yaml.Node]int // nodes an override put in the tree: its index in sets
 	errs       Errors
 }
@@ -602,7 +608,7 @@ func (p *parser) pipeline(root *yaml.Node) *Pipeline {
 	if p.deadLetter != "" {
 		pl.DeadLetter, pl.DeadLetterPos = p.deadLetter, Pos{}
 	}
-	if pl.DeadLetter == "" {
+	if pl.DeadLetter == "" && !p.worked {
 		for _, n := range deadLetterUsers {
 			p.errorf(n, "on_error: dead-letter needs a dead_letter: FILE at the top of the pipeline (or --dead-letter FILE)")
 		}

@@ -34,8 +34,8 @@ func (q *stageQueue) MaxRecordBytes() int { return oneRecordLimit(q.run.nc.MaxPa
 // workers: the broker's limit, named.
 func (q *stageQueue) TooLarge(size int) error {
 	nc := q.run.nc
-	return fmt.Errorf("a record of %d bytes is more than broker %s takes in a message (its max_payload is %d bytes)",
-		size, nc.ConnectedUrlRedacted(), nc.MaxPayload())
+	return fmt.Errorf("a record of %d bytes is more than broker %s takes in a message: %d bytes, its max_payload of %d less %d for the message's headers",
+		size, nc.ConnectedUrlRedacted(), oneRecordLimit(nc.MaxPayload()), nc.MaxPayload(), messageRoom)
 }
 
 // fitResults fails, as the stage's on_error says, each input record of
@@ -75,8 +75,8 @@ func (w *Worker) fitResults(ctx context.Context, sl *slot, recs []runner.Record,
 			i = j
 			continue
 		}
-		cause := fmt.Errorf("its result of %d bytes is more than broker %s takes in a message (its max_payload is %d bytes)",
-			size, w.nc.ConnectedUrlRedacted(), w.nc.MaxPayload())
+		cause := fmt.Errorf("its result of %d bytes is more than broker %s takes in a message: %d bytes, its max_payload of %d less %d for the message's headers",
+			size, w.nc.ConnectedUrlRedacted(), limit, w.nc.MaxPayload(), w.nc.MaxPayload()-int64(limit))
 		f, err := sl.proc.Fail(ctx, recs[i:j], 1, cause)
 		if err != nil {
 			return err
