@@ -15,8 +15,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/flowrun/flowrun/transport"
 )
 
 // TestScaleOutWorkerOutlivesEmptyBroker kills the broker (kill -9) under
@@ -66,20 +64,13 @@ func TestScaleOutWorkerOutlivesEmptyBroker(t *testing.T) {
 }
 
 // waitForBucket waits until the broker has the runs bucket (a worker
-// made it, to watch it), bounded in count.
+// made it, to watch it), for 30 s at most.
 func waitForBucket(t *testing.T, url string) {
 	t.Helper()
-	nc, err := transport.Dial(context.Background(), url, transport.DialOptions{})
-	if err != nil {
-		t.Fatal(err)
+	if !pollBroker(t, url, 300, func(js jetstream.JetStream) bool {
+		_, err := js.KeyValue(context.Background(), "flowrun_runs")
+		return err == nil
+	}) {
+		t.Fatal("no runs bucket on the broker after 30s")
 	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	for i := 0; i < 300; i++ {
-		if _, err := js.KeyValue(context.Background(), "flowrun_runs"); err == nil {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatal("no runs bucket on the broker after 30s")
 }

@@ -51,20 +51,11 @@ func newScaleRun(t *testing.T, name string, n int, yaml string) *scaleRun {
 }
 
 // expected is the output of the in-memory run, the same binary without a
-// broker; extra are more flags (a --set that makes it quicker without
-// changing the output).
+// broker, with a line per record; extra are more flags (a --set that
+// makes it quicker without changing the output).
 func (s *scaleRun) expected(t *testing.T, extra ...string) []byte {
 	t.Helper()
-	out := filepath.Join(s.dir, "expected.txt")
-	args := append([]string{"run", s.pipeline, "-i", s.input, "-o", out, "--progress", "none", "-q"}, extra...)
-	p, _ := startProc(t, "flowrun run (in memory)", false, args...)
-	if code := p.wait(t, runLimit); code != 0 {
-		t.Fatalf("in-memory run: exit %d; stderr:\n%s", code, p.stderr)
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := s.inMemory(t, extra...)
 	if got := bytes.Count(b, []byte("\n")); got != s.n {
 		t.Fatalf("in-memory run wrote %d lines; want %d", got, s.n)
 	}
@@ -392,9 +383,9 @@ stages:
 	w2.stop(t)
 }
 
-// waitForStream waits until the broker has a stream of the pipeline's
-// run (FLOWRUN_<pipeline>_<run id>), bounded in count.
-func waitForStream(t *testing.T, url, pipeline string) {
+// pollBroker asks ok of the broker at url every 100 ms until it says
+// yes, tries times at most, and says whether it did.
+func pollBroker(t *testing.T, url string, tries int, ok func(js jetstream.JetStream) bool) bool {
 	t.Helper()
 	nc, err := transport.Dial(context.Background(), url, transport.DialOptions{})
 	if err != nil {
@@ -402,18 +393,34 @@ func waitForStream(t *testing.T, url, pipeline string) {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	for i := 0; i < 300; i++ {
-		names := js.StreamNames(context.Background())
-		found := false
-		for n := range names.Name() { // to its end, which ends its goroutine
-			found = found || strings.HasPrefix(n, "FLOWRUN_"+pipeline+"_")
-		}
-		if found {
-			return
+	for i := 0; i < tries; i++ {
+		if ok(js) {
+			return true
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("no stream of pipeline %q after 30s", pipeline)
+	return false
+}
+
+// runStreams lists the broker's streams of the pipeline's runs
+// (FLOWRUN_<pipeline>_<run id>).
+func runStreams(js jetstream.JetStream, pipeline string) []string {
+	var found []string
+	for n := range js.StreamNames(context.Background()).Name() { // to its end, which ends its goroutine
+		if strings.HasPrefix(n, "FLOWRUN_"+pipeline+"_") {
+			found = append(found, n)
+		}
+	}
+	return found
+}
+
+// waitForStream waits until the broker has a stream of the pipeline's
+// run, for 30 s at most.
+func waitForStream(t *testing.T, url, pipeline string) {
+	t.Helper()
+	if !pollBroker(t, url, 300, func(js jetstream.JetStream) bool { return len(runStreams(js, pipeline)) > 0 }) {
+		t.Fatalf("no stream of pipeline %q after 30s", pipeline)
+	}
 }
 
 // TestScaleOutWithTokenAndTLS: `flowrun broker` with a token and TLS, and

@@ -128,11 +128,18 @@ func (p *proc) stop(t *testing.T) int {
 
 // wait waits for the process to exit by itself, and fails the test when
 // it has not within limit: a guard against a hang, not a measure of speed.
+// A process that hangs is sent SIGQUIT first: the Go runtime prints its
+// goroutines to stderr, which the failure shows.
 func (p *proc) wait(t *testing.T, limit time.Duration) int {
 	t.Helper()
 	select {
 	case <-p.done:
 	case <-time.After(limit):
+		p.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-p.done:
+		case <-time.After(5 * time.Second):
+		}
 		p.kill()
 		t.Fatalf("%s still running after %v; stderr:\n%s", p.name, limit, p.stderr)
 	}

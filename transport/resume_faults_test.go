@@ -180,29 +180,13 @@ func (s *scaleRun) inMemory(t *testing.T, extra ...string) []byte {
 }
 
 // waitNoStream waits until the broker has no stream of the pipeline's
-// runs, bounded in count.
+// runs, for 10 s at most.
 func waitNoStream(t *testing.T, url, pipeline string) {
 	t.Helper()
-	nc, err := transport.Dial(context.Background(), url, transport.DialOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
 	var left []string
-	for i := 0; i < 100; i++ {
-		left = nil
-		for n := range js.StreamNames(context.Background()).Name() { // to its end, which ends its goroutine
-			if strings.HasPrefix(n, "FLOWRUN_"+pipeline+"_") {
-				left = append(left, n)
-			}
-		}
-		if len(left) == 0 {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
+	if !pollBroker(t, url, 100, func(js jetstream.JetStream) bool { left = runStreams(js, pipeline); return len(left) == 0 }) {
+		t.Errorf("streams of pipeline %q still on the broker after 10s: %v", pipeline, left)
 	}
-	t.Errorf("streams of pipeline %q still on the broker after 10s: %v", pipeline, left)
 }
 
 // brokerState says what the broker holds of flowrun's runs: each stream's
