@@ -32,6 +32,27 @@ func chromium(t *testing.T) string {
 	return ""
 }
 
+// openPage opens url in a headless Chromium (bin) of a window 1280 wide
+// and height high; close ends the browser.
+func openPage(t *testing.T, bin, url string, height int) (ctx context.Context, close func()) {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(bin), chromedp.NoSandbox, chromedp.Headless,
+		chromedp.Flag("disable-gpu", true), chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.WindowSize(1280, height), chromedp.UserDataDir(t.TempDir()))
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(actx)
+	close = func() {
+		cancel()
+		cancelAlloc()
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(url)); err != nil {
+		close()
+		t.Fatalf("open the page: %v", err)
+	}
+	return ctx, close
+}
+
 // pageState is what the test reads off the rendered page.
 type pageState struct {
 	Title  string   `json:"title"`
@@ -85,17 +106,8 @@ stages:
 `, "--metrics-linger", "1m")
 	lr.feed(t, 0, 50)
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(bin), chromedp.NoSandbox, chromedp.Headless,
-		chromedp.Flag("disable-gpu", true), chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.WindowSize(1280, 560), chromedp.UserDataDir(t.TempDir()))
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	if err := chromedp.Do(ctx, chromedp.Navigate("http://"+lr.addr+"/")); err != nil {
-		t.Fatalf("open the page: %v", err)
-	}
+	ctx, closePage := openPage(t, bin, "http://"+lr.addr+"/", 560)
+	defer closePage()
 	read := func() pageState {
 		t.Helper()
 		raw, err := chromedp.Run(ctx, chromedp.Evaluate[json.RawMessage](readPage))
@@ -156,8 +168,7 @@ stages:
 	if last.Output != "1,200" || last.IO[2] != "1,200 / 1,200" {
 		t.Errorf("the finished page shows %+v, want 1,200 records through", last)
 	}
-	cancel()
-	cancelAlloc()
+	closePage()
 	lr.cancel() // ends the linger
 	if code := lr.wait(t); code != 0 {
 		t.Fatalf("exit %d; stderr:\n%s", code, lr.stderr)
@@ -195,17 +206,8 @@ func TestPageNumbersFitTheirBoxes(t *testing.T) {
 	lr := startLive(t, "name: wide\nstages:\n  - {name: fetch, use: upper}\n  - {name: "+long+", use: upper}\n", "--metrics-linger", "1m")
 	lr.feed(t, 0, 10)
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(bin), chromedp.NoSandbox, chromedp.Headless,
-		chromedp.Flag("disable-gpu", true), chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.WindowSize(1280, 560), chromedp.UserDataDir(t.TempDir()))
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	if err := chromedp.Do(ctx, chromedp.Navigate("http://"+lr.addr+"/")); err != nil {
-		t.Fatalf("open the page: %v", err)
-	}
+	ctx, closePage := openPage(t, bin, "http://"+lr.addr+"/", 560)
+	defer closePage()
 	waitFor(t, "the page to show 10 records out", func() bool {
 		out, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector('#output [data-k="records"]').textContent`))
 		return err == nil && out == "10"
@@ -222,8 +224,7 @@ func TestPageNumbersFitTheirBoxes(t *testing.T) {
 	if err != nil || title != long {
 		t.Errorf("the long name's title is %q (%v), want %q", title, err, long)
 	}
-	cancel()
-	cancelAlloc()
+	closePage()
 	lr.stdin.Close()
 	waitFor(t, "the run to end", func() bool {
 		var v struct{ Running bool }

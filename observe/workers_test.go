@@ -165,17 +165,8 @@ func TestLivePageWorkers(t *testing.T) {
 	lr, w := brokered(t, slowPipeline, "laptop-7", "--metrics-linger", "1m")
 	lr.feed(t, 0, 60)
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(bin), chromedp.NoSandbox, chromedp.Headless,
-		chromedp.Flag("disable-gpu", true), chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.WindowSize(1280, 640), chromedp.UserDataDir(t.TempDir()))
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	if err := chromedp.Do(ctx, chromedp.Navigate("http://"+lr.addr+"/")); err != nil {
-		t.Fatalf("open the page: %v", err)
-	}
+	ctx, closePage := openPage(t, bin, "http://"+lr.addr+"/", 640)
+	defer closePage()
 	read := func() []workerRow {
 		t.Helper()
 		raw, err := chromedp.Run(ctx, chromedp.Evaluate[json.RawMessage](workersPage))
@@ -219,8 +210,7 @@ func TestLivePageWorkers(t *testing.T) {
 		rows = read()
 		return len(rows) == 1 && rows[0].State == "left"
 	})
-	cancel()
-	cancelAlloc()
+	closePage()
 	lr.stdin.Close()
 	waitFor(t, "the run to end", func() bool { return strings.Contains(lr.stderr.String(), "--metrics-linger") })
 	lr.cancel() // ends the linger
@@ -240,17 +230,8 @@ func TestWorkerPage(t *testing.T) {
 	lr, w := brokered(t, slowPipeline, "laptop-9")
 	lr.feed(t, 0, 60)
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(bin), chromedp.NoSandbox, chromedp.Headless,
-		chromedp.Flag("disable-gpu", true), chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.WindowSize(1280, 640), chromedp.UserDataDir(t.TempDir()))
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	if err := chromedp.Do(ctx, chromedp.Navigate("http://"+w.addr+"/")); err != nil {
-		t.Fatalf("open the page: %v", err)
-	}
+	ctx, closePage := openPage(t, bin, "http://"+w.addr+"/", 640)
+	defer closePage()
 	type page struct {
 		Stages                 []string
 		Input, Output, Workers bool
@@ -278,8 +259,7 @@ func TestWorkerPage(t *testing.T) {
 	if got.Input || got.Output || got.Workers || got.Advice != "" || !regexp.MustCompile(`^worker laptop-9 \(id [0-9a-f]{8}\)$`).MatchString(got.State) {
 		t.Errorf("the worker's page shows the run's parts: %+v", got)
 	}
-	cancel()
-	cancelAlloc()
+	closePage()
 	if code := lr.end(t); code != 0 {
 		t.Fatalf("run: exit %d; stderr:\n%s", code, lr.stderr)
 	}
