@@ -7,9 +7,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
 	"github.com/flowrun/flowrun/runner"
@@ -36,18 +39,69 @@ func testBroker(t *testing.T) *Server {
 	return srv
 }
 
+// testConn is a connection to a broker of the test's own, both closed at
+// the test's end.
+func testConn(t *testing.T) *nats.Conn {
+	t.Helper()
+	srv := testBroker(t)
+	nc, err := Dial(context.Background(), srv.URL(), DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// serveWorker starts a worker of p on nc, which serves until stop (or
+// the test's end); stop says what Serve returned.
+func serveWorker(t *testing.T, ctx context.Context, nc *nats.Conn, p *spec.Pipeline) (stop func() error) {
+	t.Helper()
+	w, err := NewWorker(nc, p, WorkerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- w.Serve(wctx) }()
+	var once sync.Once
+	var serveErr error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			serveErr = <-served
+			w.Close()
+		})
+		return serveErr
+	}
+	t.Cleanup(func() { stop() })
+	return stop
+}
+
+// stageConsumer is what the broker says of the consumer of the first
+// stage of a run (info), nil when it cannot say (not there yet).
+func stageConsumer(ctx context.Context, js jetstream.JetStream, info RunInfo) *jetstream.ConsumerInfo {
+	stream, err := js.Stream(ctx, info.Stream)
+	if err != nil {
+		return nil
+	}
+	c, err := stream.Consumer(ctx, info.Stages[0].Consumer)
+	if err != nil {
+		return nil
+	}
+	ci, err := c.Info(ctx)
+	if err != nil {
+		return nil
+	}
+	return ci
+}
+
 // TestPieceSpreadOverIdleSlots: the records of one piece of a stage that
 // takes one record at a time are worked at once by the worker's idle
 // slots, not one after another by one of them. Each record here waits
 // (10 s at most) until all four are being worked.
 func TestPieceSpreadOverIdleSlots(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t) })
-	srv := testBroker(t)
-	nc, err := Dial(context.Background(), srv.URL(), DialOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := testConn(t)
 	dir := t.TempDir()
 	started := filepath.Join(dir, "started")
 	os.Mkdir(started, 0o755)
@@ -69,14 +123,7 @@ if [ "$(ls "`+started+`" | wc -l)" -ge 4 ]; then echo "$r"; else echo "alone $r"
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := NewWorker(nc, p, WorkerOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	wctx, stop := context.WithCancel(ctx)
-	served := make(chan error, 1)
-	go func() { served <- w.Serve(wctx) }()
+	stop := serveWorker(t, ctx, nc, p)
 
 	q := queues["barrier"]
 	var recs []runner.Record
@@ -98,8 +145,7 @@ if [ "$(ls "`+started+`" | wc -l)" -ge 4 ]; then echo "$r"; else echo "alone $r"
 	if want := []string{"r1", "r2", "r3", "r4"}; d.N != 1 || !slices.Equal(got, want) || d.Counts.In != 4 || d.Counts.Out != 4 {
 		t.Errorf("piece %d: %q, counts %+v; want %q, 4 in and out, worked at once", d.N, got, d.Counts, want)
 	}
-	stop()
-	if err := <-served; err != nil {
+	if err := stop(); err != nil {
 		t.Error(err)
 	}
 	if err := run.Close(context.Background()); err != nil {
@@ -118,12 +164,7 @@ if [ "$(ls "`+started+`" | wc -l)" -ge 4 ]; then echo "$r"; else echo "alone $r"
 // pieces).
 func TestWaitingStagePiecesGather(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t) })
-	srv := testBroker(t)
-	nc, err := Dial(context.Background(), srv.URL(), DialOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := testConn(t)
 	dir := t.TempDir()
 	const n, probe = 600, 64
 	var in strings.Builder
@@ -152,19 +193,10 @@ func TestWaitingStagePiecesGather(t *testing.T) {
 	// the run has opened it).
 	info := newRunInfo(p, "gather", "", p.Stages)
 	queued := func() uint64 {
-		stream, err := run.js.Stream(ctx, info.Stream)
-		if err != nil {
-			return 0
+		if ci := stageConsumer(ctx, run.js, info); ci != nil {
+			return ci.NumPending
 		}
-		c, err := stream.Consumer(ctx, info.Stages[0].Consumer)
-		if err != nil {
-			return 0
-		}
-		info, err := c.Info(ctx)
-		if err != nil {
-			return 0
-		}
-		return info.NumPending
+		return 0
 	}
 	for i := 0; queued() < probe && i < 600; i++ {
 		time.Sleep(50 * time.Millisecond)
@@ -177,30 +209,18 @@ func TestWaitingStagePiecesGather(t *testing.T) {
 		run.Close(context.Background())
 		t.Fatalf("%d pieces queued before any result; want %d", got, probe)
 	}
-	w, err := NewWorker(nc, p, WorkerOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, stop := context.WithCancel(ctx)
-	served := make(chan error, 1)
-	go func() { served <- w.Serve(wctx) }()
+	stop := serveWorker(t, ctx, nc, p)
 	res := <-ran
-	stop()
-	if err := <-served; err != nil {
+	if err := stop(); err != nil {
 		t.Error(err)
 	}
-	w.Close()
 	if res.err != nil {
 		run.Close(context.Background())
 		t.Fatal(res.err)
 	}
 	var pieces uint64
-	if stream, err := run.js.Stream(context.Background(), run.Stream()); err == nil {
-		if c, err := stream.Consumer(context.Background(), run.info.Stages[0].Consumer); err == nil {
-			if info, err := c.Info(context.Background()); err == nil {
-				pieces = info.Delivered.Consumer
-			}
-		}
+	if ci := stageConsumer(context.Background(), run.js, info); ci != nil {
+		pieces = ci.Delivered.Consumer
 	}
 	if err := run.Close(context.Background()); err != nil {
 		t.Fatal(err)
@@ -258,12 +278,7 @@ func TestResumedRunCutsAlike(t *testing.T) {
 // and none is worked twice.
 func TestResumedRunTakesUpLeftPieces(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t) })
-	srv := testBroker(t)
-	nc, err := Dial(context.Background(), srv.URL(), DialOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := testConn(t)
 	dir := t.TempDir()
 	const n = 480 // fewer than a stage's pieces on the broker at once (inFlight)
 	var in strings.Builder
@@ -308,12 +323,8 @@ func TestResumedRunTakesUpLeftPieces(t *testing.T) {
 		t.Fatal(err)
 	}
 	delivered := uint64(0)
-	if stream, err := run.js.Stream(ctx, run.Stream()); err == nil {
-		if c, err := stream.Consumer(ctx, run.info.Stages[0].Consumer); err == nil {
-			if info, err := c.Info(ctx); err == nil {
-				delivered = info.Delivered.Consumer
-			}
-		}
+	if ci := stageConsumer(ctx, run.js, run.info); ci != nil {
+		delivered = ci.Delivered.Consumer
 	}
 	if err := run.Close(context.Background()); err != nil {
 		t.Fatal(err)
