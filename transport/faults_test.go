@@ -81,6 +81,9 @@ func (s *scaleRun) startWorker(t *testing.T, url string, extra ...string) *proc 
 type stats struct {
 	Input struct {
 		Records int64 `json:"records"`
+		Resumed struct {
+			Records int64 `json:"records"`
+		} `json:"resumed"`
 	} `json:"input"`
 	Output struct {
 		Records int64 `json:"records"`

@@ -89,7 +89,7 @@ func TestScaleOutRunKilledWorkersGoOn(t *testing.T) {
 			if !bytes.Equal(got, want) {
 				t.Errorf("output after the resume differs from the in-memory run's: %s", lineDiff(want, got))
 			}
-			var st resumedStats
+			var st stats
 			raw, _ := os.ReadFile(s.stats)
 			if err := json.Unmarshal(raw, &st); err != nil {
 				t.Fatalf("stats: %v\n%s", err, raw)
@@ -126,25 +126,6 @@ func TestScaleOutRunKilledWorkersGoOn(t *testing.T) {
 			}
 		})
 	}
-}
-
-// resumedStats is what TestScaleOutRunKilledWorkersGoOn reads of --stats.
-type resumedStats struct {
-	Input struct {
-		Records int64 `json:"records"`
-		Resumed struct {
-			Records int64 `json:"records"`
-		} `json:"resumed"`
-	} `json:"input"`
-	Output struct {
-		Records int64 `json:"records"`
-	} `json:"output"`
-	Stages []struct {
-		Name   string `json:"name"`
-		In     int64  `json:"in"`
-		Out    int64  `json:"out"`
-		Errors int64  `json:"errors"`
-	} `json:"stages"`
 }
 
 // waitForLines waits until the file holds at least n lines, and says
