@@ -23,8 +23,9 @@
 // piece costs a few messages: for a cheap stage up to 1024 records; for a
 // stage that takes one record at a time, as many as take about 50 ms to
 // work by the time its records took lately (runner's pieceWork), so one
-// record each until the first results tell (64 of them, or 100 ms), and
-// one each for records that take that long.
+// record each until the first results tell (64 of them, or as many as
+// the workers' slots for the stage, then it waits for those results),
+// and one each for records that take that long.
 // A remote stage is thus a drop-in for a local segment of the runner
 // (runner.Remote): the reorder window, a failure's cut, take, the stages
 // that hold records, dead letters, stats and progress all stay where they
