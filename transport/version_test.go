@@ -68,7 +68,7 @@ func init() {
 		t.Fatalf("the worker of another build did not refuse the run; run:\n%s\nworker:\n%s", run.stderr, got)
 	}
 	// Both builds named, each by its executable's hash.
-	if strings.Count(got, "executable sha256 ") < 2 {
+	if strings.Count(got, ", executable build ") < 2 {
 		t.Errorf("the refusal does not say both builds:\n%s", got)
 	}
 }
