@@ -2,14 +2,18 @@ package runner
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"sync"
 	"unicode/utf8"
+
+	"github.com/flowrun/flowrun/connect/file"
 )
 
 // DeadLetter is one line of the dead-letter file: a record that exhausted
@@ -56,10 +60,58 @@ type deadLetters struct {
 	// collect, when set, takes the dead letters instead of a file: a
 	// remote worker's, which sends them to the run to write.
 	collect func(dl DeadLetter, rec []byte)
+	// regular is the file under w when it is a regular one; entries
+	// counts the dead letters given to w; broke is the error of the
+	// first write that failed, said once the file is cut back to its
+	// whole entries.
+	regular *os.File
+	entries int
+	broke   error
 }
 
 func newDeadLetters(w io.Writer, name string) *deadLetters {
-	return &deadLetters{w: bufio.NewWriter(w), name: name}
+	return &deadLetters{w: bufio.NewWriter(w), name: name, regular: regularFile(w)}
+}
+
+// failed is the error of a write that failed (d.err, held under d.mu).
+// A full disk leaves half an entry at the file's end: it is cut off,
+// and the error says how many of the dead letters the file holds.
+func (d *deadLetters) failed() error {
+	if d.broke != nil {
+		return d.broke
+	}
+	cause := d.err
+	var pe *fs.PathError
+	if errors.As(cause, &pe) {
+		cause = pe.Err // the file is named once
+	}
+	d.broke = fmt.Errorf("write dead letter to %s: %w", d.name, cause)
+	if d.regular != nil && file.CutTorn(d.regular) == nil {
+		if n, err := countLines(d.regular.Name()); err == nil {
+			d.broke = fmt.Errorf("write dead letter to %s: %w; it holds the first %d of the run's %d dead letters, each whole", d.name, cause, n, d.entries)
+		}
+	}
+	return d.broke
+}
+
+// countLines counts the lines of the file at path.
+func countLines(path string) (int, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	n, buf := 0, make([]byte, 64<<10)
+	for {
+		m, err := f.Read(buf)
+		n += bytes.Count(buf[:m], []byte{'\n'})
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
 }
 
 func (d *deadLetters) write(stage string, seq uint64, attempts int, rec []byte, cause error) error {
@@ -94,6 +146,7 @@ func (d *deadLetters) writeEntry(dl DeadLetter, rec []byte) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.err == nil {
+		d.entries++
 		d.w.Write(line)
 		d.err = d.w.WriteByte('\n')
 		if d.err == nil && d.sum != nil {
@@ -105,7 +158,7 @@ func (d *deadLetters) writeEntry(dl DeadLetter, rec []byte) error {
 		d.acks.deadLettered(dl.Seq)
 	}
 	if d.err != nil {
-		return fmt.Errorf("write dead letter to %s: %w", d.name, d.err)
+		return d.failed()
 	}
 	return nil
 }
@@ -120,7 +173,7 @@ func (d *deadLetters) flush() error {
 		d.err = d.w.Flush()
 	}
 	if d.err != nil {
-		return fmt.Errorf("write dead letter to %s: %w", d.name, d.err)
+		return d.failed()
 	}
 	return nil
 }
