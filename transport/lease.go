@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -127,7 +128,7 @@ func (r *Run) collect(ctx context.Context) []suspect {
 			continue
 		}
 		named[info.Stream] = true
-		if info.State != stateActive || info.Journaled || info.Lease <= 0 {
+		if info.State != stateActive && info.State != stateOpening || info.Journaled || info.Lease <= 0 {
 			continue
 		}
 		age := own.Created().Sub(e.Created())
@@ -212,6 +213,38 @@ func (r *Run) reap(ctx context.Context, s suspect) {
 		}
 	}
 	r.logf("flowrun: deleted run %s of pipeline %q (from %s) from the broker: no word from it for %v, and no journal to resume it\n", s.info.Run, s.info.Pipeline, s.info.Host, s.age.Round(time.Second))
+}
+
+// claim makes a new run's entry, opening, before anything else of the
+// run is on the broker: of two runs given one --run-id at once, only one
+// makes it. They both found no stream and went on, sharing its
+// consumers, and both waited for ever.
+func (r *Run) claim(ctx context.Context) error {
+	info := r.info
+	info.State = stateOpening
+	info.Server = r.nc.ConnectedServerId()
+	b, err := json.Marshal(info)
+	if err != nil {
+		return err
+	}
+	rev, err := r.kv.Create(ctx, r.info.key(), b)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("run %s is on the broker already: --resume continues it, or give another --run-id", r.opts.RunID)
+	}
+	if err != nil {
+		return fmt.Errorf("broker %s: runs bucket: %w", r.nc.ConnectedUrlRedacted(), plain(err))
+	}
+	r.rev.Store(rev)
+	return nil
+}
+
+// unclaim takes back a claim of a run that does not open, and has the
+// run's Close leave the broker as it is.
+func (r *Run) unclaim(ctx context.Context) {
+	if rev := r.rev.Load(); r.kv != nil && rev != 0 {
+		r.kv.Purge(ctx, r.info.key(), jetstream.LastRevision(rev))
+	}
+	r.kv = nil
 }
 
 // put writes the run's entry, whatever it held: a new run's, or a

@@ -21,6 +21,9 @@ const runsBucket = "flowrun_runs"
 const (
 	stateActive = "active"
 	stateDone   = "done"
+	// stateOpening is a new run's claim of its id, made before its
+	// stream: workers wait for it to be active.
+	stateOpening = "opening"
 )
 
 // RunInfo is a run's entry in the runs bucket.

@@ -191,8 +191,19 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 	// A reconnect from here on may have been to a broker without the
 	// stream: the watch of it looks again from this count.
 	since := r.nc.Stats().Reconnects
+	var err error
+	if r.kv, err = runsKV(ctx, r.js); err != nil {
+		return nil, fail("runs bucket", err)
+	}
+	if !r.opts.Resume && !r.opts.Fresh {
+		if err := r.claim(ctx); err != nil {
+			r.kv = nil // not this run's to end
+			return nil, err
+		}
+	}
 	left, err := r.leftover(ctx)
 	if err != nil {
+		r.unclaim(ctx)
 		return nil, fail("stream "+r.info.Stream, err)
 	}
 	subjects := make([]string, 0, 2*len(r.info.Stages))
@@ -251,9 +262,6 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 		r.mu.Unlock()
 		queues[s.Name] = q
 	}
-	if r.kv, err = runsKV(ctx, r.js); err != nil {
-		return nil, fail("runs bucket", err)
-	}
 	if r.opts.LocalWorkers {
 		r.localID = newWorkerID()
 	}
@@ -270,7 +278,7 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 		defer r.done.Done()
 		r.workers(watch)
 	}()
-	if err := r.put(ctx); err != nil {
+	if err := r.touch(ctx); err != nil { // active: workers join
 		return nil, fail("runs bucket", err)
 	}
 	lctx, unwatch := context.WithCancel(context.WithoutCancel(ctx))

@@ -2,9 +2,11 @@ package transport_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -145,5 +147,60 @@ func TestSlowRecordsKeepTheirWorker(t *testing.T) {
 	out, _ := os.ReadFile(filepath.Join(dir, "out.txt"))
 	if len(strings.Fields(string(out))) != 6 {
 		t.Errorf("output %q", out)
+	}
+}
+
+// TestRunIDClaimedOnce opens two runs of one run id at the same moment,
+// ten times: exactly one may open, the other is refused saying the run
+// is on the broker already. Both looked for the run's stream, found none
+// and went on, sharing its consumers, and both waited for ever (1 in 11
+// pairs of processes on a loaded machine).
+func TestRunIDClaimedOnce(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	srv, err := transport.StartEmbedded(context.Background(), transport.EmbeddedOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	p := pipeline(t, "name: twice\nstages:\n  - use: upper\n")
+	for i := range 10 {
+		id := fmt.Sprintf("same-%d", i)
+		var runs [2]*transport.Run
+		var errs [2]error
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for k := range runs {
+			nc, err := transport.Dial(context.Background(), srv.URL(), transport.DialOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			if runs[k], err = transport.NewRun(nc, p, transport.RunOptions{RunID: id, Version: "1.0"}); err != nil {
+				t.Fatal(err)
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				_, errs[k] = runs[k].Open(context.Background(), p.Stages)
+			}()
+		}
+		close(start)
+		wg.Wait()
+		opened := 0
+		for k, err := range errs {
+			switch {
+			case err == nil:
+				opened++
+			case !strings.Contains(err.Error(), "is on the broker already"):
+				t.Errorf("pair %d, run %d: %v", i, k, err)
+			}
+		}
+		if opened != 1 {
+			t.Errorf("pair %d: %d of two runs of one id opened (%v), want 1", i, opened, errs)
+		}
+		for _, r := range runs {
+			r.Close(context.Background())
+		}
 	}
 }
