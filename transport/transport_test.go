@@ -204,3 +204,63 @@ func TestRunIDClaimedOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestWorkerIgnoresAlikeNames: pipelines "x.y" and "x_y" make the same
+// token in the runs bucket's keys, and a worker of one took each run of
+// the other for its own pipeline changed: it refused it, telling both
+// logs to give the worker the same pipeline file. A run of another
+// pipeline is none of its business.
+func TestWorkerIgnoresAlikeNames(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	srv, err := transport.StartEmbedded(context.Background(), transport.EmbeddedOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	nc, err := transport.Dial(context.Background(), srv.URL(), transport.DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	const stages = "stages:\n  - use: upper\n"
+	p := pipeline(t, "name: x.y\n"+stages)
+	var runLog syncBuffer
+	run, err := transport.NewRun(nc, p, transport.RunOptions{RunID: "r1", Version: "1.0", Log: &runLog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := run.Open(ctx, p.Stages); err != nil {
+		t.Fatal(err)
+	}
+	var otherLog, ownLog syncBuffer
+	other, err := transport.NewWorker(nc, pipeline(t, "name: x_y\n"+stages), transport.WorkerOptions{Version: "1.0", Log: &otherLog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	own, err := transport.NewWorker(nc, p, transport.WorkerOptions{Version: "1.0", Log: &ownLog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 2)
+	go func() { done <- other.Serve(wctx) }()
+	go func() { done <- own.Serve(wctx) }()
+	waitFor(t, &ownLog, "joined run r1")
+	time.Sleep(time.Second) // the other worker has seen the run's entry too
+	if strings.Contains(otherLog.String(), "r1") || strings.Contains(runLog.String(), "refused") {
+		t.Errorf("a worker of pipeline x_y took notice of a run of x.y; its log:\n%s\nthe run's:\n%s", &otherLog, &runLog)
+	}
+	stop()
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := run.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -255,7 +255,11 @@ func (w *Worker) Serve(ctx context.Context) error {
 			latest, seen = e.Created(), time.Now()
 		}
 		var info RunInfo
-		if e.Operation() != jetstream.KeyValuePut || json.Unmarshal(e.Value(), &info) != nil || info.State != stateActive {
+		put := e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &info) == nil
+		if put && info.Pipeline != w.p.Name {
+			continue // another pipeline whose name makes the same token (x.y and x_y): not refused, not ours
+		}
+		if !put || info.State != stateActive {
 			delete(touched, key)
 			delete(leases, key)
 			if stop, ok := joined[key]; ok {
