@@ -120,20 +120,35 @@
 //
 // # Lease, and runs that died without a word
 //
-// A run touches its entry every RunInfo.Lease (DefaultLease, 2 s): the
-// entry's revision time, the broker's clock, says when it last did. A
-// worker takes the broker's time from the latest revision it saw (plus
-// what its own clock says passed since) and stops pulling a run silent
-// for leaseLost leases (10 s): a run killed (kill -9) leaves its entry
-// active, and each idle pull of its stream held a slot of the stage for
-// up to a second, starving the live runs of the pipeline. The run's next
-// touch (a --resume) has it served again. A run without a journal
-// (RunInfo.Journaled false) can never be resumed: the first run to start
-// on the broker once it is silent for garbageAfter leases (1 min), of any
-// pipeline, deletes its stream and entry and says so in one line; its
-// claim is the entry's purge at the revision it read, so of two runs that
-// start at once only one deletes it, and a run that touched its entry
-// meanwhile is left alone. A journaled run's stream stays for --resume.
+// A new run claims its id first: it creates its entry, opening (workers
+// wait for it to be active), and of two runs given one --run-id at once
+// only one can. A run touches its entry every RunInfo.Lease
+// (DefaultLease, 2 s), and at once after a reconnect: the entry's
+// revision time, the broker's clock, says when it last did. A touch is
+// a compare-and-set over the run's own last revision, so a run that was
+// deleted as dead while it was stopped, or whose entry another process
+// wrote (a --resume), finds out and fails saying so, instead of putting
+// the entry back. A worker takes the broker's time from the latest
+// revision it saw (plus what its own clock says passed since) and stops
+// pulling a run silent for leaseLost leases (10 s): a run killed (kill
+// -9) leaves its entry active, and each idle pull of its stream held a
+// slot of the stage for up to a second, starving the live runs of the
+// pipeline. The run's next touch (a --resume) has it served again. A run
+// without a journal (RunInfo.Journaled false) can never be resumed: the
+// first run to start on the broker once it is silent for garbageAfter
+// leases (1 min), of any pipeline, deletes its stream and entry and says
+// so in one line; its claim is the entry's purge at the revision it read,
+// so of two runs that start at once only one deletes it, and a run that
+// touched its entry meanwhile is left alone. The entry's age holds only
+// while the broker served: a run last heard of through another server id
+// (RunInfo.Server: the broker restarted since, or another server of a
+// cluster) may be alive and not yet reconnected, and is deleted only by a
+// run that has itself been connected for reapWatch of its leases (at
+// least reapWatchMin) without seeing it touch its entry. A run cut off
+// from a broker that stays up, or stopped, for a minute is dead to the
+// others. A journaled run's stream stays for --resume. A run stream that
+// no entry names (its run killed between the two) goes once it is a
+// minute old.
 //
 // # Resume
 //

@@ -65,8 +65,9 @@ const (
 	// garbageAfter is the leases without a touch after which the next
 	// run on the broker deletes the stream and entry of a run without a
 	// journal (1 min by default): dead, it can never be resumed, and its
-	// stream would hold what it queued for ever. Long past any
-	// reconnect of a run still alive.
+	// stream would hold what it queued for ever. A run cut off from the
+	// broker (or stopped) that long is taken for dead; the broker away
+	// that long is not (reapWatch).
 	garbageAfter = 30
 )
 
