@@ -113,16 +113,10 @@ func (s *jsSource) pump() {
 }
 
 // keepAlive tells the server that records still at work are, before
-// ack_wait would have it redeliver them to another consumer. A record is
-// told of at the first tick at least a tick after it was received or
-// last told of, so at most two ticks apart: a sixth of ack_wait each,
-// which leaves two thirds of it for a late tick, a paused process or a
-// slow connection. (Ticks of a third left one third: a record received
-// just after a tick waited two thirds of ack_wait, and on a loaded
-// machine a record past ack_wait was delivered again.)
+// ack_wait would have it redeliver them to another consumer.
 func (s *jsSource) keepAlive() {
 	defer s.wg.Done()
-	every := max(s.ackWait/6, 10*time.Millisecond)
+	every := max(s.ackWait/3, 10*time.Millisecond)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
