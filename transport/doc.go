@@ -164,7 +164,17 @@
 // input again from where the journal says the output is whole, a piece
 // it would send that holds the very same records as one of them is not
 // sent: its results come, or came (the dead run's consumer of results is
-// made anew, so that what it had taken unacked comes again at once). The
+// made anew, so that what it had taken unacked comes again at once),
+// unless the broker turns out to hold nothing that can answer it: a
+// stage whose results are waited for from such pieces, with none coming
+// for 2 s, looks at its two consumers, and when the stage's has nothing
+// left to deliver nor in a worker's hands and every result on the broker
+// was delivered to the run, the pieces still waited for are sent after
+// all (a piece left queued whose deliveries were spent, given back on
+// each by workers that stopped serving a dead run, is never delivered
+// again and stays in the stream; a resumed run, killed in its turn and
+// resumed again, waited for it for ever). Whichever results of such a
+// piece come first are taken, others only counted. The
 // resumed run cuts its pieces where those begin and end (runner.Cutter:
 // a piece that starts where one was left waits for its records up to
 // that one's last, another stops short of the next one left), since the

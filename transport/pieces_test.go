@@ -336,3 +336,109 @@ func TestResumedRunTakesUpLeftPieces(t *testing.T) {
 		t.Errorf("%d pieces delivered: want the %d the dead run left, each once, and none sent again", delivered, n)
 	}
 }
+
+// TestResumedRunSendsAgainWhatCannotAnswer: a piece a dead run left
+// queued whose deliveries are spent (given back by workers on each, the
+// last too, as workers that stop serving a dead run do) is never
+// delivered again, and stays in the stream. A resumed run that took it up
+// waited for its results for ever; it must send it again once nothing
+// on the broker can answer it, and end with the whole output, each
+// record once.
+func TestResumedRunSendsAgainWhatCannotAnswer(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	nc := testConn(t)
+	// One piece alone (no other results come to have the run look again)
+	// and among others.
+	for _, n := range []int{1, 40} {
+		t.Run(strconv.Itoa(n), func(t *testing.T) { resumeSpent(t, nc, n) })
+	}
+}
+
+func resumeSpent(t *testing.T, nc *nats.Conn, n int) {
+	dir := t.TempDir()
+	var in strings.Builder
+	var recs []runner.Record
+	for i := 1; i <= n; i++ {
+		in.WriteString(strconv.Itoa(i) + "\n")
+		recs = append(recs, runner.Record{Seq: uint64(i), Data: []byte(strconv.Itoa(i))})
+	}
+	os.WriteFile(filepath.Join(dir, "in.txt"), []byte(in.String()), 0o644)
+	out := filepath.Join(dir, "out.txt")
+	p := testPipeline(t, "name: spent"+strconv.Itoa(n)+"\nordered: true\ninput: {from: "+filepath.Join(dir, "in.txt")+"}\noutput: {to: "+out+"}\nstages:\n  - name: wait\n    use: sleep\n    with: {duration: 1ms}\n    workers: 4\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	// The dead run: its first piece given back on both its deliveries,
+	// then the others queued.
+	const maxDeliver = 2
+	dead, err := NewRun(nc, p, RunOptions{RunID: "spent" + strconv.Itoa(n), MaxDeliver: maxDeliver})
+	if err != nil {
+		t.Fatal(err)
+	}
+	queues, err := dead.Open(ctx, p.Stages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(i int) {
+		t.Helper()
+		if err := queues["wait"].Send(ctx, runner.Work{N: uint64(i + 1), Recs: recs[i : i+1]}); err != nil {
+			dead.Close(ctx)
+			t.Fatal(err)
+		}
+	}
+	send(0)
+	cons, err := dead.js.Consumer(ctx, dead.Stream(), dead.info.Stages[0].Consumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for d := 1; d <= maxDeliver; d++ {
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		for m := range batch.Messages() {
+			m.Nak()
+			got++
+		}
+		if got != 1 {
+			t.Fatalf("delivery %d of the first piece: %d messages (%v)", d, got, batch.Error())
+		}
+	}
+	// The broker gives up on it when it would deliver it again.
+	if batch, err := cons.Fetch(1, jetstream.FetchMaxWait(300*time.Millisecond)); err == nil {
+		for m := range batch.Messages() {
+			t.Fatalf("the first piece delivered a third time (max deliver %d): %s", maxDeliver, m.Headers().Get(hdrPiece))
+		}
+	}
+	for i := 1; i < n; i++ {
+		send(i)
+	}
+	dead.KeepStream()
+	if err := dead.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// The run's log is a file: its goroutines write it while the run goes.
+	logFile, err := os.Create(filepath.Join(dir, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	run, err := NewRun(nc, p, RunOptions{RunID: "spent" + strconv.Itoa(n), Resume: true, LocalWorkers: true, MaxDeliver: maxDeliver, Log: logFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = runner.Run(ctx, p, runner.Options{Remote: run})
+	run.Close(context.Background())
+	log, _ := os.ReadFile(logFile.Name())
+	if err != nil {
+		t.Fatalf("resumed run: %v (waiting for the results of a piece that cannot be delivered again?); log:\n%s", err, log)
+	}
+	if got, _ := os.ReadFile(out); string(got) != in.String() {
+		t.Errorf("output is not the input in order, each record once: %q", got)
+	}
+	if !strings.Contains(string(log), `1 pieces of stage "wait" that a dead run left on the broker can no longer be answered there`) {
+		t.Errorf("the resumed run did not say it sent the spent piece again; log:\n%s", log)
+	}
+}

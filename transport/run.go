@@ -595,14 +595,27 @@ type stageQueue struct {
 	left        map[string]bool        // pieces a dead run left in the stream, queued or answered, by key
 	stash       map[string]runner.Done // their results, until the runner sends the piece
 	ready       []runner.Done          // stashed results of pieces now sent
-	wake        chan struct{}          // Next has ready results
+	wake        chan struct{}          // Next has ready results, or pieces adopted to look after
 	partial     map[attempt]*assembly  // results in several parts, as they come
 	cuts        []cut                  // the ranges of the pieces in left, by first record (set before the run starts)
+	adopted     map[string]adoption    // pieces in left the runner sent, not published, waiting for the dead run's results
 	err         error                  // a publish that failed for good
+
+	// received counts the messages of results Next has had (Next's
+	// own): rescue compares it with what the broker delivered.
+	received uint64
 
 	futures   chan sent
 	checked   chan struct{}
 	closeOnce sync.Once
+}
+
+// adoption is a piece the runner sent that a dead run left on the broker:
+// it is not published, its results are waited for; its records are kept
+// (encoded) until they come, to send it after all if they cannot.
+type adoption struct {
+	n    uint64
+	data []byte
 }
 
 // sent is a piece published and not yet acked by the broker.
@@ -632,7 +645,7 @@ type assembly struct {
 
 func newStageQueue(r *Run, s StageInfo, maxBytes int) *stageQueue {
 	q := &stageQueue{run: r, info: s, sem: make(chan struct{}, inFlight), maxBytes: maxBytes,
-		incarnation: NewRunID(), outstanding: map[string]uint64{}, left: map[string]bool{}, stash: map[string]runner.Done{},
+		incarnation: NewRunID(), outstanding: map[string]uint64{}, left: map[string]bool{}, stash: map[string]runner.Done{}, adopted: map[string]adoption{},
 		wake: make(chan struct{}, 1), partial: map[attempt]*assembly{},
 		futures: make(chan sent, 4*inFlight), checked: make(chan struct{})}
 	go q.check()
@@ -706,6 +719,14 @@ func (q *stageQueue) Send(ctx context.Context, w runner.Work) error {
 		delete(q.stash, key)
 		d.N = w.N
 		q.ready = append(q.ready, d)
+	} else if left {
+		// Queued on the broker, or answered there and not taken yet: its
+		// results are waited for, and the piece is sent after all if the
+		// broker turns out to hold nothing that can answer it (rescue,
+		// which a Next already waiting must now look for).
+		q.adopted[key] = adoption{n: w.N, data: data}
+	}
+	if left {
 		select {
 		case q.wake <- struct{}{}:
 		default:
@@ -718,14 +739,22 @@ func (q *stageQueue) Send(ctx context.Context, w runner.Work) error {
 	if left {
 		return nil // queued or answered already: its results come
 	}
+	return q.publish(ctx, key, w.N, "", data)
+}
+
+// publish sends a piece to the stage's workers; again is "" the first
+// time, and tells a piece sent again (rescue) from the first sending of
+// the same number, for the broker's duplicate window.
+func (q *stageQueue) publish(ctx context.Context, key string, n uint64, again string, data []byte) error {
 	r := q.run
 	msg := nats.NewMsg(q.info.In)
 	msg.Header.Set(hdrRun, r.opts.RunID)
 	msg.Header.Set(hdrStage, q.info.Name)
 	msg.Header.Set(hdrPiece, key)
-	msg.Header.Set(hdrSeq, seqRange(w.Recs))
+	seqs, _, _ := strings.Cut(key, "~") // pieceKey's first part: seqRange
+	msg.Header.Set(hdrSeq, seqs)
 	msg.Data = data
-	id := r.opts.RunID + "." + q.info.Consumer + "." + q.incarnation + "." + strconv.FormatUint(w.N, 10)
+	id := r.opts.RunID + "." + q.info.Consumer + "." + q.incarnation + "." + strconv.FormatUint(n, 10) + again
 	f, err := r.js.PublishMsgAsync(msg, jetstream.WithMsgID(id))
 	if err != nil {
 		if f, err = q.retry(ctx, msg, id); err != nil {
@@ -817,17 +846,26 @@ func (q *stageQueue) Next(ctx context.Context) (runner.Done, error) {
 			q.mu.Unlock()
 			return d, nil
 		}
+		adopted := len(q.adopted) > 0
 		q.mu.Unlock()
 		if err != nil {
 			return runner.Done{}, err
 		}
-		// A result from the broker, or a stashed one made ready by Send.
+		// A result from the broker, or a stashed one made ready by Send;
+		// while pieces a dead run left are waited for, a look now and
+		// then at whether the broker can still answer them.
 		mctx, stop := context.WithCancel(ctx)
 		got := make(chan fetched, 1)
 		go func() {
 			m, err := q.results.Next(jetstream.NextContext(mctx))
 			got <- fetched{m, err}
 		}()
+		var idle <-chan time.Time
+		var timer *time.Timer
+		if adopted {
+			timer = time.NewTimer(rescueIdle)
+			idle = timer.C
+		}
 		var f fetched
 		select {
 		case f = <-got:
@@ -838,6 +876,18 @@ func (q *stageQueue) Next(ctx context.Context) (runner.Done, error) {
 			if f.err != nil && ctx.Err() == nil {
 				continue // Next was stopped for the ready ones
 			}
+		case <-idle:
+			stop()
+			f = <-got
+			if f.err != nil && ctx.Err() == nil {
+				if err := q.rescue(ctx); err != nil {
+					return runner.Done{}, err
+				}
+				continue
+			}
+		}
+		if timer != nil {
+			timer.Stop()
 		}
 		if f.err != nil {
 			if ctx.Err() != nil {
@@ -848,10 +898,73 @@ func (q *stageQueue) Next(ctx context.Context) (runner.Done, error) {
 			}
 			return runner.Done{}, fmt.Errorf("broker %s: results of stage %q: %w", q.run.nc.ConnectedUrlRedacted(), q.info.Name, plain(f.err))
 		}
+		q.received++
 		if d, ok, err := q.take(f.m); err != nil || ok {
 			return d, err
 		}
 	}
+}
+
+// rescueIdle is how long the results of pieces a dead run left may keep
+// a stage waiting, with no other results coming, before the run looks
+// whether the broker can still answer them (rescue).
+const rescueIdle = 2 * time.Second
+
+// rescue sends after all the adopted pieces, whose results the run waits
+// for from what a dead run left, when nothing on the broker can answer
+// them: the stage's consumer has no piece left to deliver nor any in a
+// worker's hands, and every result on the broker has been delivered to
+// this run and taken. A piece left
+// queued may be past its deliveries (given back by workers that stopped
+// serving the dead run, each a delivery, the last too: JetStream never
+// delivers it again, and it stays in the stream), and results a dead run
+// took may be acked after the resumed run read the stream (acks it sent
+// before it died, which the broker reads late); either way its results
+// cannot come, and the run waited for them for ever. Sent again, it
+// keeps its number: whichever results come first are taken, any others
+// are only counted, so that no record is doubled in the output.
+func (q *stageQueue) rescue(ctx context.Context) error {
+	r := q.run
+	if r.Lost() {
+		return nil // q.err says so
+	}
+	cctx, cancel := context.WithTimeout(ctx, rescueIdle)
+	defer cancel()
+	info := func(name string) *jetstream.ConsumerInfo {
+		c, err := r.js.Consumer(cctx, r.info.Stream, name)
+		if err != nil {
+			return nil // the broker cannot tell now: look again later
+		}
+		ci, err := c.Info(cctx)
+		if err != nil {
+			return nil
+		}
+		return ci
+	}
+	// The stage's first: results are stored before their piece is
+	// acked, so once no piece is left there, what answers one is on the
+	// results consumer, not yet delivered, or delivered and not yet had
+	// by Next (on its way, or in the client's buffer).
+	if ci := info(q.info.Consumer); ci == nil || ci.NumPending > 0 || ci.NumAckPending > 0 {
+		return nil
+	}
+	if ci := info(q.info.Results); ci == nil || ci.NumPending > 0 || ci.Delivered.Consumer != q.received {
+		return nil
+	}
+	q.mu.Lock()
+	again := q.adopted
+	q.adopted = map[string]adoption{}
+	q.mu.Unlock()
+	if len(again) == 0 {
+		return nil
+	}
+	r.logf("flowrun: resuming run %s: %d pieces of stage %q that a dead run left on the broker can no longer be answered there (their deliveries spent, or their results gone): sent again\n", r.opts.RunID, len(again), q.info.Name)
+	for key, a := range again {
+		if err := q.publish(ctx, key, a.n, ".again", a.data); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // take reads one message of results. It returns a Done when the message
@@ -908,6 +1021,7 @@ func (q *stageQueue) take(m jetstream.Msg) (d runner.Done, ok bool, err error) {
 	worker := m.Headers().Get(hdrWorker)
 	q.mu.Lock()
 	n := q.outstanding[key] // 0: not one the runner waits for, only counted
+	delete(q.adopted, key)
 	stashed := false
 	if n == 0 && q.left[key] {
 		if _, had := q.stash[key]; !had {
