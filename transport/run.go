@@ -416,6 +416,15 @@ func (r *Run) leftover(ctx context.Context) (map[string]map[string]bool, error) 
 	// Workers may go on while the stream is read: a piece acked (gone)
 	// before its place was read had its results stored before, so one
 	// more pass over what came meanwhile finds them.
+	//
+	// Each look asks for the next message there is from a sequence on,
+	// not for the message at it: the stream of a run killed and resumed
+	// again and again spans every message published since the oldest one
+	// still there (results no run will take, of records before the
+	// journal's mark), nearly all done and gone, and a round trip for
+	// each took seconds on a loaded machine (workers stop serving a run
+	// silent for 10 s, giving back what they hold).
+	subjects := strings.TrimSuffix(r.info.Workers, ".workers") + ".>"
 	from := uint64(0)
 	for pass := 0; pass < 2; pass++ {
 		info, err := stream.Info(ctx)
@@ -426,13 +435,17 @@ func (r *Run) leftover(ctx context.Context) (map[string]map[string]bool, error) 
 			from = info.State.FirstSeq
 		}
 		for seq := from; seq <= info.State.LastSeq && from > 0; seq++ {
-			m, err := stream.GetMsg(ctx, seq)
+			m, err := stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subjects))
 			if errors.Is(err, jetstream.ErrMsgNotFound) {
-				continue // done and gone
+				break // none left from seq on
 			}
 			if err != nil {
 				return nil, err
 			}
+			if m.Sequence > info.State.LastSeq {
+				break // for the next pass
+			}
+			seq = m.Sequence
 			name, ok := bySubject[m.Subject]
 			key := m.Header.Get(hdrPiece)
 			if !ok || key == "" || m.Header.Get(hdrNotice) != "" {
