@@ -69,7 +69,9 @@ data() {
 WORKERS=()
 BROKER_PID=
 cleanup() {
-	stop_workers
+	if declare -F stop_workers >/dev/null; then
+		stop_workers
+	fi
 	if [[ -n $BROKER_PID ]]; then
 		kill -TERM "$BROKER_PID" 2>/dev/null || true
 		wait "$BROKER_PID" 2>/dev/null || true
@@ -78,6 +80,9 @@ cleanup() {
 trap cleanup EXIT
 
 rm -rf "$DIR/store"
+# Emptied here, not by the redirection below: that happens in the
+# background, and the wait could see the URL of the last run's broker.
+: >"$DIR/broker.url"
 "$BIN/flowrun" broker --listen 127.0.0.1:0 --store "$DIR/store" >"$DIR/broker.url" 2>"$DIR/broker.log" &
 BROKER_PID=$!
 for _ in $(seq 100); do
