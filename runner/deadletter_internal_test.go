@@ -66,4 +66,3 @@ func TestDeadLetterDiskFull(t *testing.T) {
 		t.Errorf("a flush after the failure: %v, want the same error", err)
 	}
 }
-
