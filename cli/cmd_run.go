@@ -71,7 +71,7 @@ process group.
 			&urfave.BoolFlag{Name: "no-local-workers", Usage: "with --broker: work no stage here, only through workers that joined"},
 			&urfave.StringFlag{Name: "run-id", Usage: "with --broker: the run's `ID` on the broker (its stream's name); default: a new one"},
 			&urfave.DurationFlag{Name: "ack-wait", Value: transport.DefaultAckWait, Usage: "with --broker: the `DURATION` a worker may hold a piece of a stage's input without a word before the broker gives it to another"},
-			&urfave.IntFlag{Name: "max-deliver", Value: transport.DefaultMaxDeliver, Usage: "with --broker: after `N` deliveries of a piece its records fail as their stage's on_error says"},
+			&urfave.IntFlag{Name: "max-deliver", Value: transport.DefaultMaxDeliver, Usage: "with --broker: a record fails as its stage's on_error says once it ended `N`-1 workers (at least 2), the last of them working it alone"},
 			// How often the run touches its entry on the broker: the tests'
 			// dead runs expire in seconds, not minutes.
 			&urfave.DurationFlag{Name: "broker-lease", Value: transport.DefaultLease, Hidden: true},

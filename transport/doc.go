@@ -59,11 +59,14 @@
 // and only then acks the piece. A record that fails the stage under
 // on_error: fail ends the piece's results there, as one slot working the
 // piece would have stopped. A worker that dies leaves its pieces unacked: JetStream
-// delivers them again after the ack wait. A piece delivered for the
-// MaxDeliver-th time is not worked again (it killed or stalled every
-// worker that took it): its records fail as their stage's on_error says
-// (dead-lettered by the run, skipped, or failing the run), and it is
-// Termed.
+// delivers them again after the ack wait. A piece delivered a third
+// time (a second, with MaxDeliver 3 or less) is worked alone in its
+// worker, a record at a time, each announced first on the stage's Tried
+// subject (alone.go): a record that ended its worker MaxDeliver-3 times
+// alone (at least once) is not worked again (it killed or stalled every
+// worker that took it): it fails as its stage's on_error says
+// (dead-lettered by the run, skipped, or failing the run), and its piece
+// is Termed. Another record's crash never counts against it.
 //
 // # What workers report
 //

@@ -69,6 +69,10 @@ type StageInfo struct {
 	Out      string `json:"out"` // subject of their results
 	Consumer string `json:"consumer"`
 	Results  string `json:"results"` // the run's consumer of Out
+	// Tried is where a worker says, before it works each record of a
+	// piece alone (a piece delivered again), which one it works:
+	// Tried.<the piece's stream sequence> (worker.go, alone).
+	Tried string `json:"tried"`
 }
 
 // key is the run's key in the runs bucket.
@@ -89,7 +93,7 @@ func newRunInfo(p *spec.Pipeline, id, version string, remote []spec.Stage) RunIn
 		t := stageToken(p, s.Name)
 		info.Stages = append(info.Stages, StageInfo{
 			Name: s.Name, In: prefix + ".in." + t, Out: prefix + ".out." + t,
-			Consumer: "in_" + t, Results: "out_" + t,
+			Consumer: "in_" + t, Results: "out_" + t, Tried: prefix + ".tried." + t,
 		})
 	}
 	return info

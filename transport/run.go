@@ -30,9 +30,10 @@ const (
 	// (an ack, or an InProgress while a record takes long) before the
 	// broker gives it to another worker.
 	DefaultAckWait = 30 * time.Second
-	// DefaultMaxDeliver is how many times a piece is delivered before
-	// flowrun gives up on it: its records fail as the stage's on_error
-	// says (a record that kills every worker that takes it).
+	// DefaultMaxDeliver says when flowrun gives up on a record that
+	// kills (or stalls) every worker that takes it: once it ended N-1 of
+	// them (at least 2), the last while it was worked alone (alone.go).
+	// The record fails as the stage's on_error says.
 	DefaultMaxDeliver = 5
 	// inFlight bounds the pieces of one stage on the broker at once: the
 	// queue on the broker is bounded too, as the runner's own queues are.
@@ -209,7 +210,7 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 	}
 	subjects := make([]string, 0, 2*len(r.info.Stages))
 	for _, s := range r.info.Stages {
-		subjects = append(subjects, s.In, s.Out)
+		subjects = append(subjects, s.In, s.Out, s.Tried+".*")
 	}
 	stream, err := r.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        r.info.Stream,
@@ -228,7 +229,10 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 	for _, s := range r.info.Stages {
 		_, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 			Durable: s.Consumer, FilterSubject: s.In, AckPolicy: jetstream.AckExplicitPolicy,
-			AckWait: r.opts.AckWait, MaxDeliver: r.opts.MaxDeliver, MaxAckPending: 4 * inFlight,
+			// No MaxDeliver: the broker's count of deliveries is not what
+			// flowrun gives up on (worker.go, alone), and a piece it no
+			// longer delivered would never be answered.
+			AckWait: r.opts.AckWait, MaxAckPending: 4 * inFlight,
 			Description: fmt.Sprintf("stage %q: shared by every worker", s.Name),
 		})
 		if err != nil {

@@ -62,6 +62,12 @@ type Worker struct {
 	// of one --name (or a worker started again with it) are two to a
 	// run, each said gone when it goes.
 	id string
+	// gate keeps a suspect piece (delivered again after its workers
+	// ended, alone.go) alone in the process: it is worked under Lock,
+	// every other piece's records under RLock, over every stage and run
+	// the worker serves. A suspect that kills the process thus ends no
+	// record but its own, and is the only one charged.
+	gate sync.RWMutex
 }
 
 // slot is one worker of a stage: a Processor, used by one piece at a time.
@@ -476,10 +482,11 @@ type piece struct {
 	sent      string // its Nats-Msg-Id: its results' ids (resultsID)
 	delivered int64
 	recs      []runner.Record
-	// last is a delivery MaxDeliver-th: the records are failed, not
-	// worked (cause says why).
-	last  bool
-	cause error
+	// alone: the piece is worked alone in the process, a record at a
+	// time (a suspect: its workers ended before, alone.go). termed: one
+	// of its records was failed for ending its workers (--max-deliver),
+	// and the piece is Termed.
+	alone, termed bool
 
 	stop    chan struct{} // ends the InProgress ticker
 	ticking sync.WaitGroup
@@ -497,8 +504,8 @@ type chunk struct {
 }
 
 // hold takes a piece just fetched: it says when this is not its first
-// delivery and starts its InProgress ticker. A message that is not
-// flowrun's is Termed (nil).
+// delivery, whether it is worked alone, and starts its InProgress ticker. A message that
+// is not flowrun's is Termed (nil).
 func (w *Worker) hold(info RunInfo, s StageInfo, m jetstream.Msg) *piece {
 	meta, err := m.Metadata()
 	key := m.Headers().Get(hdrPiece)
@@ -511,14 +518,7 @@ func (w *Worker) hold(info RunInfo, s StageInfo, m jetstream.Msg) *piece {
 	if p.delivered > 1 {
 		w.noticeRedelivery(info, s, key, p.seq, p.sent, p.delivered)
 	}
-	if info.MaxDeliver > 0 && p.delivered >= int64(info.MaxDeliver) {
-		times := fmt.Sprintf("%d times", p.delivered-1)
-		if p.delivered == 2 {
-			times = "once"
-		}
-		p.last = true
-		p.cause = fmt.Errorf("delivered %s without an answer (--max-deliver %d): the worker that took it died or outlived the ack wait of %v each time", times, info.MaxDeliver, info.AckWait)
-	}
+	p.alone = p.delivered >= aloneFrom(cmp0(info.MaxDeliver, DefaultMaxDeliver))
 	p.ticking.Add(1)
 	go func() {
 		defer p.ticking.Done()
@@ -528,9 +528,9 @@ func (w *Worker) hold(info RunInfo, s StageInfo, m jetstream.Msg) *piece {
 }
 
 // chunks cuts the piece into the chunks slots take: a record each when
-// spread, else the whole piece.
+// spread, else (and for a piece worked alone) the whole piece.
 func (p *piece) chunks(spread bool) []chunk {
-	if !spread || p.last || len(p.recs) <= 1 {
+	if !spread || p.alone || len(p.recs) <= 1 {
 		p.done, p.left = make([]runner.Done, 1), 1
 		return []chunk{{p: p, hi: len(p.recs)}}
 	}
@@ -562,8 +562,13 @@ func (p *piece) result() runner.Done {
 	if len(p.done) == 1 {
 		return p.done[0]
 	}
+	return join(p.done)
+}
+
+// join joins the results of a piece's records (or chunks), in order.
+func join(done []runner.Done) runner.Done {
 	var d runner.Done
-	for _, c := range p.done {
+	for _, c := range done {
 		d.Recs = append(d.Recs, c.Recs...)
 		d.Dead = append(d.Dead, c.Dead...)
 		n := &d.Counts
@@ -591,13 +596,15 @@ func (w *Worker) work(ctx context.Context, info RunInfo, s StageInfo, sl *slot, 
 	var d runner.Done
 	var err error
 	t.begin()
-	if p.last {
-		d, err = sl.proc.Fail(ctx, recs, int(p.delivered-1), p.cause)
+	if p.alone {
+		d, err = w.alone(ctx, info, s, sl, p)
 	} else {
+		w.gate.RLock()
 		d, err = sl.proc.Process(ctx, recs)
 		if err == nil {
 			err = w.fitResults(ctx, sl, recs, &d, oneRecordLimit(w.nc.MaxPayload()))
 		}
+		w.gate.RUnlock()
 	}
 	t.end(runner.Counts{}) // counted once the piece is acked
 	free <- sl
@@ -609,9 +616,7 @@ func (w *Worker) work(ctx context.Context, info RunInfo, s StageInfo, sl *slot, 
 // settle publishes a piece's results (in parts under the broker's message
 // size) and acks the piece once the broker acked every part; a piece not
 // worked whole (the worker is stopping) goes to another worker. A piece
-// delivered for the last time (MaxDeliver) was not run again: the workers
-// it was given to died or stalled on it each time, so its records failed
-// as the stage's on_error says, and it is Termed.
+// with a record that ended its workers too often (alone) is Termed.
 func (w *Worker) settle(ctx context.Context, info RunInfo, s StageInfo, p *piece, t *stageTally) {
 	defer func() {
 		close(p.stop)
@@ -629,7 +634,7 @@ func (w *Worker) settle(ctx context.Context, info RunInfo, s StageInfo, p *piece
 	// What it did counts now: none for a piece given back.
 	t.begin()
 	t.end(d.Counts)
-	if p.last {
+	if p.termed {
 		p.m.Term()
 		return
 	}
