@@ -180,25 +180,46 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 	sigDone := make(chan struct{})
 	defer close(sigDone)
 	// A run on a broker that works no stage itself and that no worker
-	// joined has no one to drain what it sent: its first signal aborts.
+	// works (none joined, or all that did are gone) has no one to drain
+	// what it sent: its first signal aborts, and so does a drain once its
+	// last worker is gone. What was sent and not answered is counted in
+	// the summary (unanswered).
 	var brokered atomic.Pointer[transport.Run]
+	unworked := func() string {
+		if r := brokered.Load(); r != nil {
+			return r.Unworked()
+		}
+		return ""
+	}
 	go func() {
 		select {
 		case <-sigs:
-			if r := brokered.Load(); r != nil && r.Unworked() {
-				fmt.Fprintf(stderr, "flowrun: stopping: no worker joined run %s to drain the records sent to the broker\n", r.ID())
+			if why := unworked(); why != "" {
+				fmt.Fprintf(stderr, "flowrun: stopping without draining: %s\n", why)
 				close(stop)
 				abort()
 				break
 			}
 			fmt.Fprintln(stderr, "flowrun: stopping: draining records in flight (signal again to abort)")
 			close(stop)
-			select {
-			case <-sigs:
-				fmt.Fprintln(stderr, "flowrun: aborting")
-				abort()
-			case <-sigDone:
-				return
+			check := time.NewTicker(drainCheck)
+			defer check.Stop()
+		drain:
+			for {
+				select {
+				case <-sigs:
+					fmt.Fprintln(stderr, "flowrun: aborting")
+					abort()
+					break drain
+				case <-check.C:
+					if why := unworked(); why != "" {
+						fmt.Fprintf(stderr, "flowrun: aborting the drain: %s\n", why)
+						abort()
+						break drain
+					}
+				case <-sigDone:
+					return
+				}
 			}
 		case <-sigDone:
 			return
@@ -306,6 +327,9 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 		if sum.Input.Unread > 0 {
 			fmt.Fprintf(stderr, "%d records read from the input were left unprocessed\n", sum.Input.Unread)
 		}
+		if line := unansweredLine(sum, brokered.Load(), opts.journal != ""); line != "" {
+			fmt.Fprintln(stderr, runner.WrapWords(line, width))
+		}
 		if a := watch.o.Advice(); a.Conclusive {
 			fmt.Fprintln(stderr, runner.WrapWords(a.Line, width))
 		}
@@ -320,6 +344,47 @@ func runPipeline(ctx context.Context, file string, opts runOptions, stdin io.Rea
 		fmt.Fprintln(stderr, partialMessage(sum, p.DeadLetter))
 	}
 	return o
+}
+
+// unansweredLine says how many records an aborted run left unfinished,
+// in no other count of its summary: sent to the broker without results
+// yet (per stage), on their way to it, or in the run's queues; and where
+// they are: a journaled run's on the broker and in its input for
+// --resume, else lost to this run. "" when there are none.
+func unansweredLine(sum *runner.Summary, r *transport.Run, journaled bool) string {
+	var sent, unsent int64
+	var per []string
+	for _, st := range sum.Stages {
+		sent += st.Unanswered
+		unsent += st.Unsent
+		if st.Unanswered > 0 {
+			per = append(per, fmt.Sprintf("%s %d", st.Name, st.Unanswered))
+		}
+	}
+	all := sent + unsent + sum.Dropped
+	if all == 0 {
+		return ""
+	}
+	var parts []string
+	if sent > 0 {
+		parts = append(parts, fmt.Sprintf("%d sent to the broker without results yet (%s)", sent, strings.Join(per, ", ")))
+	}
+	if unsent > 0 {
+		parts = append(parts, fmt.Sprintf("%d not yet sent to it", unsent))
+	}
+	if sum.Dropped > 0 {
+		parts = append(parts, fmt.Sprintf("%d in the run's queues", sum.Dropped))
+	}
+	line := fmt.Sprintf("flowrun: the run was aborted with %s unfinished: %s", records(all), strings.Join(parts, ", "))
+	switch {
+	case r != nil && r.Lost():
+		return line + "; the broker lost the run's stream"
+	case journaled && r != nil && sent > 0:
+		return fmt.Sprintf("%s; the %d on the broker stay in stream %s, and the same command with --resume finishes them all", line, sent, r.Stream())
+	case journaled:
+		return line + "; the same command with --resume finishes them"
+	}
+	return line + "; they are not in the output, and a run without --journal cannot be resumed"
 }
 
 // redelivered is how many pieces the broker delivered again, over the
@@ -363,6 +428,10 @@ var ownProcess bool
 
 // minEvery is the shortest --progress-every: no one reads faster.
 const minEvery = 10 * time.Millisecond
+
+// drainCheck is how often a run on a broker that drains after a signal
+// looks whether any worker is left to drain it.
+const drainCheck = time.Second
 
 // hardAbort is how long after the second signal the process exits even if
 // the run has not returned.

@@ -127,7 +127,8 @@ func (r *run) openRemote(ctx context.Context) error {
 // the batches it gathered, with their ranges, parts and tokens but not
 // their records.
 type pending struct {
-	bs []batch
+	bs   []batch
+	recs int // sent
 }
 
 // remote runs a stage through its queue: one goroutine sends the stage's
@@ -226,14 +227,28 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 			t.Stop()
 		}
 	}
-	g.Go(func() error {
+	g.Go(func() (err error) {
 		var n uint64
 		limit := q.MaxBytes()
 		largest := limit // the largest record a piece may hold alone
 		if s, ok := q.(recordLimiter); ok {
 			largest = s.MaxRecordBytes()
 		}
-		var carry *batch // taken while gathering, not gathered
+		var carry *batch  // taken while gathering, not gathered
+		var group []batch // gathered, not sent
+		defer func() {
+			if err == nil {
+				return
+			}
+			// Aborted: what it holds was never sent, and is in no other
+			// count.
+			if carry != nil {
+				group = append(group, *carry)
+			}
+			for _, b := range group {
+				st.c.unsent.Add(int64(len(b.recs)))
+			}
+		}()
 		send := func(group []batch) error {
 			var recs []Record
 			var cut uint64 // a record too large failed the run: none from it on
@@ -273,7 +288,7 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 			}
 			n++
 			mu.Lock()
-			waiting[n] = pending{bs: group}
+			waiting[n] = pending{bs: group, recs: len(recs)}
 			mu.Unlock()
 			return q.Send(gctx, Work{N: n, Recs: recs})
 		}
@@ -329,10 +344,10 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 			if closed = c; !ok {
 				continue
 			}
+			group = []batch{b}
 			if err := probe(); err != nil {
 				return err
 			}
-			group := []batch{b}
 			size, count, most := batchBytes(b), len(b.recs), most()
 			// A piece a dead run left is matched only when cut alike: it
 			// waits for its records; another stops short of one.
@@ -373,6 +388,7 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 			} else {
 				err2 = send(group)
 			}
+			group = nil // in waiting, each piece sent or being sent
 			if err2 != nil {
 				return err2
 			}
@@ -440,7 +456,29 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 		mu.Unlock()
 		return nil
 	})
-	return g.Wait()
+	err := g.Wait()
+	// What is still waiting was sent and not answered, and what is still
+	// in the stage's queue was never sent: the run was aborted. Those
+	// records are in no other count; the summary says how many.
+	mu.Lock()
+	for _, p := range waiting {
+		st.c.unanswered.Add(int64(p.recs))
+	}
+	mu.Unlock()
+	for err != nil {
+		select {
+		case b, ok := <-st.in:
+			if !ok {
+				return err
+			}
+			if b.from <= st.index {
+				st.c.unsent.Add(int64(len(b.recs)))
+			}
+		default:
+			return err
+		}
+	}
+	return err
 }
 
 // settle counts what a remote stage did with a piece, writes its dead

@@ -87,8 +87,11 @@ type run struct {
 		decoded, resumed               atomic.Int64 // decoded by the reader; skipped as done before a resume
 	}
 	written atomic.Int64 // output records
-	out     *file.Sink   // the output's, for its bytes once the writer is done
-	total   int64        // input bytes, -1 unknown
+	// dropped counts the records left in the run's queues when it was
+	// aborted (Summary.Dropped).
+	dropped atomic.Int64
+	out     *file.Sink // the output's, for its bytes once the writer is done
+	total   int64      // input bytes, -1 unknown
 
 	files connect.FileSource // a file input (the file connector's); nil for a broker
 	dlDec *deadLetterDecoder // a re-run of dead letters: the decoder of their file
@@ -440,6 +443,9 @@ func (r *run) run(ctx context.Context) (err error) {
 		t.Stop()
 	}
 	fail(nil)
+	if err != nil && ctx.Err() != nil {
+		r.drop(last)
+	}
 	<-watched
 	close(progressDone)
 	progress.Wait()
@@ -453,6 +459,32 @@ func (r *run) run(ctx context.Context) (err error) {
 		err = context.Cause(ctx)
 	}
 	return err
+}
+
+// drop counts the records left in the queues of an aborted run: of the
+// local stages and of the writer (last). A remote stage's queue is
+// counted by the stage (unsent). Records a stage was working on are not
+// in a queue, nor counted.
+func (r *run) drop(last <-chan batch) {
+	count := func(q <-chan batch) {
+		for {
+			select {
+			case b, ok := <-q:
+				if !ok {
+					return
+				}
+				r.dropped.Add(int64(len(b.recs)))
+			default:
+				return
+			}
+		}
+	}
+	for _, st := range r.stages {
+		if st.queue == nil && !st.fused {
+			count(st.in)
+		}
+	}
+	count(last)
 }
 
 // abortGrace is how long an aborted run waits for its stages to return
@@ -736,6 +768,7 @@ func (r *run) summarize(sum *Summary, elapsed time.Duration) {
 		Resumed:      ResumedStats{Records: int64(r.skip), DeadLettered: r.resumedDead},
 	}
 	sum.Output = OutputStats{Records: r.written.Load()}
+	sum.Dropped = r.dropped.Load()
 	if r.out != nil { // run has waited for its writer
 		sum.Output.Bytes = r.out.Written()
 	}
@@ -757,7 +790,7 @@ func (r *run) summarize(sum *Summary, elapsed time.Duration) {
 			Name: st.cfg.Name, Use: st.cfg.Use, Workers: workers,
 			In: c.in.Load(), Out: c.out.Load(), Errors: c.errors.Load(), Retries: c.retries.Load(),
 			Skipped: c.skipped.Load(), DeadLettered: c.dead.Load(),
-			Remote: st.queue != nil, Redelivered: c.redelivered.Load(),
+			Remote: st.queue != nil, Redelivered: c.redelivered.Load(), Unanswered: c.unanswered.Load(), Unsent: c.unsent.Load(),
 			Busy: Duration(c.busyNanos.Load()), P50: Duration(p50), P99: Duration(p99),
 		})
 	}

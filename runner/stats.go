@@ -12,8 +12,12 @@ import (
 type counters struct {
 	in, out, errors, retries, skipped, dead atomic.Int64
 	redelivered                             atomic.Int64 // by the broker, of a remote stage's pieces
-	busyNanos                               atomic.Int64
-	busy                                    atomic.Int32 // workers inside Process now
+	// unanswered are the records a remote stage sent to the broker whose
+	// results had not come when it stopped (an abort).
+	unanswered atomic.Int64
+	unsent     atomic.Int64 // and those never sent
+	busyNanos  atomic.Int64
+	busy       atomic.Int32 // workers inside Process now
 
 	// hist is live, so that the page and the metrics show latencies
 	// while the run goes: a worker adds to it once per batch.
@@ -126,11 +130,20 @@ type StageStats struct {
 	// Remote says the stage ran on workers through the broker;
 	// Redelivered counts the pieces of its input the broker delivered
 	// again (a worker died or outlived the ack wait).
-	Remote      bool     `json:"remote,omitempty"`
-	Redelivered int64    `json:"redelivered,omitempty"`
-	Busy        Duration `json:"busy_seconds"` // summed over workers
-	P50         Duration `json:"p50_seconds"`  // per record
-	P99         Duration `json:"p99_seconds"`
+	Remote      bool  `json:"remote,omitempty"`
+	Redelivered int64 `json:"redelivered,omitempty"`
+	// Unanswered counts the records sent to the stage's workers through
+	// the broker whose results had not come when the run ended (it was
+	// aborted: a second signal, or no worker left to drain them): they
+	// are in no other count, neither in nor out. A journaled run leaves
+	// them on the broker for --resume.
+	Unanswered int64 `json:"unanswered,omitempty"`
+	// Unsent counts the records that were in the run, on their way to
+	// the broker, when it was aborted: in no other count either.
+	Unsent int64    `json:"unsent,omitempty"`
+	Busy   Duration `json:"busy_seconds"` // summed over workers
+	P50    Duration `json:"p50_seconds"`  // per record
+	P99    Duration `json:"p99_seconds"`
 }
 
 // Summary is what a run did, as `--stats` writes it.
@@ -144,9 +157,13 @@ type Summary struct {
 	// broker (the run's own first); a remote stage's Workers are the
 	// slots they had for it.
 	Workers []WorkerStats `json:"workers,omitempty"`
-	Stopped bool          `json:"stopped"`       // by a signal: the input was cut short
-	Closed  bool          `json:"output_closed"` // the output's reader went away
-	Failed  string        `json:"error,omitempty"`
+	Stopped bool          `json:"stopped"` // by a signal: the input was cut short
+	// Dropped counts the records that were in the run's queues, between
+	// its stages or before the output, when it was aborted (a second
+	// signal): in no other count.
+	Dropped int64  `json:"dropped,omitempty"`
+	Closed  bool   `json:"output_closed"` // the output's reader went away
+	Failed  string `json:"error,omitempty"`
 }
 
 // InputStats counts what the input read.

@@ -367,11 +367,49 @@ func (r *Run) workers(watch jetstream.KeyWatcher) {
 // worker before it says so.
 const waitingShown = 2 * time.Second
 
-// Unworked says whether no one works the run's stages: it works none
-// itself (--no-local-workers) and no worker has joined. Stopped then, the
-// run cannot drain the pieces it sent; it must end at once.
-func (r *Run) Unworked() bool {
-	return !r.opts.LocalWorkers && r.joined.Load() == 0
+// Unworked says why no one works the run's stages now, "" when someone
+// does: it works none itself (--no-local-workers), and no worker has
+// joined, or every one that did is gone (no word from it for goneAfter)
+// or left. Stopped then, the run cannot drain the pieces it sent: it
+// must end at once rather than wait for ever.
+func (r *Run) Unworked() string {
+	if r.opts.LocalWorkers {
+		return ""
+	}
+	if r.joined.Load() == 0 {
+		return fmt.Sprintf("no worker joined run %s", r.opts.RunID)
+	}
+	t := &r.table
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var gone, left int
+	for _, w := range t.byKey {
+		switch {
+		case w.report.Left:
+			left++
+		case now.Sub(w.seen) > goneAfter:
+			gone++
+		default:
+			return ""
+		}
+	}
+	var why string
+	switch n := gone + left; {
+	case n == 0:
+		return "" // joined, its first report on the way
+	case left == 0 && n == 1:
+		why = fmt.Sprintf("the worker that joined is gone (no word from it for %v)", goneAfter)
+	case left == 0:
+		why = fmt.Sprintf("the %d workers that joined are gone (no word from them for %v)", n, goneAfter)
+	case gone == 0 && n == 1:
+		why = "the worker that joined left"
+	case gone == 0:
+		why = fmt.Sprintf("the %d workers that joined left", n)
+	default:
+		why = fmt.Sprintf("of the %d workers that joined, %d are gone (no word for %v) and %d left", n, gone, goneAfter, left)
+	}
+	return fmt.Sprintf("no worker works run %s now: %s", r.opts.RunID, why)
 }
 
 // leftover looks at the stream a run of this id left on the broker: with
