@@ -56,7 +56,10 @@
 // worked (the slot is free again by then), the worker publishes the
 // piece's results, whole and in input order, in parts under the broker's
 // message size, asynchronously, waits for JetStream's acks of every part,
-// and only then acks the piece. A record that fails the stage under
+// and only then acks the piece; an ack that has not come within 10 s
+// (pubAckWait, as for the run's pieces: a broker that stalls, a
+// JetStream that does not answer) gives the piece back (Nak), to be
+// worked again, and the worker says so once. A record that fails the stage under
 // on_error: fail ends the piece's results there, as one slot working the
 // piece would have stopped. A worker that dies leaves its pieces unacked: JetStream
 // delivers them again after the ack wait. A piece delivered a third

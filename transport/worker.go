@@ -58,6 +58,8 @@ type Worker struct {
 	// the worker's metrics (Snapshot).
 	meters map[string]*runner.Meter
 	host   string // its name (Name or Host), for the run to know who made results
+	// acks is whether the broker acks results: said when that changes.
+	acks ackState
 	// id is this process's worker, new each time it starts: two workers
 	// of one --name (or a worker started again with it) are two to a
 	// run, each said gone when it goes.
@@ -80,7 +82,12 @@ type slot struct {
 // workers of them) before it joins any run, so that a missing plugin is
 // said at once.
 func NewWorker(nc *nats.Conn, p *spec.Pipeline, o WorkerOptions) (*Worker, error) {
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4*inFlight))
+	// Results whose acks never come (a broker paused, a JetStream that
+	// does not answer while the server does) time out as the run's
+	// pieces do, and their piece goes back to the queue: without a
+	// timeout the worker held it for ever, its InProgress keeping it
+	// from everyone else, and the run waited for it.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4*inFlight), jetstream.WithPublishAsyncTimeout(pubAckWait))
 	if err != nil {
 		return nil, err
 	}
@@ -627,9 +634,16 @@ func (w *Worker) settle(ctx context.Context, info RunInfo, s StageInfo, p *piece
 		return
 	}
 	d := p.result()
+	sent := time.Now()
 	if err := w.publish(ctx, info, s, p.key, p.seq, p.sent, p.delivered, &d); err != nil {
+		if errors.Is(err, jetstream.ErrAsyncPublishTimeout) && w.acks.change(sent, false) {
+			w.logf("the broker acked no results of stage %q within %v (it stalls, or its JetStream does not answer): the pieces they answer go back to the queue, to be worked again", s.Name, pubAckWait)
+		}
 		p.m.Nak()
 		return
+	}
+	if w.acks.change(sent, true) {
+		w.logf("the broker acks results again")
 	}
 	// What it did counts now: none for a piece given back.
 	t.begin()
@@ -639,6 +653,29 @@ func (w *Worker) settle(ctx context.Context, info RunInfo, s StageInfo, p *piece
 		return
 	}
 	p.m.Ack()
+}
+
+// ackState is whether the broker acks a worker's results, as their
+// publishes last told: one line when it stops, one when it acks again,
+// however many pieces were out then. A publish sent before the last
+// change tells nothing new (the acks of pieces sent during a stall time
+// out one by one after it ended).
+type ackState struct {
+	mu      sync.Mutex
+	stalled bool
+	since   time.Time
+}
+
+// change takes the word of a publish sent at sent, acked or not, and
+// says whether the state changed.
+func (a *ackState) change(sent time.Time, acked bool) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.stalled == !acked || sent.Before(a.since) {
+		return false
+	}
+	a.stalled, a.since = !acked, time.Now()
+	return true
 }
 
 // noticeRedelivery tells the run that this is a delivery of piece n
