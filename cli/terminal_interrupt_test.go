@@ -227,3 +227,49 @@ func TestTerminalSecondCtrlCCountsBroker(t *testing.T) {
 	}
 	w.stop(t)
 }
+
+// TestTerminalDrainWorkersGone: a run on a broker drains after Ctrl-C
+// while its worker lives, and the worker is then killed: with no one
+// left to drain, the run stops by itself (it waited for ever, for a
+// second Ctrl-C), says why, exits 130, and counts what it left.
+func TestTerminalDrainWorkersGone(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", strings.Replace(interruptPipeline, "30ms", "300ms", 1))
+	const n = 300
+	in := writeFile(t, dir, "in.txt", rLines(n))
+	out, stats := filepath.Join(dir, "out.txt"), filepath.Join(dir, "stats.json")
+	cmd := exec.Command(flowrunBin, "run", "--broker", "embedded", "--no-local-workers", "--progress-every", "100ms",
+		"--stats", stats, "-i", in, "-o", out, p)
+	term := startOnTerminal(t, cmd, 100, 30, []string{"input", "slow", "upper", "output"})
+	url := term.waitRaw(t, regexp.MustCompile(`embedded broker at (nats://[0-9.:]+)`))
+	w := startWorker(t, p, "--broker", url)
+	host, _ := os.Hostname()
+	name := host + ":" + strconv.Itoa(w.cmd.Process.Pid)
+	term.waitRaw(t, regexp.MustCompile(`(?m)^ (`+regexp.QuoteMeta(name)+`)\s+busy [1-3]/3`))
+	term.ctrlC(t)
+	term.waitText(t, "draining records in flight (signal again to abort)")
+	w.cmd.Process.Signal(syscall.SIGKILL)
+	<-w.done
+	stuck := time.AfterFunc(time.Minute, func() { cmd.Process.Kill() })
+	code := term.wait(t, cmd)
+	if !stuck.Stop() {
+		t.Fatalf("the drain did not stop within a minute of its last worker's death:\n%s", term.text())
+	}
+	if code != 130 {
+		t.Errorf("exit %d, want 130:\n%s", code, term.text())
+	}
+	text := term.text()
+	if !strings.Contains(text, "flowrun: aborting the drain: no worker works run") || !strings.Contains(text, "the worker that joined is gone") {
+		t.Errorf("the run does not say it stops the drain, and why:\n%s", text)
+	}
+	var s abortedSummary
+	b, _ := os.ReadFile(stats)
+	if err := json.Unmarshal(b, &s); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(out)
+	lines := int64(strings.Count(string(got), "\n"))
+	if left := s.unfinished(); lines+left+s.Input.Unread != n || left == 0 || !strings.Contains(text, "flowrun: the run was aborted with "+strconv.FormatInt(left, 10)+" record") {
+		t.Errorf("output %d + unfinished %d + unread %d, want %d, and the count said:\n%s\n%s", lines, left, s.Input.Unread, n, b, text)
+	}
+}
