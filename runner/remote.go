@@ -160,15 +160,19 @@ func (r *run) remote(ctx context.Context, st *stageRun) error {
 	recvCtx, stopRecv := context.WithCancel(gctx)
 	defer stopRecv()
 	out := func(b batch) error {
+		left := len(b.recs)
 		ok := split(b, st.nextTake, func(p batch) bool {
 			select {
 			case st.out <- p:
+				left -= len(p.recs)
 				return true
 			case <-gctx.Done():
 				return false
 			}
 		})
 		if !ok {
+			// Aborted: counted out of the stage, not handed on.
+			r.dropped.Add(int64(left))
 			return context.Cause(gctx)
 		}
 		return nil
@@ -519,6 +523,7 @@ func (r *run) settle(st *stageRun, bs []batch, d Done, out func(batch) error) er
 		}
 		b.recs = recs
 		if err := out(b); err != nil {
+			r.dropped.Add(int64(len(results))) // the later batches' (out counted this one's)
 			return err
 		}
 	}
