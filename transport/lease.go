@@ -332,3 +332,23 @@ func (r *Run) purged(ctx context.Context) bool {
 	op := h[len(h)-1].Operation()
 	return op == jetstream.KeyValuePurge || op == jetstream.KeyValueDelete
 }
+
+// clockKey is the runs bucket's key that brokerNow writes: no run's key
+// (those have a dot), watched by no worker.
+const clockKey = "clock"
+
+// brokerNow asks the broker what time it is there: the time of a write
+// to the runs bucket, the clock every entry's age is by.
+func brokerNow(ctx context.Context, kv jetstream.KeyValue) (time.Time, bool) {
+	ctx, cancel := context.WithTimeout(ctx, jetStreamCheck)
+	defer cancel()
+	rev, err := kv.Put(ctx, clockKey, nil)
+	if err != nil {
+		return time.Time{}, false
+	}
+	e, err := kv.GetRevision(ctx, clockKey, rev)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return e.Created(), true
+}

@@ -207,3 +207,31 @@ func runEntries(t *testing.T, url, pipeline string) []string {
 	}
 	return left
 }
+
+// TestScaleOutWorkerStartSkipsDeadRuns: a worker that starts while the
+// runs on the broker are dead (killed without a word) judged their
+// silence by the newest of their entries, so each looked alive for the
+// last leaseLost leases of its life: the worker joined them and pulled
+// their streams, at every start (a worker restarted in a loop never got
+// past it). It must take the broker's time now and leave them alone.
+func TestScaleOutWorkerStartSkipsDeadRuns(t *testing.T) {
+	b := startTestBroker(t, "flowrun-broker")
+	s := newScaleRun(t, "deadruns", 2000, leaseStages)
+	// A lease of 500 ms: silent for 2.5 s, a worker leaves it alone.
+	dead := s.startRun(t, b.url, "--broker-lease", "500ms")
+	for i := 0; len(runEntries(t, b.url, "deadruns")) == 0; i++ {
+		if i == 300 || dead.exited() {
+			t.Fatalf("no entry of the run to kill after 30s: exit %d; stderr:\n%s", dead.code, dead.stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	dead.kill()
+	dead.wait(t, runLimit)
+	time.Sleep(3500 * time.Millisecond)
+	w := s.startWorker(t, b.url)
+	time.Sleep(2 * time.Second) // it joined at once
+	if got := w.stderr.String(); strings.Contains(got, "joined run") {
+		t.Errorf("a worker started after the run died joined it; stderr:\n%s", got)
+	}
+	w.stop(t)
+}

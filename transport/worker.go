@@ -210,6 +210,12 @@ func (w *Worker) Serve(ctx context.Context) error {
 	// what this process's clock says passed since.
 	touched, leases := map[string]time.Time{}, map[string]time.Duration{}
 	var latest, seen time.Time
+	// The broker's time now, from a write of this worker's own: with only
+	// dead runs' entries to go by, each looked alive for its last 10 s
+	// of life at every start of a worker, and was served.
+	if now, ok := brokerNow(ctx, kv); ok {
+		latest, seen = now, time.Now()
+	}
 	silent := func(key string, at time.Time) bool {
 		l := leases[key]
 		return l > 0 && latest.Add(time.Since(seen)).Sub(at) > leaseLost*l
@@ -258,6 +264,9 @@ func (w *Worker) Serve(ctx context.Context) error {
 				return err // nil: ctx is done
 			}
 			born = w.bucketBorn(ctx)
+			if now, ok := brokerNow(ctx, kv); ok {
+				latest, seen = now, time.Now()
+			}
 			continue
 		}
 		if e == nil {
