@@ -11,6 +11,8 @@ package transport_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -232,6 +234,56 @@ func TestScaleOutWorkerStartSkipsDeadRuns(t *testing.T) {
 	time.Sleep(2 * time.Second) // it joined at once
 	if got := w.stderr.String(); strings.Contains(got, "joined run") {
 		t.Errorf("a worker started after the run died joined it; stderr:\n%s", got)
+	}
+	w.stop(t)
+}
+
+// TestScaleOutSilentRunKeepsPiecesInHand: a run silent past its lease
+// (stopped with Ctrl-Z, cut off from the broker) is no longer pulled,
+// but the pieces its workers hold are worked to the end and their
+// results wait in the stream. The workers gave them back (Nak): worked
+// again on the run's return, a delivery spent each time, innocent
+// records dead-lettered after a few silences with a reason that blamed
+// a dead worker. Here the run stops for 3 leases past its silence while
+// its 4 records are at work: each must run once, none be redelivered.
+func TestScaleOutSilentRunKeepsPiecesInHand(t *testing.T) {
+	b := startTestBroker(t, "flowrun-broker")
+	ran := filepath.Join(t.TempDir(), "ran")
+	s := newScaleRun(t, "paused", 4, fmt.Sprintf(`ordered: true
+stages:
+  - name: slow
+    use: exec
+    workers: 4
+    with: {command: [sh, -c, "echo ran >> %s; sleep 2; cat"], mode: per-record}
+`, ran))
+	want := s.expected(t)
+	os.Remove(ran)
+	w := s.startWorker(t, b.url)
+	run := s.startRun(t, b.url, "--broker-lease", "100ms")
+	for i := 0; ; i++ {
+		if b, _ := os.ReadFile(ran); strings.Count(string(b), "ran") == s.n {
+			break
+		}
+		if i == 3000 || run.exited() {
+			t.Fatalf("the records did not all start within 30s: exit %d; stderr:\n%s", run.code, run.stderr)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	run.signal(syscall.SIGSTOP)
+	time.Sleep(1500 * time.Millisecond) // leaseLost: 500 ms
+	run.signal(syscall.SIGCONT)
+	st := s.check(t, run, want)
+	got, _ := os.ReadFile(ran)
+	if n := strings.Count(string(got), "ran"); n != s.n {
+		t.Errorf("the stage ran %d times for %d records: the pieces in hand were given back", n, s.n)
+	}
+	for _, sg := range st.Stages {
+		if sg.Redelivered != 0 {
+			t.Errorf("stage %s: %d redelivered; want none", sg.Name, sg.Redelivered)
+		}
+	}
+	if !strings.Contains(w.stderr.String(), "has said nothing") {
+		t.Errorf("the worker did not see the run silent; stderr:\n%s", w.stderr)
 	}
 	w.stop(t)
 }

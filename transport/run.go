@@ -310,7 +310,7 @@ func (r *Run) Open(ctx context.Context, remote []spec.Stage) (map[string]runner.
 		r.done.Add(1)
 		go func() {
 			defer r.done.Done()
-			w.serveRun(lctx, r.info)
+			w.serveRun(lctx, lctx, r.info)
 		}()
 	}
 	return queues, nil

@@ -194,14 +194,36 @@ func (w *Worker) Serve(ctx context.Context) error {
 	}()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	joined := map[string]context.CancelFunc{}
+	// joined are the runs served; draining, per run, the work of those
+	// left for their silence: no more pulls, but the pieces in hand are
+	// worked until the run is over.
+	joined := map[string]servedRun{}
+	draining := map[string][]context.CancelFunc{}
+	// stopRun ends all work of a run; it says whether there was any.
+	stopRun := func(key string) bool {
+		j, ok := joined[key]
+		if ok {
+			j.stopPull()
+			j.stopWork()
+		}
+		d := draining[key]
+		for _, stop := range d {
+			stop()
+		}
+		delete(joined, key)
+		delete(draining, key)
+		return ok || len(d) > 0
+	}
 	// served closes when the worker stops serving a run by itself: its
 	// stream went, and a run of the same id (resumed after the broker
 	// lost it) is joined again.
 	served := map[string]chan struct{}{}
 	defer func() {
-		for _, stop := range joined {
-			stop()
+		for key := range joined {
+			stopRun(key)
+		}
+		for key := range draining {
+			stopRun(key)
 		}
 	}()
 	refused := map[string]bool{}
@@ -229,11 +251,14 @@ func (w *Worker) Serve(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-check.C:
-			for key, stop := range joined {
+			for key, j := range joined {
 				if silent(key, touched[key]) {
 					// Its process died, or lost the broker: its idle
-					// pulls would hold slots the live runs need.
-					stop()
+					// pulls would hold slots the live runs need. The
+					// pieces in hand are worked: their results wait in
+					// the stream, their deliveries are not spent.
+					j.stopPull()
+					draining[key] = append(draining[key], j.stopWork)
 					delete(joined, key)
 					delete(served, key)
 					w.logf("run %s has said nothing for %v: not served until it does (a --resume)", strings.TrimPrefix(key, token(w.p.Name)+"."), leaseLost*leases[key])
@@ -252,10 +277,12 @@ func (w *Worker) Serve(ctx context.Context) error {
 			// The broker lost the runs bucket (an empty store): the runs
 			// joined are gone with it; watch it anew for the next ones.
 			watch.Stop()
-			for _, stop := range joined {
-				stop()
+			for key := range joined {
+				stopRun(key)
 			}
-			clear(joined)
+			for key := range draining {
+				stopRun(key)
+			}
 			clear(served)
 			clear(refused)
 			clear(touched)
@@ -284,9 +311,7 @@ func (w *Worker) Serve(ctx context.Context) error {
 		if !put || info.State != stateActive {
 			delete(touched, key)
 			delete(leases, key)
-			if stop, ok := joined[key]; ok {
-				stop()
-				delete(joined, key)
+			if stopRun(key) {
 				delete(served, key)
 				w.logf("run %s is over", strings.TrimPrefix(key, token(w.p.Name)+"."))
 			}
@@ -302,11 +327,13 @@ func (w *Worker) Serve(ctx context.Context) error {
 			w.announce(ctx, kv, info, Presence{Refused: why})
 			continue
 		}
-		if stop, ok := joined[key]; ok {
-			stop() // it ended by itself
+		if j, ok := joined[key]; ok { // it ended by itself
+			j.stopPull()
+			j.stopWork()
 		}
-		rctx, stop := context.WithCancel(ctx)
-		joined[key] = stop
+		wctx, stopWork := context.WithCancel(ctx)
+		pctx, stopPull := context.WithCancel(wctx)
+		joined[key] = servedRun{stopPull: stopPull, stopWork: stopWork}
 		names := w.stageNames(info)
 		w.logf("joined run %s of pipeline %q (from %s): stages %s", info.Run, info.Pipeline, info.Host, strings.Join(names, ", "))
 		w.announce(ctx, kv, info, Presence{Stages: names})
@@ -316,9 +343,14 @@ func (w *Worker) Serve(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			defer close(end)
-			w.serveRun(rctx, info)
+			w.serveRun(wctx, pctx, info)
 		}()
 	}
+}
+
+// servedRun stops a run a worker serves: its pulls, or all its work.
+type servedRun struct {
+	stopPull, stopWork context.CancelFunc
 }
 
 // leaseCheck is how often a worker looks for runs that said nothing
@@ -344,10 +376,20 @@ func (w *Worker) stageNames(info RunInfo) []string {
 }
 
 // serveRun works the stages of one run until ctx is done or the run's
-// stream is gone.
-func (w *Worker) serveRun(ctx context.Context, info RunInfo) {
-	var wg sync.WaitGroup
+// stream is gone. Once pull is done it takes no more pieces, and ends
+// when those in hand are worked and settled: a run silent for a while
+// (stopped, cut off from the broker) finds their results in its stream
+// when it is back, and their deliveries are not spent.
+func (w *Worker) serveRun(ctx, pull context.Context, info RunInfo) {
 	t := w.newTally(info)
+	rctx, stopReports := context.WithCancel(ctx)
+	var reports sync.WaitGroup
+	reports.Add(1)
+	go func() {
+		defer reports.Done()
+		w.report(rctx, info, t)
+	}()
+	var wg sync.WaitGroup
 	for _, s := range info.Stages {
 		free := w.slots[s.Name]
 		if free == nil {
@@ -356,15 +398,12 @@ func (w *Worker) serveRun(ctx context.Context, info RunInfo) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w.serveStage(ctx, info, s, free, t.stages[s.Name])
+			w.serveStage(ctx, pull, info, s, free, t.stages[s.Name])
 		}()
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		w.report(ctx, info, t)
-	}()
 	wg.Wait()
+	stopReports()
+	reports.Wait()
 }
 
 // idleWait is how long one pull waits for a piece when the queue was
@@ -382,9 +421,12 @@ const idleWait = time.Second
 // other workers idle, or pass their ack wait and be worked again
 // elsewhere (the known nats.go pitfall). Every piece held, started or
 // not, has InProgress sent for it.
-func (w *Worker) serveStage(ctx context.Context, info RunInfo, s StageInfo, free chan *slot, t *stageTally) {
+func (w *Worker) serveStage(ctx, pull context.Context, info RunInfo, s StageInfo, free chan *slot, t *stageTally) {
 	var cons jetstream.Consumer
 	for cons == nil {
+		if pull.Err() != nil {
+			return
+		}
 		c, err := w.js.Consumer(ctx, info.Stream, s.Consumer)
 		if err == nil {
 			cons = c
@@ -393,7 +435,7 @@ func (w *Worker) serveStage(ctx context.Context, info RunInfo, s StageInfo, free
 		if ctx.Err() != nil || errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return
 		}
-		if !sleepCtx(ctx, idleWait) {
+		if !sleepCtx(pull, idleWait) {
 			return
 		}
 	}
@@ -410,12 +452,21 @@ func (w *Worker) serveStage(ctx context.Context, info RunInfo, s StageInfo, free
 	idle := true
 	perPiece := 1 // records in a piece, lately
 	for ctx.Err() == nil {
+		pulling := pull.Done()
+		if pull.Err() != nil {
+			if len(queue) == 0 {
+				return // what is started finishes (busy)
+			}
+			pulling = nil // deal out what is held
+		}
 		var slots []*slot
 		select {
 		case sl := <-free:
 			slots = append(slots, sl)
 		case <-ctx.Done():
 			return
+		case <-pulling:
+			continue
 		}
 		if len(queue) > 0 {
 			c := queue[0]
@@ -434,7 +485,7 @@ func (w *Worker) serveStage(ctx context.Context, info RunInfo, s StageInfo, free
 			// One piece, waiting for it: the next pull takes as many as
 			// there are idle slots then.
 			var fctx context.Context
-			fctx, cancel = context.WithTimeout(ctx, idleWait)
+			fctx, cancel = context.WithTimeout(pull, idleWait)
 			batch, err = cons.Fetch(1, jetstream.FetchContext(fctx))
 		} else {
 		more:
@@ -477,6 +528,7 @@ func (w *Worker) serveStage(ctx context.Context, info RunInfo, s StageInfo, free
 		case err == nil, errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded), errors.Is(err, jetstream.ErrNoMessages):
 		case ctx.Err() != nil:
 			return
+		case pull.Err() != nil: // no more pulls: deal out what is held
 		case errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, jetstream.ErrStreamNotFound), errors.Is(err, jetstream.ErrConsumerDeleted):
 			return // the run is over
 		default:
