@@ -45,7 +45,7 @@ func (r *run) checkFiles(files []inputFile) (file.Writable, error) {
 		}
 		return nil
 	}
-	if !isStd(r.p.Output.To) && r.snk == nil {
+	if !isStd(r.p.Output.To) && !IsBroker(r.p.Output.To) {
 		if err := same("output", r.p.Output.To); err != nil {
 			return file.Writable{}, err
 		}
@@ -73,7 +73,7 @@ func (r *run) checkFiles(files []inputFile) (file.Writable, error) {
 		}
 		w.Close()
 	}
-	if isStd(r.p.Output.To) || r.snk != nil {
+	if isStd(r.p.Output.To) || IsBroker(r.p.Output.To) {
 		return file.Writable{}, nil
 	}
 	w, err := file.Probe(r.p.Output.To)

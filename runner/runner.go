@@ -207,6 +207,19 @@ func (r *run) run(ctx context.Context) (err error) {
 		return err
 	}
 	defer r.closeUnstarted()
+	// The output file is probed (and locked) before the broker's run is
+	// opened: a --resume refused for the output another run writes must
+	// not take that run over on the broker first.
+	outFile, err := r.checkFiles(files)
+	if err != nil {
+		return &SetupError{err}
+	}
+	outOpened := false
+	defer func() {
+		if !outOpened {
+			outFile.Close()
+		}
+	}()
 	if err := r.openRemote(ctx); err != nil {
 		return err
 	}
@@ -230,10 +243,6 @@ func (r *run) run(ctx context.Context) (err error) {
 		r.snk = snk
 		defer snk.Close()
 	}
-	outFile, err := r.checkFiles(files)
-	if err != nil {
-		return &SetupError{err}
-	}
 	var header []string
 	if (p.Output.Format == "csv" || p.Output.Format == "tsv") && (resumed != nil || r.opts.RetryDeadLetters != "" || r.acks != nil) && !isStd(p.Output.To) && r.snk == nil {
 		// The file has its header already: the columns continue it.
@@ -255,6 +264,7 @@ func (r *run) run(ctx context.Context) (err error) {
 		dlFile.Close()
 		return &SetupError{err}
 	}
+	outOpened = true
 	defer func() {
 		if cerr := closeOut(); err == nil && cerr != nil {
 			err = cerr

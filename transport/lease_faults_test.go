@@ -287,3 +287,31 @@ stages:
 	}
 	w.stop(t)
 }
+
+// TestScaleOutResumeOfALiveRunRefused: a --resume of a run that still
+// lives (stopped with Ctrl-Z, or simply not dead) must be refused before
+// it touches the broker: it took the run over there (its consumers, its
+// entry) and was only then refused for the output the live run writes,
+// which failed the live run when it went on ("the consumer is not on
+// the broker"). The live run must finish exact.
+func TestScaleOutResumeOfALiveRunRefused(t *testing.T) {
+	b := startTestBroker(t, "flowrun-broker")
+	s := newScaleRun(t, "alive", 1500, strings.Replace(leaseStages, "25ms", "2ms", 1))
+	want := s.expected(t, "--set", "stages.slow.with.duration=0s")
+	journal := filepath.Join(s.dir, "journal")
+	w := s.startWorker(t, b.url)
+	run := s.startRun(t, b.url, "--journal", journal)
+	if !waitForLines(s.output, 20, run) {
+		t.Fatalf("the run ended, or did not write 20 lines within %v: exit %d; stderr:\n%s", runLimit, run.code, run.stderr)
+	}
+	run.signal(syscall.SIGSTOP)
+	resume, _ := startProc(t, "flowrun run --resume", false, "run", s.pipeline, "--broker", b.url, "--no-local-workers",
+		"-i", s.input, "-o", s.output, "--progress", "none", "-q", "--journal", journal, "--resume")
+	code := resume.wait(t, runLimit)
+	run.signal(syscall.SIGCONT)
+	if code != 2 || !strings.Contains(resume.stderr.String(), "another flowrun is writing it") || strings.Contains(resume.stderr.String(), "resuming run") {
+		t.Errorf("the resume of a live run: exit %d, want 2, refused for the output before it resumed anything; stderr:\n%s", code, resume.stderr)
+	}
+	s.check(t, run, want)
+	w.stop(t)
+}
