@@ -30,6 +30,11 @@ const (
 // written by another process (a --resume of the same run).
 var errEntryTaken = errors.New("the run's entry was changed by another process")
 
+// errEntryGone is a touch of the run's entry refused because the entry
+// is not there: purged (another run deleted the run as dead) or lost
+// with the broker's store.
+var errEntryGone = errors.New("the run's entry is gone from the broker")
+
 // lease touches the run's entry every Lease until ctx is done, and at
 // once after a reconnect, so that workers and runs know it lives (the
 // entry's revision time is the broker's clock, not this machine's).
@@ -64,14 +69,25 @@ func (r *Run) lease(ctx context.Context) {
 		pctx, cancel := context.WithTimeout(ctx, max(r.info.Lease, jetStreamCheck))
 		err := r.touch(pctx)
 		cancel()
-		if errors.Is(err, errEntryTaken) {
-			if r.purged(ctx) {
-				r.deleted.Store(true)
-			} else {
-				r.taken.Store(true)
-			}
+		switch {
+		case errors.Is(err, errEntryTaken):
+			r.taken.Store(true)
 			r.lose()
 			return
+		case errors.Is(err, errEntryGone):
+			if r.purged(ctx) {
+				r.deleted.Store(true)
+				r.lose()
+				return
+			}
+			// Lost with the broker's store: the stream says whether the
+			// run is (the watch of reconnects looks too).
+			if gone, serr := r.streamGone(ctx); gone {
+				r.lose()
+				return
+			} else if serr == nil {
+				r.rev.Store(0) // its stream is there: the entry is put back
+			}
 		}
 		if err == nil && len(suspects) > 0 { // a touch lost (the broker away) is followed by the next
 			suspects = r.reapWatched(ctx, suspects, time.Since(steady))
@@ -279,10 +295,13 @@ func (r *Run) touch(ctx context.Context) error {
 		// A touch whose reply was lost went through: the entry is still
 		// this process's own, a revision on.
 		e, gerr := r.kv.Get(ctx, r.info.key())
-		if gerr != nil && !errors.Is(gerr, jetstream.ErrKeyNotFound) {
+		if errors.Is(gerr, jetstream.ErrKeyNotFound) || errors.Is(gerr, jetstream.ErrBucketNotFound) {
+			return errEntryGone
+		}
+		if gerr != nil {
 			return gerr // cannot tell now
 		}
-		if gerr != nil || !sameEntry(e.Value(), b) {
+		if !sameEntry(e.Value(), b) {
 			return errEntryTaken
 		}
 		rev, err = r.kv.Update(ctx, r.info.key(), b, e.Revision())

@@ -576,7 +576,7 @@ func (r *Run) Close(ctx context.Context) error {
 	}
 	r.info.State = stateDone
 	err := r.touch(ctx)
-	if errors.Is(err, errEntryTaken) {
+	if errors.Is(err, errEntryTaken) || errors.Is(err, errEntryGone) {
 		return nil // deleted as dead meanwhile, or taken by a --resume: not ours to end
 	}
 	if err == nil {
