@@ -102,12 +102,7 @@ func TestScaleOutLeaseOutlivesBrokerAway(t *testing.T) {
 	lease := []string{"--broker-lease", "100ms"}
 	dead := newScaleRun(t, "dead", 2000, leaseStages)
 	d := dead.startRun(t, b.url, lease...)
-	for i := 0; len(runEntries(t, b.url, "dead")) == 0; i++ {
-		if i == 300 || d.exited() {
-			t.Fatalf("no entry of the run to kill after 30s: exit %d; stderr:\n%s", d.code, d.stderr)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitForEntry(t, b.url, "dead", d)
 	d.kill()
 	d.wait(t, runLimit)
 
@@ -183,6 +178,18 @@ func TestScaleOutStoppedRunDeleted(t *testing.T) {
 	ow.stop(t)
 }
 
+// waitForEntry waits until run p of pipeline has its entry in the runs
+// bucket: killed before, it leaves a stream that no entry names.
+func waitForEntry(t *testing.T, url, pipeline string, p *proc) {
+	t.Helper()
+	for i := 0; len(runEntries(t, url, pipeline)) == 0; i++ {
+		if i == 300 || p.exited() {
+			t.Fatalf("no entry of the run of %s after 30s: exit %d; stderr:\n%s", pipeline, p.code, p.stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // runEntries lists the keys of pipeline's runs in the runs bucket.
 func runEntries(t *testing.T, url, pipeline string) []string {
 	t.Helper()
@@ -221,12 +228,7 @@ func TestScaleOutWorkerStartSkipsDeadRuns(t *testing.T) {
 	s := newScaleRun(t, "deadruns", 2000, leaseStages)
 	// A lease of 500 ms: silent for 2.5 s, a worker leaves it alone.
 	dead := s.startRun(t, b.url, "--broker-lease", "500ms")
-	for i := 0; len(runEntries(t, b.url, "deadruns")) == 0; i++ {
-		if i == 300 || dead.exited() {
-			t.Fatalf("no entry of the run to kill after 30s: exit %d; stderr:\n%s", dead.code, dead.stderr)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitForEntry(t, b.url, "deadruns", dead)
 	dead.kill()
 	dead.wait(t, runLimit)
 	time.Sleep(3500 * time.Millisecond)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"go.uber.org/goleak"
 
 	"github.com/flowrun/flowrun/runner"
@@ -17,6 +18,23 @@ import (
 	_ "github.com/flowrun/flowrun/stages/all"
 	"github.com/flowrun/flowrun/transport"
 )
+
+// embeddedConn starts an embedded broker of the test's own and connects
+// to it, both closed at the test's end.
+func embeddedConn(t *testing.T) *nats.Conn {
+	t.Helper()
+	srv, err := transport.StartEmbedded(context.Background(), transport.EmbeddedOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, err := transport.Dial(context.Background(), srv.URL(), transport.DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
 
 func pipeline(t *testing.T, yaml string) *spec.Pipeline {
 	t.Helper()
@@ -40,17 +58,8 @@ func waitFor(t *testing.T, buf *syncBuffer, s string) {
 // pipeline whose stages differ, does not work for a run, and both it and
 // the run say why; a worker that differs only in workers joins.
 func TestWorkerRefuses(t *testing.T) {
-	defer goleak.VerifyNone(t)
-	srv, err := transport.StartEmbedded(context.Background(), transport.EmbeddedOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
-	nc, err := transport.Dial(context.Background(), srv.URL(), transport.DialOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	t.Cleanup(func() { goleak.VerifyNone(t) }) // after embeddedConn's cleanups
+	nc := embeddedConn(t)
 	const yaml = "name: v\nstages:\n  - use: grep\n    with: {pattern: a}\n"
 	p := pipeline(t, yaml)
 	var runLog syncBuffer
@@ -101,17 +110,8 @@ func TestWorkerRefuses(t *testing.T) {
 // to take them (each worker says InProgress and pulls no more than it can
 // start), and the run counts no redelivery.
 func TestSlowRecordsKeepTheirWorker(t *testing.T) {
-	defer goleak.VerifyNone(t)
-	srv, err := transport.StartEmbedded(context.Background(), transport.EmbeddedOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
-	nc, err := transport.Dial(context.Background(), srv.URL(), transport.DialOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	t.Cleanup(func() { goleak.VerifyNone(t) }) // after embeddedConn's cleanups
+	nc := embeddedConn(t)
 	dir := t.TempDir()
 	in := filepath.Join(dir, "in.txt")
 	os.WriteFile(in, []byte("a\nb\nc\nd\ne\nf\n"), 0o644)
@@ -211,17 +211,8 @@ func TestRunIDClaimedOnce(t *testing.T) {
 // logs to give the worker the same pipeline file. A run of another
 // pipeline is none of its business.
 func TestWorkerIgnoresAlikeNames(t *testing.T) {
-	defer goleak.VerifyNone(t)
-	srv, err := transport.StartEmbedded(context.Background(), transport.EmbeddedOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
-	nc, err := transport.Dial(context.Background(), srv.URL(), transport.DialOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	t.Cleanup(func() { goleak.VerifyNone(t) }) // after embeddedConn's cleanups
+	nc := embeddedConn(t)
 	const stages = "stages:\n  - use: upper\n"
 	p := pipeline(t, "name: x.y\n"+stages)
 	var runLog syncBuffer
