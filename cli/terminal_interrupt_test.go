@@ -118,13 +118,7 @@ func TestTerminalCtrlCWorkersGone(t *testing.T) {
 	if strings.Contains(text, "signal again to abort") {
 		t.Errorf("the run waits for a drain that no worker can do:\n%s", text)
 	}
-	var s abortedSummary
-	b, _ := os.ReadFile(stats)
-	if err := json.Unmarshal(b, &s); err != nil {
-		t.Fatal(err)
-	}
-	got, _ := os.ReadFile(out)
-	lines := int64(strings.Count(string(got), "\n"))
+	s, b, lines := abortCounts(t, stats, out)
 	left := s.unfinished()
 	if !s.Stopped || lines != s.Output.Records || lines+left+s.Input.Unread != n || left == 0 {
 		t.Errorf("output %d + unfinished %d + unread %d, want %d, and stopped:\n%s", lines, left, s.Input.Unread, n, b)
@@ -170,11 +164,45 @@ func TestTerminalCtrlCWorkersGone(t *testing.T) {
 	if err != nil {
 		t.Fatalf("resumed run: %v\n%s", err, &resumeErr)
 	}
-	got, _ = os.ReadFile(out)
+	got, _ := os.ReadFile(out)
 	if want := lineSet(strings.ToUpper(rLines(n))); strings.Join(lineSet(string(got)), "\n") != strings.Join(want, "\n") || strings.Count(string(got), "\n") != n {
 		t.Errorf("after --resume the output has %d lines, want each of the %d records once", strings.Count(string(got), "\n"), n)
 	}
 	w2.stop(t)
+}
+
+// abortCounts reads what an aborted run's --stats say, and the lines of
+// its output.
+func abortCounts(t *testing.T, stats, out string) (s abortedSummary, b []byte, lines int64) {
+	t.Helper()
+	b, _ = os.ReadFile(stats)
+	if err := json.Unmarshal(b, &s); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(out)
+	return s, b, int64(strings.Count(string(got), "\n"))
+}
+
+// drainingRun starts on a terminal a run of n records on an embedded
+// broker, works it with one slow worker, and types Ctrl-C once the worker
+// is busy: the run drains.
+func drainingRun(t *testing.T, n int) (term *terminal, cmd *exec.Cmd, w *process, out, stats string) {
+	t.Helper()
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", strings.Replace(interruptPipeline, "30ms", "300ms", 1))
+	in := writeFile(t, dir, "in.txt", rLines(n))
+	out, stats = filepath.Join(dir, "out.txt"), filepath.Join(dir, "stats.json")
+	cmd = exec.Command(flowrunBin, "run", "--broker", "embedded", "--no-local-workers", "--progress-every", "100ms",
+		"--stats", stats, "-i", in, "-o", out, p)
+	term = startOnTerminal(t, cmd, 100, 30, []string{"input", "slow", "upper", "output"})
+	url := term.waitRaw(t, regexp.MustCompile(`embedded broker at (nats://[0-9.:]+)`))
+	w = startWorker(t, p, "--broker", url)
+	host, _ := os.Hostname()
+	name := host + ":" + strconv.Itoa(w.cmd.Process.Pid)
+	term.waitRaw(t, regexp.MustCompile(`(?m)^ (`+regexp.QuoteMeta(name)+`)\s+busy [1-3]/3`))
+	term.ctrlC(t)
+	term.waitText(t, "draining records in flight (signal again to abort)")
+	return term, cmd, w, out, stats
 }
 
 // TestTerminalSecondCtrlCCountsBroker: a run on a broker whose worker
@@ -184,21 +212,8 @@ func TestTerminalCtrlCWorkersGone(t *testing.T) {
 // without --journal they are not in the output, and output and those add
 // up to the input.
 func TestTerminalSecondCtrlCCountsBroker(t *testing.T) {
-	dir := t.TempDir()
-	p := writeFile(t, dir, "p.yaml", strings.Replace(interruptPipeline, "30ms", "300ms", 1))
 	const n = 300
-	in := writeFile(t, dir, "in.txt", rLines(n))
-	out, stats := filepath.Join(dir, "out.txt"), filepath.Join(dir, "stats.json")
-	cmd := exec.Command(flowrunBin, "run", "--broker", "embedded", "--no-local-workers", "--progress-every", "100ms",
-		"--stats", stats, "-i", in, "-o", out, p)
-	term := startOnTerminal(t, cmd, 100, 30, []string{"input", "slow", "upper", "output"})
-	url := term.waitRaw(t, regexp.MustCompile(`embedded broker at (nats://[0-9.:]+)`))
-	w := startWorker(t, p, "--broker", url)
-	host, _ := os.Hostname()
-	name := host + ":" + strconv.Itoa(w.cmd.Process.Pid)
-	term.waitRaw(t, regexp.MustCompile(`(?m)^ (`+regexp.QuoteMeta(name)+`)\s+busy [1-3]/3`))
-	term.ctrlC(t)
-	term.waitText(t, "draining records in flight (signal again to abort)")
+	term, cmd, w, out, stats := drainingRun(t, n)
 	term.ctrlC(t)
 	if code := term.wait(t, cmd); code != 130 {
 		t.Errorf("exit %d, want 130:\n%s", code, term.text())
@@ -207,13 +222,7 @@ func TestTerminalSecondCtrlCCountsBroker(t *testing.T) {
 	if !strings.Contains(text, "flowrun: aborting") {
 		t.Errorf("the second Ctrl-C does not abort:\n%s", text)
 	}
-	var s abortedSummary
-	b, _ := os.ReadFile(stats)
-	if err := json.Unmarshal(b, &s); err != nil {
-		t.Fatal(err)
-	}
-	got, _ := os.ReadFile(out)
-	lines := int64(strings.Count(string(got), "\n"))
+	s, b, lines := abortCounts(t, stats, out)
 	left := s.unfinished()
 	if !s.Stopped || lines != s.Output.Records || lines+left+s.Input.Unread != n || left == 0 {
 		t.Errorf("output %d + unfinished %d + unread %d, want %d, and stopped:\n%s", lines, left, s.Input.Unread, n, b)
@@ -233,21 +242,8 @@ func TestTerminalSecondCtrlCCountsBroker(t *testing.T) {
 // left to drain, the run stops by itself (it waited for ever, for a
 // second Ctrl-C), says why, exits 130, and counts what it left.
 func TestTerminalDrainWorkersGone(t *testing.T) {
-	dir := t.TempDir()
-	p := writeFile(t, dir, "p.yaml", strings.Replace(interruptPipeline, "30ms", "300ms", 1))
 	const n = 300
-	in := writeFile(t, dir, "in.txt", rLines(n))
-	out, stats := filepath.Join(dir, "out.txt"), filepath.Join(dir, "stats.json")
-	cmd := exec.Command(flowrunBin, "run", "--broker", "embedded", "--no-local-workers", "--progress-every", "100ms",
-		"--stats", stats, "-i", in, "-o", out, p)
-	term := startOnTerminal(t, cmd, 100, 30, []string{"input", "slow", "upper", "output"})
-	url := term.waitRaw(t, regexp.MustCompile(`embedded broker at (nats://[0-9.:]+)`))
-	w := startWorker(t, p, "--broker", url)
-	host, _ := os.Hostname()
-	name := host + ":" + strconv.Itoa(w.cmd.Process.Pid)
-	term.waitRaw(t, regexp.MustCompile(`(?m)^ (`+regexp.QuoteMeta(name)+`)\s+busy [1-3]/3`))
-	term.ctrlC(t)
-	term.waitText(t, "draining records in flight (signal again to abort)")
+	term, cmd, w, out, stats := drainingRun(t, n)
 	w.cmd.Process.Signal(syscall.SIGKILL)
 	<-w.done
 	stuck := time.AfterFunc(time.Minute, func() { cmd.Process.Kill() })
@@ -262,13 +258,7 @@ func TestTerminalDrainWorkersGone(t *testing.T) {
 	if !strings.Contains(text, "flowrun: aborting the drain: no worker works run") || !strings.Contains(text, "the worker that joined is gone") {
 		t.Errorf("the run does not say it stops the drain, and why:\n%s", text)
 	}
-	var s abortedSummary
-	b, _ := os.ReadFile(stats)
-	if err := json.Unmarshal(b, &s); err != nil {
-		t.Fatal(err)
-	}
-	got, _ := os.ReadFile(out)
-	lines := int64(strings.Count(string(got), "\n"))
+	s, b, lines := abortCounts(t, stats, out)
 	if left := s.unfinished(); lines+left+s.Input.Unread != n || left == 0 || !strings.Contains(text, "flowrun: the run was aborted with "+strconv.FormatInt(left, 10)+" record") {
 		t.Errorf("output %d + unfinished %d + unread %d, want %d, and the count said:\n%s\n%s", lines, left, s.Input.Unread, n, b, text)
 	}
