@@ -82,20 +82,22 @@ type stats struct {
 	Input struct {
 		Records int64 `json:"records"`
 		Resumed struct {
-			Records int64 `json:"records"`
+			Records      int64 `json:"records"`
+			DeadLettered int64 `json:"dead_lettered"`
 		} `json:"resumed"`
 	} `json:"input"`
 	Output struct {
 		Records int64 `json:"records"`
 	} `json:"output"`
 	Stages []struct {
-		Name        string `json:"name"`
-		In          int64  `json:"in"`
-		Out         int64  `json:"out"`
-		Errors      int64  `json:"errors"`
-		Retries     int64  `json:"retries"`
-		Remote      bool   `json:"remote"`
-		Redelivered int64  `json:"redelivered"`
+		Name         string `json:"name"`
+		In           int64  `json:"in"`
+		Out          int64  `json:"out"`
+		Errors       int64  `json:"errors"`
+		Retries      int64  `json:"retries"`
+		DeadLettered int64  `json:"dead_lettered"`
+		Remote       bool   `json:"remote"`
+		Redelivered  int64  `json:"redelivered"`
 	} `json:"stages"`
 }
 

@@ -142,25 +142,7 @@ func chainInMemory(t *testing.T, s *scaleRun) ([]byte, []uint64) {
 // records before it were counted as resumed, their dead letters too.
 func checkChainStats(t *testing.T, s *scaleRun, want []byte, dead []uint64) {
 	t.Helper()
-	var st struct {
-		Input struct {
-			Records int64 `json:"records"`
-			Resumed struct {
-				Records      int64 `json:"records"`
-				DeadLettered int64 `json:"dead_lettered"`
-			} `json:"resumed"`
-		} `json:"input"`
-		Output struct {
-			Records int64 `json:"records"`
-		} `json:"output"`
-		Stages []struct {
-			Name         string `json:"name"`
-			In           int64  `json:"in"`
-			Out          int64  `json:"out"`
-			Errors       int64  `json:"errors"`
-			DeadLettered int64  `json:"dead_lettered"`
-		} `json:"stages"`
-	}
+	var st stats
 	raw, _ := os.ReadFile(s.stats)
 	if err := json.Unmarshal(raw, &st); err != nil {
 		t.Fatalf("stats: %v\n%s", err, raw)
